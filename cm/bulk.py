@@ -1,0 +1,77 @@
+"""Bulk operations: run one verb on many targets in parallel, carry on past
+single failures, and end with a per-target result and a summary."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from cm.errors import CmError
+
+MAX_WORKERS = 64
+
+
+@dataclass
+class Outcome:
+    name: str
+    ok: bool
+    message: str = ""
+    value: Any = None
+
+
+@contextmanager
+def progress(label: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on a terminal (stderr); silent when piped or for one target."""
+    if total < 2 or not sys.stderr.isatty():
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=None) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
+def run_each(names: list[str], action: Callable[[str], Any], label: str,
+             on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Call ``action(name)`` for every name in parallel; never raise for one target.
+
+    ``on_done`` runs in the calling thread as each target finishes, so results
+    (mirror writes) are kept even if the user interrupts the rest.
+    """
+    outcomes: dict[str, Outcome] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(names))))
+    try:
+        with progress(label, len(names)) as advance:
+            futures: dict[Future[Any], str] = {pool.submit(action, n): n for n in names}
+            for future in as_completed(futures):
+                name = futures[future]
+                outcomes[name] = _outcome(name, future)
+                if on_done:
+                    on_done(outcomes[name])
+                advance()
+    finally:
+        # On Ctrl-C, drop what has not started; calls in flight finish on their own.
+        pool.shutdown(wait=False, cancel_futures=True)
+    return [outcomes[n] for n in names]
+
+
+def _outcome(name: str, future: Future[Any]) -> Outcome:
+    try:
+        return Outcome(name, True, value=future.result())
+    except CmError as exc:
+        return Outcome(name, False, str(exc))
+    except Exception as exc:  # one target's unexpected failure must not stop the rest
+        return Outcome(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def summary(outcomes: list[Outcome], verb: str) -> tuple[str, int]:
+    """('2 of 10 failed' or 'started 10'), and the exit code (1 if any failed)."""
+    failed = sum(not o.ok for o in outcomes)
+    if failed:
+        return f"{failed} of {len(outcomes)} failed", 1
+    return f"{verb} {len(outcomes)} of {len(outcomes)}", 0

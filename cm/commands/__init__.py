@@ -1,0 +1,108 @@
+"""The built-in nouns of the shell, one module each, registered like any plugin's.
+
+A noun module defines:
+
+``HELP``      one line shown by ``help``;
+``EXAMPLE``   one example command line, shown under the usage;
+``build(parser)``  adds the noun's options and subcommands to an argparse parser;
+              every leaf sets ``run=handler`` with ``handler(ctx, args) -> int | None``.
+
+The same parser and handler serve interactive, one-shot and script modes: the
+cmd2 shell and the one-shot runner both build parsers from ``build``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins")
+
+Handler = Callable[..., Any]
+
+
+def register_commands(register: Callable[[str, str], None]) -> None:
+    """Entry-point hook: the built-in nouns."""
+    for noun in NOUNS:
+        register(noun, f"cm.commands.{noun}")
+
+
+def subcommands(parser: argparse.ArgumentParser) -> Any:
+    """The subcommand table of a noun; a subcommand is required."""
+    return parser.add_subparsers(title="subcommands", dest="verb", metavar="SUBCOMMAND", required=True)
+
+
+def verb(subs: Any, name: str, handler: Handler, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add one subcommand whose handler is ``handler``."""
+    parser = subs.add_parser(name, help=help, description=help, **kwargs)
+    parser.set_defaults(run=handler)
+    return parser
+
+
+def completes(action: argparse.Action, what: str) -> argparse.Action:
+    """Mark an argument for tab completion from the mirror (vm, image, flavor, key, group, cloud)."""
+    action.cm_complete = what  # type: ignore[attr-defined]
+    return action
+
+
+def add_cloud_option(parser: argparse.ArgumentParser, allow_all: bool = False) -> None:
+    extra = " ('all' for every cloud)" if allow_all else ""
+    completes(parser.add_argument("--cloud", metavar="NAME", help=f"cloud to act on (default: the active cloud){extra}"),
+              "cloud")
+
+
+def add_dryrun_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dryrun", action="store_true", help="show what would be done and change nothing")
+
+
+def add_names(parser: argparse.ArgumentParser, what: str = "vm", nargs: str = "+", help: str = "") -> None:
+    completes(parser.add_argument("names", nargs=nargs, metavar="NAMES",
+                                  help=help or "names or hostlists such as vm[01-10]"), what)
+
+
+def add_list_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """The options every mirror-backed list takes: NAMES filter, --cloud [all], --refresh, output."""
+    add_names(parser, what, nargs="*", help="only these (hostlists allowed)")
+    add_cloud_option(parser, allow_all=True)
+    parser.add_argument("--refresh", action="store_true", help="sync the mirror from the cloud first")
+    from cm.output import add_format_options
+
+    add_format_options(parser)
+
+
+def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[str]) -> None:
+    """List ``kind`` records from the mirror (after a refresh if asked), filtered by name."""
+    from cm import inventory
+    from cm.names import expand
+
+    rows: list[dict[str, Any]] = []
+    for cloud in ctx.cloud_names(args):
+        rows += inventory.records(ctx, kind, cloud, args.refresh)
+    if args.names:
+        wanted = set(expand(args.names))
+        rows = [r for r in rows if r.get("name") in wanted]
+    ctx.emit(columns, sorted(rows, key=lambda r: (r.get("cloud", ""), str(r.get("name", "")))), args)
+
+
+def show_record(ctx: Any, args: argparse.Namespace, kind: str) -> None:
+    """Show one ``kind`` record by name (or id) from the mirror."""
+    from cm import inventory
+    from cm.errors import NotFound
+
+    cloud = ctx.cloud_name(args)
+    records = inventory.records(ctx, kind, cloud, getattr(args, "refresh", False))
+    for record in records:
+        if args.name in (record.get("name"), record.get("id")):
+            ctx.emit_one({k: v for k, v in record.items() if not k.startswith("_")}, args)
+            return
+    raise NotFound(f"unknown {kind} '{args.name}' on cloud '{cloud}' (see `cm {kind} list --refresh`)")
+
+
+def add_show_options(parser: argparse.ArgumentParser, what: str) -> None:
+    completes(parser.add_argument("name", metavar="NAME"), what)
+    add_cloud_option(parser)
+    parser.add_argument("--refresh", action="store_true", help="sync the mirror from the cloud first")
+    from cm.output import add_format_options
+
+    add_format_options(parser)

@@ -1,0 +1,164 @@
+"""`cm vm boot`: names, settings with their precedence, parallel create, wait, record."""
+
+from __future__ import annotations
+
+import time
+from argparse import ArgumentParser, Namespace
+from pathlib import Path
+from typing import Any
+
+from cm import bulk, inventory
+from cm.commands import add_cloud_option, add_dryrun_option, completes
+from cm.errors import ConfigError, Conflict, UsageError
+from cm.names import expand, generated
+from cm.output import add_format_options
+from cm.provider import VM, BootSpec, State
+
+BOOT_COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips", "result"]
+PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
+
+
+def add_boot_arguments(parser: ArgumentParser) -> None:
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--name", metavar="NAMES", help="names or a hostlist such as node[01-10]")
+    names.add_argument("--n", type=int, metavar="COUNT", help="boot COUNT VMs named <user>-NNN (default 1)")
+    add_cloud_option(parser)
+    completes(parser.add_argument("--image", help="image name (default: the 'image' default)"), "image")
+    completes(parser.add_argument("--flavor", help="flavor name (default: the 'flavor' default)"), "flavor")
+    completes(parser.add_argument("--key", help="ssh key: a key name or a public key file"), "key")
+    completes(parser.add_argument("--group", help="put the VMs in this group (default: the 'group' default)"), "group")
+    parser.add_argument("--user-data", metavar="FILE", help="cloud-init user-data file")
+    parser.add_argument("--secgroup", action="append", default=[], help="security group (repeatable)")
+    parser.add_argument("--network", action="append", default=[], help="network to attach (repeatable)")
+    parser.add_argument("--public", action="store_true", help="allocate and attach a public (floating) IP")
+    parser.add_argument("--no-wait", action="store_true", help="return once the cloud accepted the VMs")
+    parser.add_argument("--timeout", type=float, help="seconds to wait for running (default: the 'timeout' default)")
+    add_dryrun_option(parser)
+    add_format_options(parser)
+
+
+def resolve_key(ctx: Any, cloud: str, explicit: str | None) -> tuple[str, str]:
+    """(key name, public key text) from --key, the mirror's keys, or ~/.ssh."""
+    wanted = ctx.value("key", cloud, explicit)
+    ssh = Path.home() / ".ssh"
+    if wanted:
+        for scope in (cloud, ""):
+            record = ctx.mirror.get("key", scope, wanted)
+            if record and record.get("public_key"):
+                return wanted, record["public_key"]
+        path = Path(str(wanted)).expanduser()
+        for candidate in (path, ssh / f"{wanted}.pub", ssh / str(wanted)):
+            if candidate.is_file() and candidate.suffix == ".pub":
+                return candidate.stem, candidate.read_text().strip()
+        # A key the cloud knows by name only (uploaded elsewhere).
+        return str(wanted), ""
+    for name in PUBLIC_KEYS:
+        if (ssh / name).is_file():
+            return name.removesuffix(".pub"), (ssh / name).read_text().strip()
+    return "", ""
+
+
+def _names(ctx: Any, args: Namespace, cloud: str) -> list[str]:
+    if args.name:
+        names = expand([args.name])
+    else:
+        count = 1 if args.n is None else args.n
+        if count < 1:
+            raise UsageError("--n must be at least 1")
+        user = ctx.user(cloud)
+        if args.dryrun:  # a dry run does not use up counter numbers
+            start = ctx.mirror.counter(f"vm:{user}")
+            return generated(user, range(start + 1, start + 1 + count))
+        names = generated(user, ctx.mirror.next_counter(f"vm:{user}", count))
+    taken = [n for n in names if ctx.mirror.get("vm", cloud, n)]
+    if taken:
+        raise Conflict(f"VM {', '.join(taken)} already exists on cloud '{cloud}'")
+    return names
+
+
+def _spec(ctx: Any, args: Namespace, cloud: str, name: str) -> BootSpec:
+    image = ctx.value("image", cloud, args.image)
+    flavor = ctx.value("flavor", cloud, args.flavor)
+    if not image:
+        raise ConfigError(f"no image: give --image or set one with `cm default image=NAME --cloud {cloud}`")
+    if not flavor:
+        raise ConfigError(f"no flavor: give --flavor or set one with `cm default flavor=NAME --cloud {cloud}`")
+    key_name, public_key = resolve_key(ctx, cloud, args.key)
+    user_data = ""
+    if args.user_data:
+        try:
+            user_data = Path(args.user_data).read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read user-data {args.user_data}: {exc.strerror}") from exc
+    return BootSpec(name=name, image=str(image), flavor=str(flavor), key_name=key_name, public_key=public_key,
+                    user=ctx.user(cloud), user_data=user_data, secgroups=list(args.secgroup),
+                    networks=list(args.network), public=args.public)
+
+
+def _row(cloud: str, vm: VM | None, spec: BootSpec, result: str) -> dict[str, Any]:
+    record = vm.to_dict() if vm else {"name": spec.name, "state": "", "image": spec.image, "flavor": spec.flavor}
+    return {**record, "cloud": cloud, "result": result}
+
+
+def _wait_all(ctx: Any, cloud: str, created: dict[str, VM], timeout: float) -> dict[str, str]:
+    """Poll the cloud (one list per round) until every VM settles; return failures by name."""
+    provider = ctx.provider(cloud)
+    deadline = time.monotonic() + timeout
+    pending = set(created)
+    interval = 0.25
+    failures: dict[str, str] = {}
+    while pending:
+        current = {vm.name: vm for vm in provider.list_vms()}
+        for name in list(pending):
+            vm = current.get(name)
+            if vm is None:
+                continue
+            if vm.state not in (State.PENDING, State.UNKNOWN, State.REBOOTING):
+                pending.discard(name)
+                created[name] = vm
+                inventory.store_vm(ctx, cloud, vm)
+                if vm.state == State.ERROR:
+                    failures[name] = f"went to ERROR: {vm.fault}" if vm.fault else "went to ERROR"
+        if pending and time.monotonic() >= deadline:
+            for name in pending:
+                failures[name] = f"still {created[name].state} after {timeout:g} s"
+            break
+        if pending:
+            time.sleep(interval)
+            interval = min(interval * 1.5, 3.0)
+    return failures
+
+
+def boot(ctx: Any, args: Namespace) -> int:
+    cloud = ctx.cloud_name(args)
+    names = _names(ctx, args, cloud)
+    specs = {name: _spec(ctx, args, cloud, name) for name in names}
+    group = str(ctx.value("group", cloud, args.group) or "")
+    if args.dryrun:
+        rows = [_row(cloud, None, spec, "would boot") for spec in specs.values()]
+        ctx.emit(BOOT_COLUMNS, rows, args)
+        return 0
+    provider = ctx.provider(cloud)
+    created: dict[str, VM] = {}
+
+    def record(outcome: bulk.Outcome) -> None:
+        if outcome.ok:
+            created[outcome.name] = outcome.value
+            inventory.store_vm(ctx, cloud, outcome.value)
+            if group:
+                from cm.commands.group import add_members
+
+                add_members(ctx, group, cloud, [outcome.name])
+
+    outcomes = bulk.run_each(names, lambda n: provider.create_vm(specs[n]), "boot", record)
+    failures = {o.name: o.message for o in outcomes if not o.ok}
+    if created and not args.no_wait:
+        failures.update(_wait_all(ctx, cloud, created, float(ctx.value("timeout", cloud, args.timeout) or 600)))
+    rows = [_row(cloud, created.get(n), specs[n], f"failed: {failures[n]}" if n in failures else "booted")
+            for n in names]
+    ctx.emit(BOOT_COLUMNS, rows, args)
+    if failures:
+        ctx.warn(f"{len(failures)} of {len(names)} failed")
+        return 1
+    ctx.warn(f"booted {len(names)} of {len(names)}")
+    return 0

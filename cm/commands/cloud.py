@@ -1,0 +1,88 @@
+"""`cm cloud`: the registered clouds, their kind and settings."""
+
+from __future__ import annotations
+
+import os
+from argparse import ArgumentParser, Namespace
+from typing import Any
+
+from cm.commands import completes, subcommands, verb
+from cm.config import redact
+from cm.errors import UsageError
+from cm.output import add_format_options
+
+HELP = "List, show, add and remove clouds (kvm, openstack, and kinds from plugins)."
+EXAMPLE = "cm cloud add lab --kind kvm uri=qemu+ssh://me@lab/system pool=default"
+
+# The setting that best identifies where a cloud is, per kind, for the list.
+WHERE_KEYS = ("uri", "auth_url", "url", "base_url")
+
+
+def _where(conf: dict[str, Any]) -> str:
+    auth = conf.get("auth") or {}
+    for key in WHERE_KEYS:
+        if conf.get(key) or auth.get(key):
+            return str(conf.get(key) or auth.get(key))
+    return ""
+
+
+def list_clouds(ctx, args: Namespace) -> None:
+    active = ctx.active_cloud()
+    own = ctx.config.data.get("clouds") or {}
+    rows = [{"name": name, "kind": conf.get("kind", ""), "active": "*" if name == active else "",
+             "source": "cm.yaml" if name in own else conf.get("source", "plugin"), "where": _where(conf)}
+            for name, conf in sorted(ctx.config.clouds().items())]
+    ctx.emit(["name", "kind", "active", "source", "where"], rows, args)
+
+
+def show_cloud(ctx, args: Namespace) -> None:
+    conf = ctx.config.cloud(args.name)
+    record = {"name": args.name, **redact(conf), "active": args.name == ctx.active_cloud()}
+    ctx.emit_one(record, args)
+
+
+def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected KEY=VALUE, got '{pair}'")
+        settings[key] = value
+    return settings
+
+
+def add_cloud(ctx, args: Namespace) -> None:
+    from cm.plugins import provider_class, registry
+
+    kind = args.kind or ("openstack" if args.from_env else None)
+    if not kind:
+        raise UsageError("cloud add: give --kind KIND (kinds: " + ", ".join(sorted(registry().providers)) + ")")
+    cls = provider_class(kind)
+    conf: dict[str, Any] = {"kind": kind}
+    if args.from_env:
+        conf.update(cls.config_from_env(dict(os.environ)))
+    conf.update(_parse_settings(args.settings))
+    ctx.config.add_cloud(args.name, conf)
+    ctx.say(f"added cloud '{args.name}' ({kind}); use it with `cm default cloud={args.name}`")
+
+
+def remove_cloud(ctx, args: Namespace) -> None:
+    if args.name == ctx.active_cloud():
+        raise UsageError(f"'{args.name}' is the active cloud; switch with `cm default cloud=NAME` first")
+    ctx.config.remove_cloud(args.name)
+    ctx.say(f"removed cloud '{args.name}' (its records stay in the mirror until `cm refresh`)")
+
+
+def build(parser: ArgumentParser) -> None:
+    subs = subcommands(parser)
+    add_format_options(verb(subs, "list", list_clouds, "list the registered clouds"))
+    show = verb(subs, "show", show_cloud, "show one cloud's settings (secrets masked)")
+    completes(show.add_argument("name", metavar="NAME"), "cloud")
+    add_format_options(show)
+    add = verb(subs, "add", add_cloud, "register a cloud")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="settings of the cloud, e.g. uri=qemu:///system")
+    add.add_argument("--kind", help="kvm, openstack, or a kind a plugin adds")
+    add.add_argument("--from-env", action="store_true", help="import a sourced openrc's OS_* variables (OpenStack)")
+    remove = verb(subs, "remove", remove_cloud, "forget a cloud registered in cm.yaml")
+    completes(remove.add_argument("name", metavar="NAME"), "cloud")

@@ -1,0 +1,106 @@
+"""`cm default`: defaults, global and per cloud, and where each value comes from."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser, Namespace
+from typing import Any
+
+from cm.commands import add_cloud_option
+from cm.errors import UsageError
+from cm.output import FORMATS, add_format_options
+
+HELP = "Show and set defaults: `default KEY=VALUE [--cloud NAME]`, `default delete KEY`, `default cloud=NAME`."
+EXAMPLE = "cm default cloud=chameleon   # every later command acts on chameleon"
+USAGE = "default [list | KEY | KEY=VALUE ... | delete KEY ...] [--cloud NAME] [-f FORMAT]"
+COLUMNS = ["key", "value", "cloud", "source"]
+
+
+def _known_keys(ctx, cloud: str | None) -> list[str]:
+    keys = set(ctx.config.shipped.get("defaults") or {}) | set(ctx.config.data.get("defaults") or {})
+    keys |= {d["key"] for d in ctx.mirror.defaults()}
+    if cloud:
+        keys |= set((ctx.config.clouds().get(cloud) or {}).get("defaults") or {})
+    return sorted(keys)
+
+
+def _row(ctx, key: str, cloud: str | None) -> dict[str, Any]:
+    value, source = ctx.setting(key, cloud)
+    return {"key": key, "value": value, "cloud": cloud or "", "source": source}
+
+
+def show_defaults(ctx, args: Namespace, keys: list[str]) -> None:
+    cloud = ctx.cloud_name(args) if args.cloud else None
+    clouds = [cloud] if cloud else [None, *sorted({d["cloud"] for d in ctx.mirror.defaults() if d["cloud"]} |
+                                                  {n for n, c in ctx.config.clouds().items() if c.get("defaults")})]
+    rows = []
+    for scope in clouds:
+        for key in keys or _known_keys(ctx, scope):
+            row = _row(ctx, key, scope)
+            # In the all-clouds view a per-cloud row is shown only where the cloud differs.
+            if scope and not args.cloud and not row["source"].startswith(("cm default --cloud", "cm.yaml clouds")):
+                continue
+            rows.append(row)
+    ctx.emit(COLUMNS, rows, args)
+
+
+def _validate(ctx, key: str, value: str, cloud: str | None) -> Any:
+    if key == "cloud":
+        if cloud:
+            raise UsageError("the active cloud is global; drop --cloud")
+        ctx.config.cloud(value)  # must exist
+    if key == "format" and value not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}")
+    if key == "timeout":
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise UsageError(f"timeout must be a number of seconds, got '{value}'") from exc
+    return value
+
+
+def set_defaults(ctx, args: Namespace, pairs: list[str]) -> None:
+    cloud = ctx.cloud_name(args) if args.cloud else None
+    parsed = []
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not key:
+            raise UsageError(f"expected KEY=VALUE, got '{pair}'")
+        parsed.append((key, _validate(ctx, key, value, cloud)))
+    for key, value in parsed:
+        ctx.mirror.set_default(key, value, cloud)
+        scope = f" for cloud {cloud}" if cloud else ""
+        ctx.say(f"{key}={value}{scope}")
+
+
+def delete_defaults(ctx, args: Namespace, keys: list[str]) -> int:
+    if not keys:
+        raise UsageError("default delete: name the KEY to delete")
+    cloud = ctx.cloud_name(args) if args.cloud else None
+    missing = [k for k in keys if not ctx.mirror.delete_default(k, cloud)]
+    if missing:
+        raise UsageError(f"no default {', '.join(missing)} was set with `cm default`" + (f" for {cloud}" if cloud else ""))
+    ctx.say(f"deleted {', '.join(keys)}")
+    return 0
+
+
+def run_default(ctx, args: Namespace) -> int | None:
+    words = list(args.words)
+    if words and words[0] == "delete":
+        return delete_defaults(ctx, args, words[1:])
+    if words and words[0] == "list":
+        words = words[1:]
+    if any("=" in w for w in words):
+        if not all("=" in w for w in words):
+            raise UsageError(f"usage: {USAGE}")
+        set_defaults(ctx, args, words)
+        return None
+    show_defaults(ctx, args, words)
+    return None
+
+
+def build(parser: ArgumentParser) -> None:
+    parser.usage = USAGE
+    parser.add_argument("words", nargs="*", metavar="ARG", help="list, KEY, KEY=VALUE, or delete KEY")
+    add_cloud_option(parser)
+    add_format_options(parser)
+    parser.set_defaults(run=run_default)

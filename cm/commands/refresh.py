@@ -1,0 +1,40 @@
+"""`cm refresh`: sync the mirror from the clouds."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser, Namespace
+
+from cm import inventory
+from cm.commands import add_cloud_option
+from cm.errors import CmError, Unsupported
+from cm.output import add_format_options
+
+HELP = "Sync the mirror from the clouds: records gone from a cloud disappear from the mirror."
+EXAMPLE = "cm refresh vm --cloud all"
+
+
+def run_refresh(ctx, args: Namespace) -> int:
+    kinds = list(inventory.FETCHERS) if args.what == "all" else [args.what]
+    rows, failed = [], 0
+    for cloud in ctx.cloud_names(args):
+        for kind in kinds:
+            try:
+                result = f"{inventory.refresh(ctx, cloud, kind)} records"
+            except Unsupported:
+                if args.what != "all":
+                    raise
+                continue  # this cloud has no such thing; nothing to sync
+            except CmError as exc:
+                failed += 1
+                result = f"failed: {exc}"
+            rows.append({"cloud": cloud, "kind": kind, "result": result})
+    ctx.emit(["cloud", "kind", "result"], rows, args)
+    return 1 if failed else 0
+
+
+def build(parser: ArgumentParser) -> None:
+    parser.add_argument("what", nargs="?", default="all", choices=[*inventory.FETCHERS, "all"],
+                        help="what to sync (default: all)")
+    add_cloud_option(parser, allow_all=True)
+    add_format_options(parser)
+    parser.set_defaults(run=run_refresh)

@@ -1,0 +1,49 @@
+"""`cm var`: variables that expand as $NAME in commands and scripts."""
+
+from __future__ import annotations
+
+import re
+from argparse import ArgumentParser, Namespace
+
+from cm.errors import UsageError
+from cm.output import add_format_options
+
+HELP = "Set, list and delete variables; $NAME expands in every command and script line."
+EXAMPLE = "cm var img=ubuntu-22.04; cm vm boot --image $img"
+USAGE = "var [list | NAME | NAME=VALUE ... | delete NAME ...] [-f FORMAT]"
+_NAME = re.compile(r"^\w+$")
+
+
+def run_var(ctx, args: Namespace) -> None:
+    words = list(args.words)
+    if not words or words == ["list"]:
+        rows = [{"name": k, "value": v} for k, v in sorted(ctx.mirror.variables().items())]
+        ctx.emit(["name", "value"], rows, args)
+    elif words[0] == "delete":
+        if len(words) < 2:
+            raise UsageError("var delete: name the variable to delete")
+        for name in words[1:]:
+            if not ctx.mirror.delete_variable(name):
+                raise UsageError(f"unknown variable '{name}'")
+            ctx.say(f"deleted {name}")
+    elif all("=" in w for w in words):
+        for word in words:
+            name, _, value = word.partition("=")
+            if not _NAME.match(name):
+                raise UsageError(f"bad variable name '{name}': use letters, digits and _")
+            ctx.mirror.set_variable(name, value)
+            ctx.say(f"{name}={value}")
+    elif len(words) == 1:
+        variables = ctx.mirror.variables()
+        if words[0] not in variables:
+            raise UsageError(f"unknown variable '{words[0]}'")
+        ctx.emit(["name", "value"], [{"name": words[0], "value": variables[words[0]]}], args)
+    else:
+        raise UsageError(f"usage: {USAGE}")
+
+
+def build(parser: ArgumentParser) -> None:
+    parser.usage = USAGE
+    parser.add_argument("words", nargs="*", metavar="ARG", help="list, NAME, NAME=VALUE, or delete NAME")
+    add_format_options(parser)
+    parser.set_defaults(run=run_var)

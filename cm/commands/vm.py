@@ -1,0 +1,291 @@
+"""`cm vm`: boot, list and manage virtual machines on any cloud."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from argparse import ArgumentParser, Namespace
+from collections.abc import Callable
+from typing import Any
+
+from cm import bulk, inventory
+from cm.commands import (add_cloud_option, add_dryrun_option, add_list_options, add_names, completes, list_records,
+                         subcommands, verb)
+from cm.commands.boot import add_boot_arguments, boot
+from cm.errors import NotFound, UsageError
+from cm.names import expand
+from cm.output import add_format_options
+from cm.provider import State
+
+HELP = "Boot, list, show, start, stop, delete and reach virtual machines."
+EXAMPLE = "cm vm boot --n 3 --image ubuntu-22.04 --flavor m1.small"
+
+COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips"]
+RESULT_COLUMNS = ["name", "cloud", "state", "result"]
+
+# verb -> (provider method, the state the VM settles in, past tense for messages)
+LIFECYCLE: dict[str, tuple[str, set[State] | None, str]] = {
+    "start": ("start_vm", {State.RUNNING}, "started"),
+    "stop": ("stop_vm", {State.STOPPED}, "stopped"),
+    "reboot": ("reboot_vm", {State.RUNNING}, "rebooted"),
+    "suspend": ("suspend_vm", {State.SUSPENDED, State.PAUSED}, "suspended"),
+    "resume": ("resume_vm", {State.RUNNING}, "resumed"),
+    "delete": ("delete_vm", None, "deleted"),
+}
+
+
+def _timeout(ctx, cloud: str, args: Namespace) -> float:
+    return float(ctx.value("timeout", cloud, getattr(args, "timeout", None)) or 600)
+
+
+def list_vms(ctx, args: Namespace) -> None:
+    list_records(ctx, args, "vm", COLUMNS)
+
+
+def show_vm(ctx, args: Namespace) -> None:
+    cloud = ctx.cloud_name(args)
+    for name in expand(args.names):
+        if args.refresh:
+            inventory.store_vm(ctx, cloud, ctx.provider(cloud).get_vm(name))
+        record = ctx.mirror.get("vm", cloud, name)
+        if record is None:
+            raise NotFound(f"unknown VM '{name}' on cloud '{cloud}' (see `cm vm list --refresh`)")
+        ctx.emit_one({k: v for k, v in record.items() if not k.startswith("_")}, args)
+
+
+def status_vms(ctx, args: Namespace) -> int:
+    """Ask the cloud for the live state of each VM and update the mirror."""
+    cloud = ctx.cloud_name(args)
+    provider = ctx.provider(cloud)
+    names = inventory.known_vms(ctx, cloud, expand(args.names))
+
+    def record(outcome: bulk.Outcome) -> None:
+        if outcome.ok:
+            inventory.store_vm(ctx, cloud, outcome.value)
+
+    outcomes = bulk.run_each(names, provider.get_vm, "status", record)
+    rows = [{"name": o.name, "cloud": cloud, "state": str(o.value.state) if o.ok else "",
+             "result": "" if o.ok else o.message} for o in outcomes]
+    ctx.emit(RESULT_COLUMNS, rows, args)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def report(ctx, cloud: str, outcomes: list[bulk.Outcome], done: str, args: Namespace) -> int:
+    """The per-VM result table on stdout and the summary on stderr."""
+    rows = [{"name": o.name, "cloud": cloud, "state": str(o.value.state) if o.ok and o.value else "",
+             "result": done if o.ok else f"failed: {o.message}"} for o in outcomes]
+    ctx.emit(RESULT_COLUMNS, rows, args)
+    text, code = bulk.summary(outcomes, done)
+    ctx.warn(text)
+    return code
+
+
+def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
+    method, settled, done = LIFECYCLE[verb_name]
+
+    def handler(ctx, args: Namespace) -> int:
+        cloud = ctx.cloud_name(args)
+        names = inventory.known_vms(ctx, cloud, expand(args.names))
+        if args.dryrun:
+            for name in names:
+                ctx.say(f"would {verb_name} {name} on {cloud}")
+            return 0
+        provider = ctx.provider(cloud)
+        timeout = _timeout(ctx, cloud, args)
+
+        def act(name: str) -> Any:
+            getattr(provider, method)(name)
+            if settled is None or args.no_wait:
+                return None
+            return inventory.wait_for(provider, name, settled, timeout)
+
+        def record(outcome: bulk.Outcome) -> None:
+            if outcome.ok and verb_name == "delete":
+                ctx.mirror.remove("vm", cloud, [outcome.name])
+                from cm.commands.group import forget_vm
+
+                forget_vm(ctx, cloud, outcome.name)
+            elif outcome.ok and outcome.value is not None:
+                inventory.store_vm(ctx, cloud, outcome.value)
+
+        return report(ctx, cloud, bulk.run_each(names, act, verb_name, record), done, args)
+
+    handler.__doc__ = f"{verb_name.capitalize()} VMs."
+    return handler
+
+
+def rename_vm(ctx, args: Namespace) -> None:
+    cloud = ctx.cloud_name(args)
+    inventory.known_vms(ctx, cloud, [args.old])
+    if ctx.mirror.get("vm", cloud, args.new):
+        raise UsageError(f"a VM named '{args.new}' already exists on cloud '{cloud}'")
+    if args.dryrun:
+        ctx.say(f"would rename {args.old} to {args.new} on {cloud}")
+        return
+    vm = ctx.provider(cloud).rename_vm(args.old, args.new)
+    with ctx.mirror.transaction():
+        ctx.mirror.remove("vm", cloud, [args.old])
+        inventory.store_vm(ctx, cloud, vm)
+    from cm.commands.group import rename_vm_in_groups
+
+    rename_vm_in_groups(ctx, cloud, args.old, args.new)
+    ctx.say(f"renamed {args.old} to {args.new}")
+
+
+def resize_vm(ctx, args: Namespace) -> None:
+    cloud = ctx.cloud_name(args)
+    inventory.known_vms(ctx, cloud, [args.name])
+    if args.dryrun:
+        ctx.say(f"would resize {args.name} to {args.flavor} on {cloud}")
+        return
+    inventory.store_vm(ctx, cloud, ctx.provider(cloud).resize_vm(args.name, args.flavor))
+    ctx.say(f"resized {args.name} to {args.flavor}")
+
+
+def wait_vms(ctx, args: Namespace) -> int:
+    cloud = ctx.cloud_name(args)
+    names = inventory.known_vms(ctx, cloud, expand(args.names))
+    provider = ctx.provider(cloud)
+    target = {State(args.state)}
+    timeout = _timeout(ctx, cloud, args)
+
+    def record(outcome: bulk.Outcome) -> None:
+        if outcome.ok:
+            inventory.store_vm(ctx, cloud, outcome.value)
+
+    outcomes = bulk.run_each(names, lambda n: inventory.wait_for(provider, n, target, timeout), "wait", record)
+    return report(ctx, cloud, outcomes, args.state, args)
+
+
+def console_vm(ctx, args: Namespace) -> None:
+    cloud = ctx.cloud_name(args)
+    inventory.known_vms(ctx, cloud, [args.name])
+    text = ctx.provider(cloud).console_log(args.name, args.lines)
+    ctx.say(text.rstrip("\n"))
+
+
+def _address(record: dict[str, Any]) -> str:
+    for ip in [*record.get("public_ips", []), *record.get("private_ips", [])]:
+        return ip
+    raise UsageError(f"VM '{record['name']}' has no address yet (try `cm vm status {record['name']}`)")
+
+
+def ssh_vm(ctx, args: Namespace) -> int:
+    cloud = ctx.cloud_name(args)
+    inventory.known_vms(ctx, cloud, [args.name])
+    record = ctx.mirror.get("vm", cloud, args.name)
+    login = ctx.value("login", cloud, args.user) or "root"
+    command = ["ssh", "-o", "StrictHostKeyChecking=accept-new", f"{login}@{_address(record)}"]
+    if args.command:
+        command.append(args.command)
+    if args.dryrun:
+        ctx.say(shlex.join(command))
+        return 0
+    return subprocess.run(command).returncode
+
+
+def ip_show(ctx, args: Namespace) -> None:
+    cloud = ctx.cloud_name(args)
+    rows = ctx.mirror.records("vm", cloud)
+    if args.names:
+        wanted = set(expand(args.names))
+        rows = [r for r in rows if r["name"] in wanted]
+    ctx.emit(["name", "cloud", "public_ips", "private_ips"], sorted(rows, key=lambda r: r["name"]), args)
+
+
+def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
+    def handler(ctx, args: Namespace) -> int:
+        cloud = ctx.cloud_name(args)
+        names = inventory.known_vms(ctx, cloud, expand(args.names))
+        if args.dryrun:
+            for name in names:
+                ctx.say(f"would {'assign a public IP to' if assign else 'release the public IPs of'} {name}")
+            return 0
+        provider = ctx.provider(cloud)
+        act = provider.assign_public_ip if assign else provider.release_public_ip
+
+        def record(outcome: bulk.Outcome) -> None:
+            if outcome.ok:
+                vm = provider.get_vm(outcome.name)
+                outcome.value = vm
+                inventory.store_vm(ctx, cloud, vm)
+
+        outcomes = bulk.run_each(names, act, "ip", record)
+        return report(ctx, cloud, outcomes, "assigned" if assign else "released", args)
+
+    return handler
+
+
+def build(parser: ArgumentParser) -> None:
+    subs = subcommands(parser)
+    boot_parser = verb(subs, "boot", boot, "boot VMs: --n COUNT named <user>-NNN, or --name node[01-10]")
+    add_boot_arguments(boot_parser)
+
+    add_list_options(verb(subs, "list", list_vms, "list VMs from the mirror (instant, offline)"), "vm")
+
+    show = verb(subs, "show", show_vm, "show everything the mirror knows of VMs")
+    add_names(show)
+    add_cloud_option(show)
+    show.add_argument("--refresh", action="store_true", help="ask the cloud first")
+    add_format_options(show)
+
+    status = verb(subs, "status", status_vms, "ask the cloud for the live state of VMs")
+    add_names(status)
+    add_cloud_option(status)
+    add_format_options(status)
+
+    for name, (_, settled, _) in LIFECYCLE.items():
+        sub = verb(subs, name, lifecycle(name), f"{name} VMs (in parallel; one failure does not stop the rest)")
+        add_names(sub)
+        add_cloud_option(sub)
+        add_dryrun_option(sub)
+        if settled is not None:
+            sub.add_argument("--no-wait", action="store_true", help="return without waiting for the new state")
+        else:
+            sub.set_defaults(no_wait=True)
+        sub.add_argument("--timeout", type=float, help="seconds to wait (default: the 'timeout' default)")
+        add_format_options(sub)
+
+    rename = verb(subs, "rename", rename_vm, "rename a VM")
+    completes(rename.add_argument("old", metavar="OLD"), "vm")
+    rename.add_argument("new", metavar="NEW")
+    add_cloud_option(rename)
+    add_dryrun_option(rename)
+
+    resize = verb(subs, "resize", resize_vm, "give a VM another flavor")
+    completes(resize.add_argument("name", metavar="NAME"), "vm")
+    completes(resize.add_argument("--flavor", required=True), "flavor")
+    add_cloud_option(resize)
+    add_dryrun_option(resize)
+
+    wait = verb(subs, "wait", wait_vms, "wait until VMs reach a state")
+    add_names(wait)
+    wait.add_argument("--state", default="running", choices=[s.value for s in State], help="default: running")
+    wait.add_argument("--timeout", type=float, help="seconds (default: the 'timeout' default)")
+    add_cloud_option(wait)
+    add_format_options(wait)
+
+    console = verb(subs, "console", console_vm, "print what a VM wrote on its console")
+    completes(console.add_argument("name", metavar="NAME"), "vm")
+    console.add_argument("--lines", type=int, default=0, help="only the last LINES lines")
+    add_cloud_option(console)
+
+    ssh = verb(subs, "ssh", ssh_vm, "log in to a VM with ssh, or run one command there")
+    completes(ssh.add_argument("name", metavar="NAME"), "vm")
+    ssh.add_argument("--command", help="run this command instead of a login shell")
+    ssh.add_argument("--user", help="login name (default: the 'login' default, else root)")
+    add_cloud_option(ssh)
+    add_dryrun_option(ssh)
+
+    ip = verb(subs, "ip", ip_show, "show, assign or release VM addresses")
+    ip_subs = subcommands(ip)
+    ip_list = verb(ip_subs, "show", ip_show, "show the addresses of VMs")
+    add_names(ip_list, nargs="*")
+    add_cloud_option(ip_list)
+    add_format_options(ip_list)
+    for name, assign in (("assign", True), ("release", False)):
+        sub = verb(ip_subs, name, ip_change(assign), f"{name} public (floating) IPs of VMs")
+        add_names(sub)
+        add_cloud_option(sub)
+        add_dryrun_option(sub)
+        add_format_options(sub)

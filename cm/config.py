@@ -1,0 +1,169 @@
+"""The user directory, cm.yaml, and the registered clouds.
+
+Everything lives under one directory: ``$CM_HOME`` when set (tests and several
+profiles each use their own), else ``~/.cm``.  The first run creates
+``cm.yaml`` from the shipped ``defaults/cm.yaml``; later runs never overwrite it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cm.errors import ConfigError
+
+ENV_HOME = "CM_HOME"
+CONFIG_NAME = "cm.yaml"
+SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential")
+MASK = "********"
+
+
+def home() -> Path:
+    """The user directory, created private (0700) on first use."""
+    path = Path(os.environ.get(ENV_HOME) or Path.home() / ".cm").expanduser()
+    if not path.is_dir():
+        path.mkdir(parents=True, mode=0o700)
+    return path
+
+
+def defaults_dir() -> Path:
+    """Where the shipped defaults are: installed beside the package, or in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "defaults", here.parent / "defaults"):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    raise ConfigError("cm's shipped defaults are missing; reinstall cm")
+
+
+def _yaml() -> Any:
+    import yaml  # imported here: not every command reads YAML
+
+    return yaml
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    yaml = _yaml()
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(path.read_text(), Loader=loader) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}{line}: not valid YAML; fix or remove the file") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically, readable by the owner only (the file may hold secrets)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_secret(key: str) -> bool:
+    return any(word in key.lower() for word in SECRET_WORDS)
+
+
+def redact(value: Any) -> Any:
+    """A copy with every secret-looking value masked, for display."""
+    if isinstance(value, dict):
+        return {k: (MASK if is_secret(str(k)) and v else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+# Plugins may contribute clouds found elsewhere (OpenStack's clouds.yaml).
+CloudSource = Callable[[], dict[str, dict[str, Any]]]
+
+
+class Config:
+    """The user's cm.yaml plus clouds discovered by plugins."""
+
+    def __init__(self, path: Path, data: dict[str, Any], shipped: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+        self.shipped = shipped
+        self._discovered: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> "Config":
+        directory = directory or home()
+        path = directory / CONFIG_NAME
+        shipped_path = defaults_dir() / CONFIG_NAME
+        if not path.exists():
+            write_private(path, shipped_path.read_text())
+        return cls(path, read_yaml(path), read_yaml(shipped_path))
+
+    def save(self) -> None:
+        yaml = _yaml()
+        header = "# cm configuration (written by cm; comments of the original were not kept)\n"
+        write_private(self.path, header + yaml.safe_dump(self.data, sort_keys=False))
+
+    # -- defaults written in the file ------------------------------------------
+    def file_default(self, key: str, cloud: str | None = None) -> Any:
+        if cloud is not None:
+            return (self.clouds().get(cloud, {}).get("defaults") or {}).get(key)
+        return (self.data.get("defaults") or {}).get(key)
+
+    def shipped_default(self, key: str) -> Any:
+        return (self.shipped.get("defaults") or {}).get(key)
+
+    # -- clouds -------------------------------------------------------------------
+    def discovered(self) -> dict[str, dict[str, Any]]:
+        if self._discovered is None:
+            from cm.plugins import registry
+
+            self._discovered = {}
+            for source in registry().cloud_sources:
+                for name, conf in source().items():
+                    self._discovered.setdefault(name, conf)
+        return self._discovered
+
+    def clouds(self) -> dict[str, dict[str, Any]]:
+        """Every cloud: cm.yaml's own entries win over discovered ones of the same name."""
+        own = self.data.get("clouds") or {}
+        merged = {name: conf for name, conf in self.discovered().items() if name not in own}
+        merged.update(own)
+        return merged
+
+    def cloud(self, name: str) -> dict[str, Any]:
+        clouds = self.clouds()
+        if name not in clouds:
+            known = ", ".join(sorted(clouds)) or "none"
+            raise ConfigError(f"unknown cloud '{name}' (known: {known}); see `cm cloud list`")
+        conf = copy.deepcopy(clouds[name])
+        if not conf.get("kind"):
+            raise ConfigError(f"cloud '{name}' in {self.path} has no 'kind'")
+        return conf
+
+    def add_cloud(self, name: str, conf: dict[str, Any]) -> None:
+        clouds = self.data.setdefault("clouds", {}) or {}
+        if name in clouds:
+            raise ConfigError(f"cloud '{name}' already exists; remove it first")
+        clouds[name] = conf
+        self.data["clouds"] = clouds
+        self.save()
+
+    def remove_cloud(self, name: str) -> None:
+        clouds = self.data.get("clouds") or {}
+        if name not in clouds:
+            if name in self.discovered():
+                raise ConfigError(f"cloud '{name}' comes from clouds.yaml; remove it there")
+            raise ConfigError(f"unknown cloud '{name}'")
+        del clouds[name]
+        self.save()

@@ -1,0 +1,140 @@
+"""What every command gets: settings with their sources, the mirror, providers, output."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from argparse import Namespace
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from typing import Any
+
+from cm import config as config_mod
+from cm.errors import ConfigError
+from cm.mirror import Mirror
+from cm.provider import Provider
+
+Writer = Callable[[str], None]
+
+
+def _stdout(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _stderr(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+class Context:
+    """One per shell; commands reach config, mirror, providers and output through it."""
+
+    def __init__(self, out: Writer = _stdout, err: Writer = _stderr, *, interactive: bool = False) -> None:
+        self.out = out
+        self.err = err
+        self.interactive = interactive
+        self._providers: dict[str, Provider] = {}
+        self._said_once: set[str] = set()
+
+    # -- configuration and the mirror --------------------------------------------
+    @cached_property
+    def home(self):  # type: ignore[no-untyped-def]
+        return config_mod.home()
+
+    @cached_property
+    def config(self) -> config_mod.Config:
+        return config_mod.Config.load(self.home)
+
+    @cached_property
+    def mirror(self) -> Mirror:
+        return Mirror(self.home / "mirror.json")
+
+    def setting(self, key: str, cloud: str | None = None, explicit: Any = None) -> tuple[Any, str]:
+        """A setting's value and where it came from, by the documented precedence.
+
+        explicit option > per-cloud default > global default > shipped default.
+        """
+        if explicit not in (None, "", []):
+            return explicit, "option"
+        steps: list[tuple[Callable[[], Any], str]] = []
+        if cloud:
+            steps += [(lambda: self.mirror.get_default(key, cloud), f"cm default --cloud {cloud}"),
+                      (lambda: self.config.file_default(key, cloud), f"cm.yaml clouds.{cloud}.defaults")]
+        steps += [(lambda: self.mirror.get_default(key), "cm default"),
+                  (lambda: self.config.file_default(key), "cm.yaml defaults"),
+                  (lambda: self.config.shipped_default(key), "shipped")]
+        for lookup, source in steps:
+            value = lookup()
+            if value not in (None, ""):
+                return value, source
+        return None, "unset"
+
+    def value(self, key: str, cloud: str | None = None, explicit: Any = None) -> Any:
+        return self.setting(key, cloud, explicit)[0]
+
+    def active_cloud(self) -> str:
+        name = self.value("cloud")
+        if not name:
+            raise ConfigError("no cloud selected; pick one with `cm default cloud=NAME`")
+        return str(name)
+
+    def cloud_name(self, args: Namespace | None = None) -> str:
+        """The cloud a command acts on: --cloud, else the active cloud; it must exist."""
+        name = getattr(args, "cloud", None) or self.active_cloud()
+        self.config.cloud(name)
+        return name
+
+    def cloud_names(self, args: Namespace) -> list[str]:
+        """Like cloud_name, but ``--cloud all`` means every registered cloud."""
+        if getattr(args, "cloud", None) == "all":
+            return sorted(self.config.clouds())
+        return [self.cloud_name(args)]
+
+    def user(self, cloud: str | None = None) -> str:
+        return str(self.value("user", cloud) or getpass.getuser())
+
+    # -- providers -------------------------------------------------------------------
+    def provider(self, cloud: str) -> Provider:
+        """The provider of ``cloud``, created once; its SDK is imported only now."""
+        if cloud not in self._providers:
+            from cm.plugins import provider_class
+
+            conf = self.config.cloud(cloud)
+            cls = provider_class(conf["kind"])
+            provider = cls(cloud, conf)
+            provider.notice = self.say_once  # type: ignore[attr-defined]
+            self._providers[cloud] = provider
+        return self._providers[cloud]
+
+    def close(self) -> None:
+        for provider in self._providers.values():
+            provider.close()
+        self._providers.clear()
+
+    # -- output -------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        self.out(text)
+
+    def warn(self, text: str) -> None:
+        self.err(text)
+
+    def say_once(self, text: str) -> None:
+        """A notice shown once per shell session (stderr, so pipes stay clean)."""
+        if text not in self._said_once:
+            self._said_once.add(text)
+            self.err(text)
+
+    def output_format(self, args: Namespace) -> str:
+        return str(getattr(args, "format", None) or self.value("format") or "table")
+
+    def emit(self, columns: Sequence[str], rows: list[dict[str, Any]], args: Namespace) -> None:
+        from cm.output import render
+
+        text = render(columns, rows, self.output_format(args), wanted=getattr(args, "column", []),
+                      sort_by=getattr(args, "sort_column", []))
+        if text:
+            self.out(text)
+
+    def emit_one(self, record: dict[str, Any], args: Namespace) -> None:
+        from cm.output import render_one
+
+        self.out(render_one(record, self.output_format(args), wanted=getattr(args, "column", [])))

@@ -1,0 +1,66 @@
+"""Between providers and the mirror: fetch records from a cloud and store them.
+
+Providers never touch the mirror; this module (used by the commands) does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from cm.errors import NotFound, ProviderError
+from cm.provider import VM, Provider, State
+
+# kind -> the provider verb that lists it
+FETCHERS = {"vm": "list_vms", "image": "list_images", "flavor": "list_flavors", "key": "list_keys",
+            "secgroup": "list_secgroups", "network": "list_networks", "ip": "list_floating_ips"}
+SETTLED = {State.RUNNING, State.STOPPED, State.SUSPENDED, State.PAUSED, State.ERROR, State.DELETED}
+
+
+def as_record(item: Any) -> dict[str, Any]:
+    return item.to_dict() if hasattr(item, "to_dict") else dict(item)
+
+
+def refresh(ctx: Any, cloud: str, kind: str) -> int:
+    """Make the mirror's ``kind`` records of ``cloud`` what the cloud has now; return the count."""
+    items = getattr(ctx.provider(cloud), FETCHERS[kind])()
+    return ctx.mirror.replace(kind, cloud, [as_record(i) for i in items])
+
+
+def records(ctx: Any, kind: str, cloud: str, refresh_first: bool = False) -> list[dict[str, Any]]:
+    if refresh_first:
+        refresh(ctx, cloud, kind)
+    return ctx.mirror.records(kind, cloud)
+
+
+def store_vm(ctx: Any, cloud: str, vm: VM) -> None:
+    ctx.mirror.put("vm", cloud, vm.to_dict())
+
+
+def known_vms(ctx: Any, cloud: str, names: Iterable[str]) -> list[str]:
+    """The names, all of which must be VMs the mirror knows on ``cloud``."""
+    names = list(names)
+    have = {r["name"] for r in ctx.mirror.records("vm", cloud)}
+    missing = [n for n in names if n not in have]
+    if missing:
+        from cm.names import collect
+
+        raise NotFound(f"unknown VM {collect(missing)} on cloud '{cloud}' (see `cm vm list --refresh`)")
+    return names
+
+
+def wait_for(provider: Provider, name: str, states: set[State], timeout: float,
+             interval: float = 0.5) -> VM:
+    """Poll until the VM reaches one of ``states``; an ERROR state or the timeout fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        vm = provider.get_vm(name)
+        if vm.state in states:
+            return vm
+        if vm.state == State.ERROR:
+            raise ProviderError(f"{name} went to ERROR" + (f": {vm.fault}" if vm.fault else ""))
+        if time.monotonic() >= deadline:
+            raise ProviderError(f"{name} is still {vm.state} after {timeout:g} s")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(interval * 1.5, 5.0)

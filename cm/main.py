@@ -1,0 +1,79 @@
+"""The `cm` command: interactive shell, one-shot command, or script runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+from cm.context import Context
+from cm.errors import EXIT_USAGE
+from cm.runner import parse_global, run_script, run_words
+
+USAGE = """usage: cm [--debug] [--keep-going] [COMMAND ... | SCRIPT | --file SCRIPT]
+
+  cm                      open the interactive shell (or run commands piped on stdin)
+  cm vm list -f json      run one command and exit with its status
+  cm batch.cm             run a script of commands, one per line
+"""
+
+
+def _looks_like_script(words: list[str]) -> bool:
+    from cm.plugins import registry
+
+    first = words[0]
+    return len(words) == 1 and first not in registry().nouns and (first.endswith(".cm") or Path(first).is_file())
+
+
+def run_file(ctx: Context, path: str, opts: Namespace) -> int:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        ctx.warn(f"cm: cannot read script {path}: {exc.strerror}")
+        return EXIT_USAGE
+    return run_script(ctx, lines, path, keep_going=opts.keep_going, debug=opts.debug)
+
+
+def run(argv: list[str]) -> int:
+    opts, words = parse_global(argv)
+    if opts.version:
+        from cm import __version__
+
+        print(f"cm {__version__}")
+        return 0
+    ctx = Context()
+    try:
+        if opts.file:
+            return run_file(ctx, opts.file, opts)
+        if not words:
+            if sys.stdin.isatty():
+                from cm.shell import Shell  # cmd2 is imported only for the interactive shell
+
+                return Shell(ctx, debug=opts.debug).run()
+            return run_script(ctx, sys.stdin, "<stdin>", keep_going=opts.keep_going, debug=opts.debug)
+        if words[0] in ("-h", "--help") and len(words) == 1:
+            print(USAGE, end="")
+            return 0
+        if _looks_like_script(words):
+            return run_file(ctx, words[0], opts)
+        return run_words(ctx, words, opts.debug)
+    finally:
+        ctx.close()
+
+
+def main() -> None:
+    try:
+        code = run(sys.argv[1:])
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("cm: interrupted", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:  # `cm vm list | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

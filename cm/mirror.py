@@ -1,0 +1,225 @@
+"""The local mirror: a TinyDB file of VMs, images, flavors, keys, groups and clusters
+per cloud, plus defaults, variables and name counters.
+
+It must not lose data:
+- every write goes to a temporary file that is fsynced and renamed over the old
+  one, so a crash or ``kill -9`` leaves the previous or the new state;
+- writers hold a cross-process file lock for the whole read-modify-write, so two
+  ``cm`` processes writing at once lose nothing;
+- a file that is not a readable cm mirror is moved aside, never overwritten.
+Providers never touch the mirror; commands store what providers return.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tinydb import Query, TinyDB
+from tinydb.storages import Storage
+
+from cm.errors import MirrorError
+
+SCHEMA = 1
+APP = "cm-mirror"
+RECORD_KINDS = ("vm", "image", "flavor", "key", "group", "cluster", "secgroup", "network", "ip")
+META, DEFAULTS, VARS, COUNTERS = "meta", "defaults", "vars", "counters"
+
+# Migrations from schema N to N+1, applied in order when an older file is opened.
+MIGRATIONS: dict[int, Any] = {}
+
+
+class _Storage(Storage):
+    """Serves TinyDB the transaction's in-memory copy; the Mirror does the file I/O."""
+
+    def __init__(self, mirror: "Mirror") -> None:
+        self._mirror = mirror
+
+    def read(self) -> dict[str, Any] | None:
+        return self._mirror._pending
+
+    def write(self, data: dict[str, Any]) -> None:
+        self._mirror._pending = data
+        self._mirror._dirty = True
+
+
+class Mirror:
+    """The mirror file at ``path``; reads take no lock, writes go through :meth:`transaction`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: dict[str, Any] | None = None
+        self._dirty = False
+        self._guard = threading.RLock()
+        self._cache: tuple[tuple[int, int], dict[str, Any]] | None = None
+
+    # -- file I/O ----------------------------------------------------------------
+    def _read_file(self) -> dict[str, Any]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {META: {"1": {"app": APP, "schema": SCHEMA}}}
+        key = (stat.st_mtime_ns, stat.st_size)
+        if self._cache and self._cache[0] == key:
+            return self._cache[1]
+        try:
+            data = json.loads(self.path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._set_aside(f"it is not valid JSON ({exc.__class__.__name__})")
+        if not isinstance(data, dict) or (data.get(META) or {}).get("1", {}).get("app") != APP:
+            self._set_aside("it is not a cm mirror")
+        data = self._migrate(data)
+        self._cache = (key, data)
+        return data
+
+    def _set_aside(self, why: str) -> None:
+        aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(self.path, aside)
+        raise MirrorError(f"the mirror {self.path} could not be used: {why}; it was kept as {aside} "
+                          "and a new one will be started (run `cm refresh` to fill it)")
+
+    def _migrate(self, data: dict[str, Any]) -> dict[str, Any]:
+        version = int(data[META]["1"].get("schema", 1))
+        if version > SCHEMA:
+            raise MirrorError(f"the mirror {self.path} was written by a newer cm (schema {version}); upgrade cm")
+        while version < SCHEMA:
+            data = MIGRATIONS[version](data)
+            version += 1
+            data[META]["1"]["schema"] = version
+        return data
+
+    def _write_file(self, data: dict[str, Any]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle, separators=(",", ":"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._cache = None
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        from filelock import FileLock, Timeout  # only writers pay for the import
+
+        try:
+            with FileLock(str(self.path) + ".lock", timeout=60):
+                yield
+        except Timeout as exc:
+            raise MirrorError(f"the mirror {self.path} is locked by another cm process") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[TinyDB]:
+        """Lock, read once, let the caller change the TinyDB, then write once atomically."""
+        with self._guard:
+            if self._pending is not None:  # nested: join the outer transaction
+                yield TinyDB(self, storage=_Storage)
+                return
+            with self._lock():
+                self._pending, self._dirty = json.loads(json.dumps(self._read_file())), False
+                try:
+                    yield TinyDB(self, storage=_Storage)
+                    if self._dirty:
+                        self._write_file(self._pending)
+                finally:
+                    self._pending = None
+
+    def _current(self) -> dict[str, Any]:
+        """The data as it stands: the open transaction's copy, else the file."""
+        return self._pending if self._pending is not None else self._read_file()
+
+    def _table(self, db: TinyDB, name: str) -> Any:
+        return db.table(name, cache_size=0)
+
+    # -- records (vm, image, flavor, key, group, cluster ...) ------------------
+    def records(self, kind: str, cloud: str | None = None) -> list[dict[str, Any]]:
+        table = self._current().get(kind, {})
+        docs = list(table.values())
+        return docs if cloud is None else [d for d in docs if d.get("cloud") == cloud]
+
+    def get(self, kind: str, cloud: str, name: str) -> dict[str, Any] | None:
+        for doc in self.records(kind, cloud):
+            if doc.get("name") == name:
+                return doc
+        return None
+
+    def put(self, kind: str, cloud: str, record: dict[str, Any]) -> None:
+        """Insert or update the record named ``record['name']`` in ``cloud``."""
+        doc = {**record, "cloud": cloud, "kind": kind, "_schema": SCHEMA}
+        q = Query()
+        with self.transaction() as db:
+            self._table(db, kind).upsert(doc, (q.cloud == cloud) & (q.name == doc["name"]))
+
+    def remove(self, kind: str, cloud: str, names: Iterable[str]) -> None:
+        wanted = set(names)
+        q = Query()
+        with self.transaction() as db:
+            self._table(db, kind).remove((q.cloud == cloud) & q.name.one_of(list(wanted)))
+
+    def replace(self, kind: str, cloud: str, records: Iterable[dict[str, Any]]) -> int:
+        """Make the mirror's ``kind`` records of ``cloud`` exactly ``records`` (a refresh)."""
+        docs = [{**r, "cloud": cloud, "kind": kind, "_schema": SCHEMA} for r in records]
+        with self.transaction() as db:
+            table = self._table(db, kind)
+            table.remove(Query().cloud == cloud)
+            table.insert_multiple(docs)
+        return len(docs)
+
+    # -- defaults, variables, counters ---------------------------------------------
+    def defaults(self) -> list[dict[str, Any]]:
+        return list(self._current().get(DEFAULTS, {}).values())
+
+    def get_default(self, key: str, cloud: str | None = None) -> Any:
+        for doc in self.defaults():
+            if doc["key"] == key and doc.get("cloud") == cloud:
+                return doc["value"]
+        return None
+
+    def set_default(self, key: str, value: Any, cloud: str | None = None) -> None:
+        q = Query()
+        with self.transaction() as db:
+            self._table(db, DEFAULTS).upsert({"key": key, "value": value, "cloud": cloud},
+                                             (q.key == key) & (q.cloud == cloud))
+
+    def delete_default(self, key: str, cloud: str | None = None) -> bool:
+        q = Query()
+        with self.transaction() as db:
+            return bool(self._table(db, DEFAULTS).remove((q.key == key) & (q.cloud == cloud)))
+
+    def variables(self) -> dict[str, str]:
+        return {d["name"]: d["value"] for d in self._current().get(VARS, {}).values()}
+
+    def set_variable(self, name: str, value: str) -> None:
+        with self.transaction() as db:
+            self._table(db, VARS).upsert({"name": name, "value": value}, Query().name == name)
+
+    def delete_variable(self, name: str) -> bool:
+        with self.transaction() as db:
+            return bool(self._table(db, VARS).remove(Query().name == name))
+
+    def counter(self, name: str) -> int:
+        """The last number the counter ``name`` handed out (0 if none)."""
+        for doc in self._current().get(COUNTERS, {}).values():
+            if doc["name"] == name:
+                return int(doc["value"])
+        return 0
+
+    def next_counter(self, name: str, count: int = 1) -> list[int]:
+        """Reserve ``count`` consecutive numbers of the counter ``name`` (1, 2, 3 ...)."""
+        q = Query()
+        with self.transaction() as db:
+            table = self._table(db, COUNTERS)
+            doc = table.get(q.name == name)
+            start = (doc["value"] if doc else 0) + 1
+            table.upsert({"name": name, "value": start + count - 1}, q.name == name)
+        return list(range(start, start + count))

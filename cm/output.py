@@ -1,0 +1,127 @@
+"""The one output layer: every list and show command hands rows here.
+
+Commands return ``(columns, rows)``; this module renders them as table, json,
+yaml, csv or value, honouring ``-c/--column`` and ``--sort-column``.  No command
+formats its own output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cm.errors import UsageError
+
+FORMATS = ("table", "json", "yaml", "csv", "value")
+
+
+def add_format_options(parser: argparse.ArgumentParser) -> None:
+    """-f/--format, -c/--column and --sort-column, shared by every list and show."""
+    group = parser.add_argument_group("output")
+    group.add_argument("-f", "--format", choices=FORMATS, help="output format (default: the 'format' default, else table)")
+    group.add_argument("-c", "--column", action="append", default=[], metavar="COLUMN",
+                       help="show only this column; repeat for more")
+    group.add_argument("--sort-column", action="append", default=[], metavar="COLUMN",
+                       help="sort rows by this column; repeat for more")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    # Numbers before strings, so mixed columns still sort without a TypeError.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value)
+    return (1, _cell(value))
+
+
+def select(columns: Sequence[str], rows: list[dict[str, Any]], wanted: Sequence[str],
+           sort_by: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Apply -c and --sort-column; unknown column names are a usage error."""
+    known = list(columns)
+    for name in [*wanted, *sort_by]:
+        if name not in known:
+            raise UsageError(f"unknown column '{name}' (columns: {', '.join(known)})")
+    shown = list(wanted) or known
+    if sort_by:
+        rows = sorted(rows, key=lambda r: tuple(_sort_key(r.get(c)) for c in sort_by))
+    return shown, rows
+
+
+def _fit_widths(columns: list[str], table: list[list[str]], width: int) -> list[int | None]:
+    """Column widths that make the table fit ``width`` characters, shrinking the widest first."""
+    natural = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(columns)]
+    budget = width - (3 * len(columns) + 1)  # tabulate's grid: '| ' + ' | ' + ' |'
+    widths = list(natural)
+    while sum(widths) > budget and max(widths) > 8:
+        widest = widths.index(max(widths))
+        widths[widest] -= 1
+    return [w if w < n else None for w, n in zip(widths, natural)]
+
+
+def _terminal_width() -> int | None:
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return shutil.get_terminal_size().columns
+    return None  # piped: never wrap
+
+
+def render_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    from tabulate import tabulate  # only tables pay for the import
+
+    table = [[_cell(r.get(c)) for c in columns] for r in rows]
+    width = _terminal_width()
+    maxwidths = _fit_widths(columns, table, width) if width and table else None
+    return tabulate(table, headers=columns, tablefmt="simple_outline", maxcolwidths=maxwidths,
+                    disable_numparse=True)
+
+
+def render(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str = "table", *,
+           wanted: Sequence[str] = (), sort_by: Sequence[str] = ()) -> str:
+    """Render a list of records."""
+    shown, rows = select(columns, rows, wanted, sort_by)
+    data = [{c: r.get(c) for c in shown} for r in rows]
+    if fmt == "json":
+        return json.dumps(data, indent=2, default=str)
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False).rstrip()
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(shown)
+        writer.writerows([[_cell(r[c]) for c in shown] for r in data])
+        return buf.getvalue().rstrip("\n")
+    if fmt == "value":
+        return "\n".join(" ".join(_cell(r[c]) for c in shown) for r in data)
+    if fmt == "table":
+        return render_table(shown, data) if data else ""
+    raise UsageError(f"unknown format '{fmt}' (formats: {', '.join(FORMATS)})")
+
+
+def render_one(record: dict[str, Any], fmt: str = "table", *, wanted: Sequence[str] = ()) -> str:
+    """Render one record: a Field/Value table, or the object itself in json/yaml."""
+    fields = list(record)
+    shown, _ = select(fields, [], wanted, ())
+    data = {k: record[k] for k in shown}
+    if fmt == "table":
+        return render_table(["Field", "Value"], [{"Field": k, "Value": _cell(v)} for k, v in data.items()])
+    if fmt == "json":
+        return json.dumps(data, indent=2, default=str)
+    if fmt == "value":
+        return "\n".join(_cell(v) for v in data.values())
+    return render(shown, [data], fmt)

@@ -1,0 +1,128 @@
+"""Plugins: cloud kinds and command nouns found through the ``cm.plugins`` entry-point group.
+
+A plugin is a module named by an entry point.  It may define two hooks, each
+taking a ``register`` callback (the llm/datasette style):
+
+``register_providers(register)``
+    ``register(kind, "package.module:Class")`` adds a cloud kind.  The target is
+    a string so listing kinds never imports a provider SDK.
+``register_commands(register)``
+    ``register(noun, "package.module")`` adds a noun of the shell; the module
+    defines ``HELP`` and ``build(parser)`` (see :mod:`cm.commands`).
+``register_clouds(register)``
+    ``register(source)`` adds a function returning ``{name: cloud config}`` for
+    clouds configured outside cm.yaml (OpenStack's clouds.yaml).
+
+The built-in providers and commands are registered the very same way, by the
+``cm`` package's own entry points.  A plugin that fails to load is reported
+and skipped; the rest of the shell works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from cm.errors import ConfigError
+
+GROUP = "cm.plugins"
+
+# Used when the package metadata is missing (running from a source tree that
+# was never pip-installed); mirrors pyproject.toml's entry points.
+BUILTIN = {"core": "cm.commands", "kvm": "cm_plugins.kvm", "openstack": "cm_plugins.openstack"}
+
+
+@dataclass
+class Plugin:
+    name: str
+    module: str
+    package: str = ""
+    version: str = ""
+    kinds: list[str] = field(default_factory=list)
+    nouns: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class Registry:
+    plugins: list[Plugin] = field(default_factory=list)
+    providers: dict[str, str] = field(default_factory=dict)  # kind -> "module:Class"
+    nouns: dict[str, str] = field(default_factory=dict)  # noun -> module
+    cloud_sources: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Plugin]:
+        return [p for p in self.plugins if p.error]
+
+
+def _entry_points() -> list[tuple[str, str, str, str]]:
+    """(name, module, package, version) for each entry point of the group."""
+    from importlib.metadata import entry_points
+
+    found = []
+    for ep in entry_points(group=GROUP):
+        dist = getattr(ep, "dist", None)
+        found.append((ep.name, ep.value, dist.name if dist else "", dist.version if dist else ""))
+    if not any(name == "core" for name, *_ in found):
+        from cm import __version__
+
+        found[:0] = [(n, m, "cm (source tree)", __version__) for n, m in BUILTIN.items()]
+    return found
+
+
+def _load_one(plugin: Plugin, registry: Registry) -> None:
+    module = importlib.import_module(plugin.module)
+
+    def add_provider(kind: str, target: str) -> None:
+        registry.providers[kind] = target
+        plugin.kinds.append(kind)
+
+    def add_noun(noun: str, target: str) -> None:
+        registry.nouns[noun] = target
+        plugin.nouns.append(noun)
+
+    if hasattr(module, "register_providers"):
+        module.register_providers(add_provider)
+    if hasattr(module, "register_commands"):
+        module.register_commands(add_noun)
+    if hasattr(module, "register_clouds"):
+        module.register_clouds(registry.cloud_sources.append)
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """Load every plugin once per process."""
+    reg = Registry()
+    for name, module, package, version in _entry_points():
+        plugin = Plugin(name, module, package, version)
+        reg.plugins.append(plugin)
+        try:
+            _load_one(plugin, reg)
+        except Exception as exc:  # a broken plugin must not take the shell down
+            plugin.error = f"{type(exc).__name__}: {exc}"
+            print(f"cm: plugin '{name}' ({package} {version}) failed to load and was skipped: {plugin.error}",
+                  file=sys.stderr)
+    return reg
+
+
+def load_target(target: str) -> Any:
+    """Import ``module:attr`` (or a module) only when it is needed."""
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
+
+
+def provider_class(kind: str) -> type:
+    """The provider class of a cloud kind, importing its SDK only now."""
+    target = registry().providers.get(kind)
+    if target is None:
+        known = ", ".join(sorted(registry().providers)) or "none"
+        raise ConfigError(f"unknown cloud kind '{kind}' (known kinds: {known})")
+    try:
+        return load_target(target)
+    except ImportError as exc:
+        raise ConfigError(f"cloud kind '{kind}' needs a package that is not installed: {exc}") from exc

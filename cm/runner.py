@@ -1,0 +1,177 @@
+"""Running command lines: parsing, $variables, !shell escapes, errors and exit codes.
+
+One-shot mode and scripts use this directly (no cmd2 import, so ``cm vm list``
+starts fast); the interactive cmd2 shell calls :func:`execute` from its ``do_``
+methods, so all three modes run the same parsers and handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import shlex
+import subprocess
+import traceback
+from argparse import Namespace
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any, NoReturn
+
+from cm.context import Context
+from cm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CmError, UsageError
+
+EXIT_INTERRUPTED = 130
+_VAR = re.compile(r"\\\$|\$\{(\w+)\}|\$(\w+)")
+
+
+class CmParser(argparse.ArgumentParser):
+    """argparse that raises a one-line UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def noun_module(noun: str) -> ModuleType:
+    from cm.plugins import registry
+
+    nouns = registry().nouns
+    if noun not in nouns:
+        raise UsageError(f"unknown command '{noun}'; try `cm help`")
+    return importlib.import_module(nouns[noun])
+
+
+def build_parser(noun: str, parser_class: type[argparse.ArgumentParser] = CmParser) -> argparse.ArgumentParser:
+    """The parser of one noun, from its module's ``build``; the same in every mode."""
+    module = noun_module(noun)
+    example = getattr(module, "EXAMPLE", "")
+    parser = parser_class(prog=noun, description=module.HELP,
+                          epilog=f"example:\n  {example}" if example else None,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.build(parser)
+    return parser
+
+
+def expand_variables(text: str, variables: dict[str, str]) -> str:
+    """Replace $name and ${name} with cm variables; \\$ keeps a literal dollar."""
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "\\$":
+            return "$"
+        name = match.group(1) or match.group(2)
+        if name not in variables:
+            raise UsageError(f"unknown variable '${name}'; define it with `cm var {name}=VALUE`")
+        return variables[name]
+
+    return _VAR.sub(replace, text) if "$" in text else text
+
+
+def execute(ctx: Context, args: Namespace, debug: bool = False) -> int:
+    """Run a parsed command; turn every error into one line and an exit code."""
+    try:
+        code = args.run(ctx, args)
+        return EXIT_OK if code is None else int(code)
+    except CmError as exc:
+        ctx.warn(f"cm: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        ctx.warn("cm: interrupted; the mirror keeps what was done before the interrupt")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an untranslated SDK error: still one line
+        if debug:
+            ctx.warn(traceback.format_exc().rstrip())
+        ctx.warn(f"cm: {type(exc).__name__}: {exc} (run `cm --debug ...` for details)")
+        return EXIT_FAILED
+
+
+def show_help(ctx: Context, words: list[str]) -> int:
+    """``help`` and ``help NOUN [VERB]`` for one-shot and script modes."""
+    if not words:
+        from cm.plugins import registry
+
+        ctx.say("cm: a multi-cloud shell. Commands (help COMMAND for details):")
+        for noun in sorted(registry().nouns):
+            ctx.say(f"  {noun:<10} {noun_module(noun).HELP}")
+        return EXIT_OK
+    parser = build_parser(words[0])
+    for word in words[1:]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or word not in subs[0].choices:
+            raise UsageError(f"no help for '{' '.join(words)}'")
+        parser = subs[0].choices[word]
+    ctx.say(parser.format_help().rstrip())
+    return EXIT_OK
+
+
+def run_words(ctx: Context, words: list[str], debug: bool = False) -> int:
+    """Run one command given as words (already split, variables not yet expanded)."""
+    try:
+        words = [expand_variables(w, ctx.mirror.variables()) if "$" in w else w for w in words]
+        if not words:
+            return EXIT_OK
+        if words[0] in ("help", "-h", "--help"):
+            return show_help(ctx, words[1:])
+        parser = build_parser(words[0])
+        try:
+            args = parser.parse_args(words[1:])
+        except SystemExit as exc:  # --help printed its text
+            return int(exc.code or 0)
+    except CmError as exc:
+        ctx.warn(f"cm: {exc}")
+        return exc.exit_code
+    return execute(ctx, args, debug)
+
+
+def run_line(ctx: Context, line: str, debug: bool = False) -> int:
+    """Run one script or stdin line: a command, a !shell escape, a comment or nothing."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return EXIT_OK
+    try:
+        line = expand_variables(line, ctx.mirror.variables())
+        if line.startswith("!"):
+            return subprocess.run(line[1:], shell=True).returncode
+        words = shlex.split(line, comments=True)
+    except CmError as exc:
+        ctx.warn(f"cm: {exc}")
+        return exc.exit_code
+    except ValueError as exc:
+        ctx.warn(f"cm: cannot parse the line: {exc}")
+        return EXIT_USAGE
+    return run_words(ctx, words, debug)
+
+
+def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: bool = False,
+               debug: bool = False) -> int:
+    """Run lines in order; stop at the first failure (naming file:line) unless keep_going."""
+    failures = 0
+    last = EXIT_OK
+    for number, line in enumerate(lines, start=1):
+        code = run_line(ctx, line, debug)
+        if code == EXIT_OK:
+            continue
+        failures += 1
+        last = code
+        where = f"{source}:{number}"
+        if not keep_going:
+            ctx.warn(f"cm: {where}: stopped at `{line.strip()}` (exit {code})")
+            return code
+        ctx.warn(f"cm: {where}: `{line.strip()}` failed (exit {code}); going on")
+    if failures:
+        ctx.warn(f"cm: {source}: {failures} line(s) failed")
+    return last if failures else EXIT_OK
+
+
+def parse_global(argv: list[str]) -> tuple[Namespace, list[str]]:
+    """The options that come before the command: --debug, --file, --keep-going, --version."""
+    options: dict[str, Any] = {"debug": False, "file": None, "keep_going": False, "version": False}
+    rest = list(argv)
+    while rest and rest[0].startswith("--") and rest[0].split("=")[0] in ("--debug", "--file", "--keep-going",
+                                                                          "--version"):
+        word = rest.pop(0)
+        if word == "--file" and rest:
+            options["file"] = rest.pop(0)
+        elif word.startswith("--file="):
+            options["file"] = word.split("=", 1)[1]
+        else:
+            options[word[2:].replace("-", "_")] = True
+    return Namespace(**options), rest

@@ -1,0 +1,1 @@
+"""cm's built-in cloud kinds, registered through the same entry points as third-party plugins."""
