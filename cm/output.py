@@ -80,7 +80,10 @@ def _terminal_width() -> int | None:
 
 
 def render_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    from tabulate import tabulate  # only tables pay for the import
+    import tabulate as tabulate_mod  # only tables pay for the import
+
+    tabulate_mod.MIN_PADDING = 0  # headers need no extra padding inside a grid
+    tabulate = tabulate_mod.tabulate
 
     table = [[_cell(r.get(c)) for c in columns] for r in rows]
     width = _terminal_width()
@@ -109,7 +112,7 @@ def render(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str = "table
     if fmt == "value":
         return "\n".join(" ".join(_cell(r[c]) for c in shown) for r in data)
     if fmt == "table":
-        return render_table(shown, data) if data else ""
+        return render_table(shown, data)
     raise UsageError(f"unknown format '{fmt}' (formats: {', '.join(FORMATS)})")
 
 

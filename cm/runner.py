@@ -25,7 +25,32 @@ EXIT_INTERRUPTED = 130
 _VAR = re.compile(r"\\\$|\$\{(\w+)\}|\$(\w+)")
 
 
-class CmParser(argparse.ArgumentParser):
+class IntermixedParsing:
+    """Let options and a list of positionals mix (`cloud add lab --kind kvm uri=...`).
+
+    Plain argparse stops filling a positional list at the first option; its
+    intermixed mode does not, but cannot handle subcommands, so leaf parsers
+    with a list positional use it and everything else parses as usual.
+    """
+
+    _intermixing = False
+
+    def _wants_intermixed(self) -> bool:
+        actions = self._actions  # type: ignore[attr-defined]
+        return (not any(isinstance(a, argparse._SubParsersAction) for a in actions)
+                and any(not a.option_strings and a.nargs in ("*", "+") for a in actions))
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        if self._intermixing or not self._wants_intermixed():
+            return super().parse_known_args(args, namespace)  # type: ignore[misc]
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)  # type: ignore[attr-defined]
+        finally:
+            self._intermixing = False
+
+
+class CmParser(IntermixedParsing, argparse.ArgumentParser):
     """argparse that raises a one-line UsageError instead of printing usage and exiting."""
 
     def error(self, message: str) -> NoReturn:
@@ -45,9 +70,9 @@ def build_parser(noun: str, parser_class: type[argparse.ArgumentParser] = CmPars
     """The parser of one noun, from its module's ``build``; the same in every mode."""
     module = noun_module(noun)
     example = getattr(module, "EXAMPLE", "")
+    formatter = getattr(parser_class, "raw_formatter", argparse.RawDescriptionHelpFormatter)
     parser = parser_class(prog=noun, description=module.HELP,
-                          epilog=f"example:\n  {example}" if example else None,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+                          epilog=f"example:\n  {example}" if example else None, formatter_class=formatter)
     module.build(parser)
     return parser
 

@@ -54,14 +54,18 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
 def add_cloud(ctx, args: Namespace) -> None:
     from cm.plugins import provider_class, registry
 
+    args.name, settings = args.words[0], args.words[1:]
+    if "=" in args.name:
+        raise UsageError("cloud add: the first word is the cloud's NAME")
     kind = args.kind or ("openstack" if args.from_env else None)
     if not kind:
         raise UsageError("cloud add: give --kind KIND (kinds: " + ", ".join(sorted(registry().providers)) + ")")
-    cls = provider_class(kind)
+    if kind not in registry().providers:
+        raise UsageError(f"unknown cloud kind '{kind}' (kinds: {', '.join(sorted(registry().providers))})")
     conf: dict[str, Any] = {"kind": kind}
     if args.from_env:
-        conf.update(cls.config_from_env(dict(os.environ)))
-    conf.update(_parse_settings(args.settings))
+        conf.update(provider_class(kind).config_from_env(dict(os.environ)))
+    conf.update(_parse_settings(settings))
     ctx.config.add_cloud(args.name, conf)
     ctx.say(f"added cloud '{args.name}' ({kind}); use it with `cm default cloud={args.name}`")
 
@@ -80,8 +84,9 @@ def build(parser: ArgumentParser) -> None:
     completes(show.add_argument("name", metavar="NAME"), "cloud")
     add_format_options(show)
     add = verb(subs, "add", add_cloud, "register a cloud")
-    add.add_argument("name", metavar="NAME")
-    add.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="settings of the cloud, e.g. uri=qemu:///system")
+    # One positional list: argparse cannot put an optional list after NAME once options are interleaved.
+    add.add_argument("words", nargs="+", metavar="NAME [KEY=VALUE ...]",
+                     help="the cloud's name, then its settings, e.g. uri=qemu:///system")
     add.add_argument("--kind", help="kvm, openstack, or a kind a plugin adds")
     add.add_argument("--from-env", action="store_true", help="import a sourced openrc's OS_* variables (OpenStack)")
     remove = verb(subs, "remove", remove_cloud, "forget a cloud registered in cm.yaml")
