@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 from argparse import Namespace
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm import config as config_mod
 from cm.errors import ConfigError
 from cm.mirror import Mirror
-from cm.provider import Provider
+
+if TYPE_CHECKING:  # the contract pulls in dataclasses/inspect: not needed to list from the mirror
+    from cm.provider import Provider
 
 Writer = Callable[[str], None]
 
@@ -90,6 +91,8 @@ class Context:
         return [self.cloud_name(args)]
 
     def user(self, cloud: str | None = None) -> str:
+        import getpass
+
         return str(self.value("user", cloud) or getpass.getuser())
 
     # -- providers -------------------------------------------------------------------

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.errors import NotFound, ProviderError
-from cm.provider import VM, Provider, State
+
+if TYPE_CHECKING:  # listing from the mirror needs no provider contract
+    from cm.provider import VM, Provider
 
 # kind -> the provider verb that lists it
 FETCHERS = {"vm": "list_vms", "image": "list_images", "flavor": "list_flavors", "key": "list_keys",
             "secgroup": "list_secgroups", "network": "list_networks", "ip": "list_floating_ips"}
-SETTLED = {State.RUNNING, State.STOPPED, State.SUSPENDED, State.PAUSED, State.ERROR, State.DELETED}
 
 
 def as_record(item: Any) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def known_vms(ctx: Any, cloud: str, names: Iterable[str]) -> list[str]:
     return names
 
 
-def wait_for(provider: Provider, name: str, states: set[State], timeout: float,
+def wait_for(provider: Provider, name: str, states: set[str], timeout: float,
              interval: float = 0.5) -> VM:
     """Poll until the VM reaches one of ``states``; an ERROR state or the timeout fails."""
     deadline = time.monotonic() + timeout
@@ -58,7 +59,7 @@ def wait_for(provider: Provider, name: str, states: set[State], timeout: float,
         vm = provider.get_vm(name)
         if vm.state in states:
             return vm
-        if vm.state == State.ERROR:
+        if vm.state == "error":
             raise ProviderError(f"{name} went to ERROR" + (f": {vm.fault}" if vm.fault else ""))
         if time.monotonic() >= deadline:
             raise ProviderError(f"{name} is still {vm.state} after {timeout:g} s")

@@ -19,12 +19,12 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from tinydb import Query, TinyDB
-from tinydb.storages import Storage
+from typing import TYPE_CHECKING, Any
 
 from cm.errors import MirrorError
+
+if TYPE_CHECKING:
+    from tinydb import TinyDB
 
 SCHEMA = 1
 APP = "cm-mirror"
@@ -35,22 +35,35 @@ META, DEFAULTS, VARS, COUNTERS = "meta", "defaults", "vars", "counters"
 MIGRATIONS: dict[int, Any] = {}
 
 
-class _Storage(Storage):
-    """Serves TinyDB the transaction's in-memory copy; the Mirror does the file I/O."""
+def _tinydb(store: "JsonStore") -> "TinyDB":
+    """A TinyDB over the store's open transaction (tinydb is imported only by writers)."""
+    from tinydb import TinyDB
+    from tinydb.storages import Storage
 
-    def __init__(self, mirror: "Mirror") -> None:
-        self._mirror = mirror
+    class _Storage(Storage):
+        """Serves TinyDB the transaction's in-memory copy; the store does the file I/O."""
 
-    def read(self) -> dict[str, Any] | None:
-        return self._mirror._pending
+        def __init__(self) -> None:
+            pass
 
-    def write(self, data: dict[str, Any]) -> None:
-        self._mirror._pending = data
-        self._mirror._dirty = True
+        def read(self) -> dict[str, Any] | None:
+            return store._pending
+
+        def write(self, data: dict[str, Any]) -> None:
+            store._pending = data
+            store._dirty = True
+
+    return TinyDB(storage=_Storage)
 
 
-class Mirror:
-    """The mirror file at ``path``; reads take no lock, writes go through :meth:`transaction`."""
+def _query() -> Any:
+    from tinydb import Query
+
+    return Query()
+
+
+class JsonStore:
+    """One JSON file of TinyDB tables: lock-free reads, atomic locked writes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -59,14 +72,14 @@ class Mirror:
         self._guard = threading.RLock()
         self._cache: tuple[tuple[int, int], dict[str, Any]] | None = None
 
-    # -- file I/O ----------------------------------------------------------------
-    def _read_file(self) -> dict[str, Any]:
+    def _read_file(self, fresh: bool = False) -> dict[str, Any]:
+        """The file's data; ``fresh`` gives a private copy a transaction may change."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:
             return {META: {"1": {"app": APP, "schema": SCHEMA}}}
         key = (stat.st_mtime_ns, stat.st_size)
-        if self._cache and self._cache[0] == key:
+        if not fresh and self._cache and self._cache[0] == key:
             return self._cache[1]
         try:
             data = json.loads(self.path.read_bytes())
@@ -75,7 +88,8 @@ class Mirror:
         if not isinstance(data, dict) or (data.get(META) or {}).get("1", {}).get("app") != APP:
             self._set_aside("it is not a cm mirror")
         data = self._migrate(data)
-        self._cache = (key, data)
+        if not fresh:
+            self._cache = (key, data)
         return data
 
     def _set_aside(self, why: str) -> None:
@@ -99,7 +113,8 @@ class Mirror:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, separators=(",", ":"))
+                # dumps, not dump: dump streams through the pure-Python encoder, ten times slower.
+                handle.write(json.dumps(data, separators=(",", ":")))
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
@@ -123,27 +138,41 @@ class Mirror:
         """Lock, read once, let the caller change the TinyDB, then write once atomically."""
         with self._guard:
             if self._pending is not None:  # nested: join the outer transaction
-                yield TinyDB(self, storage=_Storage)
+                yield _tinydb(self)
                 return
             with self._lock():
-                self._pending, self._dirty = json.loads(json.dumps(self._read_file())), False
+                self._pending, self._dirty = self._read_file(fresh=True), False
                 try:
-                    yield TinyDB(self, storage=_Storage)
+                    yield _tinydb(self)
                     if self._dirty:
                         self._write_file(self._pending)
                 finally:
                     self._pending = None
 
-    def _current(self) -> dict[str, Any]:
+    def current(self) -> dict[str, Any]:
         """The data as it stands: the open transaction's copy, else the file."""
         return self._pending if self._pending is not None else self._read_file()
 
-    def _table(self, db: TinyDB, name: str) -> Any:
+    def table(self, db: TinyDB, name: str) -> Any:
         return db.table(name, cache_size=0)
+
+
+class Mirror:
+    """Records (big, changed by clouds) and settings (small, changed by the user) in two files,
+    so setting a variable never rewrites ten thousand VM records."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._records = JsonStore(path)
+        self._settings = JsonStore(path.with_name("settings.json"))
+
+    def transaction(self) -> Any:
+        """Group several record changes into one locked, atomic write."""
+        return self._records.transaction()
 
     # -- records (vm, image, flavor, key, group, cluster ...) ------------------
     def records(self, kind: str, cloud: str | None = None) -> list[dict[str, Any]]:
-        table = self._current().get(kind, {})
+        table = self._records.current().get(kind, {})
         docs = list(table.values())
         return docs if cloud is None else [d for d in docs if d.get("cloud") == cloud]
 
@@ -156,28 +185,28 @@ class Mirror:
     def put(self, kind: str, cloud: str, record: dict[str, Any]) -> None:
         """Insert or update the record named ``record['name']`` in ``cloud``."""
         doc = {**record, "cloud": cloud, "kind": kind, "_schema": SCHEMA}
-        q = Query()
-        with self.transaction() as db:
-            self._table(db, kind).upsert(doc, (q.cloud == cloud) & (q.name == doc["name"]))
+        q = _query()
+        with self._records.transaction() as db:
+            self._records.table(db, kind).upsert(doc, (q.cloud == cloud) & (q.name == doc["name"]))
 
     def remove(self, kind: str, cloud: str, names: Iterable[str]) -> None:
         wanted = set(names)
-        q = Query()
-        with self.transaction() as db:
-            self._table(db, kind).remove((q.cloud == cloud) & q.name.one_of(list(wanted)))
+        q = _query()
+        with self._records.transaction() as db:
+            self._records.table(db, kind).remove((q.cloud == cloud) & q.name.one_of(list(wanted)))
 
     def replace(self, kind: str, cloud: str, records: Iterable[dict[str, Any]]) -> int:
         """Make the mirror's ``kind`` records of ``cloud`` exactly ``records`` (a refresh)."""
         docs = [{**r, "cloud": cloud, "kind": kind, "_schema": SCHEMA} for r in records]
-        with self.transaction() as db:
-            table = self._table(db, kind)
-            table.remove(Query().cloud == cloud)
+        with self._records.transaction() as db:
+            table = self._records.table(db, kind)
+            table.remove(_query().cloud == cloud)
             table.insert_multiple(docs)
         return len(docs)
 
     # -- defaults, variables, counters ---------------------------------------------
     def defaults(self) -> list[dict[str, Any]]:
-        return list(self._current().get(DEFAULTS, {}).values())
+        return list(self._settings.current().get(DEFAULTS, {}).values())
 
     def get_default(self, key: str, cloud: str | None = None) -> Any:
         for doc in self.defaults():
@@ -186,39 +215,39 @@ class Mirror:
         return None
 
     def set_default(self, key: str, value: Any, cloud: str | None = None) -> None:
-        q = Query()
-        with self.transaction() as db:
-            self._table(db, DEFAULTS).upsert({"key": key, "value": value, "cloud": cloud},
+        q = _query()
+        with self._settings.transaction() as db:
+            self._settings.table(db, DEFAULTS).upsert({"key": key, "value": value, "cloud": cloud},
                                              (q.key == key) & (q.cloud == cloud))
 
     def delete_default(self, key: str, cloud: str | None = None) -> bool:
-        q = Query()
-        with self.transaction() as db:
-            return bool(self._table(db, DEFAULTS).remove((q.key == key) & (q.cloud == cloud)))
+        q = _query()
+        with self._settings.transaction() as db:
+            return bool(self._settings.table(db, DEFAULTS).remove((q.key == key) & (q.cloud == cloud)))
 
     def variables(self) -> dict[str, str]:
-        return {d["name"]: d["value"] for d in self._current().get(VARS, {}).values()}
+        return {d["name"]: d["value"] for d in self._settings.current().get(VARS, {}).values()}
 
     def set_variable(self, name: str, value: str) -> None:
-        with self.transaction() as db:
-            self._table(db, VARS).upsert({"name": name, "value": value}, Query().name == name)
+        with self._settings.transaction() as db:
+            self._settings.table(db, VARS).upsert({"name": name, "value": value}, _query().name == name)
 
     def delete_variable(self, name: str) -> bool:
-        with self.transaction() as db:
-            return bool(self._table(db, VARS).remove(Query().name == name))
+        with self._settings.transaction() as db:
+            return bool(self._settings.table(db, VARS).remove(_query().name == name))
 
     def counter(self, name: str) -> int:
         """The last number the counter ``name`` handed out (0 if none)."""
-        for doc in self._current().get(COUNTERS, {}).values():
+        for doc in self._settings.current().get(COUNTERS, {}).values():
             if doc["name"] == name:
                 return int(doc["value"])
         return 0
 
     def next_counter(self, name: str, count: int = 1) -> list[int]:
         """Reserve ``count`` consecutive numbers of the counter ``name`` (1, 2, 3 ...)."""
-        q = Query()
-        with self.transaction() as db:
-            table = self._table(db, COUNTERS)
+        q = _query()
+        with self._settings.transaction() as db:
+            table = self._settings.table(db, COUNTERS)
             doc = table.get(q.name == name)
             start = (doc["value"] if doc else 0) + 1
             table.upsert({"name": name, "value": start + count - 1}, q.name == name)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
-import shlex
-import subprocess
-import traceback
 from argparse import Namespace
 from collections.abc import Iterable
+from functools import lru_cache
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -66,8 +64,13 @@ def noun_module(noun: str) -> ModuleType:
     return importlib.import_module(nouns[noun])
 
 
+@lru_cache(maxsize=None)
 def build_parser(noun: str, parser_class: type[argparse.ArgumentParser] = CmParser) -> argparse.ArgumentParser:
-    """The parser of one noun, from its module's ``build``; the same in every mode."""
+    """The parser of one noun, from its module's ``build``; the same in every mode.
+
+    Cached: building the vm parser costs more than running most commands, and a
+    script would otherwise build it once per line.
+    """
     module = noun_module(noun)
     example = getattr(module, "EXAMPLE", "")
     formatter = getattr(parser_class, "raw_formatter", argparse.RawDescriptionHelpFormatter)
@@ -103,6 +106,8 @@ def execute(ctx: Context, args: Namespace, debug: bool = False) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an untranslated SDK error: still one line
         if debug:
+            import traceback
+
             ctx.warn(traceback.format_exc().rstrip())
         ctx.warn(f"cm: {type(exc).__name__}: {exc} (run `cm --debug ...` for details)")
         return EXIT_FAILED
@@ -154,7 +159,11 @@ def run_line(ctx: Context, line: str, debug: bool = False) -> int:
     try:
         line = expand_variables(line, ctx.mirror.variables())
         if line.startswith("!"):
+            import subprocess
+
             return subprocess.run(line[1:], shell=True).returncode
+        import shlex
+
         words = shlex.split(line, comments=True)
     except CmError as exc:
         ctx.warn(f"cm: {exc}")

@@ -45,7 +45,9 @@ def test_replace_makes_records_gone_from_the_cloud_disappear(tmp_path):
 def test_mirror_file_is_private(tmp_path):
     mirror = Mirror(tmp_path / "mirror.json")
     mirror.set_variable("x", "1")
+    mirror.put("vm", "local", _vm("a"))
     assert (tmp_path / "mirror.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "settings.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_unreadable_file_is_kept_aside_with_a_clear_error(tmp_path, cm, cm_home):
@@ -63,7 +65,7 @@ def test_foreign_json_file_is_not_overwritten(tmp_path):
     path = tmp_path / "mirror.json"
     path.write_text(json.dumps({"_default": {"1": {"secret": "someone else's"}}}))
     with pytest.raises(MirrorError, match="not a cm mirror"):
-        Mirror(path).set_variable("x", "1")
+        Mirror(path).put("vm", "local", _vm("a"))
     kept = list(tmp_path.glob("mirror.json.unreadable-*"))
     assert json.loads(kept[0].read_text())["_default"]["1"]["secret"] == "someone else's"
 

@@ -128,3 +128,16 @@ def test_listing_kinds_does_not_import_provider_sdks(cm_process):
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert "SDK []" in out
+
+
+def test_fast_table_draws_exactly_what_tabulate_draws():
+    import tabulate
+
+    from cm.output import _grid
+
+    columns = ["name", "state", "ips"]
+    table = [["vm-1", "running", "10.0.0.1, 10.0.0.2"], ["a-much-longer-name", "", "x"]]
+    tabulate.MIN_PADDING = 0
+    assert _grid(columns, table) == tabulate.tabulate(table, headers=columns, tablefmt="simple_outline",
+                                                      disable_numparse=True)
+    assert _grid(columns, []) == tabulate.tabulate([], headers=columns, tablefmt="simple_outline")

@@ -1,40 +1,22 @@
-"""`cm vm boot`: names, settings with their precedence, parallel create, wait, record."""
+"""`cm vm boot`: names, settings with their precedence, parallel create, wait, record.
+
+Imported only when a VM is booted (the parser lives in cm.commands.vm).
+"""
 
 from __future__ import annotations
 
 import time
-from argparse import ArgumentParser, Namespace
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
 from cm import bulk, inventory
-from cm.commands import add_cloud_option, add_dryrun_option, completes
 from cm.errors import ConfigError, Conflict, UsageError
 from cm.names import expand, generated
-from cm.output import add_format_options
 from cm.provider import VM, BootSpec, State
 
 BOOT_COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips", "result"]
 PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
-
-
-def add_boot_arguments(parser: ArgumentParser) -> None:
-    names = parser.add_mutually_exclusive_group()
-    names.add_argument("--name", metavar="NAMES", help="names or a hostlist such as node[01-10]")
-    names.add_argument("--n", type=int, metavar="COUNT", help="boot COUNT VMs named <user>-NNN (default 1)")
-    add_cloud_option(parser)
-    completes(parser.add_argument("--image", help="image name (default: the 'image' default)"), "image")
-    completes(parser.add_argument("--flavor", help="flavor name (default: the 'flavor' default)"), "flavor")
-    completes(parser.add_argument("--key", help="ssh key: a key name or a public key file"), "key")
-    completes(parser.add_argument("--group", help="put the VMs in this group (default: the 'group' default)"), "group")
-    parser.add_argument("--user-data", metavar="FILE", help="cloud-init user-data file")
-    parser.add_argument("--secgroup", action="append", default=[], help="security group (repeatable)")
-    parser.add_argument("--network", action="append", default=[], help="network to attach (repeatable)")
-    parser.add_argument("--public", action="store_true", help="allocate and attach a public (floating) IP")
-    parser.add_argument("--no-wait", action="store_true", help="return once the cloud accepted the VMs")
-    parser.add_argument("--timeout", type=float, help="seconds to wait for running (default: the 'timeout' default)")
-    add_dryrun_option(parser)
-    add_format_options(parser)
 
 
 def resolve_key(ctx: Any, cloud: str, explicit: str | None) -> tuple[str, str]:
@@ -129,7 +111,7 @@ def _wait_all(ctx: Any, cloud: str, created: dict[str, VM], timeout: float) -> d
     return failures
 
 
-def boot(ctx: Any, args: Namespace) -> int:
+def boot_vms(ctx: Any, args: Namespace) -> int:
     cloud = ctx.cloud_name(args)
     names = _names(ctx, args, cloud)
     specs = {name: _spec(ctx, args, cloud, name) for name in names}

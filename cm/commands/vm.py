@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable
 from typing import Any
 
-from cm import bulk, inventory
 from cm.commands import (add_cloud_option, add_dryrun_option, add_list_options, add_names, completes, list_records,
                          subcommands, verb)
-from cm.commands.boot import add_boot_arguments, boot
 from cm.errors import NotFound, UsageError
 from cm.names import expand
 from cm.output import add_format_options
-from cm.provider import State
+
+# The lifecycle machinery (threads, the provider contract) is imported inside the
+# handlers that use it: `cm vm list` answers from the mirror and must start fast.
 
 HELP = "Boot, list, show, start, stop, delete and reach virtual machines."
 EXAMPLE = "cm vm boot --n 3 --image ubuntu-22.04 --flavor m1.small"
@@ -23,13 +21,15 @@ EXAMPLE = "cm vm boot --n 3 --image ubuntu-22.04 --flavor m1.small"
 COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips"]
 RESULT_COLUMNS = ["name", "cloud", "state", "result"]
 
-# verb -> (provider method, the state the VM settles in, past tense for messages)
-LIFECYCLE: dict[str, tuple[str, set[State] | None, str]] = {
-    "start": ("start_vm", {State.RUNNING}, "started"),
-    "stop": ("stop_vm", {State.STOPPED}, "stopped"),
-    "reboot": ("reboot_vm", {State.RUNNING}, "rebooted"),
-    "suspend": ("suspend_vm", {State.SUSPENDED, State.PAUSED}, "suspended"),
-    "resume": ("resume_vm", {State.RUNNING}, "resumed"),
+STATES = ("pending", "running", "stopped", "suspended", "paused", "rebooting", "error", "deleted", "unknown")
+# verb -> (provider method, the states the VM settles in, past tense for messages);
+# cm.provider.State is a str enum, so these strings compare equal to its members.
+LIFECYCLE: dict[str, tuple[str, set[str] | None, str]] = {
+    "start": ("start_vm", {"running"}, "started"),
+    "stop": ("stop_vm", {"stopped"}, "stopped"),
+    "reboot": ("reboot_vm", {"running"}, "rebooted"),
+    "suspend": ("suspend_vm", {"suspended", "paused"}, "suspended"),
+    "resume": ("resume_vm", {"running"}, "resumed"),
     "delete": ("delete_vm", None, "deleted"),
 }
 
@@ -42,7 +42,15 @@ def list_vms(ctx, args: Namespace) -> None:
     list_records(ctx, args, "vm", COLUMNS)
 
 
+def boot(ctx, args: Namespace) -> int:
+    from cm.commands.boot import boot_vms
+
+    return boot_vms(ctx, args)
+
+
 def show_vm(ctx, args: Namespace) -> None:
+    from cm import inventory
+
     cloud = ctx.cloud_name(args)
     for name in expand(args.names):
         if args.refresh:
@@ -54,6 +62,8 @@ def show_vm(ctx, args: Namespace) -> None:
 
 
 def status_vms(ctx, args: Namespace) -> int:
+    from cm import bulk, inventory
+
     """Ask the cloud for the live state of each VM and update the mirror."""
     cloud = ctx.cloud_name(args)
     provider = ctx.provider(cloud)
@@ -70,7 +80,9 @@ def status_vms(ctx, args: Namespace) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-def report(ctx, cloud: str, outcomes: list[bulk.Outcome], done: str, args: Namespace) -> int:
+def report(ctx, cloud: str, outcomes: list[Any], done: str, args: Namespace) -> int:
+    from cm import bulk
+
     """The per-VM result table on stdout and the summary on stderr."""
     rows = [{"name": o.name, "cloud": cloud, "state": str(o.value.state) if o.ok and o.value else "",
              "result": done if o.ok else f"failed: {o.message}"} for o in outcomes]
@@ -84,6 +96,8 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
     method, settled, done = LIFECYCLE[verb_name]
 
     def handler(ctx, args: Namespace) -> int:
+        from cm import bulk, inventory
+
         cloud = ctx.cloud_name(args)
         names = inventory.known_vms(ctx, cloud, expand(args.names))
         if args.dryrun:
@@ -115,6 +129,8 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
 
 
 def rename_vm(ctx, args: Namespace) -> None:
+    from cm import inventory
+
     cloud = ctx.cloud_name(args)
     inventory.known_vms(ctx, cloud, [args.old])
     if ctx.mirror.get("vm", cloud, args.new):
@@ -133,6 +149,8 @@ def rename_vm(ctx, args: Namespace) -> None:
 
 
 def resize_vm(ctx, args: Namespace) -> None:
+    from cm import inventory
+
     cloud = ctx.cloud_name(args)
     inventory.known_vms(ctx, cloud, [args.name])
     if args.dryrun:
@@ -143,10 +161,12 @@ def resize_vm(ctx, args: Namespace) -> None:
 
 
 def wait_vms(ctx, args: Namespace) -> int:
+    from cm import bulk, inventory
+
     cloud = ctx.cloud_name(args)
     names = inventory.known_vms(ctx, cloud, expand(args.names))
     provider = ctx.provider(cloud)
-    target = {State(args.state)}
+    target = {args.state}
     timeout = _timeout(ctx, cloud, args)
 
     def record(outcome: bulk.Outcome) -> None:
@@ -158,6 +178,8 @@ def wait_vms(ctx, args: Namespace) -> int:
 
 
 def console_vm(ctx, args: Namespace) -> None:
+    from cm import inventory
+
     cloud = ctx.cloud_name(args)
     inventory.known_vms(ctx, cloud, [args.name])
     text = ctx.provider(cloud).console_log(args.name, args.lines)
@@ -171,6 +193,8 @@ def _address(record: dict[str, Any]) -> str:
 
 
 def ssh_vm(ctx, args: Namespace) -> int:
+    from cm import inventory
+
     cloud = ctx.cloud_name(args)
     inventory.known_vms(ctx, cloud, [args.name])
     record = ctx.mirror.get("vm", cloud, args.name)
@@ -179,8 +203,12 @@ def ssh_vm(ctx, args: Namespace) -> int:
     if args.command:
         command.append(args.command)
     if args.dryrun:
+        import shlex
+
         ctx.say(shlex.join(command))
         return 0
+    import subprocess
+
     return subprocess.run(command).returncode
 
 
@@ -195,6 +223,8 @@ def ip_show(ctx, args: Namespace) -> None:
 
 def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
     def handler(ctx, args: Namespace) -> int:
+        from cm import bulk, inventory
+
         cloud = ctx.cloud_name(args)
         names = inventory.known_vms(ctx, cloud, expand(args.names))
         if args.dryrun:
@@ -216,10 +246,29 @@ def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
     return handler
 
 
+def add_boot_arguments(parser: ArgumentParser) -> None:
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--name", metavar="NAMES", help="names or a hostlist such as node[01-10]")
+    names.add_argument("--n", type=int, metavar="COUNT", help="boot COUNT VMs named <user>-NNN (default 1)")
+    add_cloud_option(parser)
+    completes(parser.add_argument("--image", help="image name (default: the 'image' default)"), "image")
+    completes(parser.add_argument("--flavor", help="flavor name (default: the 'flavor' default)"), "flavor")
+    completes(parser.add_argument("--key", help="ssh key: a key name or a public key file"), "key")
+    completes(parser.add_argument("--group", help="put the VMs in this group (default: the 'group' default)"), "group")
+    parser.add_argument("--user-data", metavar="FILE", help="cloud-init user-data file")
+    parser.add_argument("--secgroup", action="append", default=[], help="security group (repeatable)")
+    parser.add_argument("--network", action="append", default=[], help="network to attach (repeatable)")
+    parser.add_argument("--public", action="store_true", help="allocate and attach a public (floating) IP")
+    parser.add_argument("--no-wait", action="store_true", help="return once the cloud accepted the VMs")
+    parser.add_argument("--timeout", type=float, help="seconds to wait for running (default: the 'timeout' default)")
+    add_dryrun_option(parser)
+    add_format_options(parser)
+
+
+
 def build(parser: ArgumentParser) -> None:
     subs = subcommands(parser)
-    boot_parser = verb(subs, "boot", boot, "boot VMs: --n COUNT named <user>-NNN, or --name node[01-10]")
-    add_boot_arguments(boot_parser)
+    add_boot_arguments(verb(subs, "boot", boot, "boot VMs: --n COUNT named <user>-NNN, or --name node[01-10]"))
 
     add_list_options(verb(subs, "list", list_vms, "list VMs from the mirror (instant, offline)"), "vm")
 
@@ -260,7 +309,7 @@ def build(parser: ArgumentParser) -> None:
 
     wait = verb(subs, "wait", wait_vms, "wait until VMs reach a state")
     add_names(wait)
-    wait.add_argument("--state", default="running", choices=[s.value for s in State], help="default: running")
+    wait.add_argument("--state", default="running", choices=STATES, help="default: running")
     wait.add_argument("--timeout", type=float, help="seconds (default: the 'timeout' default)")
     add_cloud_option(wait)
     add_format_options(wait)

@@ -1,0 +1,31 @@
+# The two set-up commands of the README:
+#   make run    install everything, run the tour on the default local cloud, then open the shell
+#   make test   install everything and run every test (fast ones and end-to-end ones)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test test-fast system install bench
+
+system:
+	bash scripts/install-system-packages.sh
+
+$(BIN)/cm: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: system $(BIN)/cm
+
+run: install
+	$(BIN)/cm defaults/tour.cm
+	$(BIN)/cm
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+bench: install
+	$(BIN)/python benchmarks/run.py
