@@ -25,6 +25,14 @@ def _save(ctx, group: str, members: list[str]) -> None:
     ctx.mirror.put("group", LOCAL, {"name": group, "members": members})
 
 
+def members_on(ctx, group: str, cloud: str) -> list[str]:
+    """The VM names of ``group`` on ``cloud``; an unknown or empty group is an error."""
+    members = _members(ctx, group)
+    if not members:
+        raise NotFound(f"unknown group '{group}' (see `cm group list`)")
+    return [m.split(":", 1)[1] for m in members if m.split(":", 1)[0] == cloud]
+
+
 def add_members(ctx, group: str, cloud: str, names: list[str]) -> None:
     with ctx.mirror.transaction():
         members = _members(ctx, group)

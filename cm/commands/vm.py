@@ -38,6 +38,25 @@ def _timeout(ctx, cloud: str, args: Namespace) -> float:
     return float(ctx.value("timeout", cloud, getattr(args, "timeout", None)) or 600)
 
 
+def _targets(ctx, args: Namespace, cloud: str) -> list[str]:
+    """The VMs a bulk verb acts on: NAMES (hostlists), or every VM of --group on this cloud."""
+    from cm import inventory
+
+    if args.group:
+        from cm.commands.group import members_on
+
+        names = members_on(ctx, args.group, cloud)
+        return inventory.known_vms(ctx, cloud, [*names, *(expand(args.names) if args.names else [])])
+    if not args.names:
+        raise UsageError("name the VMs: NAMES (hostlists such as vm[01-03]) or --group GROUP")
+    return inventory.known_vms(ctx, cloud, expand(args.names))
+
+
+def add_targets(parser: ArgumentParser) -> None:
+    add_names(parser, nargs="*")
+    completes(parser.add_argument("--group", help="act on every VM of this group"), "group")
+
+
 def list_vms(ctx, args: Namespace) -> None:
     list_records(ctx, args, "vm", COLUMNS)
 
@@ -67,7 +86,7 @@ def status_vms(ctx, args: Namespace) -> int:
     """Ask the cloud for the live state of each VM and update the mirror."""
     cloud = ctx.cloud_name(args)
     provider = ctx.provider(cloud)
-    names = inventory.known_vms(ctx, cloud, expand(args.names))
+    names = _targets(ctx, args, cloud)
 
     def record(outcome: bulk.Outcome) -> None:
         if outcome.ok:
@@ -99,7 +118,7 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
         from cm import bulk, inventory
 
         cloud = ctx.cloud_name(args)
-        names = inventory.known_vms(ctx, cloud, expand(args.names))
+        names = _targets(ctx, args, cloud)
         if args.dryrun:
             for name in names:
                 ctx.say(f"would {verb_name} {name} on {cloud}")
@@ -164,7 +183,7 @@ def wait_vms(ctx, args: Namespace) -> int:
     from cm import bulk, inventory
 
     cloud = ctx.cloud_name(args)
-    names = inventory.known_vms(ctx, cloud, expand(args.names))
+    names = _targets(ctx, args, cloud)
     provider = ctx.provider(cloud)
     target = {args.state}
     timeout = _timeout(ctx, cloud, args)
@@ -226,7 +245,7 @@ def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
         from cm import bulk, inventory
 
         cloud = ctx.cloud_name(args)
-        names = inventory.known_vms(ctx, cloud, expand(args.names))
+        names = _targets(ctx, args, cloud)
         if args.dryrun:
             for name in names:
                 ctx.say(f"would {'assign a public IP to' if assign else 'release the public IPs of'} {name}")
@@ -279,13 +298,13 @@ def build(parser: ArgumentParser) -> None:
     add_format_options(show)
 
     status = verb(subs, "status", status_vms, "ask the cloud for the live state of VMs")
-    add_names(status)
+    add_targets(status)
     add_cloud_option(status)
     add_format_options(status)
 
     for name, (_, settled, _) in LIFECYCLE.items():
         sub = verb(subs, name, lifecycle(name), f"{name} VMs (in parallel; one failure does not stop the rest)")
-        add_names(sub)
+        add_targets(sub)
         add_cloud_option(sub)
         add_dryrun_option(sub)
         if settled is not None:
@@ -308,7 +327,7 @@ def build(parser: ArgumentParser) -> None:
     add_dryrun_option(resize)
 
     wait = verb(subs, "wait", wait_vms, "wait until VMs reach a state")
-    add_names(wait)
+    add_targets(wait)
     wait.add_argument("--state", default="running", choices=STATES, help="default: running")
     wait.add_argument("--timeout", type=float, help="seconds (default: the 'timeout' default)")
     add_cloud_option(wait)
@@ -334,7 +353,7 @@ def build(parser: ArgumentParser) -> None:
     add_format_options(ip_list)
     for name, assign in (("assign", True), ("release", False)):
         sub = verb(ip_subs, name, ip_change(assign), f"{name} public (floating) IPs of VMs")
-        add_names(sub)
+        add_targets(sub)
         add_cloud_option(sub)
         add_dryrun_option(sub)
         add_format_options(sub)
