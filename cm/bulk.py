@@ -31,9 +31,23 @@ def progress(label: str, total: int) -> Iterator[Callable[[], None]]:
         return
     from rich.progress import Progress
 
-    with Progress(transient=True, console=None) as bar:
+    from rich.console import Console
+
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total)
         yield lambda: bar.advance(task)
+
+
+@contextmanager
+def waiting(label: str) -> Iterator[None]:
+    """A spinner with ``label`` on a terminal (stderr) during a long wait; nothing when piped."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(label):
+        yield
 
 
 def run_each(names: list[str], action: Callable[[str], Any], label: str,

@@ -77,7 +77,18 @@ def build_parser(noun: str, parser_class: type[argparse.ArgumentParser] = CmPars
     parser = parser_class(prog=noun, description=module.HELP,
                           epilog=f"example:\n  {example}" if example else None, formatter_class=formatter)
     module.build(parser)
+    for sub in _subparsers(parser):  # examples keep their line breaks at every level
+        sub.formatter_class = formatter
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += [sub, *_subparsers(sub)]
+    return found
 
 
 def expand_variables(text: str, variables: dict[str, str]) -> str:

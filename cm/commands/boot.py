@@ -135,7 +135,8 @@ def boot_vms(ctx: Any, args: Namespace) -> int:
     outcomes = bulk.run_each(names, lambda n: provider.create_vm(specs[n]), "boot", record)
     failures = {o.name: o.message for o in outcomes if not o.ok}
     if created and not args.no_wait:
-        failures.update(_wait_all(ctx, cloud, created, float(ctx.value("timeout", cloud, args.timeout) or 600)))
+        with bulk.waiting(f"waiting for {len(created)} VM(s) on {cloud} to run"):
+            failures.update(_wait_all(ctx, cloud, created, float(ctx.value("timeout", cloud, args.timeout) or 600)))
     rows = [_row(cloud, created.get(n), specs[n], f"failed: {failures[n]}" if n in failures else "booted")
             for n in names]
     ctx.emit(BOOT_COLUMNS, rows, args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
 
-from cm import inventory
+from cm import bulk, inventory
 from cm.commands import add_cloud_option
 from cm.errors import CmError, Unsupported
 from cm.output import add_format_options
@@ -19,7 +19,8 @@ def run_refresh(ctx, args: Namespace) -> int:
     for cloud in ctx.cloud_names(args):
         for kind in kinds:
             try:
-                result = f"{inventory.refresh(ctx, cloud, kind)} records"
+                with bulk.waiting(f"refreshing {kind} records of {cloud}"):
+                    result = f"{inventory.refresh(ctx, cloud, kind)} records"
             except Unsupported:
                 if args.what != "all":
                     raise

@@ -287,9 +287,11 @@ def add_boot_arguments(parser: ArgumentParser) -> None:
 
 def build(parser: ArgumentParser) -> None:
     subs = subcommands(parser)
-    add_boot_arguments(verb(subs, "boot", boot, "boot VMs: --n COUNT named <user>-NNN, or --name node[01-10]"))
+    add_boot_arguments(verb(subs, "boot", boot, "boot VMs: --n COUNT named <user>-NNN, or --name node[01-10]",
+                            example="cm vm boot --n 3 --image ubuntu-22.04 --flavor m1.small --public"))
 
-    add_list_options(verb(subs, "list", list_vms, "list VMs from the mirror (instant, offline)"), "vm")
+    add_list_options(verb(subs, "list", list_vms, "list VMs from the mirror (instant, offline)",
+                          example="cm vm list --cloud all -f json -c name -c state"), "vm")
 
     show = verb(subs, "show", show_vm, "show everything the mirror knows of VMs")
     add_names(show)
@@ -303,7 +305,8 @@ def build(parser: ArgumentParser) -> None:
     add_format_options(status)
 
     for name, (_, settled, _) in LIFECYCLE.items():
-        sub = verb(subs, name, lifecycle(name), f"{name} VMs (in parallel; one failure does not stop the rest)")
+        sub = verb(subs, name, lifecycle(name), f"{name} VMs (in parallel; one failure does not stop the rest)",
+                   example=f"cm vm {name} node[01-04]   # or: cm vm {name} --group experiment1")
         add_targets(sub)
         add_cloud_option(sub)
         add_dryrun_option(sub)
