@@ -1,0 +1,481 @@
+"""The kvm cloud kind: VMs on libvirt (local or remote), from cloud images with cloud-init.
+
+A kvm cloud in cm.yaml::
+
+    kind: kvm
+    uri: auto            # qemu:///system, qemu:///session, qemu+ssh://me@lab/system, test:///default
+    pool: default        # storage pool for images, VM disks and seeds
+    network: default     # libvirt network for the VMs ("" for none)
+    flavors: {small: {vcpus: 1, ram: 1024, disk: 10}}   # ram in MiB, disk in GiB
+    domain_type: auto    # kvm, qemu (software emulation) or auto (kvm only where it works)
+    cmdline: console=ttyS0 panic=-1   # kernel command line of kernel+initrd images
+    shutdown_timeout: 60 # seconds `vm stop` waits for the guest to power off
+    console_dir: ...     # where the hypervisor host keeps serial console logs
+    console_source: auto # log (the log file), stream (attach for console_wait s) or auto
+
+Each VM is a domain with a copy-on-write overlay on its image (a blank disk
+for kernel images) and a NoCloud seed ISO, both volumes in the pool named
+``<vm>-disk-<id>`` and ``<vm>-seed-<id>``; `cm vm delete` removes all three.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from cm.errors import ConfigError, Conflict, NotFound, ProviderError, Unsupported, UsageError
+from cm.provider import VM, BootSpec, Flavor, Image, Provider
+from cm_plugins.kvm import console, images, seed
+from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, guest_kind, stderr_notice
+from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
+
+GIB = 1 << 30
+DEFAULT_FLAVORS = {"tiny": {"vcpus": 1, "ram": 256, "disk": 1}, "small": {"vcpus": 1, "ram": 1024, "disk": 10},
+                   "medium": {"vcpus": 2, "ram": 4096, "disk": 20}, "large": {"vcpus": 4, "ram": 8192, "disk": 40}}
+DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
+UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                  | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+
+class KvmProvider(Provider):
+    """One libvirt hypervisor as a cm cloud."""
+
+    kind = "kvm"
+    capabilities = frozenset({"console", "rename", "images"})
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        from cm.config import home
+
+        self.hv = Hypervisor(name, config, home(), self._notice)
+        self._guest: tuple[str, str] | None = None
+        self._said: set[str] = set()
+
+    def _notice(self, text: str) -> None:
+        if text not in self._said:
+            self._said.add(text)
+            (getattr(self, "notice", None) or stderr_notice)(text)
+
+    def close(self) -> None:
+        self.hv.close()
+
+    # -- settings ---------------------------------------------------------------------------
+    def _setting(self, key: str, default: Any) -> Any:
+        value = self.config.get(key)
+        return default if value in (None, "") else value
+
+    def _number(self, key: str, default: float) -> float:
+        try:
+            return float(self._setting(key, default))
+        except (TypeError, ValueError):
+            raise ConfigError(f"cloud '{self.name}': {key} must be a number of seconds") from None
+
+    @property
+    def pool_name(self) -> str:
+        return str(self._setting("pool", "default"))
+
+    def _flavors(self) -> dict[str, Flavor]:
+        raw = self.config.get("flavors") or DEFAULT_FLAVORS
+        flavors = {}
+        for name, values in raw.items():
+            try:
+                vcpus, ram, disk = (int(values[k]) for k in ("vcpus", "ram", "disk"))
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"cloud '{self.name}': flavor '{name}' needs whole numbers vcpus, ram (MiB) "
+                                  "and disk (GiB) in cm.yaml") from None
+            flavors[str(name)] = Flavor(name=str(name), id=str(name), vcpus=vcpus, ram=ram, disk=disk)
+        return flavors
+
+    def list_flavors(self) -> list[Flavor]:
+        return sorted(self._flavors().values(), key=lambda f: (f.ram, f.vcpus, f.name))
+
+    def _flavor(self, name: str) -> Flavor:
+        flavors = self._flavors()
+        if name not in flavors:
+            raise NotFound(f"unknown flavor '{name}' on cloud '{self.name}' (flavors: {', '.join(flavors)})")
+        return flavors[name]
+
+    # -- libvirt objects ----------------------------------------------------------------------
+    def _pool(self, conn: libvirt.virConnect) -> libvirt.virStoragePool:
+        name = self.pool_name
+        try:
+            pool = conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError:
+            raise ConfigError(
+                f"cloud '{self.name}': libvirt at {self.hv.uri} has no storage pool '{name}'; create it "
+                f"(virsh pool-define-as {name} dir --target /var/lib/libvirt/images && virsh pool-build {name} "
+                f"&& virsh pool-start {name}) or set pool: NAME for this cloud in cm.yaml") from None
+        if not pool.isActive():
+            raise ProviderError(f"cloud '{self.name}': storage pool '{name}' is not running; "
+                                f"start it: virsh -c {self.hv.uri} pool-start {name}")
+        return pool
+
+    def _networks(self, conn: libvirt.virConnect, wanted: list[str]) -> list[str]:
+        names = wanted or [str(self._setting("network", ""))]
+        names = [n for n in names if n and n != "none"]
+        for name in names:
+            try:
+                net = conn.networkLookupByName(name)
+            except libvirt.libvirtError:
+                raise ConfigError(f"cloud '{self.name}': libvirt at {self.hv.uri} has no network '{name}'; "
+                                  "create it (virsh net-define, net-start) or set network: NAME (or \"\") "
+                                  "for this cloud in cm.yaml") from None
+            if not net.isActive():
+                raise ProviderError(f"cloud '{self.name}': network '{name}' is not running; "
+                                    f"start it: virsh -c {self.hv.uri} net-start {name}")
+        return names
+
+    def _domain(self, conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
+        try:
+            return conn.lookupByName(name)
+        except libvirt.libvirtError:
+            raise NotFound(f"no VM named '{name}' on cloud '{self.name}' (see `cm vm list --refresh`)") from None
+
+    def _guest_kind(self, conn: libvirt.virConnect) -> tuple[str, str]:
+        if self._guest is None:
+            wanted = str(self._setting("domain_type", "auto"))
+            if wanted not in DOMAIN_TYPES:
+                raise ConfigError(f"cloud '{self.name}': domain_type must be one of {', '.join(DOMAIN_TYPES)}")
+            self._guest = guest_kind(conn, wanted, self.hv.is_local)
+        return self._guest
+
+    # -- images -------------------------------------------------------------------------------
+    def _image(self, pool: libvirt.virStoragePool, name: str) -> Image:
+        found = images.in_pool(pool)
+        image = found.get(name) or next((i for i in found.values() if i.id == name), None)
+        if image is None:
+            known = ", ".join(sorted(found)) or "none yet"
+            raise NotFound(f"unknown image '{name}' on cloud '{self.name}' (images: {known}); "
+                           "add one with `cm image add NAME PATH`")
+        if image.status != "active":
+            raise ProviderError(f"image '{name}' lacks its kernel or initrd volume; delete and add it again")
+        return image
+
+    def list_images(self) -> list[Image]:
+        with self.hv.use() as conn:
+            pool = self._pool(conn)
+            if not self.hv.is_test:
+                try:
+                    pool.refresh(0)  # see files copied into the pool's directory by hand
+                except libvirt.libvirtError:
+                    pass  # busy (an upload is running): list what libvirt knows
+            return sorted(images.in_pool(pool).values(), key=lambda i: i.name)
+
+    def _no_data_notice(self) -> None:
+        self._notice(f"cm: cloud '{self.name}': libvirt's test hypervisor stores no disk data; "
+                     "images and seeds are recorded as volumes of their size, without contents")
+
+    def _store_file(self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, volume: str, path: Path,
+                    fmt: str, capacity: int) -> libvirt.virStorageVol:
+        """A new volume holding the file (the test hypervisor keeps no data: only its size)."""
+        if self.hv.is_test:
+            self._no_data_notice()
+            return pool.createXML(f"<volume><name>{volume}</name><capacity>{capacity}</capacity>"
+                                  f"<target><format type='{fmt}'/></target></volume>", 0)
+        size = path.stat().st_size
+        # Created raw and filled byte for byte; libvirt then reads the real format from the header.
+        vol = pool.createXML(f"<volume><name>{volume}</name><capacity>{size}</capacity><allocation>0</allocation>"
+                             "<target><format type='raw'/></target></volume>", 0)
+        try:
+            images.upload(conn, vol, path)
+        except BaseException:
+            self._delete_volume(vol)
+            raise
+        return vol
+
+    def add_image(self, name: str, path: str) -> Image:
+        """Add a disk image file, or a kernel+initrd pair (kernel=K,initrd=I or a directory)."""
+        images.check_image_name(name)
+        source = images.parse_source(path)
+        with self.hv.use(write=True) as conn:
+            pool = self._pool(conn)
+            taken = images.in_pool(pool)
+            if name in taken:
+                raise Conflict(f"image '{name}' already exists on cloud '{self.name}'; "
+                               f"delete it first (cm image delete {name})")
+            if isinstance(source, images.DiskFile):
+                self._store_file(conn, pool, name, source.path, source.format, source.virtual_size)
+            else:
+                kernel = self._store_file(conn, pool, name + images.KERNEL_SUFFIX, source.kernel, "raw",
+                                          source.kernel.stat().st_size)
+                try:
+                    self._store_file(conn, pool, name + images.INITRD_SUFFIX, source.initrd, "raw",
+                                     source.initrd.stat().st_size)
+                except BaseException:
+                    self._delete_volume(kernel)
+                    raise
+            if not self.hv.is_test:
+                pool.refresh(0)
+            return images.in_pool(pool)[name]
+
+    def delete_image(self, name: str) -> None:
+        with self.hv.use(write=True) as conn:
+            pool = self._pool(conn)
+            image = images.in_pool(pool).get(name)
+            if image is None:
+                raise NotFound(f"unknown image '{name}' on cloud '{self.name}' (see `cm image list --refresh`)")
+            users = images.users_of(conn, pool, image)
+            if users:
+                raise Conflict(f"image '{name}' is in use by {', '.join(sorted(users))}; delete those VMs first")
+            for volume in image.extra["volumes"]:
+                pool.storageVolLookupByName(volume).delete(0)
+
+    # -- VMs --------------------------------------------------------------------------------------
+    def _vm(self, dom: libvirt.virDomain) -> VM:
+        return to_vm(dom, {"uri": self.hv.uri})
+
+    def list_vms(self) -> list[VM]:
+        with self.hv.use() as conn:
+            vms = []
+            for dom in conn.listAllDomains():
+                try:
+                    vms.append(self._vm(dom))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    # deleted while we looked: it is not there any more
+            return sorted(vms, key=lambda vm: vm.name)
+
+    def get_vm(self, name: str) -> VM:
+        with self.hv.use() as conn:
+            return self._vm(self._domain(conn, name))
+
+    def _check_spec(self, spec: BootSpec) -> None:
+        if "/" in spec.name or not spec.name:
+            raise UsageError(f"'{spec.name}' cannot be a VM name")
+        if spec.public:
+            raise Unsupported(self.name, "assign public IPs", "VMs get addresses on the libvirt network only")
+        if spec.secgroups:
+            raise Unsupported(self.name, "apply security groups")
+        if spec.key_name and not spec.public_key:
+            raise UsageError(f"key '{spec.key_name}' has no public key cm can put in the VM's seed; "
+                             "give a .pub file with --key or add the key with `cm key add`")
+
+    def _make_disk(self, pool: libvirt.virStoragePool, volume: str, image: Image, flavor: Flavor) -> str:
+        """The VM's disk: a qcow2 overlay on a disk image, or a blank raw disk for kernel images."""
+        capacity = max(flavor.disk * GIB, image.size if image.format != "kernel+initrd" else 0)
+        if image.format == "kernel+initrd":
+            xml = (f"<volume><name>{volume}</name><capacity>{capacity}</capacity><allocation>0</allocation>"
+                   "<target><format type='raw'/></target></volume>")
+        else:
+            backing = f"<path>{image.extra['path']}</path><format type='{image.format or 'raw'}'/>"
+            xml = (f"<volume><name>{volume}</name><capacity>{capacity}</capacity><allocation>0</allocation>"
+                   f"<target><format type='qcow2'/></target><backingStore>{backing}</backingStore></volume>")
+        pool.createXML(xml, 0)
+        return volume
+
+    def _make_seed(self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, volume: str, spec: BootSpec,
+                   instance_id: str) -> str:
+        data = seed.iso_bytes(seed.meta_data(instance_id, spec.name),
+                              seed.user_data(spec.name, spec.user, spec.public_key, spec.user_data))
+        vol = pool.createXML(f"<volume><name>{volume}</name><capacity>{len(data)}</capacity>"
+                             "<target><format type='raw'/></target></volume>", 0)
+        if not self.hv.is_test:  # the test hypervisor keeps no data: the volume's size is all there is
+            images.upload_bytes(conn, vol, data)
+        return volume
+
+    def _console_log(self, name: str, short: str) -> str:
+        if self.hv.is_test:
+            return ""
+        directory = self._setting("console_dir", "")
+        if not directory:
+            session = self.hv.uri.split("?")[0].endswith("/session")
+            directory = str(Path.home() / ".cache/libvirt/qemu/log") if session else "/var/log/libvirt/qemu"
+        if self.hv.is_local:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        return f"{directory}/cm-{name}-{short}.console.log"
+
+    def create_vm(self, spec: BootSpec) -> VM:
+        self._check_spec(spec)
+        flavor = self._flavor(spec.flavor)
+        with self.hv.use(write=True) as conn:
+            try:
+                conn.lookupByName(spec.name)
+                raise Conflict(f"a VM named '{spec.name}' already exists on cloud '{self.name}'")
+            except libvirt.libvirtError:
+                pass  # the name is free
+            pool = self._pool(conn)
+            image = self._image(pool, spec.image)
+            networks = self._networks(conn, spec.networks)
+            domain_type, arch = self._guest_kind(conn)
+            instance_id = str(uuid.uuid4())
+            short = instance_id[:8]
+            kernel = image.format == "kernel+initrd"
+            made: list[str] = []
+            try:
+                made.append(self._make_disk(pool, f"{spec.name}-disk-{short}.{'img' if kernel else 'qcow2'}",
+                                            image, flavor))
+                made.append(self._make_seed(conn, pool, f"{spec.name}-seed-{short}.iso", spec, instance_id))
+                dom = conn.defineXML(domain_xml(DomainSpec(
+                    name=spec.name, uuid=instance_id, domain_type=domain_type, arch=arch, vcpus=flavor.vcpus,
+                    ram_mib=flavor.ram, pool=pool.name(), disk_volume=made[0],
+                    disk_format="raw" if kernel else "qcow2", seed_volume=made[1], networks=networks,
+                    kernel=image.extra.get("kernel", ""), initrd=image.extra.get("initrd", ""),
+                    cmdline=str(self._setting("cmdline", DEFAULT_CMDLINE)) if kernel else "",
+                    console_log=self._console_log(spec.name, short),
+                    metadata={"image": image.name, "flavor": flavor.name, "key": spec.key_name, "user": spec.user,
+                              "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})))
+                try:
+                    dom.create()
+                except libvirt.libvirtError:
+                    dom.undefine()
+                    raise
+            except BaseException:
+                for volume in made:  # leave nothing behind from a boot that failed
+                    self._delete_volume_named(pool, volume)
+                raise
+            return self._vm(dom)
+
+    def _delete_volume(self, vol: libvirt.virStorageVol) -> None:
+        try:
+            vol.delete(0)
+        except libvirt.libvirtError:
+            pass  # best effort while undoing; the original error is what the user needs
+
+    def _delete_volume_named(self, pool: libvirt.virStoragePool, name: str) -> None:
+        try:
+            self._delete_volume(pool.storageVolLookupByName(name))
+        except libvirt.libvirtError:
+            pass
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start_vm(self, name: str) -> None:
+        with self.hv.use(write=True) as conn:
+            dom = self._domain(conn, name)
+            state = dom.state()[0]
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+            elif not dom.isActive():
+                dom.create()
+
+    def stop_vm(self, name: str, timeout: float | None = None) -> None:
+        """Ask the guest to power off (ACPI) and wait; say so clearly when it ignores the request."""
+        wait = timeout if timeout is not None else self._number("shutdown_timeout", 60)
+        with self.hv.use(write=True) as conn:
+            dom = self._domain(conn, name)
+            if not dom.isActive():
+                return
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()  # a paused guest cannot see the power button
+            dom.shutdown()
+            deadline = time.monotonic() + wait
+            while dom.isActive():
+                if time.monotonic() >= deadline:
+                    raise ProviderError(
+                        f"{name} ignored the shutdown request for {wait:g} s (its OS may not handle the ACPI "
+                        f"power button) and is still running; force it off with "
+                        f"`virsh -c {self.hv.uri} destroy {name}` or raise shutdown_timeout in cm.yaml")
+                time.sleep(0.2)
+
+    def _active(self, conn: libvirt.virConnect, name: str, verb: str) -> libvirt.virDomain:
+        dom = self._domain(conn, name)
+        if not dom.isActive():
+            raise Conflict(f"{name} is stopped; start it first (cm vm start {name}) to {verb} it")
+        return dom
+
+    def reboot_vm(self, name: str) -> None:
+        with self.hv.use(write=True) as conn:
+            self._active(conn, name, "reboot").reboot(0)
+
+    def suspend_vm(self, name: str) -> None:
+        with self.hv.use(write=True) as conn:
+            dom = self._active(conn, name, "suspend")
+            if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+                dom.suspend()
+
+    def resume_vm(self, name: str) -> None:
+        with self.hv.use(write=True) as conn:
+            dom = self._active(conn, name, "resume")
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+
+    def delete_vm(self, name: str) -> None:
+        """Remove the domain, its disk and seed volumes, and its console log: nothing is left."""
+        with self.hv.use(write=True) as conn:
+            dom = self._domain(conn, name)
+            root = ET.fromstring(dom.XMLDesc(0))
+            if dom.isActive():
+                dom.destroy()
+            try:
+                dom.undefineFlags(UNDEFINE_FLAGS)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
+                    raise
+                dom.undefine()  # drivers without those flags have nothing they would remove
+            left = self._delete_vm_volumes(conn, root)
+            self._delete_console_log(console_log_path(root))
+        if left:
+            raise ProviderError(f"deleted {name}, but could not delete its volumes {', '.join(left)}")
+
+    def _delete_vm_volumes(self, conn: libvirt.virConnect, root: ET.Element) -> list[str]:
+        """Delete the volumes cm made for the VM (never a disk attached by hand); return what stayed."""
+        left = []
+        for disk in disk_sources(root):
+            try:
+                if disk["pool"]:
+                    vol = conn.storagePoolLookupByName(disk["pool"]).storageVolLookupByName(disk["volume"])
+                elif disk["file"]:
+                    vol = conn.storageVolLookupByPath(disk["file"])
+                else:
+                    continue
+            except libvirt.libvirtError:
+                continue  # already gone
+            if images.VM_VOLUME.match(vol.name()):
+                try:
+                    vol.delete(0)
+                except libvirt.libvirtError:
+                    left.append(vol.name())
+        return left
+
+    def _delete_console_log(self, path: str) -> None:
+        if path and self.hv.is_local:
+            try:
+                Path(path).unlink(missing_ok=True)
+            except OSError:
+                pass  # not ours to remove (another user's daemon): it is only a log
+
+    def rename_vm(self, old: str, new: str) -> VM:
+        with self.hv.use(write=True) as conn:
+            dom = self._domain(conn, old)
+            try:
+                conn.lookupByName(new)
+                raise Conflict(f"a VM named '{new}' already exists on cloud '{self.name}'")
+            except libvirt.libvirtError:
+                pass  # the new name is free
+            if dom.isActive():
+                raise Conflict(f"{old} is running; libvirt renames only stopped VMs: `cm vm stop {old}` first")
+            dom.rename(new, 0)
+            return self._vm(self._domain(conn, new))
+
+    def console_log(self, name: str, lines: int = 0) -> str:
+        """The serial console: virtlogd's log file, or (remote, unreadable) a few seconds of the live stream."""
+        if self.hv.is_test:
+            raise Unsupported(self.name, "show consoles", "libvirt's test hypervisor runs no guest, so it has none")
+        with self.hv.use() as conn:
+            dom = self._domain(conn, name)
+            path = console_log_path(ET.fromstring(dom.XMLDesc(0)))
+            active = dom.isActive()
+        source = str(self._setting("console_source", "auto"))
+        if path and self.hv.is_local and source in ("auto", "log"):
+            text = console.read_log(path)
+            if text is not None:
+                return console.clean(text, lines)
+            if source == "log":
+                raise ProviderError(f"cannot read {name}'s console log {path}: run cm as root or its owner")
+        if not active:
+            raise ProviderError(f"{name} is stopped and its console log is not readable here"
+                                + (f" ({path} on the hypervisor's host)" if path else ""))
+        text = console.capture(self.hv.uri, name, self._number("console_wait", 3))
+        return console.clean(text, lines)
+
+    def assign_public_ip(self, name: str) -> str:
+        raise Unsupported(self.name, "assign public IPs", "VMs get addresses on the libvirt network only")
+
+    def release_public_ip(self, name: str) -> list[str]:
+        raise Unsupported(self.name, "release public IPs", "VMs get addresses on the libvirt network only")
