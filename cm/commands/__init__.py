@@ -33,8 +33,11 @@ def subcommands(parser: argparse.ArgumentParser) -> Any:
     return parser.add_subparsers(title="subcommands", dest="verb", metavar="SUBCOMMAND", required=True)
 
 
-def verb(subs: Any, name: str, handler: Handler, help: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """Add one subcommand whose handler is ``handler``."""
+def verb(subs: Any, name: str, handler: Handler, help: str, example: str = "",
+         **kwargs: Any) -> argparse.ArgumentParser:
+    """Add one subcommand whose handler is ``handler``; ``example`` shows under its usage."""
+    if example:
+        kwargs.setdefault("epilog", f"example:\n  {example}")
     parser = subs.add_parser(name, help=help, description=help, **kwargs)
     parser.set_defaults(run=handler)
     return parser
