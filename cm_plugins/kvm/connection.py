@@ -31,7 +31,8 @@ quiet()
 
 def first_line(exc: BaseException) -> str:
     text = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else str(exc)
-    return (text or type(exc).__name__).strip().splitlines()[0]
+    line = (text or type(exc).__name__).strip().splitlines()[0]
+    return line.removeprefix("internal error: ")  # libvirt's label, not part of the reason
 
 
 def _no_daemon(message: str) -> bool:

@@ -98,7 +98,8 @@ class KvmProvider(Provider):
     def _flavor(self, name: str) -> Flavor:
         flavors = self._flavors()
         if name not in flavors:
-            raise NotFound(f"unknown flavor '{name}' on cloud '{self.name}' (flavors: {', '.join(flavors)})")
+            known = ", ".join(f.name for f in self.list_flavors())
+            raise NotFound(f"unknown flavor '{name}' on cloud '{self.name}' (flavors: {known})")
         return flavors[name]
 
     # -- libvirt objects ----------------------------------------------------------------------
@@ -175,9 +176,10 @@ class KvmProvider(Provider):
                     fmt: str, capacity: int) -> libvirt.virStorageVol:
         """A new volume holding the file (the test hypervisor keeps no data: only its size)."""
         if self.hv.is_test:
+            vol = pool.createXML(f"<volume><name>{volume}</name><capacity>{capacity}</capacity>"
+                                 f"<target><format type='{fmt}'/></target></volume>", 0)
             self._no_data_notice()
-            return pool.createXML(f"<volume><name>{volume}</name><capacity>{capacity}</capacity>"
-                                  f"<target><format type='{fmt}'/></target></volume>", 0)
+            return vol
         size = path.stat().st_size
         # Created raw and filled byte for byte; libvirt then reads the real format from the header.
         vol = pool.createXML(f"<volume><name>{volume}</name><capacity>{size}</capacity><allocation>0</allocation>"
@@ -376,22 +378,22 @@ class KvmProvider(Provider):
     def _active(self, conn: libvirt.virConnect, name: str, verb: str) -> libvirt.virDomain:
         dom = self._domain(conn, name)
         if not dom.isActive():
-            raise Conflict(f"{name} is stopped; start it first (cm vm start {name}) to {verb} it")
+            raise Conflict(f"{name} is stopped, so it cannot be {verb}; start it first (cm vm start {name})")
         return dom
 
     def reboot_vm(self, name: str) -> None:
         with self.hv.use(write=True) as conn:
-            self._active(conn, name, "reboot").reboot(0)
+            self._active(conn, name, "rebooted").reboot(0)
 
     def suspend_vm(self, name: str) -> None:
         with self.hv.use(write=True) as conn:
-            dom = self._active(conn, name, "suspend")
+            dom = self._active(conn, name, "suspended")
             if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
                 dom.suspend()
 
     def resume_vm(self, name: str) -> None:
         with self.hv.use(write=True) as conn:
-            dom = self._active(conn, name, "resume")
+            dom = self._active(conn, name, "resumed")
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
 

@@ -1,0 +1,417 @@
+"""The kvm provider through the shell, on libvirt's test hypervisor (no daemon, in-process).
+
+conftest pins the local cloud to ``test:///default``; cm keeps that hypervisor's
+state in a node file under CM_HOME, so one-shot commands in separate processes
+see the same VMs, as on a real cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+libvirt = pytest.importorskip("libvirt")
+
+from cm_plugins.kvm import seed  # noqa: E402  (after the skip: needs libvirt-python)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def qcow2_file(path: Path, virtual_size: int = 2 << 30) -> Path:
+    """A qcow2 header: all cm reads of an image on the test hypervisor."""
+    header = b"QFI\xfb" + struct.pack(">IQIIQ", 3, 0, 0, 16, virtual_size)
+    path.write_bytes(header + bytes(512 - len(header)))
+    return path
+
+
+def kernel_file(path: Path) -> Path:
+    data = bytearray(4096)
+    data[0x202:0x206] = b"HdrS"  # the Linux x86 boot protocol's signature
+    path.write_bytes(bytes(data))
+    return path
+
+
+def set_cloud(cm_home: Path, **settings: object) -> None:
+    path = cm_home / "cm.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["clouds"]["local"].update(settings)
+    path.write_text(yaml.safe_dump(config))
+
+
+def node(cm_home: Path):
+    """The persisted test hypervisor, opened the way cm opens it."""
+    return libvirt.open(f"test://{cm_home / 'kvm-test' / 'local.xml'}")
+
+
+def rows(result) -> list[dict]:
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def one_line(result) -> str:
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    return lines[0]
+
+
+@pytest.fixture
+def image(cm, tmp_path: Path) -> str:
+    """The local cloud with the image its defaults name (cirros)."""
+    result = cm("image", "add", "cirros", str(qcow2_file(tmp_path / "cirros.qcow2")))
+    assert result.code == 0, result.err
+    return "cirros"
+
+
+@pytest.fixture
+def three(cm, image: str) -> list[str]:
+    result = cm("vm", "boot", "--n", "3", "-f", "json")
+    assert result.code == 0, result.err
+    return [r["name"] for r in json.loads(result.out)]
+
+
+# -- flavors and images ---------------------------------------------------------------------------
+def test_flavors_come_from_the_cloud_config(cm):
+    flavors = {f["name"]: f for f in rows(cm("flavor", "list", "--refresh", "-f", "json"))}
+    assert set(flavors) == {"tiny", "small", "medium", "large"}
+    assert (flavors["small"]["vcpus"], flavors["small"]["ram"], flavors["small"]["disk"]) == (1, 1024, 10)
+
+
+def test_image_add_list_show_delete(cm, cm_home, tmp_path):
+    added = cm("image", "add", "debian", str(qcow2_file(tmp_path / "d.qcow2", 3 << 30)))
+    assert added.code == 0 and "added image debian to local" in added.out
+    assert "stores no disk data" in added.err  # the test hypervisor says what it did with the file
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(bytes(1 << 20))
+    assert cm("image", "add", "rawdisk", str(raw)).code == 0
+
+    listed = {i["name"]: i for i in rows(cm("image", "list", "-f", "json"))}
+    assert listed["debian"]["format"] == "qcow2" and listed["debian"]["size"] == 3 << 30
+    assert listed["rawdisk"]["format"] == "raw" and listed["rawdisk"]["size"] == 1 << 20
+    shown = rows(cm("image", "show", "debian", "-f", "json"))
+    assert shown["name"] == "debian" and shown["cloud"] == "local"
+
+    assert cm("image", "delete", "debian").code == 0
+    assert [i["name"] for i in rows(cm("image", "list", "--refresh", "-f", "json"))] == ["rawdisk"]
+
+
+def test_kernel_images_from_a_directory_or_a_spec(cm, tmp_path):
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    kernel_file(guest / "vmlinuz-6.1")
+    (guest / "initrd.img").write_bytes(b"initrd" * 100)
+    assert cm("image", "add", "guest", str(guest)).code == 0
+    spec = f"kernel={guest / 'vmlinuz-6.1'},initrd={guest / 'initrd.img'}"
+    assert cm("image", "add", "guest2", spec).code == 0
+    listed = {i["name"]: i for i in rows(cm("image", "list", "--refresh", "-f", "json"))}
+    assert listed["guest"]["format"] == listed["guest2"]["format"] == "kernel+initrd"
+    assert listed["guest"]["status"] == "active"
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x1f\x8b" + bytes(100), "gzip-compressed; uncompress it first"),
+    (b"KDMV" + bytes(100), "a VMDK image; convert it: qemu-img convert"),
+    (b"", "is empty"),
+])
+def test_image_add_refuses_what_cannot_boot(cm, tmp_path, content, expected):
+    path = tmp_path / "img"
+    path.write_bytes(content)
+    result = cm("image", "add", "x", str(path))
+    assert result.code == 2 and expected in one_line(result)
+
+
+def test_image_add_errors(cm, tmp_path, image):
+    missing = cm("image", "add", "y", str(tmp_path / "nope.qcow2"))
+    assert missing.code == 2 and "no such file" in one_line(missing)
+    alone = cm("image", "add", "k", str(kernel_file(tmp_path / "vmlinuz")))
+    assert alone.code == 2 and "give its initrd too: cm image add NAME kernel=" in one_line(alone)
+    again = cm("image", "add", "cirros", str(qcow2_file(tmp_path / "again.qcow2")))
+    assert again.code == 1 and "image 'cirros' already exists" in one_line(again)
+    reserved = cm("image", "add", "x-disk-0123abcd.qcow2", str(tmp_path / "again.qcow2"))
+    assert reserved.code == 2 and "looks like a volume cm makes itself" in one_line(reserved)
+
+
+def test_out_of_space_is_one_line_that_says_so(cm, tmp_path):
+    big = tmp_path / "big.raw"
+    with open(big, "wb") as handle:  # sparse: 200 GiB for the fake 100 GiB pool
+        handle.truncate(200 << 30)
+    result = cm("image", "add", "big", str(big))
+    assert result.code == 1 and "storage pool is out of space" in one_line(result)
+
+
+def test_an_image_in_use_is_not_deleted(cm, three):
+    result = cm("image", "delete", "cirros")
+    assert result.code == 1
+    assert one_line(result) == f"cm: image 'cirros' is in use by {', '.join(three)}; delete those VMs first"
+
+
+# -- booting -----------------------------------------------------------------------------------------
+def test_boot_three_with_generated_names(cm, cm_home, three):
+    assert three == ["tester-001", "tester-002", "tester-003"]
+    listed = rows(cm("vm", "list", "-f", "json"))
+    assert [(v["name"], v["state"], v["image"], v["flavor"]) for v in listed] == \
+        [(n, "running", "cirros", "small") for n in three]
+    assert all(v["private_ips"] for v in listed)  # the test hypervisor's addresses
+    csv = cm("vm", "list", "-f", "csv")
+    assert csv.out.splitlines()[0].startswith("name,cloud,state") and "tester-002,local,running" in csv.out
+    conn = node(cm_home)
+    assert sorted(d.name() for d in conn.listAllDomains()) == three
+    volumes = conn.storagePoolLookupByName("default").listVolumes()
+    assert sum(v.startswith("tester-001-disk-") for v in volumes) == 1
+    assert sum(v.startswith("tester-001-seed-") for v in volumes) == 1
+
+
+def test_boot_hostlist_names_and_show(cm, image):
+    booted = rows(cm("vm", "boot", "--name", "node[01-03]", "--flavor", "tiny", "-f", "json"))
+    assert [v["name"] for v in booted] == ["node01", "node02", "node03"]
+    shown = rows(cm("vm", "show", "node02", "--refresh", "-f", "json"))
+    assert shown["flavor"] == "tiny" and shown["state"] == "running" and shown["key"] == "id_ed25519"
+    assert shown["extra"]["ram"] == 256 and shown["extra"]["domain_type"] == "test"
+
+
+def test_the_name_is_taken_in_libvirt(cm, cm_home, image):
+    assert cm("vm", "boot", "--name", "web").code == 0
+    (cm_home / "mirror.json").unlink()  # the mirror forgot; libvirt did not
+    assert boot_failure(cm, "--name", "web") == "failed: a VM named 'web' already exists on cloud 'local'"
+
+
+def boot_failure(cm, *words: str) -> str:
+    """The result column of a boot that failed (exit 1, summary on stderr)."""
+    result = cm("vm", "boot", *words, "-f", "json")
+    assert result.code == 1 and result.err.strip() == "1 of 1 failed", result.err
+    return json.loads(result.out)[0]["result"]
+
+
+def test_boot_errors_name_what_to_do(cm, cm_home, image):
+    assert boot_failure(cm, "--name", "a", "--image", "nosuch") == (
+        "failed: unknown image 'nosuch' on cloud 'local' (images: cirros); add one with `cm image add NAME PATH`")
+    assert "unknown flavor 'huge' on cloud 'local' (flavors: tiny, small, medium, large)" in \
+        boot_failure(cm, "--name", "b", "--flavor", "huge")
+    assert "cloud 'local' cannot assign public IPs" in boot_failure(cm, "--name", "c", "--public")
+    assert not node(cm_home).listAllDomains()
+
+
+def test_missing_pool_and_network_are_config_errors(cm, cm_home, image):
+    set_cloud(cm_home, pool="nosuch")
+    pool = cm("image", "list", "--refresh")
+    assert pool.code == 2 and "has no storage pool 'nosuch'; create it (virsh pool-define-as" in one_line(pool)
+    set_cloud(cm_home, pool="default", network="lab")
+    assert "has no network 'lab'; create it (virsh net-define, net-start)" in boot_failure(cm, "--name", "x")
+
+
+def test_no_daemon_is_one_line_that_says_what_to_do(cm, cm_home):
+    set_cloud(cm_home, uri="qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    result = cm("image", "list", "--refresh")
+    assert result.code == 1
+    assert "no libvirt daemon answers at qemu+unix:///system" in one_line(result)
+    assert "start libvirtd, or set uri: auto" in result.err
+
+
+def test_user_data_goes_into_the_seed(cm, tmp_path, image):
+    user_data = tmp_path / "user-data"
+    user_data.write_text("#cloud-config\npackages: [htop]\n")
+    assert cm("vm", "boot", "--name", "u1", "--user-data", str(user_data)).code == 0
+    user_data.write_text("#cloud-config\npackages: [htop\n")
+    assert "user-data is not valid YAML (line 3); fix the file given with --user-data" in boot_failure(cm, "--name", "u2", "--user-data", str(user_data))
+
+
+# -- the lifecycle ----------------------------------------------------------------------------------
+def states(cm, names: list[str]) -> list[str]:
+    return [r["state"] for r in rows(cm("vm", "status", *names, "-f", "json"))]
+
+
+def test_lifecycle(cm, three):
+    first = three[0]
+    assert rows(cm("vm", "stop", first, "-f", "json"))[0]["result"] == "stopped"
+    assert states(cm, three) == ["stopped", "running", "running"]
+    assert cm("vm", "start", first).code == 0
+    assert cm("vm", "suspend", "tester-[001-002]").code == 0
+    assert states(cm, three) == ["suspended", "suspended", "running"]
+    assert cm("vm", "resume", "tester-001,tester-002").code == 0
+    assert cm("vm", "reboot", first).code == 0
+    assert states(cm, three) == ["running"] * 3
+    waited = cm("vm", "wait", *three, "--state", "running", "--timeout", "5", "-f", "json")
+    assert [r["result"] for r in rows(waited)] == ["running"] * 3
+
+
+def test_suspended_and_stopped_survive_separate_processes(cm_process, tmp_path):
+    assert cm_process("image", "add", "cirros", str(qcow2_file(tmp_path / "c.qcow2"))).code == 0
+    assert cm_process("vm", "boot", "--n", "2").code == 0
+    assert cm_process("vm", "suspend", "tester-001").code == 0
+    assert cm_process("vm", "stop", "tester-002").code == 0
+    listed = cm_process("vm", "list", "--refresh", "-f", "json")
+    assert [(v["name"], v["state"]) for v in json.loads(listed.out)] == \
+        [("tester-001", "suspended"), ("tester-002", "stopped")]
+    assert cm_process("vm", "delete", "tester-[001-002]").code == 0
+
+
+def test_wrong_state_is_a_clear_conflict(cm, three):
+    cm("vm", "stop", three[0])
+    result = cm("vm", "suspend", three[0], "-f", "json")
+    assert result.code == 1 and result.err.strip() == "1 of 1 failed"
+    assert json.loads(result.out)[0]["result"] == \
+        "failed: tester-001 is stopped, so it cannot be suspended; start it first (cm vm start tester-001)"
+
+
+def test_stop_says_so_when_the_guest_ignores_it(cm, cm_home, three, monkeypatch):
+    set_cloud(cm_home, shutdown_timeout=0.3)
+    monkeypatch.setattr(libvirt.virDomain, "shutdown", lambda self, *a: 0)  # a guest deaf to ACPI
+    result = cm("vm", "stop", three[0], "-f", "json")
+    assert result.code == 1
+    message = json.loads(result.out)[0]["result"]
+    assert "ignored the shutdown request for 0.3 s" in message and "virsh -c" in message
+    assert states(cm, three[:1]) == ["running"]
+
+
+def test_rename_needs_a_stopped_vm(cm, three):
+    running = cm("vm", "rename", three[0], "db")
+    assert running.code == 1 and "libvirt renames only stopped VMs: `cm vm stop tester-001` first" in one_line(running)
+    cm("vm", "stop", three[0])
+    assert cm("vm", "rename", three[0], "db").out.strip() == "renamed tester-001 to db"
+    names = [v["name"] for v in rows(cm("vm", "list", "--refresh", "-f", "json"))]
+    assert names == ["db", "tester-002", "tester-003"]
+    assert cm("vm", "start", "db").code == 0
+
+
+def test_console_is_unsupported_on_the_test_hypervisor(cm, three):
+    result = cm("vm", "console", three[0])
+    assert result.code == 2
+    assert one_line(result) == ("cm: cloud 'local' cannot show consoles: libvirt's test hypervisor runs "
+                                "no guest, so it has none")
+
+
+def test_public_ips_are_unsupported(cm, three):
+    result = cm("vm", "ip", "assign", three[0], "-f", "json")
+    assert result.code == 1 and "cannot assign public IPs" in json.loads(result.out)[0]["result"]
+
+
+def test_delete_leaves_nothing_behind(cm, cm_home, three):
+    assert cm("vm", "stop", three[1]).code == 0
+    result = cm("vm", "delete", *three)
+    assert result.code == 0 and result.err.strip() == "deleted 3 of 3"
+    conn = node(cm_home)
+    assert conn.listAllDomains() == []
+    assert conn.storagePoolLookupByName("default").listVolumes() == ["cirros"]
+    assert rows(cm("vm", "list", "--refresh", "-f", "json")) == []
+
+
+def test_dryrun_changes_nothing(cm, cm_home, tmp_path, three):
+    state = (cm_home / "kvm-test" / "local.xml").read_bytes()
+    for words in (("vm", "boot", "--n", "2"), ("vm", "stop", three[0]), ("vm", "delete", *three),
+                  ("vm", "rename", three[0], "x"), ("image", "delete", "cirros"),
+                  ("image", "add", "i2", str(qcow2_file(tmp_path / "i2.qcow2")))):
+        result = cm(*words, "--dryrun")
+        assert result.code == 0 and "would" in result.out, words
+    assert (cm_home / "kvm-test" / "local.xml").read_bytes() == state
+    assert [v["name"] for v in rows(cm("vm", "list", "--refresh", "-f", "json"))] == three
+
+
+# -- the fake hypervisor's file, and the auto fallback ----------------------------------------------------
+def test_a_corrupt_node_file_starts_fresh_and_says_so(cm, cm_home, three):
+    path = cm_home / "kvm-test" / "local.xml"
+    path.write_text("<node><domain>half a write")
+    result = cm("vm", "list", "--refresh", "-f", "json")
+    assert result.code == 0 and json.loads(result.out) == []
+    assert "was unreadable" in result.err and "kept it as local.xml.bad-" in result.err
+    assert list(path.parent.glob("local.xml.bad-*"))
+
+
+def test_auto_falls_back_to_the_test_hypervisor_and_says_so_once(cm, cm_home, monkeypatch):
+    monkeypatch.setattr("cm_plugins.kvm.connection.SYSTEM_URI", "qemu+unix:///system?socket=/nonexistent/sock")
+    set_cloud(cm_home, uri="auto")
+    if shutil.which("cm") is None:
+        pytest.skip("the tour's !shell line runs `cm`, which is not on PATH")
+    result = cm(str(ROOT / "defaults" / "tour.cm"))
+    assert result.code == 0, result.err
+    assert result.err.count("using libvirt's test hypervisor instead") == 1
+    assert "booted 3 of 3" in result.err and "stopped 3 of 3" in result.err and "deleted 3 of 3" in result.err
+    assert '"state": "running"' in result.out  # the json list
+    assert not node(cm_home).listAllDomains()
+
+
+def test_vm_list_does_not_import_libvirt(cm_process):
+    code = ("import sys; from cm.main import run; code = run(['vm', 'list']); "
+            "print('libvirt' in sys.modules, code)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split()[-2:] == ["False", "0"], proc.stderr
+
+
+# -- the seed ----------------------------------------------------------------------------------------------
+def test_seed_iso_holds_nocloud_meta_data_and_user_data():
+    import io
+
+    import pycdlib
+
+    data = seed.iso_bytes(seed.meta_data("id-1", "vm1"), seed.user_data("vm1", "alice", "ssh-ed25519 AAAA x"))
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(data))
+    assert iso.pvd.volume_identifier.strip() == b"cidata"
+    out = io.BytesIO()
+    iso.get_file_from_iso_fp(out, rr_path="/meta-data")
+    assert out.getvalue().decode() == "instance-id: id-1\nlocal-hostname: vm1\n"
+    out = io.BytesIO()
+    iso.get_file_from_iso_fp(out, joliet_path="/user-data")
+    config = yaml.safe_load(out.getvalue())
+    assert config["hostname"] == "vm1" and config["users"][1]["name"] == "alice"
+    assert config["users"][1]["ssh_authorized_keys"] == ["ssh-ed25519 AAAA x"]
+
+
+@pytest.mark.parametrize("extra", ["", "#cloud-config\npackages: [htop]\nusers: [{name: bob}]\nruncmd: [[ls]]\n"])
+def test_generated_user_data_is_valid_cloud_config(tmp_path, extra):
+    if shutil.which("cloud-init") is None:
+        pytest.skip("cloud-init is not installed (apt-get install cloud-init)")
+    text = seed.user_data("vm1", "alice", "ssh-ed25519 AAAA x", extra)
+    path = tmp_path / "user-data"
+    path.write_text(text)
+    proc = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Valid cloud-config" in proc.stdout
+    if extra:
+        config = yaml.safe_load(text)
+        assert config["packages"] == ["htop"] and [u if isinstance(u, str) else u["name"] for u in
+                                                   config["users"]] == ["default", "alice", "bob"]
+
+
+def test_a_script_user_data_becomes_a_second_mime_part():
+    text = seed.user_data("vm1", "alice", "", "#!/bin/sh\necho hi\n")
+    assert "Content-Type: multipart/mixed" in text
+    assert 'Content-Type: text/cloud-config; charset="utf-8"' in text
+    assert 'Content-Type: text/x-shellscript; charset="utf-8"' in text
+
+
+# -- choosing kvm or qemu ----------------------------------------------------------------------------------
+class FakeConn:
+    def __init__(self, types: list[str], kvm_ok: bool = True) -> None:
+        self.types, self.kvm_ok = types, kvm_ok
+
+    def getCapabilities(self) -> str:
+        domains = "".join(f"<domain type='{t}'/>" for t in self.types)
+        return (f"<capabilities><host><cpu><arch>x86_64</arch></cpu></host><guest><os_type>hvm</os_type>"
+                f"<arch name='x86_64'>{domains}</arch></guest></capabilities>")
+
+    def getDomainCapabilities(self, *args: object) -> str:
+        if not self.kvm_ok:
+            raise libvirt.libvirtError("KVM is not supported by '/usr/bin/qemu-system-x86_64' on this host")
+        return "<domainCapabilities/>"
+
+
+@pytest.mark.parametrize("types, kvm_ok, cpu, local, wanted, expected", [
+    (["qemu", "kvm"], True, True, True, "auto", "kvm"),
+    (["qemu", "kvm"], True, False, True, "auto", "qemu"),  # /dev/kvm without vmx/svm (nested PVM)
+    (["qemu", "kvm"], False, True, True, "auto", "qemu"),  # libvirt lists kvm but cannot use it
+    (["qemu"], True, True, True, "auto", "qemu"),
+    (["qemu", "kvm"], True, False, False, "auto", "kvm"),  # remote: libvirt's word is all there is
+    (["qemu", "kvm"], True, True, True, "qemu", "qemu"),  # the config decides
+])
+def test_domain_type_detection(monkeypatch, types, kvm_ok, cpu, local, wanted, expected):
+    from cm_plugins.kvm import connection
+
+    monkeypatch.setattr(connection, "_cpu_has_virtualization", lambda: cpu)
+    assert connection.guest_kind(FakeConn(types, kvm_ok), wanted, local) == (expected, "x86_64")
