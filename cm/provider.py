@@ -191,3 +191,117 @@ class Provider:
 
     def delete_key(self, name: str) -> None:
         raise self._unsupported("delete keys")
+
+    # == Optional verbs: networks, security groups, floating IPs, quotas, limits, usage ==========
+    # Appended for OpenStack-style clouds; a cloud without these keeps the defaults,
+    # which raise Unsupported.  Groups, networks and IPs go into the mirror under
+    # the kinds "secgroup", "network" and "ip" (see cm.inventory.FETCHERS).
+
+    # -- networks ----------------------------------------------------------------------------
+    def list_networks(self) -> list[Network]:
+        raise self._unsupported("list networks")
+
+    # -- security groups and their rules ---------------------------------------------------------
+    def list_secgroups(self) -> list[SecGroup]:
+        raise self._unsupported("list security groups")
+
+    def get_secgroup(self, name: str) -> SecGroup:
+        """The security group called ``name`` (or with that id), with its rules; NotFound if none."""
+        raise self._unsupported("show security groups")
+
+    def add_secgroup(self, name: str, description: str = "") -> SecGroup:
+        raise self._unsupported("add security groups")
+
+    def delete_secgroup(self, name: str) -> None:
+        raise self._unsupported("delete security groups")
+
+    def add_secgroup_rule(self, group: str, rule: SecRule) -> SecRule:
+        """Add ``rule`` to ``group``; return it as the cloud stored it (with its id)."""
+        raise self._unsupported("add security group rules")
+
+    def delete_secgroup_rule(self, group: str, rule_id: str) -> None:
+        raise self._unsupported("delete security group rules")
+
+    # -- floating (public) IPs ---------------------------------------------------------------------
+    def list_floating_ips(self) -> list[FloatingIP]:
+        raise self._unsupported("list floating IPs")
+
+    def create_floating_ip(self, network: str = "") -> FloatingIP:
+        """Allocate a floating IP from ``network`` (default: the cloud's external network)."""
+        raise self._unsupported("create floating IPs")
+
+    def delete_floating_ip(self, address: str) -> None:
+        raise self._unsupported("delete floating IPs")
+
+    def attach_floating_ip(self, address: str, vm: str) -> FloatingIP:
+        raise self._unsupported("attach floating IPs")
+
+    def detach_floating_ip(self, address: str) -> FloatingIP:
+        raise self._unsupported("detach floating IPs")
+
+    # -- quotas, limits, usage ------------------------------------------------------------------------
+    def quotas(self) -> list[dict[str, Any]]:
+        """One dict per resource: ``{"service", "resource", "limit", "used"}`` (-1 = unlimited)."""
+        raise self._unsupported("show quotas")
+
+    def limits(self) -> list[dict[str, Any]]:
+        """The absolute limits of the project: ``{"name", "value"}`` per limit."""
+        raise self._unsupported("show limits")
+
+    def usage(self, start: str, end: str) -> list[dict[str, Any]]:
+        """Per-VM usage between two ISO dates: ``{"name", "state", "hours", "vcpus", "ram", "disk", ...}``."""
+        raise self._unsupported("show usage")
+
+
+# == Value objects of the optional verbs ==========================================================
+@dataclass
+class Network(Record):
+    name: str
+    id: str
+    status: str = ""
+    external: bool = False
+    shared: bool = False
+    subnets: list[str] = field(default_factory=list)  # CIDRs
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SecRule(Record):
+    """One rule of a security group; ``port_min``/``port_max`` 0 means any port."""
+
+    direction: str = "ingress"
+    protocol: str = ""  # tcp, udp, icmp, or "" for any
+    port_min: int = 0
+    port_max: int = 0
+    cidr: str = ""  # remote IP prefix; "" with remote_group = another group's members
+    remote_group: str = ""
+    ethertype: str = "IPv4"
+    id: str = ""
+
+    @property
+    def name(self) -> str:
+        """A readable one-line form: ``ingress tcp 22 0.0.0.0/0``."""
+        ports = "" if not self.port_min else (str(self.port_min) if self.port_min == self.port_max
+                                               else f"{self.port_min}-{self.port_max}")
+        where = self.cidr or (f"group:{self.remote_group}" if self.remote_group else "any")
+        return " ".join(p for p in (self.direction, self.protocol or "any", ports, where, self.ethertype) if p)
+
+
+@dataclass
+class SecGroup(Record):
+    name: str
+    id: str
+    description: str = ""
+    rules: list[dict[str, Any]] = field(default_factory=list)  # SecRule.to_dict()s
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FloatingIP(Record):
+    name: str  # the address itself: unique in a cloud, and what users type
+    id: str
+    status: str = ""
+    vm: str = ""  # the VM it is attached to, "" if free
+    fixed_ip: str = ""
+    network: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
