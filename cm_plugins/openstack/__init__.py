@@ -4,3 +4,10 @@
 def register_providers(register):
     """Entry-point hook: the openstack provider."""
     register("openstack", "cm_plugins.openstack.provider:OpenStackProvider")
+
+
+def register_clouds(register):
+    """Entry-point hook: every cloud of the user's clouds.yaml is a cm cloud of the same name."""
+    from cm_plugins.openstack.clouds import discovered_clouds
+
+    register(discovered_clouds)
