@@ -17,7 +17,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins")
+NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins", "secgroup", "network",
+         "ip", "quota", "limits", "usage")
 
 Handler = Callable[..., Any]
 

@@ -1,0 +1,23 @@
+"""`cm limits`: the absolute limits of the project (Nova's view), asked live."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser, Namespace
+
+from cm.commands import add_cloud_option
+from cm.commands.quota import live_rows
+from cm.output import add_format_options
+
+HELP = "Show the project's absolute limits and what is used of them, asked live."
+EXAMPLE = "cm limits -f json"
+COLUMNS = ["cloud", "name", "value"]
+
+
+def show_limits(ctx, args: Namespace) -> None:
+    ctx.emit(COLUMNS, live_rows(ctx, args, lambda p: p.limits()), args)
+
+
+def build(parser: ArgumentParser) -> None:
+    add_cloud_option(parser, allow_all=True)
+    add_format_options(parser)
+    parser.set_defaults(run=show_limits)

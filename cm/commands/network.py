@@ -1,0 +1,25 @@
+"""`cm network`: the networks a cloud offers its VMs."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser, Namespace
+
+from cm.commands import add_list_options, add_show_options, list_records, show_record, subcommands, verb
+
+HELP = "List and show networks (private ones for VMs, external ones for public IPs)."
+EXAMPLE = "cm network list --refresh"
+COLUMNS = ["name", "cloud", "status", "external", "shared", "subnets", "id"]
+
+
+def list_networks(ctx, args: Namespace) -> None:
+    list_records(ctx, args, "network", COLUMNS)
+
+
+def show_network(ctx, args: Namespace) -> None:
+    show_record(ctx, args, "network")
+
+
+def build(parser: ArgumentParser) -> None:
+    subs = subcommands(parser)
+    add_list_options(verb(subs, "list", list_networks, "list networks from the mirror"), "network")
+    add_show_options(verb(subs, "show", show_network, "show one network"), "network")
