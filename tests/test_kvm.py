@@ -110,9 +110,18 @@ def test_kernel_images_from_a_directory_or_a_spec(cm, tmp_path):
     assert cm("image", "add", "guest", str(guest)).code == 0
     spec = f"kernel={guest / 'vmlinuz-6.1'},initrd={guest / 'initrd.img'}"
     assert cm("image", "add", "guest2", spec).code == 0
+    elf = tmp_path / "pvh"
+    elf.mkdir()
+    (elf / "vmlinux-6.1").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x02\x00\x3e\x00" + bytes(100))
+    (elf / "initramfs.gz").write_bytes(b"initrd")
+    assert cm("image", "add", "guest3", str(elf)).code == 0  # an ELF vmlinux: QEMU boots its PVH entry
     listed = {i["name"]: i for i in rows(cm("image", "list", "--refresh", "-f", "json"))}
-    assert listed["guest"]["format"] == listed["guest2"]["format"] == "kernel+initrd"
+    assert listed["guest"]["format"] == listed["guest2"]["format"] == listed["guest3"]["format"] == "kernel+initrd"
     assert listed["guest"]["status"] == "active"
+    booted = rows(cm("vm", "boot", "--name", "k1", "--image", "guest", "--flavor", "tiny", "-f", "json"))
+    assert booted[0]["state"] == "running"
+    in_use = cm("image", "delete", "guest")
+    assert in_use.code == 1 and "image 'guest' is in use by k1" in in_use.err
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -219,7 +228,8 @@ def test_user_data_goes_into_the_seed(cm, tmp_path, image):
     user_data.write_text("#cloud-config\npackages: [htop]\n")
     assert cm("vm", "boot", "--name", "u1", "--user-data", str(user_data)).code == 0
     user_data.write_text("#cloud-config\npackages: [htop\n")
-    assert "user-data is not valid YAML (line 3); fix the file given with --user-data" in boot_failure(cm, "--name", "u2", "--user-data", str(user_data))
+    assert boot_failure(cm, "--name", "u2", "--user-data", str(user_data)) == \
+        "failed: user-data is not valid YAML (line 3); fix the file given with --user-data"
 
 
 # -- the lifecycle ----------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def to_vm(dom: libvirt.virDomain, extra: dict[str, Any] | None = None) -> VM:
     ram = int(memory.text or 0) // 1024 if memory is not None and memory.get("unit", "KiB") == "KiB" else 0
     info = {"uuid": dom.UUIDString(), "domain_type": root.get("type", ""),
             "vcpus": int(root.findtext("vcpu") or 0), "ram": ram, "managed": bool(meta),
-            "libvirt_state": f"{state}:{reason}", **(extra or {})}
+            "libvirt_state": f"{state}:{reason}", "console_log": console_log_path(root), **(extra or {})}
     return VM(name=dom.name(), id=dom.UUIDString(), state=shared, image=meta.get("image", ""),
               flavor=meta.get("flavor", ""), key=meta.get("key", ""), private_ips=ips,
               created=meta.get("created", ""), fault=fault, extra=info)

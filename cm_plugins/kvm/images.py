@@ -6,7 +6,7 @@ image) or a kernel + initrd pair for direct kernel boot (two volumes,
 
 * a qcow2 or raw disk image file;
 * ``kernel=KERNEL,initrd=INITRD``;
-* a directory holding one ``vmlinuz*`` and one ``initrd*``/``initramfs*`` file.
+* a directory holding one ``vmlinuz*`` (or ELF ``vmlinux*``) and one ``initrd*``/``initramfs*`` file.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def _header(path: Path, size: int = 0x8010) -> bytes:
 
 
 def is_kernel(header: bytes) -> bool:
-    """A Linux x86 boot image (bzImage): 'HdrS' at 0x202."""
-    return header[0x202:0x206] == b"HdrS"
+    """A Linux x86 boot image (bzImage, 'HdrS' at 0x202) or an ELF vmlinux (QEMU boots its PVH entry)."""
+    elf_executable = header[:4] == b"\x7fELF" and header[16:18] == b"\x02\x00"  # ET_EXEC, little-endian
+    return header[0x202:0x206] == b"HdrS" or elf_executable
 
 
 def _existing(path: str) -> Path:
@@ -98,10 +99,11 @@ def disk_file(path: Path) -> DiskFile:
 
 
 def _pair_in_directory(directory: Path) -> KernelPair:
-    kernels = sorted(p for p in directory.iterdir() if p.is_file() and p.name.startswith(("vmlinuz", "bzImage")))
+    kernels = sorted(p for p in directory.iterdir()
+                     if p.is_file() and p.name.startswith(("vmlinuz", "vmlinux", "bzImage")))
     initrds = sorted(p for p in directory.iterdir() if p.is_file() and p.name.startswith(("initrd", "initramfs")))
     if len(kernels) != 1 or len(initrds) != 1:
-        raise UsageError(f"{directory} must hold exactly one vmlinuz* and one initrd*/initramfs* file "
+        raise UsageError(f"{directory} must hold exactly one vmlinuz*/vmlinux* and one initrd*/initramfs* file "
                          f"(found {len(kernels)} and {len(initrds)}); or give kernel=PATH,initrd=PATH")
     return KernelPair(kernels[0], initrds[0])
 
@@ -124,7 +126,7 @@ def parse_source(path: str) -> DiskFile | KernelPair:
             return disk_file(found)
         pair = _pair_in_directory(found)
     if not is_kernel(_header(pair.kernel)):
-        raise UsageError(f"{pair.kernel} is not a Linux kernel (bzImage)")
+        raise UsageError(f"{pair.kernel} is not a Linux kernel (a bzImage or an ELF vmlinux)")
     return pair
 
 
