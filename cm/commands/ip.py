@@ -101,27 +101,31 @@ def detach_ip(ctx, args: Namespace) -> None:
 
 def build(parser: ArgumentParser) -> None:
     subs = subcommands(parser)
-    add_list_options(verb(subs, "list", list_ips, "list floating IPs from the mirror (NAMES: addresses or VMs)"), "ip")
+    add_list_options(verb(subs, "list", list_ips, "list floating IPs from the mirror (NAMES: addresses or VMs)",
+                          example="cm ip list --refresh"), "ip")
 
-    create = verb(subs, "create", create_ip, "allocate a floating IP (default: from the external network)")
+    create = verb(subs, "create", create_ip, "allocate a floating IP (default: from the external network)",
+                  example="cm ip create --network public")
     completes(create.add_argument("--network", help="external network to allocate from"), "network")
     add_cloud_option(create)
     add_dryrun_option(create)
     add_format_options(create)
 
-    delete = verb(subs, "delete", delete_ips, "give floating IPs back to the cloud")
+    delete = verb(subs, "delete", delete_ips, "give floating IPs back to the cloud",
+                  example="cm ip delete 172.24.4.10")
     completes(delete.add_argument("addresses", nargs="+", metavar="ADDRESS"), "ip")
     add_cloud_option(delete)
     add_dryrun_option(delete)
     add_format_options(delete)
 
-    attach = verb(subs, "attach", attach_ip, "attach a floating IP to a VM")
+    attach = verb(subs, "attach", attach_ip, "attach a floating IP to a VM", example="cm ip attach 172.24.4.10 alice-001")
     completes(attach.add_argument("address", metavar="ADDRESS"), "ip")
     completes(attach.add_argument("vm", metavar="VM"), "vm")
     add_cloud_option(attach)
     add_dryrun_option(attach)
 
-    detach = verb(subs, "detach", detach_ip, "detach a floating IP from its VM (it stays allocated)")
+    detach = verb(subs, "detach", detach_ip, "detach a floating IP from its VM (it stays allocated)",
+                  example="cm ip detach 172.24.4.10")
     completes(detach.add_argument("address", metavar="ADDRESS"), "ip")
     add_cloud_option(detach)
     add_dryrun_option(detach)

@@ -21,5 +21,6 @@ def show_network(ctx, args: Namespace) -> None:
 
 def build(parser: ArgumentParser) -> None:
     subs = subcommands(parser)
-    add_list_options(verb(subs, "list", list_networks, "list networks from the mirror"), "network")
-    add_show_options(verb(subs, "show", show_network, "show one network"), "network")
+    add_list_options(verb(subs, "list", list_networks, "list networks from the mirror",
+                          example="cm network list --refresh"), "network")
+    add_show_options(verb(subs, "show", show_network, "show one network", example="cm network show private"), "network")

@@ -170,10 +170,13 @@ def delete_rule(ctx, args: Namespace) -> None:
 
 def build(parser: ArgumentParser) -> None:
     subs = subcommands(parser)
-    add_list_options(verb(subs, "list", list_groups, "list security groups from the mirror"), "secgroup")
-    add_show_options(verb(subs, "show", show_group, "show one security group and its rules"), "secgroup")
+    add_list_options(verb(subs, "list", list_groups, "list security groups from the mirror",
+                          example="cm secgroup list --refresh"), "secgroup")
+    add_show_options(verb(subs, "show", show_group, "show one security group and its rules",
+                          example="cm secgroup show default"), "secgroup")
 
-    add = verb(subs, "add", add_group, "add a security group (--default-rules: allow ssh and ping)")
+    add = verb(subs, "add", add_group, "add a security group (--default-rules: allow ssh and ping)",
+               example="cm secgroup add ssh-ping --default-rules")
     add.add_argument("name", metavar="NAME")
     add.add_argument("--description", help="what the group is for")
     add.add_argument("--default-rules", action="store_true",
@@ -181,7 +184,7 @@ def build(parser: ArgumentParser) -> None:
     add_cloud_option(add)
     add_dryrun_option(add)
 
-    delete = verb(subs, "delete", delete_groups, "delete security groups")
+    delete = verb(subs, "delete", delete_groups, "delete security groups", example="cm secgroup delete ssh-ping")
     add_names(delete, "secgroup")
     add_cloud_option(delete)
     add_dryrun_option(delete)
@@ -189,13 +192,15 @@ def build(parser: ArgumentParser) -> None:
 
     rule = verb(subs, "rule", list_rules, "list, add and delete the rules of a security group")
     rule_subs = subcommands(rule)
-    listing = verb(rule_subs, "list", list_rules, "list the rules of a security group")
+    listing = verb(rule_subs, "list", list_rules, "list the rules of a security group",
+                   example="cm secgroup rule list default")
     completes(listing.add_argument("name", metavar="GROUP"), "secgroup")
     add_cloud_option(listing)
     listing.add_argument("--refresh", action="store_true", help="ask the cloud first")
     add_format_options(listing)
 
-    add_r = verb(rule_subs, "add", add_rule, "add a rule (default: ingress, any protocol, from anywhere)")
+    add_r = verb(rule_subs, "add", add_rule, "add a rule (default: ingress, any protocol, from anywhere)",
+                 example="cm secgroup rule add web --protocol tcp --port 8000-8080 --cidr 10.0.0.0/8")
     completes(add_r.add_argument("name", metavar="GROUP"), "secgroup")
     add_r.add_argument("--protocol", choices=PROTOCOLS, default="any", help="default: any")
     add_r.add_argument("--port", metavar="PORT[-PORT]", help="a port or a range (tcp and udp)")
@@ -207,7 +212,8 @@ def build(parser: ArgumentParser) -> None:
     add_cloud_option(add_r)
     add_dryrun_option(add_r)
 
-    del_r = verb(rule_subs, "delete", delete_rule, "delete a rule by its id (a unique prefix is enough)")
+    del_r = verb(rule_subs, "delete", delete_rule, "delete a rule by its id (a unique prefix is enough)",
+                 example="cm secgroup rule delete web 3f2a9c")
     completes(del_r.add_argument("name", metavar="GROUP"), "secgroup")
     del_r.add_argument("rule", metavar="RULE_ID", help="see `cm secgroup rule list GROUP`")
     add_cloud_option(del_r)

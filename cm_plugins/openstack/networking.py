@@ -61,7 +61,7 @@ class NetworkingMixin:
         """Where floating IPs come from: ``public_network`` of the cloud entry, else its one external network."""
         networks = self._cached_networks()
         if self.config.get("public_network"):
-            return self._one("network", str(self.config["public_network"]), networks, self.name)  # type: ignore
+            return self._network(str(self.config["public_network"]))  # type: ignore[attr-defined]
         external = [n for n in networks if n.external]
         if not external:
             raise ProviderError(f"cloud '{self.name}' has no external network to take public IPs from")
@@ -197,7 +197,7 @@ class NetworkingMixin:
     @translated("create a floating IP")
     def create_floating_ip(self, network: str = "") -> FloatingIP:
         if network:
-            target = self._one("network", network, self._cached_networks(), self.name)  # type: ignore
+            target = self._network(network)  # type: ignore[attr-defined]
         else:
             target = self._external_network()
         fip = self.service("network").create_ip(floating_network_id=target.id)  # type: ignore[attr-defined]

@@ -46,6 +46,7 @@ ENV_TOP = {
 }
 # The newest compute microversion this provider reads (2.47+ embeds the flavor in a server).
 COMPUTE_MICROVERSION = "2.79"
+CACHE_TTL = 60.0  # seconds the image, flavor, network and key lookups of boots are reused (interactive shells)
 NAMES_TTL = 5.0  # seconds a snapshot of the cloud's server names serves duplicate checks at boot
 REGEX_SPECIAL = re.compile(r"([.^$*+?{}\[\]\\|()])")
 
@@ -85,6 +86,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
         self._default_network: list[dict[str, str]] | str | None = None
         self._microversion: str | None = None
         self._taken: tuple[float, set[str]] | None = None  # (when, names of the cloud's servers)
+        self._cached_at = time.monotonic()
 
     # -- configuration and the connection ---------------------------------------------------------------
     @classmethod
@@ -213,7 +215,23 @@ class OpenStackProvider(NetworkingMixin, Provider):
     def _flavor(self, wanted: str) -> Flavor:
         with self._lock:
             flavors = self.list_flavors() if self._flavors is None else self._flavors
-        return self._one("flavor", wanted, flavors, self.name)
+        try:
+            return self._one("flavor", wanted, flavors, self.name)
+        except NotFound:
+            return self._one("flavor", wanted, self.list_flavors(), self.name)
+
+    def _network(self, wanted: str) -> Any:
+        try:
+            return self._one("network", wanted, self._cached_networks(), self.name)
+        except NotFound:
+            return self._one("network", wanted, self.list_networks(), self.name)
+
+    def _expire_lookups(self) -> None:
+        """Forget cached lookups older than CACHE_TTL, so a long interactive session sees changes."""
+        with self._lock:
+            if time.monotonic() - self._cached_at > CACHE_TTL:
+                self._images = self._flavors = self._keys = self._networks = self._default_network = None
+                self._cached_at = time.monotonic()
 
     def _names_for_vms(self, servers: list[dict[str, Any]]) -> None:
         """Make sure the image and flavor names of these servers are known (one list call each at most)."""
@@ -245,11 +263,10 @@ class OpenStackProvider(NetworkingMixin, Provider):
         """The networks attribute of a create: the named ones, the cloud's default, or its one private network."""
         wanted = spec.networks or ([self.config["network"]] if self.config.get("network") else [])
         if wanted:
-            networks = self.list_networks()
-            return [{"uuid": self._one("network", n, networks, self.name).id} for n in wanted]
+            return [{"uuid": self._network(n).id} for n in wanted]
         with self._lock:
             if self._default_network is None:
-                private = [n for n in self.list_networks() if not n.external]
+                private = [n for n in self._cached_networks() if not n.external]
                 # One private network: use it; several or none: let Nova pick ("auto").
                 self._default_network = [{"uuid": private[0].id}] if len(private) == 1 else "auto"
             return self._default_network
@@ -286,6 +303,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
     @translated("boot the VM")
     def create_vm(self, spec: BootSpec) -> VM:
         """Send the create and return at once (BUILD); --public also waits for the port and attaches an IP."""
+        self._expire_lookups()
         image = self._image(spec.image)
         flavor = self._flavor(spec.flavor)
         networks = self._boot_network(spec)
