@@ -262,6 +262,17 @@ def test_suspended_and_stopped_survive_separate_processes(cm_process, tmp_path):
     assert cm_process("vm", "delete", "tester-[001-002]").code == 0
 
 
+def test_concurrent_processes_lose_nothing(cm_process, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert cm_process("image", "add", "cirros", str(qcow2_file(tmp_path / "c.qcow2"))).code == 0
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda n: cm_process("vm", "boot", "--name", f"p{n}").code, range(4)))
+    assert codes == [0] * 4
+    listed = json.loads(cm_process("vm", "list", "--refresh", "-f", "json").out)
+    assert [(v["name"], v["state"]) for v in listed] == [(f"p{n}", "running") for n in range(4)]
+
+
 def test_wrong_state_is_a_clear_conflict(cm, three):
     cm("vm", "stop", three[0])
     result = cm("vm", "suspend", three[0], "-f", "json")
@@ -423,3 +434,19 @@ def test_domain_type_detection(monkeypatch, types, kvm_ok, cpu, local, wanted, e
 
     monkeypatch.setattr(connection, "_cpu_has_virtualization", lambda: cpu)
     assert connection.guest_kind(FakeConn(types, kvm_ok), wanted, local) == (expected, "x86_64")
+
+
+@pytest.mark.parametrize("message, kind, advice", [
+    ("Failed to connect socket to '/var/run/libvirt/libvirt-sock': Permission denied", "AuthError",
+     "join the 'libvirt' group"),
+    ("authentication unavailable: no polkit agent available to authenticate action", "AuthError",
+     "or use uri: qemu:///session"),
+    ("Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory", "ProviderError",
+     "start libvirtd, or set uri: auto"),
+    ("Cannot recv data: ssh: Could not resolve hostname lab", "ProviderError", "no libvirt daemon answers"),
+])
+def test_connection_errors_say_what_to_do(message, kind, advice):
+    from cm_plugins.kvm.connection import connect_error
+
+    error = connect_error(libvirt.libvirtError(message), "qemu:///system")
+    assert type(error).__name__ == kind and advice in str(error) and "\n" not in str(error)

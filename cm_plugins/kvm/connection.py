@@ -30,7 +30,7 @@ quiet()
 
 
 def first_line(exc: BaseException) -> str:
-    text = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else str(exc)
+    text = (exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else "") or str(exc)
     line = (text or type(exc).__name__).strip().splitlines()[0]
     return line.removeprefix("internal error: ")  # libvirt's label, not part of the reason
 
@@ -179,12 +179,22 @@ class Hypervisor:
         self.resolve()
         try:
             if self.node is None:
-                yield self._conn
+                yield self._live()
             else:
                 with self._node_session(write) as conn:
                     yield conn
         except libvirt.libvirtError as exc:
             raise translate(exc, self.cloud, self.uri) from None
+
+    def _live(self) -> libvirt.virConnect:
+        """The shared connection, opened again if the daemon restarted under a long shell session."""
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as exc:
+                    raise connect_error(exc, self.uri) from None
+            return self._conn
 
     @contextlib.contextmanager
     def _node_session(self, write: bool) -> Iterator[libvirt.virConnect]:
