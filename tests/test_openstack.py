@@ -128,13 +128,19 @@ def test_boot_n_past_the_quota_boots_what_fits_and_says_quota_exceeded(cm, cloud
     assert "1 of 3 failed" in result.err
 
 
-def test_boot_unknown_image_or_flavor_fails_with_one_clear_reason(cm, cloud):
+def test_boot_unknown_or_ambiguous_image_or_flavor_fails_with_one_clear_reason(cm, cloud):
     result = cm("vm", "boot", "--name", "x1", "--image", "no-such-image", "-f", "json")
     assert result.code == 1
     assert "no image 'no-such-image' on cloud 'fake'" in rows(result)[0]["result"]
     result = cm("vm", "boot", "--name", "x1", "--flavor", "huge", "-f", "json")
     assert "no flavor 'huge' on cloud 'fake'" in rows(result)[0]["result"]
+    result = cm("vm", "boot", "--name", "x1", "--flavor", "m1", "-f", "json")
+    assert "could be any of m1.large, m1.medium, m1.small, m1.tiny" in rows(result)[0]["result"]
     assert cloud.servers() == []
+    # A unique beginning of a name is enough.
+    result = cm("vm", "boot", "--name", "x2", "--image", "cirros-0.6", "--flavor", "m1.sm", "-f", "json")
+    assert result.code == 0, result.err
+    assert (rows(result)[0]["image"], rows(result)[0]["flavor"]) == (IMAGE, "m1.small")
 
 
 def test_boot_refuses_a_name_the_cloud_already_has(cm, cloud):

@@ -192,12 +192,19 @@ class OpenStackProvider(NetworkingMixin, Provider):
         return found[0]
 
     @staticmethod
-    def _one(kind: str, wanted: str, items: list[Any], cloud: str) -> Any:
-        """The item whose name or id is ``wanted``; several with that name is a Conflict."""
+    def _one(kind: str, wanted: str, items: list[Any], cloud: str, prefix: bool = False) -> Any:
+        """The item whose name or id is ``wanted`` (or, with ``prefix``, whose name alone starts with it);
+        several with that name is a Conflict."""
         by_id = [i for i in items if i.id == wanted]
         if by_id:
             return by_id[0]
         by_name = [i for i in items if i.name == wanted]
+        if not by_name and prefix:  # "cirros-0.6" for "cirros-0.6.2-x86_64-disk", if no other image starts so
+            starting = [i for i in items if i.name.startswith(wanted)]
+            if len(starting) > 1:
+                names = ", ".join(sorted(i.name for i in starting))
+                raise Conflict(f"{kind} '{wanted}' on cloud '{cloud}' could be any of {names}; give the full name")
+            by_name = starting
         if not by_name:
             raise NotFound(f"no {kind} '{wanted}' on cloud '{cloud}' (see `cm {kind} list --refresh`)")
         if len(by_name) > 1:
@@ -208,17 +215,17 @@ class OpenStackProvider(NetworkingMixin, Provider):
         with self._lock:  # parallel boots share one image list
             images = self.list_images() if self._images is None else self._images
         try:
-            return self._one("image", wanted, images, self.name)
+            return self._one("image", wanted, images, self.name, prefix=True)
         except NotFound:
-            return self._one("image", wanted, self.list_images(), self.name)  # maybe new since the cache
+            return self._one("image", wanted, self.list_images(), self.name, prefix=True)  # new since the cache?
 
     def _flavor(self, wanted: str) -> Flavor:
         with self._lock:
             flavors = self.list_flavors() if self._flavors is None else self._flavors
         try:
-            return self._one("flavor", wanted, flavors, self.name)
+            return self._one("flavor", wanted, flavors, self.name, prefix=True)
         except NotFound:
-            return self._one("flavor", wanted, self.list_flavors(), self.name)
+            return self._one("flavor", wanted, self.list_flavors(), self.name, prefix=True)
 
     def _network(self, wanted: str) -> Any:
         try:
