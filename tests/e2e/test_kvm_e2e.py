@@ -53,8 +53,18 @@ def hypervisor(tmp_path_factory: pytest.TempPathFactory):
             network = ""
         yield {"uri": uri, "conn": conn, "pool": pool, "network": network, "kernel": kernel, "initrd": initrd}
     finally:
+        remove_leftovers(conn)
         conn.close()
         libvirtd.stop_libvirtd()
+
+
+def remove_leftovers(conn) -> None:
+    """After a failed test: no VM of this run may outlive it."""
+    for dom in conn.listAllDomains():
+        if dom.name().startswith(f"e2e-{TOKEN}-"):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
 
 
 @pytest.fixture
@@ -69,12 +79,13 @@ def local(cm_home: Path, hypervisor: dict) -> dict:
 
 
 @pytest.fixture
-def guest_image(cm_process, local: dict):
-    spec = f"kernel={local['kernel']},initrd={local['initrd']}"
-    added = cm_process("image", "add", "guest", spec)
+def guest_image(cm_process, local: dict, request: pytest.FixtureRequest):
+    """The test guest as a kernel+initrd image (named per test: a failed test cannot spoil the next)."""
+    name = f"guest-{request.node.name[5:25]}"
+    added = cm_process("image", "add", name, f"kernel={local['kernel']},initrd={local['initrd']}")
     assert added.code == 0, added.err
-    yield "guest"
-    cm_process("image", "delete", "guest")
+    yield name
+    cm_process("image", "delete", name)
 
 
 def ok(result) -> str:
@@ -110,6 +121,7 @@ def test_boot_console_stop_start_delete(cm_process, local, guest_image):
     assert booted[0]["state"] == "running" and booted[0]["result"] == "booted"
     text = wait_console(cm_process, name, rf"^cm-guest: hostname={re.escape(name)}\s*$", BOOT_TIMEOUT)
     print(f"\nboot to hostname on the console: {time.monotonic() - started:.1f} s")
+    text = wait_console(cm_process, name, r"^cm-guest: ready", 30)
     shown = json.loads(ok(cm_process("vm", "show", name, "--refresh", "-f", "json")))
     assert f"cm-guest: instance-id={shown['id']}" in text  # the seed carries the domain's uuid
     assert shown["extra"]["domain_type"] == "qemu"  # KVM does not work on these machines: detected, not assumed
