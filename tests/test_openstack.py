@@ -71,6 +71,10 @@ def test_boot_public_gives_a_floating_ip_that_vm_ip_release_and_assign_manage(cm
     assert assigned.code == 0, assigned.err
     assert rows(cm("vm", "ip", "show", "web1", "-f", "json"))[0]["public_ips"][0].startswith("172.24.4.")
 
+    # Deleting the VM gives back the IP cm allocated for it.
+    assert cm("vm", "delete", "web1").code == 0
+    assert cm("ip", "list", "--refresh", "-f", "json").out.strip() == "[]"
+
 
 def test_lifecycle_stop_start_suspend_resume_reboot_rename_resize_console_wait(cm, cloud):
     cloud.set_action_delay(0.2)
@@ -307,6 +311,10 @@ def test_quota_limits_and_usage_are_asked_live(cm, cloud):
     assert usage.code == 0, usage.err
     assert [(u["name"], u["flavor"], u["vcpus"]) for u in rows(usage)] == [("q1", "m1.tiny", 1)]
     assert "1 VMs from" in usage.err and "VM-hours" in usage.err
+    every = cm("quota", "--cloud", "all", "-f", "json")  # the local kvm cloud has no quotas: skipped
+    assert every.code == 0 and {q["cloud"] for q in rows(every)} == {"fake"}
+    alone = cm("quota", "--cloud", "local")
+    assert alone.code == 2 and "cloud 'local' cannot show quotas" in one_line(alone.err)
     bad = cm("usage", "--start", "yesterday")
     assert bad.code == 2 and "not a date" in one_line(bad.err)
 
