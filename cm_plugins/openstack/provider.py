@@ -128,7 +128,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
     def service(self, name: str) -> Any:
         """A service proxy (compute, network, image), made under the lock the first time."""
         conn = self.conn
-        if name not in conn._proxies:
+        if name not in getattr(conn, "_proxies", {}):
             with self._lock:
                 getattr(conn, name)
         return getattr(conn, name)
