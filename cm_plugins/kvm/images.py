@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -136,6 +137,16 @@ def check_image_name(name: str) -> None:
         raise UsageError(f"'{name}' cannot be an image name (no '/' and no leading '.')")
     if VM_VOLUME.match(name) or name.endswith((KERNEL_SUFFIX, INITRD_SUFFIX)):
         raise UsageError(f"'{name}' looks like a volume cm makes itself; pick another image name")
+
+
+def volume_xml(name: str, capacity: int, fmt: str, *, sparse: bool = False, backing: str = "",
+               backing_format: str = "") -> str:
+    """The XML of a new volume; ``backing`` makes it a copy-on-write overlay on that path."""
+    allocation = "<allocation>0</allocation>" if sparse else ""
+    chain = (f"<backingStore><path>{escape(backing)}</path><format type='{backing_format}'/></backingStore>"
+             if backing else "")
+    return (f"<volume><name>{escape(name)}</name><capacity>{capacity}</capacity>{allocation}"
+            f"<target><format type='{fmt}'/></target>{chain}</volume>")
 
 
 def upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path) -> None:

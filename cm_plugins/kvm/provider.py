@@ -176,14 +176,12 @@ class KvmProvider(Provider):
                     fmt: str, capacity: int) -> libvirt.virStorageVol:
         """A new volume holding the file (the test hypervisor keeps no data: only its size)."""
         if self.hv.is_test:
-            vol = pool.createXML(f"<volume><name>{volume}</name><capacity>{capacity}</capacity>"
-                                 f"<target><format type='{fmt}'/></target></volume>", 0)
+            vol = pool.createXML(images.volume_xml(volume, capacity, fmt), 0)
             self._no_data_notice()
             return vol
         size = path.stat().st_size
         # Created raw and filled byte for byte; libvirt then reads the real format from the header.
-        vol = pool.createXML(f"<volume><name>{volume}</name><capacity>{size}</capacity><allocation>0</allocation>"
-                             "<target><format type='raw'/></target></volume>", 0)
+        vol = pool.createXML(images.volume_xml(volume, size, "raw", sparse=True), 0)
         try:
             images.upload(conn, vol, path)
         except BaseException:
@@ -263,12 +261,10 @@ class KvmProvider(Provider):
         """The VM's disk: a qcow2 overlay on a disk image, or a blank raw disk for kernel images."""
         capacity = max(flavor.disk * GIB, image.size if image.format != "kernel+initrd" else 0)
         if image.format == "kernel+initrd":
-            xml = (f"<volume><name>{volume}</name><capacity>{capacity}</capacity><allocation>0</allocation>"
-                   "<target><format type='raw'/></target></volume>")
+            xml = images.volume_xml(volume, capacity, "raw", sparse=True)
         else:
-            backing = f"<path>{image.extra['path']}</path><format type='{image.format or 'raw'}'/>"
-            xml = (f"<volume><name>{volume}</name><capacity>{capacity}</capacity><allocation>0</allocation>"
-                   f"<target><format type='qcow2'/></target><backingStore>{backing}</backingStore></volume>")
+            xml = images.volume_xml(volume, capacity, "qcow2", sparse=True, backing=image.extra["path"],
+                                    backing_format=image.format or "raw")
         pool.createXML(xml, 0)
         return volume
 
@@ -276,8 +272,7 @@ class KvmProvider(Provider):
                    instance_id: str) -> str:
         data = seed.iso_bytes(seed.meta_data(instance_id, spec.name),
                               seed.user_data(spec.name, spec.user, spec.public_key, spec.user_data))
-        vol = pool.createXML(f"<volume><name>{volume}</name><capacity>{len(data)}</capacity>"
-                             "<target><format type='raw'/></target></volume>", 0)
+        vol = pool.createXML(images.volume_xml(volume, len(data), "raw"), 0)
         if not self.hv.is_test:  # the test hypervisor keeps no data: the volume's size is all there is
             images.upload_bytes(conn, vol, data)
         return volume
