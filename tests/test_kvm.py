@@ -344,6 +344,13 @@ def test_a_corrupt_node_file_starts_fresh_and_says_so(cm, cm_home, three):
     assert list(path.parent.glob("local.xml.bad-*"))
 
 
+def test_a_lost_node_file_starts_fresh_and_says_so(cm, cm_home, three):
+    (cm_home / "kvm-test" / "local.xml").unlink()
+    result = cm("vm", "list", "--refresh", "-f", "json")
+    assert result.code == 0 and json.loads(result.out) == []
+    assert one_line(result).endswith("was missing; started a fresh one (its VMs and images are gone)")
+
+
 def test_auto_falls_back_to_the_test_hypervisor_and_says_so_once(cm, cm_home, monkeypatch):
     monkeypatch.setattr("cm_plugins.kvm.connection.SYSTEM_URI", "qemu+unix:///system?socket=/nonexistent/sock")
     set_cloud(cm_home, uri="auto")

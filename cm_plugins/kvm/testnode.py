@@ -126,13 +126,22 @@ class TestNode:
             return self.seed.read_text()
         return fresh_node(self.pool, self.network, self.demo_image)
 
+    @property
+    def _marker(self) -> Path:
+        """Written once the node exists: a node file missing after that was lost, not never made."""
+        return self.path.with_name(self.path.name + ".created")
+
     def _start_fresh(self, why: str) -> None:
         if self.path.exists():
             kept = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(self.path, kept)
             self.notes.append(f"the test hypervisor's state {self.path} {why}; kept it as {kept.name} "
                               "and started a fresh one")
+        elif self._marker.exists():
+            self.notes.append(f"the test hypervisor's state {self.path} {why}; started a fresh one "
+                              "(its VMs and images are gone)")
         write_atomic(self.path, self._initial_text())
+        self._marker.touch()
 
     def open(self) -> libvirt.virConnect:
         """A connection to the node file's state (created fresh when missing or unreadable)."""
