@@ -12,6 +12,11 @@ A kvm cloud in cm.yaml::
     shutdown_timeout: 60 # seconds `vm stop` waits for the guest to power off
     console_dir: ...     # where the hypervisor host keeps serial console logs
     console_source: auto # log (the log file), stream (attach for console_wait s) or auto
+    console_wait: 3      # seconds `vm console` listens when it attaches to the live console
+
+`cm image add NAME PATH` takes a qcow2 or raw disk image file, or a kernel +
+initrd pair for direct kernel boot: ``kernel=KERNEL,initrd=INITRD`` or a
+directory holding one ``vmlinuz*``/``vmlinux*`` and one ``initrd*``/``initramfs*``.
 
 Each VM is a domain with a copy-on-write overlay on its image (a blank disk
 for kernel images) and a NoCloud seed ISO, both volumes in the pool named
