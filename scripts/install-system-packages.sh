@@ -16,12 +16,12 @@ PACKAGES=(
     # a real libvirtd with the QEMU driver (the storage driver with its dir/fs
     # backend is part of libvirt-daemon on Debian 12) and virsh
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
+    # qemu-img: libvirt creates the qcow2 copy-on-write overlays with it
+    qemu-utils
     # libvirt networks: dnsmasq for DHCP/DNS, iptables for NAT forwarding
     dnsmasq-base iptables
     # the e2e test guest (busybox initramfs) and NoCloud seeds
     busybox-static cpio genisoimage cloud-init
-    # virtual HPC clusters
-    slurmctld slurmd slurm-client munge
 )
 
 if [[ "${1:-}" == "--list" ]]; then

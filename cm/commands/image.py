@@ -50,7 +50,9 @@ def build(parser: ArgumentParser) -> None:
     add_show_options(verb(subs, "show", show_image, "show one image"), "image")
     add = verb(subs, "add", add_image, "add a qcow2 or raw disk image file as an image")
     add.add_argument("name", metavar="NAME")
-    add.add_argument("path", metavar="PATH", help="qcow2 or raw image file")
+    add.add_argument("path", metavar="PATH",
+                     help="a qcow2 or raw disk image file; for direct kernel boot (kvm): kernel=KERNEL,initrd=INITRD, "
+                          "or a directory holding one vmlinuz*/vmlinux* and one initrd*/initramfs*")
     add_cloud_option(add)
     add_dryrun_option(add)
     delete = verb(subs, "delete", delete_image, "delete an image from the cloud")
