@@ -99,18 +99,6 @@ def status_vms(ctx, args: Namespace) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-def report(ctx, cloud: str, outcomes: list[Any], done: str, args: Namespace) -> int:
-    from cm import bulk
-
-    """The per-VM result table on stdout and the summary on stderr."""
-    rows = [{"name": o.name, "cloud": cloud, "state": str(o.value.state) if o.ok and o.value else "",
-             "result": done if o.ok else f"failed: {o.message}"} for o in outcomes]
-    ctx.emit(RESULT_COLUMNS, rows, args)
-    text, code = bulk.summary(outcomes, done)
-    ctx.warn(text)
-    return code
-
-
 def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
     method, settled, done = LIFECYCLE[verb_name]
 
@@ -141,7 +129,7 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
             elif outcome.ok and outcome.value is not None:
                 inventory.store_vm(ctx, cloud, outcome.value)
 
-        return report(ctx, cloud, bulk.run_each(names, act, verb_name, record), done, args)
+        return bulk.report(ctx, cloud, bulk.run_each(names, act, verb_name, record), done, args, state=True)
 
     handler.__doc__ = f"{verb_name.capitalize()} VMs."
     return handler
@@ -193,7 +181,7 @@ def wait_vms(ctx, args: Namespace) -> int:
             inventory.store_vm(ctx, cloud, outcome.value)
 
     outcomes = bulk.run_each(names, lambda n: inventory.wait_for(provider, n, target, timeout), "wait", record)
-    return report(ctx, cloud, outcomes, args.state, args)
+    return bulk.report(ctx, cloud, outcomes, args.state, args, state=True)
 
 
 def console_vm(ctx, args: Namespace) -> None:
@@ -232,12 +220,7 @@ def ssh_vm(ctx, args: Namespace) -> int:
 
 
 def ip_show(ctx, args: Namespace) -> None:
-    cloud = ctx.cloud_name(args)
-    rows = ctx.mirror.records("vm", cloud)
-    if args.names:
-        wanted = set(expand(args.names))
-        rows = [r for r in rows if r["name"] in wanted]
-    ctx.emit(["name", "cloud", "public_ips", "private_ips"], sorted(rows, key=lambda r: r["name"]), args)
+    list_records(ctx, args, "vm", ["name", "cloud", "public_ips", "private_ips"])
 
 
 def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
@@ -251,16 +234,17 @@ def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
                 ctx.say(f"would {'assign a public IP to' if assign else 'release the public IPs of'} {name}")
             return 0
         provider = ctx.provider(cloud)
-        act = provider.assign_public_ip if assign else provider.release_public_ip
+        change = provider.assign_public_ip if assign else provider.release_public_ip
+
+        def act(name: str) -> Any:
+            change(name)
+            return provider.get_vm(name)  # the VM with its addresses as they are now
 
         def record(outcome: bulk.Outcome) -> None:
-            if outcome.ok:
-                vm = provider.get_vm(outcome.name)
-                outcome.value = vm
-                inventory.store_vm(ctx, cloud, vm)
+            inventory.store_vm(ctx, cloud, outcome.value)
 
         outcomes = bulk.run_each(names, act, "ip", record)
-        return report(ctx, cloud, outcomes, "assigned" if assign else "released", args)
+        return bulk.report(ctx, cloud, outcomes, "assigned" if assign else "released", args, state=True)
 
     return handler
 
@@ -350,10 +334,7 @@ def build(parser: ArgumentParser) -> None:
 
     ip = verb(subs, "ip", ip_show, "show, assign or release VM addresses")
     ip_subs = subcommands(ip)
-    ip_list = verb(ip_subs, "show", ip_show, "show the addresses of VMs")
-    add_names(ip_list, nargs="*")
-    add_cloud_option(ip_list)
-    add_format_options(ip_list)
+    add_list_options(verb(ip_subs, "show", ip_show, "show the addresses of VMs"), "vm")
     for name, assign in (("assign", True), ("release", False)):
         sub = verb(ip_subs, name, ip_change(assign), f"{name} public (floating) IPs of VMs")
         add_targets(sub)
