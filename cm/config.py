@@ -27,7 +27,11 @@ def home() -> Path:
     """The user directory, created private (0700) on first use."""
     path = Path(os.environ.get(ENV_HOME) or Path.home() / ".cm").expanduser()
     if not path.is_dir():
-        path.mkdir(parents=True, mode=0o700)
+        try:
+            path.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the cm directory {path}: {exc.strerror}; set {ENV_HOME} "
+                              "to a directory you can write") from exc
     return path
 
 

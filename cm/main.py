@@ -8,7 +8,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from cm.context import Context
-from cm.errors import EXIT_USAGE
+from cm.errors import EXIT_USAGE, CmError
 from cm.runner import parse_global, run_script, run_words
 
 USAGE = """usage: cm [--debug] [--keep-going] [COMMAND ... | SCRIPT | --file SCRIPT]
@@ -36,7 +36,11 @@ def run_file(ctx: Context, path: str, opts: Namespace) -> int:
 
 
 def run(argv: list[str]) -> int:
-    opts, words = parse_global(argv)
+    try:
+        opts, words = parse_global(argv)
+    except CmError as exc:
+        print(f"cm: {exc}", file=sys.stderr)
+        return exc.exit_code
     if opts.version:
         from cm import __version__
 
@@ -50,7 +54,11 @@ def run(argv: list[str]) -> int:
             if sys.stdin.isatty():
                 from cm.shell import Shell  # cmd2 is imported only for the interactive shell
 
-                return Shell(ctx, debug=opts.debug).run()
+                try:
+                    return Shell(ctx, debug=opts.debug).run()
+                except CmError as exc:  # e.g. an unusable CM_HOME, before the prompt
+                    print(f"cm: {exc}", file=sys.stderr)
+                    return exc.exit_code
             return run_script(ctx, sys.stdin, "<stdin>", keep_going=opts.keep_going, debug=opts.debug)
         if words[0] in ("-h", "--help") and len(words) == 1:
             print(USAGE, end="")

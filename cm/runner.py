@@ -20,7 +20,8 @@ from cm.context import Context
 from cm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CmError, UsageError
 
 EXIT_INTERRUPTED = 130
-_VAR = re.compile(r"\\\$|\$\{(\w+)\}|\$(\w+)")
+# $name or ${name} (a name starts with a letter or _), and $$ for a literal dollar.
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
 
 
 class IntermixedParsing:
@@ -91,15 +92,21 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
     return found
 
 
-def expand_variables(text: str, variables: dict[str, str]) -> str:
-    """Replace $name and ${name} with cm variables; \\$ keeps a literal dollar."""
+def expand_variables(text: str, variables: dict[str, str], strict: bool = True) -> str:
+    """Replace $name and ${name} with cm variables and $$ with a dollar.
+
+    An unknown name is an error when ``strict``; otherwise (a !shell line) it is
+    left for the shell, so `!echo $HOME` still works.
+    """
     def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "\\$":
-            return "$"
+        if match.group(0) == "$$":
+            return "$" if strict else "$$"
         name = match.group(1) or match.group(2)
-        if name not in variables:
-            raise UsageError(f"unknown variable '${name}'; define it with `cm var {name}=VALUE`")
-        return variables[name]
+        if name in variables:
+            return variables[name]
+        if strict:
+            raise UsageError(f"unknown variable '${name}'; define it with `cm var {name}=VALUE` (write $$ for a $)")
+        return match.group(0)
 
     return _VAR.sub(replace, text) if "$" in text else text
 
@@ -144,9 +151,11 @@ def show_help(ctx: Context, words: list[str]) -> int:
 
 
 def run_words(ctx: Context, words: list[str], debug: bool = False) -> int:
-    """Run one command given as words (already split, variables not yet expanded)."""
+    """Run one command given as words: split, with variables not yet expanded (each is, once)."""
     try:
-        words = [expand_variables(w, ctx.mirror.variables()) if "$" in w else w for w in words]
+        if any("$" in w for w in words):
+            variables = ctx.mirror.variables()
+            words = [expand_variables(w, variables) for w in words]
         if not words:
             return EXIT_OK
         if words[0] in ("help", "-h", "--help"):
@@ -168,14 +177,14 @@ def run_line(ctx: Context, line: str, debug: bool = False) -> int:
     if not line or line.startswith("#"):
         return EXIT_OK
     try:
-        line = expand_variables(line, ctx.mirror.variables())
         if line.startswith("!"):
             import subprocess
 
-            return subprocess.run(line[1:], shell=True).returncode
+            command = expand_variables(line[1:], ctx.mirror.variables(), strict=False)
+            return subprocess.run(command, shell=True).returncode
         import shlex
 
-        words = shlex.split(line, comments=True)
+        words = shlex.split(line, comments=True)  # variables expand per word, after comments are gone
     except CmError as exc:
         ctx.warn(f"cm: {exc}")
         return exc.exit_code
@@ -213,7 +222,9 @@ def parse_global(argv: list[str]) -> tuple[Namespace, list[str]]:
     while rest and rest[0].startswith("--") and rest[0].split("=")[0] in ("--debug", "--file", "--keep-going",
                                                                           "--version"):
         word = rest.pop(0)
-        if word == "--file" and rest:
+        if word == "--file":
+            if not rest:
+                raise UsageError("--file needs the path of a script")
             options["file"] = rest.pop(0)
         elif word.startswith("--file="):
             options["file"] = word.split("=", 1)[1]

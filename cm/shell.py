@@ -97,8 +97,11 @@ class Shell(cmd2.Cmd):
         self.last_result = code
 
     def _expand_variables(self, data: cmd2.plugin.PostparsingData) -> cmd2.plugin.PostparsingData:
-        if "$" in data.statement.raw and not data.statement.raw.lstrip().startswith(("!", "shell")):
-            expanded = runner.expand_variables(data.statement.raw, self.ctx.mirror.variables())
+        """$name expands as in scripts; on !shell lines only cm's own variables do."""
+        raw = data.statement.raw
+        if "$" in raw:
+            shell_line = raw.lstrip().startswith(("!", "shell "))
+            expanded = runner.expand_variables(raw, self.ctx.mirror.variables(), strict=not shell_line)
             data.statement = self.statement_parser.parse(expanded)
         return data
 

@@ -160,3 +160,31 @@ def test_history_file_lives_in_the_user_directory(cm_home):
 
     app = Shell(Context())
     assert Path(app.persistent_history_file) == cm_home / "history"
+
+
+def test_script_variables_expand_once_shell_lines_keep_their_own_and_dollars_can_be_written(cm, tmp_path):
+    out = tmp_path / "out.txt"
+    script = tmp_path / "vars.cm"
+    script.write_text(f"""var x=1
+var y=$$x
+var list -f csv   # costs $5, and a $comment is no variable
+!echo "$HOME $x" > {out}
+""")
+    result = cm(str(script))
+    assert result.code == 0, result.err
+    assert "y,$x" in result.out  # $$ is a literal dollar, expanded exactly once
+    assert out.read_text().strip() == f"{tmp_path / 'home'} 1"
+
+
+def test_file_option_without_a_path_is_a_usage_error(cm):
+    result = cm("--file")
+    assert result.code == 2 and result.err.strip() == "cm: --file needs the path of a script"
+
+
+def test_an_unusable_cm_home_is_one_line(cm, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("CM_HOME", str(blocker / "sub"))
+    result = cm("vm", "list")
+    assert result.code == 2 and "cannot create the cm directory" in result.err
+    assert "Traceback" not in result.err
