@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -105,12 +106,22 @@ def is_secret(key: str) -> bool:
     return any(word in key.lower() for word in SECRET_WORDS)
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]+):[^/@\s]+@", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """qemu+ssh://me:pw@host/system -> qemu+ssh://me:********@host/system."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{MASK}@", text)
+
+
 def redact(value: Any) -> Any:
-    """A copy with every secret-looking value masked, for display."""
+    """A copy with every secret-looking value (and password in a URL) masked, for display."""
     if isinstance(value, dict):
         return {k: (MASK if is_secret(str(k)) and v else redact(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, str) and "@" in value:
+        return mask_url(value)
     return value
 
 
@@ -137,10 +148,10 @@ class Config:
         return cls(path, read_yaml_cached(path, directory / ".cm.yaml.cache"),
                    read_yaml_cached(shipped_path, directory / ".shipped.yaml.cache"))
 
-    def save(self) -> None:
-        yaml = _yaml()
-        header = "# cm configuration (written by cm; comments of the original were not kept)\n"
-        write_private(self.path, header + yaml.safe_dump(self.data, sort_keys=False))
+    @property
+    def added_dir(self) -> Path:
+        """Clouds added with `cm cloud add`: one file each, so cm never rewrites cm.yaml."""
+        return self.path.parent / "clouds.d"
 
     # -- defaults written in the file ------------------------------------------
     def file_default(self, key: str, cloud: str | None = None) -> Any:
@@ -162,11 +173,21 @@ class Config:
                     self._discovered.setdefault(name, conf)
         return self._discovered
 
+    def added(self) -> dict[str, dict[str, Any]]:
+        """The clouds of clouds.d/NAME.yaml."""
+        found: dict[str, dict[str, Any]] = {}
+        if self.added_dir.is_dir():
+            for path in sorted(self.added_dir.glob("*.yaml")):
+                cache = self.path.parent / ".cache" / f"cloud-{path.stem}.json"
+                cache.parent.mkdir(mode=0o700, exist_ok=True)
+                found[path.stem] = {**read_yaml_cached(path, cache), "source": "cloud add"}
+        return found
+
     def clouds(self) -> dict[str, dict[str, Any]]:
-        """Every cloud: cm.yaml's own entries win over discovered ones of the same name."""
-        own = self.data.get("clouds") or {}
-        merged = {name: conf for name, conf in self.discovered().items() if name not in own}
-        merged.update(own)
+        """Every cloud: cm.yaml's entries win over added ones, which win over discovered ones."""
+        merged = dict(self.discovered())
+        merged.update(self.added())
+        merged.update({name: {**conf, "source": "cm.yaml"} for name, conf in (self.data.get("clouds") or {}).items()})
         return merged
 
     def cloud(self, name: str) -> dict[str, Any]:
@@ -179,19 +200,25 @@ class Config:
             raise ConfigError(f"cloud '{name}' in {self.path} has no 'kind'")
         return conf
 
-    def add_cloud(self, name: str, conf: dict[str, Any]) -> None:
-        clouds = self.data.setdefault("clouds", {}) or {}
-        if name in clouds:
+    def add_cloud(self, name: str, conf: dict[str, Any]) -> Path:
+        """Write clouds.d/NAME.yaml (0600: it may hold a password); never touches cm.yaml."""
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
+            raise ConfigError(f"bad cloud name '{name}': use letters, digits, '.', '-' and '_'")
+        if name in self.clouds():
             raise ConfigError(f"cloud '{name}' already exists; remove it first")
-        clouds[name] = conf
-        self.data["clouds"] = clouds
-        self.save()
+        self.added_dir.mkdir(mode=0o700, exist_ok=True)
+        path = self.added_dir / f"{name}.yaml"
+        header = f"# cloud '{name}', added with `cm cloud add`; edit freely, remove with `cm cloud remove {name}`\n"
+        write_private(path, header + _yaml().safe_dump(conf, sort_keys=False))
+        return path
 
     def remove_cloud(self, name: str) -> None:
-        clouds = self.data.get("clouds") or {}
-        if name not in clouds:
-            if name in self.discovered():
-                raise ConfigError(f"cloud '{name}' comes from clouds.yaml; remove it there")
-            raise ConfigError(f"unknown cloud '{name}'")
-        del clouds[name]
-        self.save()
+        path = self.added_dir / f"{name}.yaml"
+        if path.is_file():
+            path.unlink()
+            return
+        if name in (self.data.get("clouds") or {}):
+            raise ConfigError(f"cloud '{name}' is defined in {self.path}; remove it there")
+        if name in self.discovered():
+            raise ConfigError(f"cloud '{name}' comes from clouds.yaml; remove it there")
+        raise ConfigError(f"unknown cloud '{name}'")

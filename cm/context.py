@@ -34,6 +34,8 @@ class Context:
         self.err = err
         self.interactive = interactive
         self._providers: dict[str, Provider] = {}
+        self._config: config_mod.Config | None = None
+        self._config_key: int | None = None
         self._said_once: set[str] = set()
 
     # -- configuration and the mirror --------------------------------------------
@@ -41,9 +43,18 @@ class Context:
     def home(self):  # type: ignore[no-untyped-def]
         return config_mod.home()
 
-    @cached_property
+    @property
     def config(self) -> config_mod.Config:
-        return config_mod.Config.load(self.home)
+        """cm.yaml as it is now: a long interactive session sees the user's edits."""
+        path = self.home / config_mod.CONFIG_NAME
+        try:
+            key = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            key = None
+        if self._config is None or self._config_key != key:
+            self._config = config_mod.Config.load(self.home)
+            self._config_key = path.stat().st_mtime_ns
+        return self._config
 
     @cached_property
     def mirror(self) -> Mirror:

@@ -18,10 +18,33 @@ def test_first_run_creates_private_config_from_shipped_defaults_and_never_overwr
     assert cm("default").code == 0
     config = cm_home / "cm.yaml"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    assert stat.S_IMODE(cm_home.stat().st_mode) in (0o700, 0o755)  # created by the test fixture here
     config.write_text(config.read_text().replace("flavor: small", "flavor: large", 1))
     cm("default")
     assert "flavor: large" in config.read_text()
+
+
+def test_user_directory_is_created_private(cm, tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh" / "cm"
+    monkeypatch.setenv("CM_HOME", str(fresh))
+    assert cm("default").code == 0
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    assert stat.S_IMODE((fresh / "cm.yaml").stat().st_mode) == 0o600
+
+
+def test_clouds_in_cm_yaml_are_removed_there_not_by_cm(cm):
+    result = cm("cloud", "remove", "local")
+    assert result.code == 2  # the active cloud
+    cm("cloud", "add", "lab", "--kind", "kvm", "uri=test:///default")
+    cm("default", "cloud=lab")
+    result = cm("cloud", "remove", "local")
+    assert result.code == 2 and "is defined in" in result.err and "remove it there" in result.err
+
+
+def test_a_password_in_a_uri_is_masked(cm):
+    cm("cloud", "add", "far", "--kind", "kvm", "uri=qemu+ssh://me:pa55word@lab/system")
+    for words in (["cloud", "list"], ["cloud", "show", "far"], ["cloud", "list", "-f", "json"]):
+        out = cm(*words).out
+        assert "pa55word" not in out and "me:********@lab" in out
 
 
 def test_precedence_option_over_cloud_over_global_over_shipped(cm):
@@ -91,8 +114,10 @@ def test_cloud_add_show_remove_with_secrets_masked(cm, cm_home):
     assert record["password"] == "********" and record["api_key"] == "********"
     for words in (["cloud", "show", "site"], ["cloud", "list"], ["cloud", "show", "site", "-f", "yaml"]):
         assert "hunter2" not in cm(*words).out
-    assert "hunter2" in (cm_home / "cm.yaml").read_text()
-    assert stat.S_IMODE((cm_home / "cm.yaml").stat().st_mode) == 0o600
+    added = cm_home / "clouds.d" / "site.yaml"
+    assert "hunter2" in added.read_text()
+    assert stat.S_IMODE(added.stat().st_mode) == 0o600
+    assert "site" not in (cm_home / "cm.yaml").read_text()  # cm never rewrites the user's file
     assert cm("cloud", "add", "site", "--kind", "kvm").code == 2  # exists already
     assert cm("cloud", "remove", "site").code == 0
     assert cm("cloud", "show", "site").code == 2

@@ -72,7 +72,7 @@ def test_cloud_add_from_env_keeps_the_password_out_of_every_output(cm, cloud, mo
     added = cm("cloud", "add", "rc", "--from-env")
     assert added.code == 0, added.err
     assert "secret" not in added.out + added.err
-    assert stat.S_IMODE(os.stat(cm_home / "cm.yaml").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(cm_home / "clouds.d" / "rc.yaml").st_mode) == 0o600
     shown = cm("cloud", "show", "rc", "-f", "json")
     record = rows(shown)[0]
     assert record["auth"]["password"] == "********" and record["auth"]["username"] == "demo"

@@ -7,7 +7,7 @@ from argparse import ArgumentParser, Namespace
 from typing import Any
 
 from cm.commands import completes, subcommands, verb
-from cm.config import redact
+from cm.config import mask_url, redact
 from cm.errors import UsageError
 from cm.output import add_format_options
 
@@ -22,15 +22,14 @@ def _where(conf: dict[str, Any]) -> str:
     auth = conf.get("auth") or {}
     for key in WHERE_KEYS:
         if conf.get(key) or auth.get(key):
-            return str(conf.get(key) or auth.get(key))
+            return mask_url(str(conf.get(key) or auth.get(key)))
     return ""
 
 
 def list_clouds(ctx, args: Namespace) -> None:
     active = ctx.active_cloud()
-    own = ctx.config.data.get("clouds") or {}
     rows = [{"name": name, "kind": conf.get("kind", ""), "active": "*" if name == active else "",
-             "source": "cm.yaml" if name in own else conf.get("source", "plugin"), "where": _where(conf)}
+             "source": conf.get("source", "plugin"), "where": _where(conf)}
             for name, conf in sorted(ctx.config.clouds().items())]
     ctx.emit(["name", "kind", "active", "source", "where"], rows, args)
 
@@ -66,8 +65,8 @@ def add_cloud(ctx, args: Namespace) -> None:
     if args.from_env:
         conf.update(provider_class(kind).config_from_env(dict(os.environ)))
     conf.update(_parse_settings(settings))
-    ctx.config.add_cloud(args.name, conf)
-    ctx.say(f"added cloud '{args.name}' ({kind}); use it with `cm default cloud={args.name}`")
+    path = ctx.config.add_cloud(args.name, conf)
+    ctx.say(f"added cloud '{args.name}' ({kind}) in {path}; use it with `cm default cloud={args.name}`")
 
 
 def remove_cloud(ctx, args: Namespace) -> None:
