@@ -70,30 +70,43 @@ class JsonStore:
         self._pending: dict[str, Any] | None = None
         self._dirty = False
         self._guard = threading.RLock()
-        self._cache: tuple[tuple[int, int], dict[str, Any]] | None = None
+        self._cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
-    def _read_file(self, fresh: bool = False) -> dict[str, Any]:
+    def _read_file(self, fresh: bool = False, locked: bool = False) -> dict[str, Any]:
         """The file's data; ``fresh`` gives a private copy a transaction may change."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:
             return {META: {"1": {"app": APP, "schema": SCHEMA}}}
-        key = (stat.st_mtime_ns, stat.st_size)
+        # Every write makes a new inode, so a rewrite of the same size and time still shows.
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if not fresh and self._cache and self._cache[0] == key:
             return self._cache[1]
         try:
             data = json.loads(self.path.read_bytes())
+            problem = "" if isinstance(data, dict) and (data.get(META) or {}).get("1", {}).get("app") == APP \
+                else "it is not a cm mirror"
         except (ValueError, UnicodeDecodeError) as exc:
-            self._set_aside(f"it is not valid JSON ({exc.__class__.__name__})")
-        if not isinstance(data, dict) or (data.get(META) or {}).get("1", {}).get("app") != APP:
-            self._set_aside("it is not a cm mirror")
+            problem = f"it is not valid JSON ({exc.__class__.__name__})"
+        if problem:
+            self._set_aside(problem, key, locked)
         data = self._migrate(data)
         if not fresh:
             self._cache = (key, data)
         return data
 
-    def _set_aside(self, why: str) -> None:
-        aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    def _set_aside(self, why: str, key: tuple[int, int, int], locked: bool) -> None:
+        """Move an unusable file out of the way, under the lock, only if no writer replaced it meanwhile."""
+        if not locked:
+            with self._lock():
+                return self._set_aside(why, key, locked=True)
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            stat = None
+        if stat is None or (stat.st_ino, stat.st_mtime_ns, stat.st_size) != key:
+            raise MirrorError(f"the mirror {self.path} changed while it was read; run the command again")
+        aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         os.replace(self.path, aside)
         raise MirrorError(f"the mirror {self.path} could not be used: {why}; it was kept as {aside} "
                           "and a new one will be started (run `cm refresh` to fill it)")
@@ -141,7 +154,7 @@ class JsonStore:
                 yield _tinydb(self)
                 return
             with self._lock():
-                self._pending, self._dirty = self._read_file(fresh=True), False
+                self._pending, self._dirty = self._read_file(fresh=True, locked=True), False
                 try:
                     yield _tinydb(self)
                     if self._dirty:

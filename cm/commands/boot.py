@@ -16,6 +16,7 @@ from cm.names import expand, generated
 from cm.provider import VM, BootSpec, State
 
 BOOT_COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips", "result"]
+UNSETTLED = (State.PENDING, State.UNKNOWN, State.REBOOTING)
 PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
 
@@ -91,13 +92,10 @@ def _wait_all(ctx: Any, cloud: str, created: dict[str, VM], timeout: float) -> d
     failures: dict[str, str] = {}
     while pending:
         current = {vm.name: vm for vm in provider.list_vms()}
-        for name in list(pending):
-            vm = current.get(name)
-            if vm is None:
-                continue
-            if vm.state not in (State.PENDING, State.UNKNOWN, State.REBOOTING):
+        with ctx.mirror.transaction():  # one write per polling round, however many VMs settled
+            for name in [n for n in pending if n in current and current[n].state not in UNSETTLED]:
+                vm = created[name] = current[name]
                 pending.discard(name)
-                created[name] = vm
                 inventory.store_vm(ctx, cloud, vm)
                 if vm.state == State.ERROR:
                     failures[name] = f"went to ERROR: {vm.fault}" if vm.fault else "went to ERROR"
@@ -124,8 +122,8 @@ def boot_vms(ctx: Any, args: Namespace) -> int:
     created: dict[str, VM] = {}
 
     def record(outcome: bulk.Outcome) -> None:
-        if outcome.ok:
-            created[outcome.name] = outcome.value
+        created[outcome.name] = outcome.value
+        with ctx.mirror.transaction():  # the VM and its group membership: one write
             inventory.store_vm(ctx, cloud, outcome.value)
             if group:
                 from cm.commands.group import add_members

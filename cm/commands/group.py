@@ -26,11 +26,13 @@ def _save(ctx, group: str, members: list[str]) -> None:
 
 
 def members_on(ctx, group: str, cloud: str) -> list[str]:
-    """The VM names of ``group`` on ``cloud``; an unknown or empty group is an error."""
-    members = _members(ctx, group)
-    if not members:
+    """The VM names of ``group`` on ``cloud``; an unknown group, or none of its VMs there, is an error."""
+    if not ctx.mirror.get("group", LOCAL, group):
         raise NotFound(f"unknown group '{group}' (see `cm group list`)")
-    return [m.split(":", 1)[1] for m in members if m.split(":", 1)[0] == cloud]
+    names = [m.split(":", 1)[1] for m in _members(ctx, group) if m.split(":", 1)[0] == cloud]
+    if not names:
+        raise NotFound(f"group '{group}' has no VMs on cloud '{cloud}'")
+    return names
 
 
 def add_members(ctx, group: str, cloud: str, names: list[str]) -> None:
@@ -76,14 +78,15 @@ def add_to_group(ctx, args: Namespace) -> None:
 
 def remove_from_group(ctx, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
-    members = _members(ctx, args.group)
-    if not members:
-        raise NotFound(f"unknown group '{args.group}'")
     gone = {f"{cloud}:{n}" for n in expand(args.names)}
-    missing = gone - set(members)
-    if missing:
-        raise NotFound(f"not in group {args.group}: {', '.join(sorted(missing))}")
-    _save(ctx, args.group, [m for m in members if m not in gone])
+    with ctx.mirror.transaction():
+        if not ctx.mirror.get("group", LOCAL, args.group):
+            raise NotFound(f"unknown group '{args.group}'")
+        members = _members(ctx, args.group)
+        missing = gone - set(members)
+        if missing:
+            raise NotFound(f"not in group {args.group}: {', '.join(sorted(missing))}")
+        _save(ctx, args.group, [m for m in members if m not in gone])
     ctx.say(f"group {args.group}: {len(members) - len(gone)} VMs")
 
 

@@ -121,12 +121,13 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
             return inventory.wait_for(provider, name, settled, timeout)
 
         def record(outcome: bulk.Outcome) -> None:
-            if outcome.ok and verb_name == "delete":
-                ctx.mirror.remove("vm", cloud, [outcome.name])
+            if verb_name == "delete":
                 from cm.commands.group import forget_vm
 
-                forget_vm(ctx, cloud, outcome.name)
-            elif outcome.ok and outcome.value is not None:
+                with ctx.mirror.transaction():  # the record and its group memberships: one write
+                    ctx.mirror.remove("vm", cloud, [outcome.name])
+                    forget_vm(ctx, cloud, outcome.name)
+            elif outcome.value is not None:
                 inventory.store_vm(ctx, cloud, outcome.value)
 
         return bulk.report(ctx, cloud, bulk.run_each(names, act, verb_name, record), done, args, state=True)
