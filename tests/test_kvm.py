@@ -84,6 +84,14 @@ def test_flavors_come_from_the_cloud_config(cm):
     assert (flavors["small"]["vcpus"], flavors["small"]["ram"], flavors["small"]["disk"]) == (1, 1024, 10)
 
 
+def test_a_cloud_without_flavors_gets_the_shipped_ones(cm, cm_home):
+    set_cloud(cm_home, flavors=None)
+    flavors = {f["name"]: f for f in rows(cm("flavor", "list", "--refresh", "-f", "json"))}
+    shipped = yaml.safe_load((ROOT / "defaults" / "cm.yaml").read_text())["clouds"]["local"]["flavors"]
+    assert {name: (f["vcpus"], f["ram"], f["disk"]) for name, f in flavors.items()} == \
+        {name: (f["vcpus"], f["ram"], f["disk"]) for name, f in shipped.items()}
+
+
 def test_image_add_list_show_delete(cm, cm_home, tmp_path):
     added = cm("image", "add", "debian", str(qcow2_file(tmp_path / "d.qcow2", 3 << 30)))
     assert added.code == 0 and "added image debian to local" in added.out
@@ -289,6 +297,19 @@ def test_stop_says_so_when_the_guest_ignores_it(cm, cm_home, three, monkeypatch)
     message = json.loads(result.out)[0]["result"]
     assert "ignored the shutdown request for 0.3 s" in message and "virsh -c" in message
     assert states(cm, three[:1]) == ["running"]
+
+
+def test_the_test_hypervisor_lives_in_the_state_dir_the_shell_gives(cm_home, tmp_path):
+    from cm_plugins.kvm.provider import KvmProvider
+
+    provider = KvmProvider("lab", {"uri": "test:///default", "pool": "default", "network": ""})
+    provider.state_dir = tmp_path / "state"
+    try:
+        assert provider.list_vms() == []
+    finally:
+        provider.close()
+    assert (tmp_path / "state" / "kvm-test" / "lab.xml").is_file()
+    assert not (cm_home / "kvm-test" / "lab.xml").exists()
 
 
 def test_rename_needs_a_stopped_vm(cm, three):

@@ -113,11 +113,11 @@ def guest_kind(conn: libvirt.virConnect, wanted: str, local: bool) -> tuple[str,
 class Hypervisor:
     """A cloud's libvirt: one shared connection, or a persistent test node opened per use."""
 
-    def __init__(self, cloud: str, config: dict[str, Any], home: Path,
+    def __init__(self, cloud: str, config: dict[str, Any], home: Callable[[], Path],
                  notice: Callable[[str], None]) -> None:
         self.cloud = cloud
         self.config = config
-        self.home = home
+        self.home = home  # asked on first use: the shell may set the provider's state_dir after creating it
         self.notice = notice
         self.uri = ""  # resolved on first use
         self.node: TestNode | None = None
@@ -142,7 +142,7 @@ class Hypervisor:
         seed = Path(path) if path not in ("", "/", "/default") else None
         if seed is not None and not seed.is_file():
             raise ConfigError(f"cloud '{self.cloud}': the test node file {seed} does not exist")
-        return TestNode(node_path(self.home, self.cloud), str(self.config.get("pool") or "default"),
+        return TestNode(node_path(self.home(), self.cloud), str(self.config.get("pool") or "default"),
                         str(self.config.get("network") or ""), seed=seed, demo_image=demo_image)
 
     def _fallback(self, exc: libvirt.libvirtError) -> None:

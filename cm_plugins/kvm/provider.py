@@ -6,7 +6,7 @@ A kvm cloud in cm.yaml::
     uri: auto            # qemu:///system, qemu:///session, qemu+ssh://me@lab/system, test:///default
     pool: default        # storage pool for images, VM disks and seeds
     network: default     # libvirt network for the VMs ("" for none)
-    flavors: {small: {vcpus: 1, ram: 1024, disk: 10}}   # ram in MiB, disk in GiB
+    flavors: {small: {vcpus: 1, ram: 1024, disk: 10}}   # ram in MiB, disk in GiB (default: the shipped ones)
     domain_type: auto    # kvm, qemu (software emulation) or auto (kvm only where it works)
     cmdline: console=ttyS0 panic=-1   # kernel command line of kernel+initrd images
     shutdown_timeout: 60 # seconds `vm stop` waits for the guest to power off
@@ -41,8 +41,6 @@ from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, guest_kind, stde
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
 
 GIB = 1 << 30
-DEFAULT_FLAVORS = {"tiny": {"vcpus": 1, "ram": 256, "disk": 1}, "small": {"vcpus": 1, "ram": 1024, "disk": 10},
-                   "medium": {"vcpus": 2, "ram": 4096, "disk": 20}, "large": {"vcpus": 4, "ram": 8192, "disk": 40}}
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
 UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
@@ -56,11 +54,18 @@ class KvmProvider(Provider):
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
-        from cm.config import home
-
-        self.hv = Hypervisor(name, config, home(), self._notice)
+        self.hv = Hypervisor(name, config, self._state_dir, self._notice)
         self._guest: tuple[str, str] | None = None
         self._said: set[str] = set()
+
+    def _state_dir(self) -> Path:
+        """Where cm keeps this provider's files: the shell's home (``state_dir``), else cm's home."""
+        state_dir = getattr(self, "state_dir", None)
+        if state_dir is not None:
+            return Path(state_dir)
+        from cm.config import home
+
+        return home()
 
     def _notice(self, text: str) -> None:
         if text not in self._said:
@@ -85,8 +90,17 @@ class KvmProvider(Provider):
     def pool_name(self) -> str:
         return str(self._setting("pool", "default"))
 
+    def _shipped_flavors(self) -> dict[str, Any]:
+        """The flavors of the kvm cloud in cm's shipped defaults/cm.yaml."""
+        from cm.config import Config
+
+        for cloud in (Config.load(self._state_dir()).shipped.get("clouds") or {}).values():
+            if isinstance(cloud, dict) and cloud.get("kind") == "kvm" and cloud.get("flavors"):
+                return dict(cloud["flavors"])
+        return {}
+
     def _flavors(self) -> dict[str, Flavor]:
-        raw = self.config.get("flavors") or DEFAULT_FLAVORS
+        raw = self.config.get("flavors") or self._shipped_flavors()
         flavors = {}
         for name, values in raw.items():
             try:

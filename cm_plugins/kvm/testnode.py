@@ -4,7 +4,7 @@ libvirt's test driver lives inside one process and forgets everything when its
 last connection closes, so `cm vm boot` in one process and `cm vm stop` in the
 next would never meet.  This module keeps the test driver's state in a
 ``<node>`` XML file (``<cm home>/kvm-test/<cloud>.xml``): every use opens
-``test:///<that file>``, and every change is written back atomically (domains
+``test:///<that file>``, and every change is written back atomically (0600) (domains
 with their run state, networks, pools with their volumes).  A file lock keeps
 two cm processes from interleaving their changes.
 """
@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
+
+from cm.config import write_private
 
 # The test driver's own XML namespace: <test:runstate> restores a domain's state.
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
@@ -79,20 +80,6 @@ def dump(conn: libvirt.virConnect) -> str:
     return ET.tostring(node, encoding="unicode") + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: a crash leaves the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on the node file (across processes)."""
@@ -140,7 +127,7 @@ class TestNode:
         elif self._marker.exists():
             self.notes.append(f"the test hypervisor's state {self.path} {why}; started a fresh one "
                               "(its VMs and images are gone)")
-        write_atomic(self.path, self._initial_text())
+        write_private(self.path, self._initial_text())
         self._marker.touch()
 
     def open(self) -> libvirt.virConnect:
@@ -157,4 +144,4 @@ class TestNode:
             return libvirt.open(self.uri)
 
     def save(self, conn: libvirt.virConnect) -> None:
-        write_atomic(self.path, dump(conn))
+        write_private(self.path, dump(conn))
