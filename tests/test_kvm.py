@@ -231,6 +231,27 @@ def test_no_daemon_is_one_line_that_says_what_to_do(cm, cm_home):
     assert "start libvirtd, or set uri: auto" in result.err
 
 
+def test_a_password_in_the_uri_is_never_shown(cm, cm_home):
+    set_cloud(cm_home, uri="qemu+tcp://alice:s3cret-pw@127.0.0.1:1/system")
+    result = cm("image", "list", "--refresh")
+    assert result.code == 1 and "s3cret-pw" not in result.out + result.err
+    assert "libvirt daemon answers at qemu+tcp://alice@127.0.0.1:1/system" in one_line(result)
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("qemu+ssh://me:pw@lab.example.org/system", "qemu+ssh://me@lab.example.org/system"),
+    ("qemu+tcp://me:p@ss:w0rd@lab:16509/system?mode=legacy", "qemu+tcp://me@lab:16509/system?mode=legacy"),
+    ("qemu+ssh://me@lab/system", "qemu+ssh://me@lab/system"),
+    ("qemu:///system", "qemu:///system"),
+    ("test:///default", "test:///default"),
+])
+def test_shown_uri_drops_only_the_password(uri, shown):
+    from cm_plugins.kvm.connection import scrub, shown_uri
+
+    assert shown_uri(uri) == shown
+    assert scrub(f"cannot reach {uri}", uri) == f"cannot reach {shown}"
+
+
 def test_user_data_goes_into_the_seed(cm, tmp_path, image):
     user_data = tmp_path / "user-data"
     user_data.write_text("#cloud-config\npackages: [htop]\n")
@@ -299,6 +320,32 @@ def test_stop_says_so_when_the_guest_ignores_it(cm, cm_home, three, monkeypatch)
     assert states(cm, three[:1]) == ["running"]
 
 
+def test_stop_waits_as_long_as_its_timeout_says(cm_home, three, monkeypatch):
+    """stop_vm(timeout=N) waits N seconds, not the cloud's shutdown_timeout; None means shutdown_timeout."""
+    import time
+
+    from cm.errors import ProviderError
+    from cm_plugins.kvm.provider import KvmProvider
+
+    monkeypatch.setattr(libvirt.virDomain, "shutdown", lambda self, *a: 0)  # a guest deaf to ACPI
+    provider = KvmProvider("local", {"uri": "test:///default", "pool": "default", "network": "default",
+                                     "shutdown_timeout": 30})
+    provider.state_dir = cm_home
+    try:
+        started = time.monotonic()
+        with pytest.raises(ProviderError, match=r"ignored the shutdown request for 0.4 s .* give a longer --timeout"):
+            provider.stop_vm(three[0], timeout=0.4)
+        assert 0.4 <= time.monotonic() - started < 3
+        provider.config["shutdown_timeout"] = 0.2
+        with pytest.raises(ProviderError, match=r"for 0.2 s .* raise shutdown_timeout in cm.yaml"):
+            provider.stop_vm(three[0])
+        monkeypatch.undo()
+        provider.stop_vm(three[0], timeout=0.4)  # a guest that powers off: done at once
+        assert provider.get_vm(three[0]).state == "stopped"
+    finally:
+        provider.close()
+
+
 def test_the_test_hypervisor_lives_in_the_state_dir_the_shell_gives(cm_home, tmp_path):
     from cm_plugins.kvm.provider import KvmProvider
 
@@ -310,6 +357,22 @@ def test_the_test_hypervisor_lives_in_the_state_dir_the_shell_gives(cm_home, tmp
         provider.close()
     assert (tmp_path / "state" / "kvm-test" / "lab.xml").is_file()
     assert not (cm_home / "kvm-test" / "lab.xml").exists()
+
+
+def test_a_verb_the_driver_lacks_names_the_cloud_and_the_verb(cm, cm_home, three, monkeypatch):
+    def unsupported(self, *args):
+        error = libvirt.libvirtError("unsupported")
+        error.err = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_FROM_NONE,
+                     "this function is not supported by the connection driver: virDomainSuspend", 2, "", None,
+                     None, 0, 0)
+        raise error
+
+    monkeypatch.setattr(libvirt.virDomain, "suspend", unsupported)
+    result = cm("vm", "suspend", three[0], "-f", "json")
+    assert result.code == 1
+    assert json.loads(result.out)[0]["result"] == (
+        f"failed: cloud 'local' cannot suspend VMs: libvirt's driver for test://{cm_home}/kvm-test/local.xml "
+        "does not support it (this function is not supported by the connection driver: virDomainSuspend)")
 
 
 def test_rename_needs_a_stopped_vm(cm, three):

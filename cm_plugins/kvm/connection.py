@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit, urlunsplit
 
 import libvirt
 
@@ -29,6 +29,30 @@ def quiet() -> None:
 quiet()
 
 
+def shown_uri(uri: str) -> str:
+    """``uri`` as cm may print it: a password in its user part (qemu+ssh://me:pw@host/...) is dropped."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}"))
+
+
+def scrub(text: str, uri: str) -> str:
+    """``text`` with ``uri`` (and its password, wherever libvirt repeated it) in its printable form."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None
+    if not password:
+        return text
+    text = text.replace(uri, shown_uri(uri))
+    return text.replace(password, "********") if len(password) >= 3 else text
+
+
 def first_line(exc: BaseException) -> str:
     text = (exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else "") or str(exc)
     line = (text or type(exc).__name__).strip().splitlines()[0]
@@ -45,8 +69,9 @@ def _denied(message: str) -> bool:
 
 
 def connect_error(exc: libvirt.libvirtError, uri: str) -> CmError:
-    """Why a libvirt URI could not be opened, and what to do about it."""
-    message = first_line(exc)
+    """Why a libvirt URI could not be opened, and what to do about it (never with the URI's password)."""
+    message = scrub(first_line(exc), uri)
+    uri = shown_uri(uri)
     if _denied(message) or exc.get_error_code() in (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_ACCESS_DENIED,
                                                      libvirt.VIR_ERR_AUTH_CANCELLED):
         return AuthError(f"libvirt at {uri} refused access ({message}); join the 'libvirt' group "
@@ -57,9 +82,12 @@ def connect_error(exc: libvirt.libvirtError, uri: str) -> CmError:
     return ProviderError(f"cannot connect to libvirt at {uri}: {message}")
 
 
-def translate(exc: libvirt.libvirtError, cloud: str, uri: str) -> CmError:
-    """A libvirt error as one of cm's one-line errors, with what to do where cm knows it."""
-    code, message = exc.get_error_code(), first_line(exc)
+def translate(exc: libvirt.libvirtError, cloud: str, uri: str, verb: str = "") -> CmError:
+    """A libvirt error as one of cm's one-line errors, with what to do where cm knows it.
+
+    ``verb`` is what the user asked for ("suspend VMs"), for the error of a driver that cannot do it.
+    """
+    code, message = exc.get_error_code(), scrub(first_line(exc), uri)
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return NotFound(f"cloud '{cloud}' has no such VM ({message}); see `cm vm list --refresh`")
     if code == libvirt.VIR_ERR_NO_STORAGE_VOL:
@@ -67,7 +95,8 @@ def translate(exc: libvirt.libvirtError, cloud: str, uri: str) -> CmError:
     if code in (libvirt.VIR_ERR_DOM_EXIST, libvirt.VIR_ERR_STORAGE_VOL_EXIST):
         return Conflict(f"cloud '{cloud}': {message}")
     if code == libvirt.VIR_ERR_NO_SUPPORT:
-        return Unsupported(cloud, "do this", f"libvirt's driver for {uri} does not support it ({message})")
+        return Unsupported(cloud, verb or "do this",
+                           f"libvirt's driver for {shown_uri(uri)} does not support it ({message})")
     if "No space left" in message or "Not enough free space" in message or "not enough space" in message:
         return ProviderError(f"cloud '{cloud}': the storage pool is out of space ({message}); "
                              "delete unused VMs or images, or use a pool with more room")
@@ -76,7 +105,7 @@ def translate(exc: libvirt.libvirtError, cloud: str, uri: str) -> CmError:
         return connect_error(exc, uri)
     if code == libvirt.VIR_ERR_OPERATION_INVALID:
         return Conflict(f"cloud '{cloud}': {message}")
-    return ProviderError(f"cloud '{cloud}' (libvirt {uri}): {message}")
+    return ProviderError(f"cloud '{cloud}' (libvirt {shown_uri(uri)}): {message}")
 
 
 def _cpu_has_virtualization() -> bool:
@@ -134,11 +163,11 @@ class Hypervisor:
     @property
     def is_local(self) -> bool:
         """The hypervisor runs on this machine (its files are ours to read)."""
-        parsed = urlparse(self.resolve())
+        parsed = urlsplit(self.resolve())
         return not parsed.hostname and "+ssh" not in parsed.scheme and "+tcp" not in parsed.scheme
 
     def _test_node(self, uri: str, demo_image: bool) -> TestNode:
-        path = urlparse(uri).path
+        path = urlsplit(uri).path
         seed = Path(path) if path not in ("", "/", "/default") else None
         if seed is not None and not seed.is_file():
             raise ConfigError(f"cloud '{self.cloud}': the test node file {seed} does not exist")
@@ -172,10 +201,16 @@ class Hypervisor:
             self.uri = self.node.uri if self.node else (SYSTEM_URI if wanted == "auto" else wanted)
             return self.uri
 
+    @property
+    def shown_uri(self) -> str:
+        """The URI in use as messages may show it (no password)."""
+        return shown_uri(self.resolve())
+
     # -- using it --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def use(self, write: bool = False) -> Iterator[libvirt.virConnect]:
-        """A connection for one operation; libvirt errors leave it as one-line cm errors."""
+    def use(self, verb: str, write: bool = False) -> Iterator[libvirt.virConnect]:
+        """A connection for one operation (``verb``: "suspend VMs"); libvirt errors leave it as
+        one-line cm errors."""
         self.resolve()
         try:
             if self.node is None:
@@ -184,7 +219,7 @@ class Hypervisor:
                 with self._node_session(write) as conn:
                     yield conn
         except libvirt.libvirtError as exc:
-            raise translate(exc, self.cloud, self.uri) from None
+            raise translate(exc, self.cloud, self.uri, verb) from None
 
     def _live(self) -> libvirt.virConnect:
         """The shared connection, opened again if the daemon restarted under a long shell session."""

@@ -37,7 +37,7 @@ import libvirt
 from cm.errors import ConfigError, Conflict, NotFound, ProviderError, Unsupported, UsageError
 from cm.provider import VM, BootSpec, Flavor, Image, Provider
 from cm_plugins.kvm import console, images, seed
-from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, guest_kind, stderr_notice
+from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
 
 GIB = 1 << 30
@@ -128,12 +128,12 @@ class KvmProvider(Provider):
             pool = conn.storagePoolLookupByName(name)
         except libvirt.libvirtError:
             raise ConfigError(
-                f"cloud '{self.name}': libvirt at {self.hv.uri} has no storage pool '{name}'; create it "
+                f"cloud '{self.name}': libvirt at {self.hv.shown_uri} has no storage pool '{name}'; create it "
                 f"(virsh pool-define-as {name} dir --target /var/lib/libvirt/images && virsh pool-build {name} "
                 f"&& virsh pool-start {name}) or set pool: NAME for this cloud in cm.yaml") from None
         if not pool.isActive():
             raise ProviderError(f"cloud '{self.name}': storage pool '{name}' is not running; "
-                                f"start it: virsh -c {self.hv.uri} pool-start {name}")
+                                f"start it: virsh -c {self.hv.shown_uri} pool-start {name}")
         return pool
 
     def _networks(self, conn: libvirt.virConnect, wanted: list[str]) -> list[str]:
@@ -143,12 +143,12 @@ class KvmProvider(Provider):
             try:
                 net = conn.networkLookupByName(name)
             except libvirt.libvirtError:
-                raise ConfigError(f"cloud '{self.name}': libvirt at {self.hv.uri} has no network '{name}'; "
+                raise ConfigError(f"cloud '{self.name}': libvirt at {self.hv.shown_uri} has no network '{name}'; "
                                   "create it (virsh net-define, net-start) or set network: NAME (or \"\") "
                                   "for this cloud in cm.yaml") from None
             if not net.isActive():
                 raise ProviderError(f"cloud '{self.name}': network '{name}' is not running; "
-                                    f"start it: virsh -c {self.hv.uri} net-start {name}")
+                                    f"start it: virsh -c {self.hv.shown_uri} net-start {name}")
         return names
 
     def _domain(self, conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
@@ -178,7 +178,7 @@ class KvmProvider(Provider):
         return image
 
     def list_images(self) -> list[Image]:
-        with self.hv.use() as conn:
+        with self.hv.use("list images") as conn:
             pool = self._pool(conn)
             if not self.hv.is_test:
                 try:
@@ -212,7 +212,7 @@ class KvmProvider(Provider):
         """Add a disk image file, or a kernel+initrd pair (kernel=K,initrd=I or a directory)."""
         images.check_image_name(name)
         source = images.parse_source(path)
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("add images", write=True) as conn:
             pool = self._pool(conn)
             taken = images.in_pool(pool)
             if name in taken:
@@ -234,7 +234,7 @@ class KvmProvider(Provider):
             return images.in_pool(pool)[name]
 
     def delete_image(self, name: str) -> None:
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("delete images", write=True) as conn:
             pool = self._pool(conn)
             image = images.in_pool(pool).get(name)
             if image is None:
@@ -247,10 +247,10 @@ class KvmProvider(Provider):
 
     # -- VMs --------------------------------------------------------------------------------------
     def _vm(self, dom: libvirt.virDomain) -> VM:
-        return to_vm(dom, {"uri": self.hv.uri})
+        return to_vm(dom, {"uri": self.hv.shown_uri})
 
     def list_vms(self) -> list[VM]:
-        with self.hv.use() as conn:
+        with self.hv.use("list VMs") as conn:
             vms = []
             for dom in conn.listAllDomains():
                 try:
@@ -262,7 +262,7 @@ class KvmProvider(Provider):
             return sorted(vms, key=lambda vm: vm.name)
 
     def get_vm(self, name: str) -> VM:
-        with self.hv.use() as conn:
+        with self.hv.use("show VMs") as conn:
             return self._vm(self._domain(conn, name))
 
     def _check_spec(self, spec: BootSpec) -> None:
@@ -310,7 +310,7 @@ class KvmProvider(Provider):
     def create_vm(self, spec: BootSpec) -> VM:
         self._check_spec(spec)
         flavor = self._flavor(spec.flavor)
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("boot VMs", write=True) as conn:
             try:
                 conn.lookupByName(spec.name)
                 raise Conflict(f"a VM named '{spec.name}' already exists on cloud '{self.name}'")
@@ -362,7 +362,7 @@ class KvmProvider(Provider):
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start_vm(self, name: str) -> None:
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("start VMs", write=True) as conn:
             dom = self._domain(conn, name)
             state = dom.state()[0]
             if state == libvirt.VIR_DOMAIN_PAUSED:
@@ -371,9 +371,11 @@ class KvmProvider(Provider):
                 dom.create()
 
     def stop_vm(self, name: str, timeout: float | None = None) -> None:
-        """Ask the guest to power off (ACPI) and wait; say so clearly when it ignores the request."""
+        """Ask the guest to power off (ACPI) and wait ``timeout`` seconds (None: shutdown_timeout of the
+        cloud); say so clearly when it ignores the request."""
         wait = timeout if timeout is not None else self._number("shutdown_timeout", 60)
-        with self.hv.use(write=True) as conn:
+        longer = "give a longer --timeout" if timeout is not None else "raise shutdown_timeout in cm.yaml"
+        with self.hv.use("stop VMs", write=True) as conn:
             dom = self._domain(conn, name)
             if not dom.isActive():
                 return
@@ -386,8 +388,8 @@ class KvmProvider(Provider):
                     raise ProviderError(
                         f"{name} ignored the shutdown request for {wait:g} s (its OS may not handle the ACPI "
                         f"power button) and is still running; force it off with "
-                        f"`virsh -c {self.hv.uri} destroy {name}` or raise shutdown_timeout in cm.yaml")
-                time.sleep(0.2)
+                        f"`virsh -c {self.hv.shown_uri} destroy {name}` or {longer}")
+                time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
 
     def _active(self, conn: libvirt.virConnect, name: str, verb: str) -> libvirt.virDomain:
         dom = self._domain(conn, name)
@@ -396,24 +398,24 @@ class KvmProvider(Provider):
         return dom
 
     def reboot_vm(self, name: str) -> None:
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("reboot VMs", write=True) as conn:
             self._active(conn, name, "rebooted").reboot(0)
 
     def suspend_vm(self, name: str) -> None:
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("suspend VMs", write=True) as conn:
             dom = self._active(conn, name, "suspended")
             if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
                 dom.suspend()
 
     def resume_vm(self, name: str) -> None:
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("resume VMs", write=True) as conn:
             dom = self._active(conn, name, "resumed")
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
 
     def delete_vm(self, name: str) -> None:
         """Remove the domain, its disk and seed volumes, and its console log: nothing is left."""
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("delete VMs", write=True) as conn:
             dom = self._domain(conn, name)
             root = ET.fromstring(dom.XMLDesc(0))
             if dom.isActive():
@@ -457,7 +459,7 @@ class KvmProvider(Provider):
                 pass  # not ours to remove (another user's daemon): it is only a log
 
     def rename_vm(self, old: str, new: str) -> VM:
-        with self.hv.use(write=True) as conn:
+        with self.hv.use("rename VMs", write=True) as conn:
             dom = self._domain(conn, old)
             try:
                 conn.lookupByName(new)
@@ -473,7 +475,7 @@ class KvmProvider(Provider):
         """The serial console: virtlogd's log file, or (remote, unreadable) a few seconds of the live stream."""
         if self.hv.is_test:
             raise Unsupported(self.name, "show consoles", "libvirt's test hypervisor runs no guest, so it has none")
-        with self.hv.use() as conn:
+        with self.hv.use("show consoles") as conn:
             dom = self._domain(conn, name)
             path = console_log_path(ET.fromstring(dom.XMLDesc(0)))
             active = dom.isActive()
@@ -487,7 +489,10 @@ class KvmProvider(Provider):
         if not active:
             raise ProviderError(f"{name} is stopped and its console log is not readable here"
                                 + (f" ({path} on the hypervisor's host)" if path else ""))
-        text = console.capture(self.hv.uri, name, self._number("console_wait", 3))
+        try:
+            text = console.capture(self.hv.uri, name, self._number("console_wait", 3))
+        except libvirt.libvirtError as exc:  # the fresh connection could not be opened
+            raise connect_error(exc, self.hv.uri) from None
         return console.clean(text, lines)
 
     def assign_public_ip(self, name: str) -> str:
