@@ -83,6 +83,14 @@ class Context:
     def value(self, key: str, cloud: str | None = None, explicit: Any = None) -> Any:
         return self.setting(key, cloud, explicit)[0]
 
+    def timeout(self, cloud: str | None, explicit: float | None = None) -> float:
+        """Seconds to wait for a cloud: --timeout, else the 'timeout' default (0 means do not wait)."""
+        value = self.value("timeout", cloud, explicit)
+        try:
+            return 600.0 if value is None else float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"the 'timeout' default must be a number of seconds, not '{value}'") from exc
+
     def active_cloud(self) -> str:
         name = self.value("cloud")
         if not name:
@@ -115,7 +123,8 @@ class Context:
             conf = self.config.cloud(cloud)
             cls = provider_class(conf["kind"])
             provider = cls(cloud, conf)
-            provider.notice = self.say_once  # type: ignore[attr-defined]
+            provider.notice = self.say_once
+            provider.state_dir = self.home
             self._providers[cloud] = provider
         return self._providers[cloud]
 
@@ -132,9 +141,11 @@ class Context:
         self.err(text)
 
     def say_once(self, text: str) -> None:
-        """A notice shown once per shell session (stderr, so pipes stay clean)."""
-        if text not in self._said_once:
-            self._said_once.add(text)
+        """A notice shown once for this user directory (stderr, so pipes stay clean)."""
+        if text in self._said_once:
+            return
+        self._said_once.add(text)
+        if self.mirror.first_notice(text):
             self.err(text)
 
     def output_format(self, args: Namespace) -> str:
@@ -147,6 +158,15 @@ class Context:
                       sort_by=getattr(args, "sort_column", []))
         if text:
             self.out(text)
+
+    def emit_records(self, records: list[dict[str, Any]], args: Namespace) -> None:
+        """Show several records: one document in json/yaml (a list), one block each otherwise."""
+        if len(records) > 1 and self.output_format(args) in ("json", "yaml", "csv"):
+            columns = list(dict.fromkeys(k for r in records for k in r))
+            self.emit(columns, records, args)
+        else:
+            for record in records:
+                self.emit_one(record, args)
 
     def emit_one(self, record: dict[str, Any], args: Namespace) -> None:
         from cm.output import render_one

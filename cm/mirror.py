@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 SCHEMA = 1
 APP = "cm-mirror"
 RECORD_KINDS = ("vm", "image", "flavor", "key", "group", "cluster", "secgroup", "network", "ip")
-META, DEFAULTS, VARS, COUNTERS = "meta", "defaults", "vars", "counters"
+META, DEFAULTS, VARS, COUNTERS, NOTICES = "meta", "defaults", "vars", "counters", "notices"
 
 # Migrations from schema N to N+1, applied in order when an older file is opened.
 MIGRATIONS: dict[int, Any] = {}
@@ -248,6 +248,14 @@ class Mirror:
     def delete_variable(self, name: str) -> bool:
         with self._settings.transaction() as db:
             return bool(self._settings.table(db, VARS).remove(_query().name == name))
+
+    def first_notice(self, text: str) -> bool:
+        """True the first time ``text`` is noticed (it is then remembered), False after."""
+        if any(d["text"] == text for d in self._settings.current().get(NOTICES, {}).values()):
+            return False
+        with self._settings.transaction() as db:
+            self._settings.table(db, NOTICES).upsert({"text": text}, _query().text == text)
+        return True
 
     def counter(self, name: str) -> int:
         """The last number the counter ``name`` handed out (0 if none)."""

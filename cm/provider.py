@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from cm.errors import Unsupported
@@ -111,6 +114,10 @@ class Provider:
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
         self.config = config
+        # Set by the shell right after construction: where to say a one-time
+        # notice, and a private directory for state the cloud itself cannot keep.
+        self.notice: Callable[[str], None] = lambda text: print(text, file=sys.stderr)
+        self.state_dir: Path | None = None
 
     @classmethod
     def config_from_env(cls, environ: dict[str, str]) -> dict[str, Any]:
@@ -138,7 +145,8 @@ class Provider:
     def start_vm(self, name: str) -> None:
         raise self._unsupported("start VMs")
 
-    def stop_vm(self, name: str, timeout: float = 60.0) -> None:
+    def stop_vm(self, name: str, timeout: float | None = None) -> None:
+        """Shut the VM down gracefully, giving it ``timeout`` seconds (None: the cloud's own default)."""
         raise self._unsupported("stop VMs")
 
     def reboot_vm(self, name: str) -> None:

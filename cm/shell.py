@@ -4,6 +4,8 @@ parsers and handlers that one-shot and script modes use."""
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from typing import Any, NoReturn
 
 import cmd2
@@ -16,6 +18,8 @@ from cm.context import Context
 from cm.errors import CmError, UsageError
 
 CATEGORY = "cm commands"
+# KEY=VALUE words whose key looks secret (password=, os_token=, api_key= ...).
+_SECRET_SETTING = re.compile(r"\b\w*(password|secret|token|api_?key|credential)\w*=", re.IGNORECASE)
 # What a completion hint names -> (mirror kind); "cloud" completes registered clouds.
 MIRROR_KINDS = {"vm", "image", "flavor", "key", "group", "secgroup", "network", "ip"}
 
@@ -89,6 +93,9 @@ class Shell(cmd2.Cmd):
         ctx.interactive = True
         self.intro = "cm: a multi-cloud shell. Type `help` for commands, `help vm boot` for one, `quit` to leave."
         self.register_postparsing_hook(self._expand_variables)
+        # cmd2's own scripting and macro commands are not part of cm; keep help about cm.
+        self.hidden_commands += ["alias", "macro", "run_pyscript", "run_script", "edit", "set", "shortcuts",
+                                 "ipy", "py"]
         self._update_prompt()
 
     # -- running commands ------------------------------------------------------------
@@ -120,8 +127,23 @@ class Shell(cmd2.Cmd):
         self.last_result = 2
 
     def postcmd(self, stop: bool, statement: cmd2.Statement | str) -> bool:
+        self._forget_secrets(statement)
         self._update_prompt()
         return stop
+
+    def _forget_secrets(self, statement: cmd2.Statement | str) -> None:
+        """A line that typed a password (cloud add ... password=...) is not kept in the history."""
+        raw = statement.raw if isinstance(statement, cmd2.Statement) else statement
+        if _SECRET_SETTING.search(raw) and len(self.history) and self.history[-1].statement.raw == raw:
+            self.history.pop()
+
+    def _persist_history(self) -> None:
+        super()._persist_history()
+        if self.persistent_history_file and os.path.exists(self.persistent_history_file):
+            os.chmod(self.persistent_history_file, 0o600)  # it holds what the user typed
+
+    def _print_documented_command_topics(self, category: str, commands: list[str], verbose: bool) -> None:
+        super()._print_documented_command_topics(category, commands, True)  # always with descriptions
 
     def _update_prompt(self) -> None:
         try:
@@ -136,6 +158,11 @@ class Shell(cmd2.Cmd):
         try:
             if what == "cloud":
                 return sorted(self.ctx.config.clouds())
+            if what == "setting":  # `default cloud=<Tab>`: verbs, KEY=, and cloud=NAME
+                from cm.commands.default import known_keys
+
+                keys = known_keys(self.ctx, None)
+                return ["list", "delete", *(f"{k}=" for k in keys), *(f"cloud={c}" for c in self.ctx.config.clouds())]
             if what not in MIRROR_KINDS:
                 return []
             scope = "" if what == "group" else self.ctx.active_cloud()

@@ -145,14 +145,43 @@ def test_interactive_prompt_follows_the_active_cloud(cm, tmp_path):
     assert app.prompt == "cm (lab)> "
 
 
-def test_interactive_completion_offers_clouds_and_mirror_names(cm):
+def _completions(app, line: str) -> list[str]:
+    word = line.split(" ")[-1]
+    return [item.text for item in app.complete(word, line, len(line) - len(word), len(line)).items]
+
+
+def test_interactive_tab_completion_through_cmd2(cm):
     cm("cloud", "add", "lab", "--kind", "kvm", "uri=test:///default")
     from cm.shell import Shell
 
     app = Shell(Context())
     app.ctx.mirror.put("vm", "local", {"name": "tester-001", "id": "1", "state": "running"})
-    assert app.known_names("cloud") == ["lab", "local"]
-    assert app.known_names("vm") == ["tester-001"]
+    app.ctx.mirror.put("image", "local", {"name": "ubuntu-22.04", "id": "u"})
+    assert _completions(app, "vm st") == ["start", "status", "stop"]
+    assert _completions(app, "vm stop tes") == ["tester-001"]
+    assert _completions(app, "vm boot --image ub") == ["ubuntu-22.04"]
+    assert _completions(app, "vm list --cloud l") == ["lab", "local"]
+    assert _completions(app, "default cloud=la") == ["cloud=lab"]
+    assert "--refresh" in _completions(app, "vm list --re")
+
+
+def test_interactive_help_describes_cm_commands_only(capsys):
+    out = io.StringIO()
+    app = _shell(out)
+    app.onecmd_plus_hooks("help")
+    text = out.getvalue()
+    assert "Boot, list, show, start, stop" in text
+    assert "run_pyscript" not in text and "macro" not in text
+
+
+def test_a_typed_password_stays_out_of_the_history(cm_home):
+    out = io.StringIO()
+    app = _shell(out)
+    app.onecmd_plus_hooks("cloud add far --kind kvm uri=test:///default password=hunter2")
+    app.onecmd_plus_hooks("var list")
+    assert [h.statement.raw for h in app.history] == ["var list"]
+    app._persist_history()
+    assert (cm_home / "history").stat().st_mode & 0o777 == 0o600
 
 
 def test_history_file_lives_in_the_user_directory(cm_home):

@@ -11,34 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from cm import bulk, inventory
+from cm.commands.key import resolve_key
 from cm.errors import ConfigError, Conflict, UsageError
 from cm.names import expand, generated
 from cm.provider import VM, BootSpec, State
 
 BOOT_COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips", "result"]
 UNSETTLED = (State.PENDING, State.UNKNOWN, State.REBOOTING)
-PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
-
-
-def resolve_key(ctx: Any, cloud: str, explicit: str | None) -> tuple[str, str]:
-    """(key name, public key text) from --key, the mirror's keys, or ~/.ssh."""
-    wanted = ctx.value("key", cloud, explicit)
-    ssh = Path.home() / ".ssh"
-    if wanted:
-        for scope in (cloud, ""):
-            record = ctx.mirror.get("key", scope, wanted)
-            if record and record.get("public_key"):
-                return wanted, record["public_key"]
-        path = Path(str(wanted)).expanduser()
-        for candidate in (path, ssh / f"{wanted}.pub", ssh / str(wanted)):
-            if candidate.is_file() and candidate.suffix == ".pub":
-                return candidate.stem, candidate.read_text().strip()
-        # A key the cloud knows by name only (uploaded elsewhere).
-        return str(wanted), ""
-    for name in PUBLIC_KEYS:
-        if (ssh / name).is_file():
-            return name.removesuffix(".pub"), (ssh / name).read_text().strip()
-    return "", ""
 
 
 def _names(ctx: Any, args: Namespace, cloud: str) -> list[str]:
@@ -134,7 +113,7 @@ def boot_vms(ctx: Any, args: Namespace) -> int:
     failures = {o.name: o.message for o in outcomes if not o.ok}
     if created and not args.no_wait:
         with bulk.waiting(f"waiting for {len(created)} VM(s) on {cloud} to run"):
-            failures.update(_wait_all(ctx, cloud, created, float(ctx.value("timeout", cloud, args.timeout) or 600)))
+            failures.update(_wait_all(ctx, cloud, created, ctx.timeout(cloud, args.timeout)))
     rows = [_row(cloud, created.get(n), specs[n], f"failed: {failures[n]}" if n in failures else "booted")
             for n in names]
     ctx.emit(BOOT_COLUMNS, rows, args)

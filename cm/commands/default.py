@@ -5,7 +5,8 @@ from __future__ import annotations
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
-from cm.commands import add_cloud_option
+from cm.commands import add_cloud_option, completes
+from cm.config import MASK, is_secret
 from cm.errors import UsageError
 from cm.output import FORMATS, add_format_options
 
@@ -15,7 +16,7 @@ USAGE = "default [list | KEY | KEY=VALUE ... | delete KEY ...] [--cloud NAME] [-
 COLUMNS = ["key", "value", "cloud", "source"]
 
 
-def _known_keys(ctx, cloud: str | None) -> list[str]:
+def known_keys(ctx, cloud: str | None) -> list[str]:
     keys = set(ctx.config.shipped.get("defaults") or {}) | set(ctx.config.data.get("defaults") or {})
     keys |= {d["key"] for d in ctx.mirror.defaults()}
     if cloud:
@@ -25,7 +26,9 @@ def _known_keys(ctx, cloud: str | None) -> list[str]:
 
 def _row(ctx, key: str, cloud: str | None) -> dict[str, Any]:
     value, source = ctx.setting(key, cloud)
-    return {"key": key, "value": value, "cloud": cloud or "", "source": source}
+    if key == "user" and value is None:
+        value, source = ctx.user(cloud), "login name"
+    return {"key": key, "value": MASK if is_secret(key) and value else value, "cloud": cloud or "", "source": source}
 
 
 def show_defaults(ctx, args: Namespace, keys: list[str]) -> None:
@@ -34,7 +37,7 @@ def show_defaults(ctx, args: Namespace, keys: list[str]) -> None:
                                                   {n for n, c in ctx.config.clouds().items() if c.get("defaults")})]
     rows = []
     for scope in clouds:
-        for key in keys or _known_keys(ctx, scope):
+        for key in keys or known_keys(ctx, scope):
             row = _row(ctx, key, scope)
             # In the all-clouds view a per-cloud row is shown only where the cloud differs.
             if scope and not args.cloud and not row["source"].startswith(("cm default --cloud", "cm.yaml clouds")):
@@ -69,7 +72,18 @@ def set_defaults(ctx, args: Namespace, pairs: list[str]) -> None:
     for key, value in parsed:
         ctx.mirror.set_default(key, value, cloud)
         scope = f" for cloud {cloud}" if cloud else ""
-        ctx.say(f"{key}={value}{scope}")
+        ctx.say(f"{key}={MASK if is_secret(key) else value}{scope}")
+        if not cloud and key != "cloud":
+            _warn_if_shadowed(ctx, key)
+
+
+def _warn_if_shadowed(ctx, key: str) -> None:
+    """A global default the active cloud overrides has no effect there: say so."""
+    active = ctx.active_cloud()
+    value, source = ctx.setting(key, active)
+    if source.startswith(("cm default --cloud", "cm.yaml clouds")):
+        ctx.warn(f"note: on the active cloud '{active}', {key} stays {value} ({source}); "
+                 f"set it there with `cm default {key}=VALUE --cloud {active}`")
 
 
 def delete_defaults(ctx, args: Namespace, keys: list[str]) -> int:
@@ -100,7 +114,8 @@ def run_default(ctx, args: Namespace) -> int | None:
 
 def build(parser: ArgumentParser) -> None:
     parser.usage = USAGE
-    parser.add_argument("words", nargs="*", metavar="ARG", help="list, KEY, KEY=VALUE, or delete KEY")
+    completes(parser.add_argument("words", nargs="*", metavar="ARG", help="list, KEY, KEY=VALUE, or delete KEY"),
+              "setting")
     add_cloud_option(parser)
     add_format_options(parser)
     parser.set_defaults(run=run_default)

@@ -25,11 +25,16 @@ def _save(ctx, group: str, members: list[str]) -> None:
     ctx.mirror.put("group", LOCAL, {"name": group, "members": members})
 
 
-def members_on(ctx, group: str, cloud: str) -> list[str]:
-    """The VM names of ``group`` on ``cloud``; an unknown group, or none of its VMs there, is an error."""
+def members_of(ctx, group: str, cloud: str) -> list[str]:
+    """The VM names of ``group`` on ``cloud`` (none is fine); an unknown group is an error."""
     if not ctx.mirror.get("group", LOCAL, group):
         raise NotFound(f"unknown group '{group}' (see `cm group list`)")
-    names = [m.split(":", 1)[1] for m in _members(ctx, group) if m.split(":", 1)[0] == cloud]
+    return [m.split(":", 1)[1] for m in _members(ctx, group) if m.split(":", 1)[0] == cloud]
+
+
+def members_on(ctx, group: str, cloud: str) -> list[str]:
+    """The VM names of ``group`` on ``cloud``; an unknown group, or none of its VMs there, is an error."""
+    names = members_of(ctx, group, cloud)
     if not names:
         raise NotFound(f"group '{group}' has no VMs on cloud '{cloud}'")
     return names

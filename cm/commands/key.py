@@ -9,7 +9,6 @@ from pathlib import Path
 
 from cm import inventory
 from cm.commands import add_cloud_option, add_dryrun_option, completes, subcommands, verb
-from cm.commands.boot import resolve_key
 from cm.errors import NotFound, UsageError
 from cm.output import add_format_options
 
@@ -17,6 +16,28 @@ HELP = "List, add, upload and delete ssh keys (local ones come from ~/.ssh)."
 EXAMPLE = "cm key upload id_ed25519 --cloud chameleon"
 COLUMNS = ["name", "cloud", "fingerprint"]
 LOCAL = ""  # the scope of keys registered on this machine
+PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
+
+
+def resolve_key(ctx, cloud: str, explicit: str | None) -> tuple[str, str]:
+    """(key name, public key text) from --key, the mirror's keys, or ~/.ssh."""
+    wanted = ctx.value("key", cloud, explicit)
+    ssh = Path.home() / ".ssh"
+    if wanted:
+        for scope in (cloud, ""):
+            record = ctx.mirror.get("key", scope, wanted)
+            if record and record.get("public_key"):
+                return wanted, record["public_key"]
+        path = Path(str(wanted)).expanduser()
+        for candidate in (path, ssh / f"{wanted}.pub", ssh / str(wanted)):
+            if candidate.is_file() and candidate.suffix == ".pub":
+                return candidate.stem, candidate.read_text().strip()
+        # A key the cloud knows by name only (uploaded elsewhere).
+        return str(wanted), ""
+    for name in PUBLIC_KEYS:
+        if (ssh / name).is_file():
+            return name.removesuffix(".pub"), (ssh / name).read_text().strip()
+    return "", ""
 
 
 def fingerprint(public_key: str) -> str:
@@ -76,6 +97,9 @@ def delete_key(ctx, args: Namespace) -> None:
     if args.local:
         if not ctx.mirror.get("key", LOCAL, args.name):
             raise NotFound(f"no key '{args.name}' was added with `cm key add`")
+        if args.dryrun:
+            ctx.say(f"would forget local key {args.name}")
+            return
         ctx.mirror.remove("key", LOCAL, [args.name])
         ctx.say(f"forgot local key {args.name}")
         return

@@ -20,7 +20,8 @@ def run_refresh(ctx, args: Namespace) -> int:
         for kind in kinds:
             try:
                 with bulk.waiting(f"refreshing {kind} records of {cloud}"):
-                    result = f"{inventory.refresh(ctx, cloud, kind)} records"
+                    count = inventory.refresh(ctx, cloud, kind)
+                    result = f"{count} record{'' if count == 1 else 's'}"
             except Unsupported:
                 if args.what != "all":
                     raise

@@ -34,10 +34,6 @@ LIFECYCLE: dict[str, tuple[str, set[str] | None, str]] = {
 }
 
 
-def _timeout(ctx, cloud: str, args: Namespace) -> float:
-    return float(ctx.value("timeout", cloud, getattr(args, "timeout", None)) or 600)
-
-
 def _targets(ctx, args: Namespace, cloud: str) -> list[str]:
     """The VMs a bulk verb acts on: NAMES (hostlists), or every VM of --group on this cloud."""
     from cm import inventory
@@ -67,36 +63,73 @@ def boot(ctx, args: Namespace) -> int:
     return boot_vms(ctx, args)
 
 
+def _where(clouds: list[str]) -> str:
+    return f"cloud '{clouds[0]}'" if len(clouds) == 1 else "any cloud"
+
+
 def show_vm(ctx, args: Namespace) -> None:
+    """Everything the mirror knows of each VM (after asking the cloud, with --refresh)."""
     from cm import inventory
 
-    cloud = ctx.cloud_name(args)
-    for name in expand(args.names):
-        if args.refresh:
-            inventory.store_vm(ctx, cloud, ctx.provider(cloud).get_vm(name))
-        record = ctx.mirror.get("vm", cloud, name)
-        if record is None:
-            raise NotFound(f"unknown VM '{name}' on cloud '{cloud}' (see `cm vm list --refresh`)")
-        ctx.emit_one({k: v for k, v in record.items() if not k.startswith("_")}, args)
+    clouds = ctx.cloud_names(args)
+    names = expand(args.names)
+    if args.refresh:
+        for cloud in clouds:
+            if len(clouds) == 1:
+                for name in names:
+                    inventory.store_vm(ctx, cloud, ctx.provider(cloud).get_vm(name))
+            else:
+                inventory.refresh(ctx, cloud, "vm")
+    found = []
+    for name in names:
+        hits = [r for r in (ctx.mirror.get("vm", c, name) for c in clouds) if r]
+        if not hits:
+            raise NotFound(f"unknown VM '{name}' on {_where(clouds)} (see `cm vm list --refresh`)")
+        found += [{k: v for k, v in r.items() if not k.startswith("_")} for r in hits]
+    ctx.emit_records(found, args)
 
 
 def status_vms(ctx, args: Namespace) -> int:
+    """Ask the clouds for the live state of each VM and update the mirror."""
     from cm import bulk, inventory
 
-    """Ask the cloud for the live state of each VM and update the mirror."""
-    cloud = ctx.cloud_name(args)
-    provider = ctx.provider(cloud)
-    names = _targets(ctx, args, cloud)
+    rows, failed = [], False
+    for cloud, names in _targets_by_cloud(ctx, args):
+        provider = ctx.provider(cloud)
 
-    def record(outcome: bulk.Outcome) -> None:
-        if outcome.ok:
+        def record(outcome: bulk.Outcome, cloud: str = cloud) -> None:
             inventory.store_vm(ctx, cloud, outcome.value)
 
-    outcomes = bulk.run_each(names, provider.get_vm, "status", record)
-    rows = [{"name": o.name, "cloud": cloud, "state": str(o.value.state) if o.ok else "",
-             "result": "" if o.ok else o.message} for o in outcomes]
+        outcomes = bulk.run_each(names, provider.get_vm, "status", record)
+        failed |= not all(o.ok for o in outcomes)
+        rows += [{"name": o.name, "cloud": cloud, "state": str(o.value.state) if o.ok else "",
+                  "result": "ok" if o.ok else f"failed: {o.message}"} for o in outcomes]
     ctx.emit(RESULT_COLUMNS, rows, args)
-    return 0 if all(o.ok for o in outcomes) else 1
+    return 1 if failed else 0
+
+
+def _targets_by_cloud(ctx, args: Namespace) -> list[tuple[str, list[str]]]:
+    """(cloud, VM names) pairs; with --cloud all, each name is looked for on every cloud."""
+    if getattr(args, "cloud", None) != "all":
+        cloud = ctx.cloud_name(args)
+        return [(cloud, _targets(ctx, args, cloud))]
+    wanted = expand(args.names) if args.names else []
+    pairs = []
+    for cloud in ctx.cloud_names(args):
+        known = {r["name"] for r in ctx.mirror.records("vm", cloud)}
+        if args.group:
+            from cm.commands.group import members_of
+
+            known &= set(members_of(ctx, args.group, cloud))
+            names = sorted(known)
+        else:
+            names = [n for n in wanted if n in known]
+        if names:
+            pairs.append((cloud, names))
+    missing = [n for n in wanted if not any(n in names for _, names in pairs)]
+    if missing or not pairs:
+        raise NotFound(f"unknown VM {', '.join(missing) or '(none in the group)'} on any cloud")
+    return pairs
 
 
 def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
@@ -112,10 +145,13 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
                 ctx.say(f"would {verb_name} {name} on {cloud}")
             return 0
         provider = ctx.provider(cloud)
-        timeout = _timeout(ctx, cloud, args)
+        timeout = ctx.timeout(cloud, args.timeout)
 
         def act(name: str) -> Any:
-            getattr(provider, method)(name)
+            if verb_name == "stop":
+                provider.stop_vm(name, timeout=args.timeout)
+            else:
+                getattr(provider, method)(name)
             if settled is None or args.no_wait:
                 return None
             return inventory.wait_for(provider, name, settled, timeout)
@@ -175,7 +211,7 @@ def wait_vms(ctx, args: Namespace) -> int:
     names = _targets(ctx, args, cloud)
     provider = ctx.provider(cloud)
     target = {args.state}
-    timeout = _timeout(ctx, cloud, args)
+    timeout = ctx.timeout(cloud, args.timeout)
 
     def record(outcome: bulk.Outcome) -> None:
         if outcome.ok:
@@ -278,15 +314,17 @@ def build(parser: ArgumentParser) -> None:
     add_list_options(verb(subs, "list", list_vms, "list VMs from the mirror (instant, offline)",
                           example="cm vm list --cloud all -f json -c name -c state"), "vm")
 
-    show = verb(subs, "show", show_vm, "show everything the mirror knows of VMs")
+    show = verb(subs, "show", show_vm, "show everything the mirror knows of VMs",
+                example="cm vm show node01 --refresh -f yaml")
     add_names(show)
-    add_cloud_option(show)
+    add_cloud_option(show, allow_all=True)
     show.add_argument("--refresh", action="store_true", help="ask the cloud first")
     add_format_options(show)
 
-    status = verb(subs, "status", status_vms, "ask the cloud for the live state of VMs")
+    status = verb(subs, "status", status_vms, "ask the cloud for the live state of VMs",
+                  example="cm vm status --cloud all --group experiment1")
     add_targets(status)
-    add_cloud_option(status)
+    add_cloud_option(status, allow_all=True)
     add_format_options(status)
 
     for name, (_, settled, _) in LIFECYCLE.items():
