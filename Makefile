@@ -9,16 +9,19 @@ BIN := $(VENV)/bin
 system:
 	bash scripts/install-system-packages.sh
 
+# A regular (not editable) install: setuptools' editable modes print a warning
+# box on every install.  Run from the source tree, Python imports cm from it anyway.
 $(BIN)/cm: pyproject.toml
 	python3 -m venv $(VENV)
+	@echo "installing cm and its Python packages into $(VENV) (libvirt-python compiles: about a minute)"
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q '.[test]'
 	touch $@
 
 install: system $(BIN)/cm
 
 run: install
-	$(BIN)/cm defaults/tour.cm
+	$(BIN)/cm --echo defaults/tour.cm
 	$(BIN)/cm
 
 test: install

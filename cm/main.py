@@ -11,11 +11,16 @@ from cm.context import Context
 from cm.errors import EXIT_USAGE, CmError
 from cm.runner import parse_global, run_script, run_words
 
-USAGE = """usage: cm [--debug] [--keep-going] [COMMAND ... | SCRIPT | --file SCRIPT]
+USAGE = """usage: cm [--debug] [--keep-going] [--echo] [COMMAND ... | SCRIPT | --file SCRIPT]
 
   cm                      open the interactive shell (or run commands piped on stdin)
   cm vm list -f json      run one command and exit with its status
   cm batch.cm             run a script of commands, one per line
+
+  --debug       show a traceback with an error
+  --keep-going  run a script's later lines after one fails
+  --echo        show each script line (and its comments) before its output
+  --version     print cm's version
 """
 
 
@@ -32,7 +37,7 @@ def run_file(ctx: Context, path: str, opts: Namespace) -> int:
     except OSError as exc:
         ctx.warn(f"cm: cannot read script {path}: {exc.strerror}")
         return EXIT_USAGE
-    return run_script(ctx, lines, path, keep_going=opts.keep_going, debug=opts.debug)
+    return run_script(ctx, lines, path, keep_going=opts.keep_going, debug=opts.debug, echo=opts.echo)
 
 
 def run(argv: list[str]) -> int:

@@ -49,11 +49,31 @@ class IntermixedParsing:
             self._intermixing = False
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """'; did you mean 'list'?' for a near miss, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def usage_message(prog: str, message: str) -> str:
+    """argparse's message, with a suggestion when a subcommand was mistyped."""
+    match = _INVALID_CHOICE.search(message)
+    if match:
+        choices = re.findall(r"'([^']*)'", match.group(2))
+        message = f"invalid choice: '{match.group(1)}' (choose from {', '.join(choices)}){suggest(match.group(1), choices)}"
+    return f"{prog}: {message}"
+
+
 class CmParser(IntermixedParsing, argparse.ArgumentParser):
     """argparse that raises a one-line UsageError instead of printing usage and exiting."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(usage_message(self.prog, message))
 
 
 def noun_module(noun: str) -> ModuleType:
@@ -61,7 +81,9 @@ def noun_module(noun: str) -> ModuleType:
 
     nouns = registry().nouns
     if noun not in nouns:
-        raise UsageError(f"unknown command '{noun}'; try `cm help`")
+        if noun.startswith("-"):
+            raise UsageError(f"unknown option '{noun}'; try `cm --help`")
+        raise UsageError(f"unknown command '{noun}'{suggest(noun, nouns) or '; try `cm help`'}")
     return importlib.import_module(nouns[noun])
 
 
@@ -195,11 +217,20 @@ def run_line(ctx: Context, line: str, debug: bool = False) -> int:
 
 
 def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: bool = False,
-               debug: bool = False) -> int:
-    """Run lines in order; stop at the first failure (naming file:line) unless keep_going."""
+               debug: bool = False, echo: bool = False) -> int:
+    """Run lines in order; stop at the first failure (naming file:line) unless keep_going.
+
+    With ``echo`` each command is shown before its output, and comments too, so a
+    script reads as a tutorial (the tour of `make run`).
+    """
     failures = 0
     last = EXIT_OK
+    in_comment = False
     for number, line in enumerate(lines, start=1):
+        if echo and line.strip():
+            comment = line.lstrip().startswith("#")
+            ctx.say(("" if in_comment or number == 1 else "\n") + line.rstrip() if comment else f"cm> {line.strip()}")
+            in_comment = comment
         code = run_line(ctx, line, debug)
         if code == EXIT_OK:
             continue
@@ -216,11 +247,11 @@ def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: b
 
 
 def parse_global(argv: list[str]) -> tuple[Namespace, list[str]]:
-    """The options that come before the command: --debug, --file, --keep-going, --version."""
-    options: dict[str, Any] = {"debug": False, "file": None, "keep_going": False, "version": False}
+    """The options that come before the command: --debug, --file, --keep-going, --echo, --version."""
+    options: dict[str, Any] = {"debug": False, "file": None, "keep_going": False, "version": False, "echo": False}
     rest = list(argv)
     while rest and rest[0].startswith("--") and rest[0].split("=")[0] in ("--debug", "--file", "--keep-going",
-                                                                          "--version"):
+                                                                          "--version", "--echo"):
         word = rest.pop(0)
         if word == "--file":
             if not rest:

@@ -30,7 +30,7 @@ class ShellParser(runner.IntermixedParsing, Cmd2ArgumentParser):
     raw_formatter = RawDescriptionCmd2HelpFormatter
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(runner.usage_message(self.prog, message))
 
 
 def _walk(parser: argparse.ArgumentParser):  # type: ignore[no-untyped-def]
@@ -123,7 +123,10 @@ class Shell(cmd2.Cmd):
             self.perror(f"cm: {type(exception).__name__}: {exception} (start with `cm --debug` for details)")
 
     def default(self, statement: cmd2.Statement) -> None:  # type: ignore[override]
-        self.perror(f"cm: unknown command '{statement.command}'; try `help`")
+        from cm.plugins import registry
+
+        hint = runner.suggest(statement.command, registry().nouns)
+        self.perror(f"cm: unknown command '{statement.command}'{hint or '; try `help`'}")
         self.last_result = 2
 
     def postcmd(self, stop: bool, statement: cmd2.Statement | str) -> bool:

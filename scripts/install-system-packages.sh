@@ -11,8 +11,8 @@
 set -euo pipefail
 
 PACKAGES=(
-    # libvirt-python builds from source against these
-    libvirt-dev pkg-config gcc
+    # a virtual environment, and libvirt-python builds from source against these
+    python3-venv python3-dev libvirt-dev pkg-config gcc make
     # a real libvirtd with the QEMU driver (the storage driver with its dir/fs
     # backend is part of libvirt-daemon on Debian 12) and virsh
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86

@@ -22,6 +22,9 @@ def test_one_shot_success_prints_to_stdout_and_exits_zero(cm):
 @pytest.mark.parametrize("words, message", [
     (["bogus"], "unknown command 'bogus'"),
     (["vm", "lst"], "invalid choice: 'lst'"),
+    (["vm", "lsit"], "did you mean 'list'?"),
+    (["vmm", "list"], "unknown command 'vmm'; did you mean 'vm'?"),
+    (["--bogus"], "unknown option '--bogus'"),
     (["vm", "list", "--bogus"], "unrecognized arguments: --bogus"),
     (["vm", "list", "--cloud", "nowhere"], "unknown cloud 'nowhere'"),
     (["vm", "list", "vm[1-"], "malformed hostlist 'vm[1-'"),
