@@ -1,0 +1,77 @@
+"""The vm noun's shared behaviour (targets, groups, dry runs, several clouds), on the kvm test hypervisor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("libvirt")
+
+from tests.test_kvm import qcow2_file  # noqa: E402
+
+
+@pytest.fixture
+def booted(cm, tmp_path: Path) -> list[str]:
+    assert cm("image", "add", "cirros", str(qcow2_file(tmp_path / "c.qcow2"))).code == 0
+    result = cm("vm", "boot", "--n", "3", "--group", "exp", "-f", "json")
+    assert result.code == 0, result.err
+    return [r["name"] for r in json.loads(result.out)]
+
+
+def test_dryrun_boot_uses_no_counter_numbers_and_changes_nothing(cm, tmp_path):
+    assert cm("image", "add", "cirros", str(qcow2_file(tmp_path / "c.qcow2"))).code == 0
+    planned = json.loads(cm("vm", "boot", "--n", "2", "--dryrun", "-f", "json").out)
+    assert [(r["name"], r["result"]) for r in planned] == [("tester-001", "would boot"), ("tester-002", "would boot")]
+    assert json.loads(cm("vm", "list", "--refresh", "-f", "json").out) == []
+    booted = json.loads(cm("vm", "boot", "-f", "json").out)
+    assert booted[0]["name"] == "tester-001"
+
+
+def test_group_targets_a_bulk_verb_and_names_are_not_repeated(cm, booted):
+    stopped = cm("vm", "stop", "--group", "exp", booted[0], "-f", "json")
+    assert stopped.code == 0, stopped.err
+    assert sorted(r["name"] for r in json.loads(stopped.out)) == booted  # each VM once
+    assert stopped.err.strip() == "stopped 3 of 3"
+    states = {r["name"]: r["state"] for r in json.loads(cm("vm", "list", "-f", "json").out)}
+    assert set(states.values()) == {"stopped"}
+
+
+def test_deleting_every_vm_keeps_an_empty_group_that_says_so(cm, booted):
+    assert cm("vm", "delete", "--group", "exp").code == 0
+    groups = json.loads(cm("group", "list", "-f", "json").out)
+    assert {"name": "exp", "count": 0, "members": []} in groups
+    result = cm("vm", "start", "--group", "exp")
+    assert result.code == 2 and "group 'exp' has no VMs on cloud 'local'" in result.err
+
+
+def test_show_several_vms_is_one_json_document(cm, booted):
+    shown = json.loads(cm("vm", "show", "tester-00[1-2]", "-f", "json").out)
+    assert [r["name"] for r in shown] == ["tester-001", "tester-002"]
+    single = json.loads(cm("vm", "show", "tester-003", "-f", "json").out)
+    assert single["name"] == "tester-003" and single["cloud"] == "local"
+
+
+def test_show_and_status_across_all_clouds(cm, booted):
+    assert cm("cloud", "add", "lab", "--kind", "kvm", "uri=test:///default").code == 0
+    shown = json.loads(cm("vm", "show", "tester-002", "--cloud", "all", "-f", "json").out)
+    assert shown["cloud"] == "local"
+    status = cm("vm", "status", "--cloud", "all", "--group", "exp", "-f", "json")
+    assert status.code == 0, status.err
+    assert {(r["name"], r["cloud"], r["state"]) for r in json.loads(status.out)} == \
+        {(n, "local", "running") for n in booted}
+    missing = cm("vm", "status", "ghost", "--cloud", "all")
+    assert missing.code == 2 and "unknown VM ghost on any cloud" in missing.err
+
+
+def test_unknown_names_stop_a_bulk_verb_before_it_touches_anything(cm, booted):
+    result = cm("vm", "stop", booted[0], "ghost")
+    assert result.code == 2 and "unknown VM ghost" in result.err
+    assert json.loads(cm("vm", "show", booted[0], "-f", "json").out)["state"] == "running"
+
+
+def test_lifecycle_dryrun_changes_nothing(cm, booted):
+    result = cm("vm", "delete", "--group", "exp", "--dryrun")
+    assert result.code == 0 and result.out.count("would delete") == 3
+    assert len(json.loads(cm("vm", "list", "--refresh", "-f", "json").out)) == 3
