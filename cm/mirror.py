@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 SCHEMA = 1
 APP = "cm-mirror"
-RECORD_KINDS = ("vm", "image", "flavor", "key", "group", "cluster", "secgroup", "network", "ip")
 META, DEFAULTS, VARS, COUNTERS, NOTICES = "meta", "defaults", "vars", "counters", "notices"
 
 # Migrations from schema N to N+1, applied in order when an older file is opened.

@@ -103,13 +103,16 @@ class BootSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_NOT_VERBS = {"close", "config_from_env", "verbs"}
+
+
 class Provider:
     """One cloud.  Subclasses set ``kind`` and override the verbs their cloud can do."""
 
     kind: ClassVar[str] = ""
-    # Optional verbs beyond the VM lifecycle this provider supports, so help and
-    # `cm cloud show` can say what a cloud can do without trying it.
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    # Why this cloud cannot do a verb, by the verb's words ("assign public IPs"),
+    # for a better one-line error than "cannot" alone; the verb stays unimplemented.
+    unsupported_why: ClassVar[dict[str, str]] = {}
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
@@ -120,12 +123,19 @@ class Provider:
         self.state_dir: Path | None = None
 
     @classmethod
+    def verbs(cls) -> list[str]:
+        """The contract's verbs this provider implements: what `cm cloud show` lists as its capabilities."""
+        return sorted(name for name, base in vars(Provider).items()
+                      if callable(base) and not name.startswith("_") and name not in _NOT_VERBS
+                      and getattr(cls, name) is not base)
+
+    @classmethod
     def config_from_env(cls, environ: dict[str, str]) -> dict[str, Any]:
         """A cloud configuration built from environment variables (an openrc)."""
         raise Unsupported(cls.kind or cls.__name__, "be configured from the environment")
 
     def _unsupported(self, verb: str) -> Unsupported:
-        return Unsupported(self.name, verb)
+        return Unsupported(self.name, verb, self.unsupported_why.get(verb, ""))
 
     def close(self) -> None:
         """Release connections; the default has none."""

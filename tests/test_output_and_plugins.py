@@ -122,12 +122,31 @@ def test_a_broken_plugin_is_reported_and_skipped(tmp_path, monkeypatch, cm):
 
 
 def test_listing_kinds_does_not_import_provider_sdks(cm_process):
-    code = ("import sys; from cm.main import run; run(['plugins']); run(['cloud', 'list']); run(['vm', 'list']);"
-            "print('SDK', [m for m in ('openstack', 'libvirt', 'cmd2') if m in sys.modules])")
     import subprocess
 
+    code = ("import sys; from cm.main import run; run(['plugins']); run(['cloud', 'list']); run(['vm', 'list']);"
+            "print('SDK', [m for m in ('openstack', 'libvirt', 'cmd2') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert "SDK []" in out
+
+
+def test_one_shot_vm_list_imports_nothing_heavy(cm):
+    """What `cm vm list` may not import, once the first run has cached the parsed config."""
+    import subprocess
+
+    assert cm("vm", "list").code == 0
+    heavy = ("openstack", "libvirt", "cmd2", "yaml", "tabulate", "tinydb", "filelock", "dataclasses", "inspect",
+             "rich", "importlib.metadata", "subprocess")
+    code = (f"import sys; from cm.main import run; run(['vm', 'list', '-f', 'json']);"
+            f"print('HEAVY', [m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_a_provider_lists_the_verbs_it_implements(cm):
+    shown = json.loads(cm("cloud", "show", "local", "-f", "json").out)
+    assert {"create_vm", "list_vms", "stop_vm", "add_image"} <= set(shown["verbs"])
+    assert "resize_vm" not in shown["verbs"]
 
 
 def test_fast_table_draws_exactly_what_tabulate_draws():

@@ -35,8 +35,16 @@ def list_clouds(ctx, args: Namespace) -> None:
 
 
 def show_cloud(ctx, args: Namespace) -> None:
+    """The cloud's settings (secrets masked) and what its kind can do."""
+    from cm.errors import CmError
+    from cm.plugins import provider_class
+
     conf = ctx.config.cloud(args.name)
-    record = {"name": args.name, **redact(conf), "active": args.name == ctx.active_cloud()}
+    try:
+        verbs: list[str] | str = provider_class(conf["kind"]).verbs()
+    except CmError as exc:  # the kind's package is missing: still show the settings
+        verbs = f"unknown: {exc}"
+    record = {"name": args.name, **redact(conf), "active": args.name == ctx.active_cloud(), "verbs": verbs}
     ctx.emit_one(record, args)
 
 
@@ -79,10 +87,12 @@ def remove_cloud(ctx, args: Namespace) -> None:
 def build(parser: ArgumentParser) -> None:
     subs = subcommands(parser)
     add_format_options(verb(subs, "list", list_clouds, "list the registered clouds"))
-    show = verb(subs, "show", show_cloud, "show one cloud's settings (secrets masked)")
+    show = verb(subs, "show", show_cloud, "show one cloud's settings (secrets masked) and the verbs it can do",
+                example="cm cloud show local -f yaml")
     completes(show.add_argument("name", metavar="NAME"), "cloud")
     add_format_options(show)
-    add = verb(subs, "add", add_cloud, "register a cloud")
+    add = verb(subs, "add", add_cloud, "register a cloud (written to clouds.d/NAME.yaml, 0600)",
+               example="cm cloud add lab --kind kvm uri=qemu+ssh://me@lab/system pool=default")
     # One positional list: argparse cannot put an optional list after NAME once options are interleaved.
     add.add_argument("words", nargs="+", metavar="NAME [KEY=VALUE ...]",
                      help="the cloud's name, then its settings, e.g. uri=qemu:///system")
