@@ -11,7 +11,6 @@ import copy
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,6 +88,8 @@ def read_yaml_cached(path: Path, cache: Path) -> dict[str, Any]:
 
 def write_private(path: Path, text: str) -> None:
     """Write atomically, readable by the owner only (the file may hold secrets)."""
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:

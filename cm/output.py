@@ -8,11 +8,8 @@ formats its own output.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -75,6 +72,8 @@ def _fit_widths(columns: list[str], table: list[list[str]], width: int) -> list[
 
 def _terminal_width() -> int | None:
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        import shutil
+
         return shutil.get_terminal_size().columns
     return None  # piped: never wrap
 
@@ -123,6 +122,9 @@ def render(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str = "table
 
         return yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False).rstrip()
     if fmt == "csv":
+        import csv
+        import io
+
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(shown)
