@@ -319,6 +319,26 @@ def test_quota_limits_and_usage_are_asked_live(cm, cloud):
     assert bad.code == 2 and "not a date" in one_line(bad.err)
 
 
+def test_destructive_verbs_match_names_exactly(cm, cloud):
+    from cm.config import Config
+    from cm.errors import NotFound
+    from cm_plugins.openstack.provider import OpenStackProvider
+
+    provider = OpenStackProvider("fake", Config.load().cloud("fake"))
+    try:  # (straight to the provider: `cm image delete` first asks the mirror, which may be stale)
+        with pytest.raises(NotFound, match="no image 'cirros' on cloud 'fake'"):
+            provider.delete_image("cirros")  # only the beginning of IMAGE's name
+    finally:
+        provider.close()
+    images = {i["name"]: i["id"] for i in rows(cm("image", "list", "--refresh", "-f", "json"))}
+    assert IMAGE in images and cloud.request_count("DELETE", r"/images/") == 0
+    cm("image", "delete", "debian-12")  # an exact name is found (this cloud then refuses: a public image)
+    assert cloud.request_count("DELETE", rf"/images/{images['debian-12']}$") == 1
+    assert cm("vm", "boot", "--name", "r1", "--flavor", "m1.ti").code == 0  # boot's lookups may abbreviate
+    resized = cm("vm", "resize", "r1", "--flavor", "m1.sm")
+    assert resized.code == 2 and "no flavor 'm1.sm' on cloud 'fake'" in one_line(resized.err)
+
+
 def test_dryrun_changes_nothing_in_the_cloud(cm, cloud):
     cloud.clear_request_log()
     for words in (("vm", "boot", "--n", "2", "--public", "--dryrun"), ("secgroup", "add", "g", "--default-rules",

@@ -194,7 +194,8 @@ class OpenStackProvider(NetworkingMixin, Provider):
     @staticmethod
     def _one(kind: str, wanted: str, items: list[Any], cloud: str, prefix: bool = False) -> Any:
         """The item whose name or id is ``wanted`` (or, with ``prefix``, whose name alone starts with it);
-        several with that name is a Conflict."""
+        several with that name is a Conflict.  Only boot's --image/--flavor lookups take ``prefix``:
+        a verb that deletes or changes something acts on exactly the name given."""
         by_id = [i for i in items if i.id == wanted]
         if by_id:
             return by_id[0]
@@ -219,13 +220,13 @@ class OpenStackProvider(NetworkingMixin, Provider):
         except NotFound:
             return self._one("image", wanted, self.list_images(), self.name, prefix=True)  # new since the cache?
 
-    def _flavor(self, wanted: str) -> Flavor:
+    def _flavor(self, wanted: str, prefix: bool = True) -> Flavor:
         with self._lock:
             flavors = self.list_flavors() if self._flavors is None else self._flavors
         try:
-            return self._one("flavor", wanted, flavors, self.name, prefix=True)
+            return self._one("flavor", wanted, flavors, self.name, prefix=prefix)
         except NotFound:
-            return self._one("flavor", wanted, self.list_flavors(), self.name, prefix=True)
+            return self._one("flavor", wanted, self.list_flavors(), self.name, prefix=prefix)
 
     def _network(self, wanted: str) -> Any:
         try:
@@ -405,7 +406,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
     def resize_vm(self, name: str, flavor: str) -> VM:
         """Resize, wait for VERIFY_RESIZE, confirm, and return the VM in its new flavor."""
         server = self._server(name)
-        target = self._flavor(flavor)
+        target = self._flavor(flavor, prefix=False)  # resizing restarts the VM: only the exact flavor
         compute = self.service("compute")
         compute.resize_server(server["id"], target.id)
         resized = self._wait_status(server["id"], {"VERIFY_RESIZE", "ACTIVE", "SHUTOFF"}, "resizing")
@@ -447,7 +448,8 @@ class OpenStackProvider(NetworkingMixin, Provider):
 
     @translated("delete the image")
     def delete_image(self, name: str) -> None:
-        image = self._image(name)
+        """Delete the image called exactly ``name`` (or with that id): never one it merely starts."""
+        image = self._one("image", name, self.list_images(), self.name)
         self.service("image").delete_image(image.id, ignore_missing=False)
         self._images = None
 
