@@ -8,12 +8,12 @@ provider's ``service()``, ``_server()``, ``_one()``, ``_lock`` and ``timeout()``
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
 from cm.errors import ConfigError, Conflict, NotFound, ProviderError, UsageError
 from cm.provider import FloatingIP, Network, SecGroup, SecRule
 from cm_plugins.openstack import convert
+from cm_plugins.openstack.polling import PollTimeout, poll
 from cm_plugins.openstack.session import translated
 
 # Floating IPs cm allocates for a VM carry this description, so releasing the
@@ -134,19 +134,22 @@ class NetworkingMixin:
     def _server_port(self, server_id: str, wait: bool = True) -> Any:
         """The server's first port; a server being built may not have one yet, so wait for it."""
         network = self.service("network")  # type: ignore[attr-defined]
-        deadline = time.monotonic() + (self.timeout() if wait else 0)  # type: ignore[attr-defined]
-        interval = 0.25
-        while True:
-            ports = sorted(network.ports(device_id=server_id), key=lambda p: p.created_at or "")
+
+        def found(ports: list[Any]) -> bool:
             if ports:
-                return ports[0]
-            if time.monotonic() >= deadline:
-                raise ProviderError(f"the VM has no network port on cloud '{self.name}' to attach a public IP to")
+                return True
             server = self._server_by_id(server_id)  # type: ignore[attr-defined]
             if (server.get("status") or "").upper() == "ERROR":
                 raise ProviderError(f"{server['name']} went to ERROR: {convert.fault_of(server)}")
-            time.sleep(interval)
-            interval = min(interval * 1.5, 2.0)
+            return False
+
+        def ports() -> list[Any]:
+            return sorted(network.ports(device_id=server_id), key=lambda p: p.created_at or "")
+
+        try:
+            return poll(ports, found, self.timeout() if wait else 0, max_interval=2.0)[0]  # type: ignore
+        except PollTimeout:
+            raise ProviderError(f"the VM has no network port on cloud '{self.name}' to attach a public IP to") from None
 
     def _give_public_ip(self, server_id: str, vm_name: str) -> str:
         """Allocate a floating IP on the external network and attach it to the server's port."""

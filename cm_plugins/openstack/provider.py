@@ -24,6 +24,7 @@ from cm.errors import CmError, Conflict, NotFound, ProviderError, UsageError
 from cm.provider import VM, BootSpec, Flavor, Image, Key, Provider, State
 from cm_plugins.openstack import convert
 from cm_plugins.openstack.networking import NetworkingMixin
+from cm_plugins.openstack.polling import PollTimeout, poll
 from cm_plugins.openstack.session import connect, secrets_of, translate, translated
 
 # OS_* variables of an openrc → (section, key) of the cloud entry ("" = top level).
@@ -355,7 +356,8 @@ class OpenStackProvider(NetworkingMixin, Provider):
         self._act(name, "start_server")
 
     @translated("stop the VM")
-    def stop_vm(self, name: str, timeout: float = 60.0) -> None:
+    def stop_vm(self, name: str, timeout: float | None = None) -> None:
+        """Ask Nova to stop the VM; the command waits for SHUTOFF, so ``timeout`` is not needed here."""
         self._act(name, "stop_server")
 
     @translated("reboot the VM")
@@ -387,20 +389,18 @@ class OpenStackProvider(NetworkingMixin, Provider):
         return self.get_vm(new)
 
     def _wait_status(self, server_id: str, wanted: set[str], what: str) -> Any:
-        deadline = time.monotonic() + self.timeout()
-        interval = 0.25
-        while True:
-            server = self._server_by_id(server_id)
+        def settled(server: dict[str, Any]) -> bool:
             status = (server.get("status") or "").upper()
-            if status in wanted:
-                return server
             if status == "ERROR":
                 fault = convert.fault_of(server)
                 raise ProviderError(f"{server['name']} went to ERROR while {what}" + (f": {fault}" if fault else ""))
-            if time.monotonic() >= deadline:
-                raise ProviderError(f"{server['name']} is still {status} after {self.timeout():g} s of {what}")
-            time.sleep(interval)
-            interval = min(interval * 1.5, 3.0)
+            return status in wanted
+
+        try:
+            return poll(lambda: self._server_by_id(server_id), settled, self.timeout())
+        except PollTimeout as late:
+            raise ProviderError(f"{late.last['name']} is still {late.last.get('status')} after {self.timeout():g} s "
+                                f"of {what}") from None
 
     @translated("resize the VM")
     def resize_vm(self, name: str, flavor: str) -> VM:
