@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.openstack_fixtures import *
-from tests.openstack_fixtures import IMAGE, one_line, rows
+from tests.openstack_fixtures import IMAGE, one_line, rows, write_clouds
 
 # The SDK's warnings about itself (cm silences them for users; pytest resets filters per test).
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")
@@ -317,6 +317,19 @@ def test_quota_limits_and_usage_are_asked_live(cm, cloud):
     assert alone.code == 2 and "cloud 'local' cannot show quotas" in one_line(alone.err)
     bad = cm("usage", "--start", "yesterday")
     assert bad.code == 2 and "not a date" in one_line(bad.err)
+
+
+def test_quota_limits_and_usage_of_all_clouds_go_on_past_a_failing_one(cm, cloud, tmp_path):
+    assert cm("vm", "boot", "--name", "q1").code == 0  # something to show usage of
+    write_clouds(cloud, tmp_path / "clouds.yaml",
+                 down={"auth": {"auth_url": "http://127.0.0.1:9/identity/v3"}, "connect_retries": 0})
+    for noun, doing in (("quota", "read the quotas"), ("limits", "read the limits"), ("usage", "read the usage")):
+        result = cm(noun, "--cloud", "all", "-f", "json")
+        assert result.code == 1, (noun, result.err)
+        assert {r["cloud"] for r in rows(result)} == {"fake"}, noun  # the kvm cloud has none: skipped
+        failures = [line for line in result.err.splitlines() if line.startswith("cm: ")]
+        assert len(failures) == 1 and failures[0].startswith(f"cm: cloud 'down' could not {doing}: cannot reach"), \
+            (noun, result.err)
 
 
 def test_destructive_verbs_match_names_exactly(cm, cloud):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cm.commands import add_cloud_option
-from cm.errors import Unsupported
+from cm.errors import CmError, Unsupported
 from cm.output import add_format_options
 
 HELP = "Show the project's quotas (limit and use of instances, cores, ram, IPs ...), asked live."
@@ -15,21 +15,41 @@ EXAMPLE = "cm quota --cloud chameleon"
 COLUMNS = ["cloud", "service", "resource", "limit", "used"]
 
 
-def live_rows(ctx, args: Namespace, fetch: Callable[[Any], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Rows fetched from each cloud (``--cloud all``: the clouds that can answer), with a cloud column."""
-    rows: list[dict[str, Any]] = []
+def live_rows(ctx, args: Namespace,
+              fetch: Callable[[Any], list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows fetched from each cloud, with a cloud column, and the errors of the clouds that failed.
+
+    One cloud: its error is the command's.  Several (``--cloud all``): a cloud
+    that cannot answer this (Unsupported) is skipped, and one that fails does not
+    keep the others from answering (see :func:`report_failures`).
+    """
     clouds = ctx.cloud_names(args)
+    if len(clouds) == 1:
+        return [{"cloud": clouds[0], **row} for row in fetch(ctx.provider(clouds[0]))], []
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
     for cloud in clouds:
         try:
             rows += [{"cloud": cloud, **row} for row in fetch(ctx.provider(cloud))]
         except Unsupported:
-            if len(clouds) == 1:
-                raise
-    return rows
+            continue
+        except Exception as exc:  # noqa: BLE001 - one cloud's failure must not hide the others' answers
+            message = str(exc) if isinstance(exc, CmError) else f"{type(exc).__name__}: {exc}"
+            failed.append(message if f"'{cloud}'" in message else f"cloud '{cloud}': {message}")
+    return rows, failed
 
 
-def show_quota(ctx, args: Namespace) -> None:
-    ctx.emit(COLUMNS, live_rows(ctx, args, lambda p: p.quotas()), args)
+def report_failures(ctx, failed: list[str]) -> int:
+    """One stderr line per cloud that failed; the exit code (1 if any did)."""
+    for message in failed:
+        ctx.warn(f"cm: {message}")
+    return 1 if failed else 0
+
+
+def show_quota(ctx, args: Namespace) -> int:
+    rows, failed = live_rows(ctx, args, lambda p: p.quotas())
+    ctx.emit(COLUMNS, rows, args)
+    return report_failures(ctx, failed)
 
 
 def build(parser: ArgumentParser) -> None:

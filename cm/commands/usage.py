@@ -6,7 +6,7 @@ import datetime as dt
 from argparse import ArgumentParser, Namespace
 
 from cm.commands import add_cloud_option
-from cm.commands.quota import live_rows
+from cm.commands.quota import live_rows, report_failures
 from cm.output import add_format_options
 
 HELP = "Show per-VM usage over a period (default: the last 4 weeks) and the total VM-hours."
@@ -14,15 +14,16 @@ EXAMPLE = "cm usage --start 2024-01-01 --end 2024-02-01"
 COLUMNS = ["cloud", "name", "state", "flavor", "hours", "vcpus", "ram", "disk", "started", "ended"]
 
 
-def show_usage(ctx, args: Namespace) -> None:
+def show_usage(ctx, args: Namespace) -> int:
     today = dt.date.today()
     start = args.start or (today - dt.timedelta(days=28)).isoformat()
     end = args.end or (today + dt.timedelta(days=1)).isoformat()
-    rows = live_rows(ctx, args, lambda p: p.usage(start, end))
+    rows, failed = live_rows(ctx, args, lambda p: p.usage(start, end))
     ctx.emit(COLUMNS, rows, args)
     hours = sum(float(r.get("hours") or 0) for r in rows)
     vcpu_hours = sum(float(r.get("hours") or 0) * int(r.get("vcpus") or 0) for r in rows)
     ctx.warn(f"{len(rows)} VMs from {start} to {end}: {hours:.2f} VM-hours, {vcpu_hours:.2f} vCPU-hours")
+    return report_failures(ctx, failed)
 
 
 def build(parser: ArgumentParser) -> None:
