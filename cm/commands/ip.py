@@ -66,12 +66,7 @@ def delete_ips(ctx, args: Namespace) -> int:
             ctx.mirror.remove("ip", cloud, [outcome.name])
 
     outcomes = bulk.run_each(list(args.addresses), provider.delete_floating_ip, "delete", record)
-    rows = [{"address": o.name, "cloud": cloud, "result": "deleted" if o.ok else f"failed: {o.message}"}
-            for o in outcomes]
-    ctx.emit(["address", "cloud", "result"], rows, args)
-    text, code = bulk.summary(outcomes, "deleted")
-    ctx.warn(text)
-    return code
+    return bulk.report(ctx, cloud, outcomes, "deleted", args, key="address")
 
 
 def attach_ip(ctx, args: Namespace) -> None:

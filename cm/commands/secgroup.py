@@ -98,12 +98,7 @@ def delete_groups(ctx, args: Namespace) -> int:
             ctx.mirror.remove("secgroup", cloud, [outcome.name])
 
     outcomes = bulk.run_each(names, provider.delete_secgroup, "delete", record)
-    rows = [{"name": o.name, "cloud": cloud, "result": "deleted" if o.ok else f"failed: {o.message}"}
-            for o in outcomes]
-    ctx.emit(["name", "cloud", "result"], rows, args)
-    text, code = bulk.summary(outcomes, "deleted")
-    ctx.warn(text)
-    return code
+    return bulk.report(ctx, cloud, outcomes, "deleted", args)
 
 
 def _ports(text: str | None) -> tuple[int, int]:
