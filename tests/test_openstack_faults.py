@@ -129,8 +129,9 @@ def test_missing_credentials_are_a_config_error(cm, cloud, tmp_path):
     del doc["clouds"]["fake"]["auth"]["username"]
     (tmp_path / "clouds.yaml").write_text(json.dumps(doc))
     result = cm("vm", "list", "--refresh")
-    assert result.code in (1, 2)
-    assert "cloud 'fake'" in one_line(result.err)
+    assert result.code == 2  # a configuration error, not the cloud's refusal
+    assert one_line(result.err) == "cm: cloud 'fake' lacks username (or user_id) in its configuration"
+    assert cloud.request_count("POST", r"/auth/tokens$") == 0
 
 
 def test_an_unreachable_cloud_is_one_line_after_bounded_retries(cm, cloud, tmp_path):

@@ -39,6 +39,8 @@ POOL_SIZE = 64  # parallel boots share one connection pool; urllib3's default of
 CM_KEYS = {"kind", "cloud", "source", "file", "defaults", "timeout", "network", "public_network",
            "name", "where"}
 
+PASSWORD_AUTH = ("password", "v3password", "v2password")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -140,6 +142,7 @@ def cloud_region(name: str, conf: dict[str, Any]) -> Any:
         raise ConfigError(f"cloud '{name}' lacks {missing} in its configuration") from None
     except ks_exc.NoMatchingPlugin as exc:
         raise ConfigError(f"cloud '{name}': unknown auth_type '{exc.name}'") from None
+    _check_user(name, region.config)
     for key, value in RETRY_DEFAULTS.items():
         if region.config.get(key) is None:
             region.config[key] = value
@@ -147,6 +150,14 @@ def cloud_region(name: str, conf: dict[str, Any]) -> Any:
         region.config["api_timeout"] = API_TIMEOUT
     factory.connect_retries = int(region.config["connect_retries"])
     return region
+
+
+def _check_user(name: str, config: dict[str, Any]) -> None:
+    """Password auth without a user: keystoneauth would send it anyway and the cloud answer 401
+    ("rejected the credentials"), which hides that the configuration is incomplete."""
+    auth = config.get("auth") if isinstance(config.get("auth"), dict) else {}
+    if str(config.get("auth_type") or "password") in PASSWORD_AUTH and not (auth.get("username") or auth.get("user_id")):
+        raise ConfigError(f"cloud '{name}' lacks username (or user_id) in its configuration")
 
 
 def connect(name: str, conf: dict[str, Any]) -> Any:
