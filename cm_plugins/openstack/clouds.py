@@ -37,13 +37,11 @@ def config_file() -> Path | None:
 
 
 def _parse(path: Path) -> Any:
-    text = path.read_text()
     if path.suffix == ".json":
-        return json.loads(text)
-    import yaml
+        return json.loads(path.read_text())
+    from cm.config import read_yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(text, Loader=loader) or {}
+    return read_yaml(path)
 
 
 def _summary(data: Any, path: Path) -> dict[str, dict[str, Any]]:
@@ -78,7 +76,9 @@ def discovered_clouds() -> dict[str, dict[str, Any]]:
 
     Every command looks the clouds up, so the summary (no secrets in it) is kept
     as JSON in the user directory until the file changes: PyYAML is imported
-    only when clouds.yaml is new or edited.
+    only when clouds.yaml is new or edited.  (Not cm.config.read_yaml_cached:
+    that keeps the whole file, and clouds.yaml holds passwords that must not
+    be copied into cm's directory.)
     """
     path = config_file()
     if path is None:
