@@ -56,6 +56,32 @@ def write_clouds(fake: Any, path: Path, **clouds: dict[str, Any]) -> Path:
     return path
 
 
+@pytest.fixture
+def request_times(cloud, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, float, float]]:
+    """(method, path, started, ended) of every request the server answers from now on (monotonic clock)."""
+    import time
+
+    times: list[tuple[str, str, float, float]] = []
+    log = cloud._log
+
+    def timed(req: Any, status: int, started: float) -> None:
+        times.append((req.method, req.path, started, time.monotonic()))
+        log(req, status, started)
+
+    monkeypatch.setattr(cloud, "_log", timed)
+    return times
+
+
+def peak_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most of these (start, end) intervals in progress at one instant."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
 @pytest.fixture(scope="module")
 def fake():
     """One local OpenStack API server per test module."""
@@ -84,4 +110,5 @@ def cloud(fake, cm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return fake
 
 
-__all__ = ["BUILD", "DEFAULT_BOOT_FAULT", "IMAGE", "cloud", "fake", "one_line", "rows", "write_clouds"]
+__all__ = ["BUILD", "DEFAULT_BOOT_FAULT", "IMAGE", "cloud", "fake", "one_line", "peak_overlap", "request_times", "rows",
+           "write_clouds"]
