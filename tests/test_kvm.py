@@ -208,7 +208,8 @@ def boot_failure(cm, *words: str) -> str:
 
 def test_boot_errors_name_what_to_do(cm, cm_home, image):
     assert boot_failure(cm, "--name", "a", "--image", "nosuch") == (
-        "failed: unknown image 'nosuch' on cloud 'local' (images: cirros); add one with `cm image add NAME PATH`")
+        "failed: unknown image 'nosuch' on cloud 'local' (images: cirros); "
+        "add it with `cm image add nosuch PATH` (a qcow2 or raw disk image file)")
     assert "unknown flavor 'huge' on cloud 'local' (flavors: tiny, small, medium, large)" in \
         boot_failure(cm, "--name", "b", "--flavor", "huge")
     assert "cloud 'local' cannot assign public IPs" in boot_failure(cm, "--name", "c", "--public")
@@ -250,6 +251,75 @@ def test_shown_uri_drops_only_the_password(uri, shown):
 
     assert shown_uri(uri) == shown
     assert scrub(f"cannot reach {uri}", uri) == f"cannot reach {shown}"
+
+
+# -- libvirt's stock pool and network on a daemon that lacks them ---------------------------------------
+@pytest.mark.parametrize("uri, daemon", [
+    ("qemu:///system", "system"), ("qemu:///session", "session"), ("qemu+unix:///system", "system"),
+    ("qemu+ssh://lab/system", ""), ("qemu+tcp://lab/session", ""), ("test:///default", ""), ("xen:///system", ""),
+])
+def test_stock_objects_are_made_only_on_local_qemu_daemons(uri, daemon):
+    from cm_plugins.kvm import stock
+
+    assert stock.local_daemon(uri) == daemon
+
+
+def test_make_pool_and_network_build_start_and_autostart(tmp_path):
+    from cm_plugins.kvm import stock
+
+    conn = libvirt.open("test:///default")  # the driver's built-in node: pool 'default-pool', network 'default'
+    try:
+        conn.networkLookupByName("default").destroy()
+        conn.networkLookupByName("default").undefine()
+        pool = stock.make_pool(conn, "default", tmp_path / "images")
+        assert pool.isActive() and pool.autostart()
+        assert f"<path>{tmp_path / 'images'}</path>" in pool.XMLDesc(0)
+        net = stock.make_network(conn)
+        assert net.isActive() and net.autostart()
+        assert "<forward mode='nat'/>" in net.XMLDesc(0) and "192.168.122.1" in net.XMLDesc(0)
+        assert stock.make_network(conn).name() == "default"  # made meanwhile (another process): reused
+    finally:
+        conn.close()
+
+
+def test_a_missing_default_pool_and_network_are_made_once_and_said_once(cm, cm_home, tmp_path, monkeypatch):
+    from cm_plugins.kvm import stock
+
+    set_cloud(cm_home, pool="other", network="lab")
+    assert cm("image", "list", "--refresh").code == 0  # a hypervisor with neither 'default'
+    set_cloud(cm_home, pool="default", network="default")
+    monkeypatch.setattr(stock, "local_daemon", lambda uri: "system")  # the test hypervisor, as if qemu:///system
+    monkeypatch.setattr(stock, "pool_dir", lambda daemon: tmp_path / "images")
+    added = cm("image", "add", "cirros", str(qcow2_file(tmp_path / "c.qcow2")))
+    assert added.code == 0, added.err
+    assert added.err.count(f"had no storage pool 'default'; created it as a directory pool in {tmp_path}/images "
+                           "(started, and autostarted from now on)") == 1
+    booted = cm("vm", "boot", "--n", "2")
+    assert booted.code == 0, booted.err
+    assert booted.err.count("had no network 'default'; created libvirt's usual NAT network with DHCP on "
+                            "192.168.122.0/24") == 1
+    conn = node(cm_home)  # (the test driver's saved state keeps no autostart flags)
+    assert conn.storagePoolLookupByName("default").isActive()
+    assert conn.networkLookupByName("default").isActive()
+    again = cm("vm", "boot", "--name", "x1")
+    assert again.code == 0 and "created" not in again.err
+
+
+def test_no_stock_objects_under_other_names_or_on_remote_daemons(cm, cm_home, image, monkeypatch):
+    from cm_plugins.kvm import stock
+    from cm_plugins.kvm.testnode import dump
+
+    monkeypatch.setattr(stock, "local_daemon", lambda uri: "system")
+    set_cloud(cm_home, pool="mine")
+    result = cm("image", "list", "--refresh")
+    assert result.code == 2 and "has no storage pool 'mine'" in one_line(result)
+    set_cloud(cm_home, pool="default", network="default")
+    monkeypatch.setattr(stock, "local_daemon", lambda uri: "session")  # a session daemon makes no bridges
+    conn = node(cm_home)
+    conn.networkLookupByName("default").destroy()
+    conn.networkLookupByName("default").undefine()
+    (cm_home / "kvm-test" / "local.xml").write_text(dump(conn))  # the hypervisor without network 'default'
+    assert "has no network 'default'; create it" in boot_failure(cm, "--name", "n1")
 
 
 def test_user_data_goes_into_the_seed(cm, tmp_path, image):

@@ -18,6 +18,9 @@ A kvm cloud in cm.yaml::
 initrd pair for direct kernel boot: ``kernel=KERNEL,initrd=INITRD`` or a
 directory holding one ``vmlinuz*``/``vmlinux*`` and one ``initrd*``/``initramfs*``.
 
+A local daemon (qemu:///system or qemu:///session) that lacks the pool or the
+network named ``default`` gets libvirt's stock one, once (see :mod:`stock`).
+
 Each VM is a domain with a copy-on-write overlay on its image (a blank disk
 for kernel images) and a NoCloud seed ISO, both volumes in the pool named
 ``<vm>-disk-<id>`` and ``<vm>-seed-<id>``; `cm vm delete` removes all three.
@@ -36,7 +39,7 @@ import libvirt
 
 from cm.errors import ConfigError, Conflict, NotFound, ProviderError, Unsupported, UsageError
 from cm.provider import VM, BootSpec, Flavor, Image, Provider
-from cm_plugins.kvm import console, images, seed
+from cm_plugins.kvm import console, images, seed, stock
 from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
 
@@ -127,10 +130,12 @@ class KvmProvider(Provider):
         try:
             pool = conn.storagePoolLookupByName(name)
         except libvirt.libvirtError:
-            raise ConfigError(
-                f"cloud '{self.name}': libvirt at {self.hv.shown_uri} has no storage pool '{name}'; create it "
-                f"(virsh pool-define-as {name} dir --target /var/lib/libvirt/images && virsh pool-build {name} "
-                f"&& virsh pool-start {name}) or set pool: NAME for this cloud in cm.yaml") from None
+            pool = stock.stock_pool(conn, name, self.hv.uri, self.name, self._notice)
+            if pool is None:
+                raise ConfigError(
+                    f"cloud '{self.name}': libvirt at {self.hv.shown_uri} has no storage pool '{name}'; create it "
+                    f"(virsh pool-define-as {name} dir --target /var/lib/libvirt/images && virsh pool-build {name} "
+                    f"&& virsh pool-start {name}) or set pool: NAME for this cloud in cm.yaml") from None
         if not pool.isActive():
             raise ProviderError(f"cloud '{self.name}': storage pool '{name}' is not running; "
                                 f"start it: virsh -c {self.hv.shown_uri} pool-start {name}")
@@ -143,9 +148,11 @@ class KvmProvider(Provider):
             try:
                 net = conn.networkLookupByName(name)
             except libvirt.libvirtError:
-                raise ConfigError(f"cloud '{self.name}': libvirt at {self.hv.shown_uri} has no network '{name}'; "
-                                  "create it (virsh net-define, net-start) or set network: NAME (or \"\") "
-                                  "for this cloud in cm.yaml") from None
+                net = None if wanted else stock.stock_network(conn, name, self.hv.uri, self.name, self._notice)
+                if net is None:
+                    raise ConfigError(f"cloud '{self.name}': libvirt at {self.hv.shown_uri} has no network '{name}'; "
+                                      "create it (virsh net-define, net-start) or set network: NAME (or \"\") "
+                                      "for this cloud in cm.yaml") from None
             if not net.isActive():
                 raise ProviderError(f"cloud '{self.name}': network '{name}' is not running; "
                                     f"start it: virsh -c {self.hv.shown_uri} net-start {name}")
@@ -172,7 +179,7 @@ class KvmProvider(Provider):
         if image is None:
             known = ", ".join(sorted(found)) or "none yet"
             raise NotFound(f"unknown image '{name}' on cloud '{self.name}' (images: {known}); "
-                           "add one with `cm image add NAME PATH`")
+                           f"add it with `cm image add {name} PATH` (a qcow2 or raw disk image file)")
         if image.status != "active":
             raise ProviderError(f"image '{name}' lacks its kernel or initrd volume; delete and add it again")
         return image

@@ -10,6 +10,7 @@ as its own process, exactly as from bash.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -191,3 +192,76 @@ def test_console_stream_when_the_log_is_not_used(cm_process, cm_home, local, gue
     finally:
         ok(cm_process("vm", "delete", name))
     assert leftovers(local["conn"], local["pool"], name) == ([], [])
+
+
+def _set_local(cm_home: Path, **settings: object) -> None:
+    config = yaml.safe_load((cm_home / "cm.yaml").read_text())
+    config["clouds"]["local"].update(settings)
+    (cm_home / "cm.yaml").write_text(yaml.safe_dump(config))
+
+
+def _stock_subnet_free(conn) -> bool:
+    """No interface, route or libvirt network of this host uses libvirt's stock 192.168.122.0/24 or virbr0."""
+    import ipaddress
+
+    stock = ipaddress.ip_network("192.168.122.0/24")
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return not re.search(r"^\d+: virbr0[:@]", links, re.M) and \
+        not any(stock.overlaps(used) for used in libvirtd._used_subnets(conn))
+
+
+def test_a_daemon_without_the_stock_pool_and_network_gets_them(cm_process, cm_home, local, guest_image):
+    """Like virt-install: pool 'default' (and network 'default') are made once on a daemon that lacks them,
+    and the shipped default image (cirros), which only the test hypervisor has, fails boot with what to do."""
+    conn = local["conn"]
+    had_pool = "default" in [p.name() for p in conn.listAllStoragePools()]
+    had_network = "default" in [n.name() for n in conn.listAllNetworks()]
+    if had_pool:
+        pytest.skip("this libvirtd already has a storage pool 'default'")
+    name = f"e2e-{TOKEN}-d"
+    try:
+        _set_local(cm_home, pool="default", network="")
+        listed = cm_process("image", "list", "--refresh")
+        assert listed.code == 0, listed.err
+        assert listed.err.count("had no storage pool 'default'; created it as a directory pool in "
+                                "/var/lib/libvirt/images (started, and autostarted from now on)") == 1
+        pool = conn.storagePoolLookupByName("default")
+        assert pool.isActive() and pool.autostart() and "<path>/var/lib/libvirt/images</path>" in pool.XMLDesc(0)
+        again = cm_process("image", "list", "--refresh")
+        assert again.code == 0 and "created" not in again.err
+
+        booted = cm_process("vm", "boot", "--name", name, "-f", "json")  # image: cirros, the shipped default
+        assert booted.code == 1 and booted.err.strip() == "1 of 1 failed"
+        assert json.loads(booted.out)[0]["result"] == (
+            "failed: unknown image 'cirros' on cloud 'local' (images: none yet); "
+            "add it with `cm image add cirros PATH` (a qcow2 or raw disk image file)")
+        assert name not in [d.name() for d in conn.listAllDomains()]
+
+        if had_network or not local["network"] or not _stock_subnet_free(conn):
+            print("\nnetwork 'default' not tried: it exists, networks do not work here, or its subnet is taken")
+            return
+        if libvirtd.network_mode(conn.networkLookupByName(local["network"])) != "nat":
+            print("\nnetwork 'default' not tried: NAT networks do not work here")
+            return
+        _set_local(cm_home, pool=local["pool"], network="default")
+        booted = cm_process("vm", "boot", "--name", name, "--image", guest_image, "--flavor", "tiny", "--no-wait")
+        assert booted.code == 0, booted.err
+        assert booted.err.count("had no network 'default'; created libvirt's usual NAT network with DHCP on "
+                                "192.168.122.0/24 (started, and autostarted from now on)") == 1
+        net = conn.networkLookupByName("default")
+        assert net.isActive() and net.autostart() and libvirtd.network_mode(net) == "nat"
+        assert "<source network='default'" in conn.lookupByName(name).XMLDesc(0)
+        ok(cm_process("vm", "delete", name))
+    finally:
+        remove_leftovers(conn)
+        if not had_network:  # leave the daemon as it was: no stock objects of ours outlive the test
+            with contextlib.suppress(libvirt.libvirtError):
+                net = conn.networkLookupByName("default")
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
+        with contextlib.suppress(libvirt.libvirtError):
+            pool = conn.storagePoolLookupByName("default")
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
