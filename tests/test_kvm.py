@@ -463,8 +463,12 @@ def test_console_is_unsupported_on_the_test_hypervisor(cm, three):
 
 
 def test_public_ips_are_unsupported(cm, three):
+    from cm_plugins.kvm.provider import KvmProvider
+
     result = cm("vm", "ip", "assign", three[0], "-f", "json")
-    assert result.code == 1 and "cannot assign public IPs" in json.loads(result.out)[0]["result"]
+    assert result.code == 1 and json.loads(result.out)[0]["result"] == \
+        "failed: cloud 'local' cannot assign public IPs: VMs get addresses on the libvirt network only"
+    assert "assign_public_ip" not in KvmProvider.verbs() and "console_log" in KvmProvider.verbs()
 
 
 def test_delete_leaves_nothing_behind(cm, cm_home, three):

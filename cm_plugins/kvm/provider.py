@@ -53,7 +53,8 @@ class KvmProvider(Provider):
     """One libvirt hypervisor as a cm cloud."""
 
     kind = "kvm"
-    capabilities = frozenset({"console", "rename", "images"})
+    unsupported_why = {"assign public IPs": "VMs get addresses on the libvirt network only",
+                       "release public IPs": "VMs get addresses on the libvirt network only"}
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
@@ -276,7 +277,7 @@ class KvmProvider(Provider):
         if "/" in spec.name or not spec.name:
             raise UsageError(f"'{spec.name}' cannot be a VM name")
         if spec.public:
-            raise Unsupported(self.name, "assign public IPs", "VMs get addresses on the libvirt network only")
+            raise self._unsupported("assign public IPs")
         if spec.secgroups:
             raise Unsupported(self.name, "apply security groups")
         if spec.key_name and not spec.public_key:
@@ -502,8 +503,3 @@ class KvmProvider(Provider):
             raise connect_error(exc, self.hv.uri) from None
         return console.clean(text, lines)
 
-    def assign_public_ip(self, name: str) -> str:
-        raise Unsupported(self.name, "assign public IPs", "VMs get addresses on the libvirt network only")
-
-    def release_public_ip(self, name: str) -> list[str]:
-        raise Unsupported(self.name, "release public IPs", "VMs get addresses on the libvirt network only")

@@ -71,8 +71,6 @@ class OpenStackProvider(NetworkingMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
-    capabilities = frozenset({"console", "resize", "rename", "public_ip", "keys", "secgroups", "networks",
-                              "floating_ips", "quotas", "limits", "usage"})
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
