@@ -416,6 +416,17 @@ def test_stop_waits_as_long_as_its_timeout_says(cm_home, three, monkeypatch):
         provider.close()
 
 
+def test_vm_stop_timeout_reaches_the_provider(cm, cm_home, three, monkeypatch):
+    import time
+
+    set_cloud(cm_home, shutdown_timeout=30)
+    monkeypatch.setattr(libvirt.virDomain, "shutdown", lambda self, *a: 0)  # a guest deaf to ACPI
+    started = time.monotonic()
+    result = cm("vm", "stop", three[0], "--timeout", "0.3", "-f", "json")
+    assert result.code == 1 and time.monotonic() - started < 5
+    assert "ignored the shutdown request for 0.3 s" in json.loads(result.out)[0]["result"]
+
+
 def test_the_test_hypervisor_lives_in_the_state_dir_the_shell_gives(cm_home, tmp_path):
     from cm_plugins.kvm.provider import KvmProvider
 
