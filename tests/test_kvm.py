@@ -207,6 +207,12 @@ def boot_failure(cm, *words: str) -> str:
 
 
 def test_boot_errors_name_what_to_do(cm, cm_home, image):
+    # The mirror knows the cloud's images: the command refuses before creating anything ...
+    refused = cm("vm", "boot", "--name", "a", "--image", "nosuch")
+    assert refused.code == 2 and one_line(refused) == (
+        "cm: unknown image 'nosuch' on cloud 'local' (known: cirros); add it with `cm image add nosuch PATH`")
+    # ... and when it does not, the provider says the same per VM.
+    cm_home.joinpath("mirror.json").unlink()
     assert boot_failure(cm, "--name", "a", "--image", "nosuch") == (
         "failed: unknown image 'nosuch' on cloud 'local' (images: cirros); "
         "add it with `cm image add nosuch PATH` (a qcow2 or raw disk image file)")

@@ -75,3 +75,14 @@ def test_lifecycle_dryrun_changes_nothing(cm, booted):
     result = cm("vm", "delete", "--group", "exp", "--dryrun")
     assert result.code == 0 and result.out.count("would delete") == 3
     assert len(json.loads(cm("vm", "list", "--refresh", "-f", "json").out)) == 3
+
+
+def test_an_image_or_flavor_the_mirror_knows_is_missing_is_refused_before_booting(cm, tmp_path):
+    assert cm("image", "add", "cirros", str(qcow2_file(tmp_path / "c.qcow2"))).code == 0
+    assert cm("flavor", "list", "--refresh").code == 0
+    for words, message in ((["--image", "ubuntu"], "unknown image 'ubuntu' on cloud 'local' (known: cirros); "
+                                                    "add it with `cm image add ubuntu PATH`"),
+                           (["--flavor", "huge", "--dryrun"], "unknown flavor 'huge' on cloud 'local'")):
+        result = cm("vm", "boot", "--n", "2", *words)
+        assert result.code == 2 and message in result.err
+    assert json.loads(cm("vm", "boot", "-f", "json").out)[0]["name"] == "tester-001"  # no name was used up

@@ -5,6 +5,7 @@ Imported only when a VM is booted (the parser lives in cm.commands.vm).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -38,13 +39,32 @@ def _names(ctx: Any, args: Namespace, cloud: str) -> list[str]:
     return names
 
 
-def _spec(ctx: Any, args: Namespace, cloud: str, name: str) -> BootSpec:
+def _check_known(ctx: Any, cloud: str, kind: str, value: str) -> None:
+    """Refuse an image or flavor the mirror knows the cloud lacks, before any VM is created.
+
+    Only when the mirror has that cloud's list (else the provider decides); a unique
+    beginning of a name counts, as OpenStack boots take one.
+    """
+    known = [r for r in ctx.mirror.records(kind, cloud) if r.get("name")]
+    if not known or any(value in (r["name"], r.get("id")) for r in known):
+        return
+    if sum(r["name"].startswith(value) for r in known) == 1:
+        return
+    names = ", ".join(sorted(r["name"] for r in known)[:8])
+    hint = f"add it with `cm image add {value} PATH`" if kind == "image" else f"see `cm {kind} list --refresh`"
+    raise UsageError(f"unknown {kind} '{value}' on cloud '{cloud}' (known: {names}); {hint}")
+
+
+def _template(ctx: Any, args: Namespace, cloud: str) -> BootSpec:
+    """What every VM of this boot gets; each VM's spec adds its name."""
     image = ctx.value("image", cloud, args.image)
     flavor = ctx.value("flavor", cloud, args.flavor)
     if not image:
         raise ConfigError(f"no image: give --image or set one with `cm default image=NAME --cloud {cloud}`")
     if not flavor:
         raise ConfigError(f"no flavor: give --flavor or set one with `cm default flavor=NAME --cloud {cloud}`")
+    _check_known(ctx, cloud, "image", str(image))
+    _check_known(ctx, cloud, "flavor", str(flavor))
     key_name, public_key = resolve_key(ctx, cloud, args.key)
     user_data = ""
     if args.user_data:
@@ -52,7 +72,7 @@ def _spec(ctx: Any, args: Namespace, cloud: str, name: str) -> BootSpec:
             user_data = Path(args.user_data).read_text()
         except OSError as exc:
             raise UsageError(f"cannot read user-data {args.user_data}: {exc.strerror}") from exc
-    return BootSpec(name=name, image=str(image), flavor=str(flavor), key_name=key_name, public_key=public_key,
+    return BootSpec(name="", image=str(image), flavor=str(flavor), key_name=key_name, public_key=public_key,
                     user=ctx.user(cloud), user_data=user_data, secgroups=list(args.secgroup),
                     networks=list(args.network), public=args.public)
 
@@ -90,8 +110,9 @@ def _wait_all(ctx: Any, cloud: str, created: dict[str, VM], timeout: float) -> d
 
 def boot_vms(ctx: Any, args: Namespace) -> int:
     cloud = ctx.cloud_name(args)
+    template = _template(ctx, args, cloud)  # first: a bad image or flavor must not use up names
     names = _names(ctx, args, cloud)
-    specs = {name: _spec(ctx, args, cloud, name) for name in names}
+    specs = {name: dataclasses.replace(template, name=name) for name in names}
     group = str(ctx.value("group", cloud, args.group) or "")
     if args.dryrun:
         rows = [_row(cloud, None, spec, "would boot") for spec in specs.values()]
