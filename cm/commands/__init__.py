@@ -75,8 +75,14 @@ def add_list_options(parser: argparse.ArgumentParser, what: str) -> None:
     add_format_options(parser)
 
 
-def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[str]) -> None:
-    """List ``kind`` records from the mirror (after a refresh if asked), filtered by name."""
+def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[str], *,
+                 shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 also_match: tuple[str, ...] = ()) -> None:
+    """List ``kind`` records from the mirror (after a refresh if asked), filtered by name.
+
+    ``also_match`` names other fields the NAMES filter matches (a floating IP's vm);
+    ``shape`` turns a record into its row.
+    """
     from cm import inventory
     from cm.names import expand
 
@@ -85,8 +91,9 @@ def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[st
         rows += inventory.records(ctx, kind, cloud, args.refresh)
     if args.names:
         wanted = set(expand(args.names))
-        rows = [r for r in rows if r.get("name") in wanted]
-    ctx.emit(columns, sorted(rows, key=lambda r: (r.get("cloud", ""), str(r.get("name", "")))), args)
+        rows = [r for r in rows if any(r.get(f) in wanted for f in ("name", *also_match))]
+    rows = sorted(rows, key=lambda r: (r.get("cloud", ""), str(r.get("name", ""))))
+    ctx.emit(columns, [shape(r) for r in rows] if shape else rows, args)
 
 
 def show_record(ctx: Any, args: argparse.Namespace, kind: str) -> None:

@@ -6,7 +6,7 @@ from argparse import ArgumentParser, Namespace
 from typing import Any
 
 from cm import bulk, inventory
-from cm.commands import add_cloud_option, add_dryrun_option, add_list_options, completes, subcommands, verb
+from cm.commands import add_cloud_option, add_dryrun_option, add_list_options, completes, list_records, subcommands, verb
 from cm.errors import NotFound
 from cm.output import add_format_options
 
@@ -32,15 +32,7 @@ def _refresh_vm(ctx, cloud: str, name: str) -> None:
 
 
 def list_ips(ctx, args: Namespace) -> None:
-    from cm.names import expand
-
-    rows: list[dict[str, Any]] = []
-    for cloud in ctx.cloud_names(args):
-        rows += inventory.records(ctx, "ip", cloud, args.refresh)
-    if args.names:
-        wanted = set(expand(args.names))
-        rows = [r for r in rows if r.get("name") in wanted or r.get("vm") in wanted]
-    ctx.emit(COLUMNS, [_row(r) for r in sorted(rows, key=lambda r: (r["cloud"], r["name"]))], args)
+    list_records(ctx, args, "ip", COLUMNS, shape=_row, also_match=("vm",))
 
 
 def create_ip(ctx, args: Namespace) -> None:

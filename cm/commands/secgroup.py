@@ -13,6 +13,7 @@ from cm.commands import (
     add_names,
     add_show_options,
     completes,
+    list_records,
     subcommands,
     verb,
 )
@@ -47,14 +48,7 @@ def _record(ctx, cloud: str, name: str, refresh: bool) -> dict[str, Any]:
 
 
 def list_groups(ctx, args: Namespace) -> None:
-    rows: list[dict[str, Any]] = []
-    for cloud in ctx.cloud_names(args):
-        rows += inventory.records(ctx, "secgroup", cloud, args.refresh)
-    if args.names:
-        wanted = set(expand(args.names))
-        rows = [r for r in rows if r.get("name") in wanted]
-    rows = [{**r, "rules": len(r.get("rules") or [])} for r in rows]
-    ctx.emit(COLUMNS, sorted(rows, key=lambda r: (r["cloud"], r["name"])), args)
+    list_records(ctx, args, "secgroup", COLUMNS, shape=lambda r: {**r, "rules": len(r.get("rules") or [])})
 
 
 def show_group(ctx, args: Namespace) -> None:
