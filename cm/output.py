@@ -30,10 +30,12 @@ def add_format_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cell(value: Any) -> str:
+    if value.__class__ is str:  # most cells: skip the checks below (10,000-row lists)
+        return value
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
-        return ", ".join(_cell(v) for v in value)
+        return ", ".join(v if v.__class__ is str else _cell(v) for v in value)
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return str(value)
@@ -98,7 +100,11 @@ def _grid(columns: list[str], table: list[list[str]]) -> str:
 
 
 def render_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    table = [[_cell(r.get(c)) for c in columns] for r in rows]
+    return render_cells(columns, [[_cell(r.get(c)) for c in columns] for r in rows])
+
+
+def render_cells(columns: list[str], table: list[list[str]]) -> str:
+    """A box table of ready-made cells, fitted to the terminal."""
     width = _terminal_width()
     maxwidths = _fit_widths(columns, table, width) if width and table else None
     if not any(maxwidths or ()) and not any("\n" in cell for r in table for cell in r):
@@ -114,26 +120,31 @@ def render(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str = "table
            wanted: Sequence[str] = (), sort_by: Sequence[str] = ()) -> str:
     """Render a list of records."""
     shown, rows = select(columns, rows, wanted, sort_by)
-    data = [{c: r.get(c) for c in shown} for r in rows]
-    if fmt == "json":
-        return json.dumps(data, indent=2, default=str)
-    if fmt == "yaml":
-        import yaml
-
-        return yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False).rstrip()
-    if fmt == "csv":
+    if fmt in ("table", "csv", "value"):
+        cells = [[_cell(r.get(c)) for c in shown] for r in rows]
+        if fmt == "table":
+            return render_cells(shown, cells)
+        if fmt == "value":
+            return "\n".join(" ".join(row) for row in cells)
         import csv
         import io
 
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(shown)
-        writer.writerows([[_cell(r[c]) for c in shown] for r in data])
+        writer.writerows(cells)
         return buf.getvalue().rstrip("\n")
-    if fmt == "value":
-        return "\n".join(" ".join(_cell(r[c]) for c in shown) for r in data)
-    if fmt == "table":
-        return render_table(shown, data)
+    data = [{c: r.get(c) for c in shown} for r in rows]
+    if fmt == "json":
+        # One record a line: json's indent= runs the pure-Python encoder, ten times slower
+        # on a 10,000-VM list; this stays valid, readable JSON.
+        if not data:
+            return "[]"
+        return "[\n" + ",\n".join("  " + json.dumps(r, default=str) for r in data) + "\n]"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False).rstrip()
     raise UsageError(f"unknown format '{fmt}' (formats: {', '.join(FORMATS)})")
 
 
