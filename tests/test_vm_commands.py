@@ -86,3 +86,11 @@ def test_an_image_or_flavor_the_mirror_knows_is_missing_is_refused_before_bootin
         result = cm("vm", "boot", "--n", "2", *words)
         assert result.code == 2 and message in result.err
     assert json.loads(cm("vm", "boot", "-f", "json").out)[0]["name"] == "tester-001"  # no name was used up
+
+
+def test_ssh_logs_in_at_the_vms_address(cm, booted):
+    record = json.loads(cm("vm", "show", booted[0], "-f", "json").out)
+    address = (record["public_ips"] or record["private_ips"])[0]
+    result = cm("vm", "ssh", booted[0], "--user", "ubuntu", "--command", "uptime", "--dryrun")
+    assert result.code == 0
+    assert result.out.strip() == f"ssh -o StrictHostKeyChecking=accept-new ubuntu@{address} uptime"
