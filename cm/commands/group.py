@@ -29,7 +29,7 @@ def members_of(ctx, group: str, cloud: str) -> list[str]:
     """The VM names of ``group`` on ``cloud`` (none is fine); an unknown group is an error."""
     if not ctx.mirror.get("group", LOCAL, group):
         raise NotFound(f"unknown group '{group}' (see `cm group list`)")
-    return [m.split(":", 1)[1] for m in _members(ctx, group) if m.split(":", 1)[0] == cloud]
+    return sorted(m.split(":", 1)[1] for m in _members(ctx, group) if m.split(":", 1)[0] == cloud)
 
 
 def members_on(ctx, group: str, cloud: str) -> list[str]:
