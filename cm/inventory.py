@@ -64,4 +64,4 @@ def wait_for(provider: Provider, name: str, states: set[str], timeout: float,
         if time.monotonic() >= deadline:
             raise ProviderError(f"{name} is still {vm.state} after {timeout:g} s")
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        interval = min(interval * 1.5, 5.0)
+        interval = min(interval * 1.5, 2.0)
