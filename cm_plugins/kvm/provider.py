@@ -163,7 +163,7 @@ class KvmProvider(Provider):
         try:
             return conn.lookupByName(name)
         except libvirt.libvirtError:
-            raise NotFound(f"no VM named '{name}' on cloud '{self.name}' (see `cm vm list --refresh`)") from None
+            raise NotFound(f"no VM '{name}' on cloud '{self.name}' (see `cm vm list --refresh`)") from None
 
     def _guest_kind(self, conn: libvirt.virConnect) -> tuple[str, str]:
         if self._guest is None:

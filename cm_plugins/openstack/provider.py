@@ -49,6 +49,8 @@ ENV_TOP = {
 COMPUTE_MICROVERSION = "2.79"
 CACHE_TTL = 60.0  # seconds the image, flavor, network and key lookups of boots are reused (interactive shells)
 NAMES_TTL = 5.0  # seconds a snapshot of the cloud's server names serves duplicate checks at boot
+# The action that brings a VM in this status back to running.
+RESUME_ACTIONS = {"SUSPENDED": "resume_server", "PAUSED": "unpause_server"}
 REGEX_SPECIAL = re.compile(r"([.^$*+?{}\[\]\\|()])")
 
 
@@ -345,32 +347,46 @@ class OpenStackProvider(NetworkingMixin, Provider):
                 raise ProviderError(f"created VM '{spec.name}' but could not give it a public IP: {why}") from exc
         return vm
 
-    def _act(self, name: str, action: str, *args: Any) -> None:
-        server = self._server(name)
-        getattr(self.service("compute"), action)(server["id"], *args)
+    def _act(self, name: str, action: str, *args: Any, done: tuple[str, ...] = (), verb: str = "",
+             by_status: dict[str, str] | None = None, server: dict[str, Any] | None = None) -> None:
+        """Ask Nova for ``action`` (or ``by_status``'s action for the VM's status).  As on kvm, a VM already
+        settled in a ``done`` status is left alone, and with ``verb`` a stopped one is refused saying what to do."""
+        server = server or self._server(name, details=True)
+        status = (server.get("status") or "").upper()
+        if not server.get("OS-EXT-STS:task_state"):  # mid-transition: Nova decides
+            if status in done:
+                return
+            if verb and convert.state_of(status) == State.STOPPED:
+                raise Conflict(f"{name} is stopped, so it cannot be {verb}; start it first (cm vm start {name})")
+        getattr(self.service("compute"), (by_status or {}).get(status, action))(server["id"], *args)
 
     @translated("start the VM")
     def start_vm(self, name: str) -> None:
-        self._act(name, "start_server")
+        """Start a stopped VM; as on kvm, a suspended or paused one is resumed and a running one left alone."""
+        self._act(name, "start_server", done=("ACTIVE",), by_status=RESUME_ACTIONS)
 
     @translated("stop the VM")
     def stop_vm(self, name: str, timeout: float | None = None) -> None:
-        """Ask Nova to stop the VM; the command waits for SHUTOFF, so ``timeout`` is not needed here."""
-        self._act(name, "stop_server")
+        """Ask Nova to stop the VM; the command waits for SHUTOFF, so ``timeout`` is not needed here.
+        Nova stops only running VMs: a suspended or paused one is resumed first (kvm does the same)."""
+        server = self._server(name, details=True)
+        resume = RESUME_ACTIONS.get((server.get("status") or "").upper())
+        if resume and not server.get("OS-EXT-STS:task_state"):
+            getattr(self.service("compute"), resume)(server["id"])
+            server = self._wait_status(server["id"], {"ACTIVE"}, "resuming it to stop it")
+        self._act(name, "stop_server", done=("SHUTOFF",), server=server)
 
     @translated("reboot the VM")
     def reboot_vm(self, name: str) -> None:
-        self._act(name, "reboot_server", "SOFT")
+        self._act(name, "reboot_server", "SOFT", verb="rebooted")
 
     @translated("suspend the VM")
     def suspend_vm(self, name: str) -> None:
-        self._act(name, "suspend_server")
+        self._act(name, "suspend_server", done=("SUSPENDED", "PAUSED"), verb="suspended")
 
     @translated("resume the VM")
     def resume_vm(self, name: str) -> None:
-        server = self._server(name, details=True)
-        action = "unpause_server" if (server.get("status") or "").upper() == "PAUSED" else "resume_server"
-        getattr(self.service("compute"), action)(server["id"])
+        self._act(name, "resume_server", done=("ACTIVE",), verb="resumed", by_status=RESUME_ACTIONS)
 
     @translated("delete the VM")
     def delete_vm(self, name: str) -> None:
