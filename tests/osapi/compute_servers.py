@@ -265,10 +265,7 @@ def _attach_ports(st: State, s: dict[str, Any], net_reqs: list[dict[str, Any]],
 
 def _release_port(st: State, port_id: str) -> None:
     st.ports.pop(port_id, None)
-    for f in st.floating_ips.values():
-        if f["port_id"] == port_id:
-            f.update(port_id=None, fixed_ip_address=None, router_id=None,
-                     status="DOWN", port_details=None, updated_at=now())
+    st.detach_floating_ips(port_id)
 
 
 def _remove_server(st: State, s: dict[str, Any], t: float) -> None:

@@ -329,6 +329,20 @@ def paginate(
     return items, None
 
 
+def lookup(
+    rows: dict[str, dict[str, Any]],
+    key: str,
+    missing: Callable[[str], ApiError],
+    visible: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
+    """rows[key], or the service's 404 ``missing(key)`` when it is absent or
+    (by ``visible``) not the caller's to see."""
+    obj = rows.get(key)
+    if obj is None or (visible is not None and not visible(obj)):
+        raise missing(key)
+    return obj
+
+
 def with_query(url: str, req: Request, **overrides: Any) -> str:
     q = {k: v for k, v in req.query.items() if k not in overrides}
     for k, v in overrides.items():
@@ -336,6 +350,14 @@ def with_query(url: str, req: Request, **overrides: Any) -> str:
             q[k] = [str(v)]
     qs = urllib.parse.urlencode([(k, x) for k, vs in q.items() for x in vs])
     return url + ("?" + qs if qs else "")
+
+
+def add_next_link(body: dict[str, Any], coll: str, req: Request, url: str,
+                  marker: str | None) -> dict[str, Any]:
+    """Nova/Neutron paging: ``<coll>_links`` with a next href when a page is full."""
+    if marker:
+        body[f"{coll}_links"] = [{"rel": "next", "href": with_query(url, req, marker=marker)}]
+    return body
 
 
 def now() -> float:

@@ -1,20 +1,16 @@
-"""Neutron v2.0: networks, subnets, ports, security groups and rules,
-floating IPs, routers (read-only), quotas, extensions."""
+"""Neutron v2.0: networks, subnets, ports, routers (read-only), quotas,
+extensions.  Security groups, their rules and floating IPs live in
+network_security.py (same router); shared helpers in network_common.py."""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Callable
+from typing import Any
 
-from .core import (Request, Response, Router, iso, neutron_error,
-                   now, paginate, with_query)
-from .state import NEUTRON_QUOTA_DEFAULTS, PROJECT_ID, State
-
-router = Router()
-V = r"/v2\.0"
-
-_NON_FILTERS = {"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse",
-                "tags", "tags-any", "not-tags", "not-tags-any"}
+from .core import Request, Response, neutron_error, now
+from .network_common import (V, Kind, Record, _copy_fields, _own_or_403, _st, _ts,
+                             owned_by_demo, router)
+from .state import PROJECT_ID, State
 
 
 @router.route("GET", r"/?", auth=False)
@@ -36,242 +32,94 @@ def resources(req: Request) -> Response:
     return Response(200, {"resources": out})
 
 
-def _st(req: Request) -> State:
-    return req.state
-
-
-def _body(req: Request, key: str) -> dict[str, Any]:
-    body = req.json("network")
-    if not isinstance(body, dict) or not isinstance(body.get(key), dict):
-        raise neutron_error(400, "Resource body required", "HTTPBadRequest")
-    return body[key]  # type: ignore[no-any-return]
-
-
-def _truthy(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return "" if v is None else str(v)
-
-
-def _match(item: dict[str, Any], key: str, values: list[str]) -> bool:
-    if key == "fixed_ips":
-        for cond in values:
-            k, _, v = cond.partition("=")
-            if not any(str(f.get(k)) == v for f in item.get("fixed_ips", [])):
-                return False
-        return True
-    if key not in item:
-        return True  # unknown filters are ignored
-    cur = item[key]
-    if isinstance(cur, list):
-        return any(v in [str(c) for c in cur] for v in values)
-    cv = _truthy(cur)
-    return any(cv == v or (isinstance(cur, bool) and cv == v.lower()) for v in values)
-
-
-def _listing(req: Request, coll: str, items: list[dict[str, Any]],
-             view: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
-    out = [view(i) for i in items]
-    for k, vals in req.query.items():
-        if k in _NON_FILTERS:
-            continue
-        out = [i for i in out if _match(i, k, vals)]
-    if req.q("tags"):
-        need = set((req.q("tags") or "").split(","))
-        out = [i for i in out if need <= set(i.get("tags", []))]
-    if req.q("tags-any"):
-        anyt = set((req.q("tags-any") or "").split(","))
-        out = [i for i in out if anyt & set(i.get("tags", []))]
-    keys = req.query.get("sort_key", [])
-    dirs = req.query.get("sort_dir", [])
-    for idx in reversed(range(len(keys))):
-        k = keys[idx]
-        rev = (dirs[idx] if idx < len(dirs) else "asc") == "desc"
-        out.sort(key=lambda i: _truthy(i.get(k)), reverse=rev)
-    page, nxt = paginate(out, req, not_found=lambda m: neutron_error(
-        404, f"Marker {m} could not be found.", "NotFound"))
-    fields = req.query.get("fields")
-    if fields:
-        page = [{k: v for k, v in i.items() if k in fields} for i in page]
-    body: dict[str, Any] = {coll: page}
-    if nxt:
-        body[f"{coll}_links"] = [{"rel": "next", "href": with_query(
-            f"{req.base_url}/networking/v2.0/{coll}", req, marker=nxt)}]
-    return Response(200, body)
-
-
-def _ts(d: dict[str, Any]) -> dict[str, Any]:
-    out = dict(d)
-    for k in ("created_at", "updated_at"):
-        if k in out:
-            out[k] = iso(out[k])
-    return out
-
-
-def _one(req: Request, key: str, item: dict[str, Any], status: int = 200) -> Response:
-    fields = req.query.get("fields")
-    if fields:
-        item = {k: v for k, v in item.items() if k in fields}
-    return Response(status, {key: item})
-
-
-def _quota_check(st: State, res: str, used: int) -> None:
-    limit = st.neutron_quota.get(res, -1)
-    if limit >= 0 and used + 1 > limit:
-        raise neutron_error(409, f"Quota exceeded for resources: ['{res}'].", "OverQuota")
-
-
 # ------------------------------------------------------------ networks / subnets
 
-def _visible_net(n: dict[str, Any]) -> bool:
+def _visible_net(n: Record) -> bool:
     return n["project_id"] == PROJECT_ID or n["shared"] or n["router:external"]
 
 
-def _net(req: Request, nid: str | None = None) -> dict[str, Any]:
-    nid = nid or req.match["id"]  # type: ignore[index]
-    n = _st(req).networks.get(nid)
-    if n is None or not _visible_net(n):
-        raise neutron_error(404, f"Network {nid} could not be found.", "NetworkNotFound")
-    return n
-
-
-def net_view(n: dict[str, Any]) -> dict[str, Any]:
+def net_view(st: State, n: Record) -> Record:
     out = _ts(n)
     out["subnets"] = list(n["subnets"])
     return out
 
 
-@router.route("GET", V + r"/networks")
-def list_networks(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        return _listing(req, "networks", [n for n in st.networks.values() if _visible_net(n)], net_view)
+NETWORKS = Kind("network", "networks", "networks", "Network {} could not be found.",
+                "NetworkNotFound", net_view, lambda st, n: _visible_net(n))
+SUBNETS = Kind("subnet", "subnets", "subnets", "Subnet {} could not be found.", "SubnetNotFound",
+               visible=lambda st, s: _visible_net(st.networks[s["network_id"]]))
+NETWORKS.serve("index", "show")
+SUBNETS.serve("index", "show")
 
 
-@router.route("GET", V + r"/networks/(?P<id>[^/]+)")
-def show_network(req: Request) -> Response:
-    with _st(req).lock:
-        return _one(req, "network", net_view(_net(req)))
+@NETWORKS.creates
+def _new_network(req: Request, st: State, b: Record) -> Record:
+    NETWORKS.quota_check(st)
+    if b.get("router:external") or b.get("shared"):
+        raise neutron_error(403, "(rule:create_network and (rule:create_network:shared and "
+                                 "rule:create_network:router:external)) is disallowed by policy",
+                            "PolicyNotAuthorized")
+    n = st.add_network(str(b.get("name", "")), PROJECT_ID, now(), external=False,
+                       mtu=int(b.get("mtu", 1450)))
+    n["admin_state_up"] = bool(b.get("admin_state_up", True))
+    n["description"] = str(b.get("description", ""))
+    return n
 
 
-@router.route("POST", V + r"/networks")
-def create_network(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "network")
-    with st.lock:
-        _quota_check(st, "network", sum(1 for n in st.networks.values() if n["project_id"] == PROJECT_ID))
-        if b.get("router:external") or b.get("shared"):
-            raise neutron_error(403, "(rule:create_network and (rule:create_network:shared and "
-                                     "rule:create_network:router:external)) is disallowed by policy",
-                                "PolicyNotAuthorized")
-        n = st.add_network(str(b.get("name", "")), PROJECT_ID, now(), external=False,
-                           mtu=int(b.get("mtu", 1450)))
-        n["admin_state_up"] = bool(b.get("admin_state_up", True))
-        n["description"] = str(b.get("description", ""))
-        return _one(req, "network", net_view(n), 201)
+@NETWORKS.updates("name", "description", "admin_state_up", "mtu",
+                  "port_security_enabled")
+def _own_network(st: State, n: Record, body: Record) -> None:
+    if n["project_id"] != PROJECT_ID:  # shared/external ones are seen, not changed
+        raise neutron_error(404, f"Network {n['id']} could not be found.", "NetworkNotFound")
 
 
-@router.route("PUT", V + r"/networks/(?P<id>[^/]+)")
-def update_network(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "network")
-    with st.lock:
-        n = _net(req)
-        if n["project_id"] != PROJECT_ID:
-            raise neutron_error(404, f"Network {n['id']} could not be found.", "NetworkNotFound")
-        for k in ("name", "description", "admin_state_up", "mtu", "port_security_enabled"):
-            if k in b:
-                n[k] = b[k]
-        n["updated_at"] = now()
-        n["revision_number"] += 1
-        return _one(req, "network", net_view(n))
+@NETWORKS.deletes
+def _empty_network(st: State, n: Record) -> None:
+    _own_or_403(n)
+    busy = [p for p in st.ports.values() if p["network_id"] == n["id"]
+            and not p["device_owner"].startswith("network:dhcp")]
+    if busy:
+        raise neutron_error(409, f"Unable to complete operation on network {n['id']}. "
+                                 "There are one or more ports still in use on the network.",
+                            "NetworkInUse")
+    for pid in [p["id"] for p in st.ports.values() if p["network_id"] == n["id"]]:
+        del st.ports[pid]
+    for sid in n["subnets"]:
+        st.subnets.pop(sid, None)
 
 
-@router.route("DELETE", V + r"/networks/(?P<id>[^/]+)")
-def delete_network(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        n = _net(req)
-        if n["project_id"] != PROJECT_ID:
-            raise neutron_error(403, "disallowed by policy", "PolicyNotAuthorized")
-        busy = [p for p in st.ports.values() if p["network_id"] == n["id"]
-                and not p["device_owner"].startswith("network:dhcp")]
-        if busy:
-            raise neutron_error(409, f"Unable to complete operation on network {n['id']}. "
-                                     "There are one or more ports still in use on the network.",
-                                "NetworkInUse")
-        for pid in [p["id"] for p in st.ports.values() if p["network_id"] == n["id"]]:
-            del st.ports[pid]
-        for sid in n["subnets"]:
-            st.subnets.pop(sid, None)
-        del st.networks[n["id"]]
-    return Response(204)
+@SUBNETS.creates
+def _new_subnet(req: Request, st: State, b: Record) -> Record:
+    net = NETWORKS.find(req, str(b.get("network_id", "")))
+    _own_or_403(net)
+    try:
+        cidr = str(ipaddress.ip_network(str(b.get("cidr")), strict=True))
+    except ValueError:
+        raise neutron_error(400, f"Invalid input for cidr. Reason: '{b.get('cidr')}' is not a "
+                                 "valid IP subnet.", "HTTPBadRequest")
+    sub = st.add_subnet(net, str(b.get("name", "")), cidr, now(),
+                        dns=list(b.get("dns_nameservers") or []))
+    if "gateway_ip" in b:
+        sub["gateway_ip"] = b["gateway_ip"]
+    if b.get("allocation_pools"):
+        sub["allocation_pools"] = list(b["allocation_pools"])
+    sub["enable_dhcp"] = bool(b.get("enable_dhcp", True))
+    return sub
 
 
-def _subnet(req: Request) -> dict[str, Any]:
-    sid = req.match["id"]  # type: ignore[index]
-    s = _st(req).subnets.get(sid)
-    if s is None or not _visible_net(_st(req).networks[s["network_id"]]):
-        raise neutron_error(404, f"Subnet {sid} could not be found.", "SubnetNotFound")
-    return s
-
-
-@router.route("GET", V + r"/subnets")
-def list_subnets(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        subs = [s for s in st.subnets.values() if _visible_net(st.networks[s["network_id"]])]
-        return _listing(req, "subnets", subs, _ts)
-
-
-@router.route("GET", V + r"/subnets/(?P<id>[^/]+)")
-def show_subnet(req: Request) -> Response:
-    with _st(req).lock:
-        return _one(req, "subnet", _ts(_subnet(req)))
-
-
-@router.route("POST", V + r"/subnets")
-def create_subnet(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "subnet")
-    with st.lock:
-        net = _net(req, str(b.get("network_id", "")))
-        if net["project_id"] != PROJECT_ID:
-            raise neutron_error(403, "disallowed by policy", "PolicyNotAuthorized")
-        try:
-            cidr = str(ipaddress.ip_network(str(b.get("cidr")), strict=True))
-        except ValueError:
-            raise neutron_error(400, f"Invalid input for cidr. Reason: '{b.get('cidr')}' is not a "
-                                     "valid IP subnet.", "HTTPBadRequest")
-        sub = st.add_subnet(net, str(b.get("name", "")), cidr, now(),
-                            dns=list(b.get("dns_nameservers") or []))
-        if "gateway_ip" in b:
-            sub["gateway_ip"] = b["gateway_ip"]
-        if b.get("allocation_pools"):
-            sub["allocation_pools"] = list(b["allocation_pools"])
-        sub["enable_dhcp"] = bool(b.get("enable_dhcp", True))
-        return _one(req, "subnet", _ts(sub), 201)
-
-
-@router.route("DELETE", V + r"/subnets/(?P<id>[^/]+)")
-def delete_subnet(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        s = _subnet(req)
-        if s["project_id"] != PROJECT_ID:
-            raise neutron_error(403, "disallowed by policy", "PolicyNotAuthorized")
-        if any(f["subnet_id"] == s["id"] for p in st.ports.values() for f in p["fixed_ips"]):
-            raise neutron_error(409, f"Unable to complete operation on subnet {s['id']}: One or "
-                                     "more ports have an IP allocation from this subnet.",
-                                "SubnetInUse")
-        st.networks[s["network_id"]]["subnets"].remove(s["id"])
-        del st.subnets[s["id"]]
-    return Response(204)
+@SUBNETS.deletes
+def _unused_subnet(st: State, s: Record) -> None:
+    _own_or_403(s)
+    if any(f["subnet_id"] == s["id"] for p in st.ports.values() for f in p["fixed_ips"]):
+        raise neutron_error(409, f"Unable to complete operation on subnet {s['id']}: One or "
+                                 "more ports have an IP allocation from this subnet.",
+                            "SubnetInUse")
+    st.networks[s["network_id"]]["subnets"].remove(s["id"])
 
 
 # ------------------------------------------------------------ ports
 
-def port_view(p: dict[str, Any]) -> dict[str, Any]:
+def port_view(st: State, p: Record) -> Record:
     out = _ts(p)
     out.pop("binding:host_id", None)  # admin-only attribute
     out["fixed_ips"] = [dict(f) for f in p["fixed_ips"]]
@@ -279,28 +127,9 @@ def port_view(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _port(req: Request, pid: str | None = None) -> dict[str, Any]:
-    pid = pid or req.match["id"]  # type: ignore[index]
-    p = _st(req).ports.get(pid)
-    if p is None or p["project_id"] != PROJECT_ID:
-        raise neutron_error(404, f"Port {pid} could not be found.", "PortNotFound")
-    return p
-
-
-@router.route("GET", V + r"/ports")
-def list_ports(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        st.settle()
-        return _listing(req, "ports", [p for p in st.ports.values()
-                                       if p["project_id"] == PROJECT_ID], port_view)
-
-
-@router.route("GET", V + r"/ports/(?P<id>[^/]+)")
-def show_port(req: Request) -> Response:
-    with _st(req).lock:
-        _st(req).settle()
-        return _one(req, "port", port_view(_port(req)))
+PORTS = Kind("port", "ports", "ports", "Port {} could not be found.", "PortNotFound", port_view,
+             settle=True)
+PORTS.serve("index", "show")
 
 
 def _sg_ids(st: State, refs: Any) -> list[str]:
@@ -313,106 +142,56 @@ def _sg_ids(st: State, refs: Any) -> list[str]:
     return out
 
 
-@router.route("POST", V + r"/ports")
-def create_port(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "port")
-    with st.lock:
-        net = _net(req, str(b.get("network_id", "")))
-        _quota_check(st, "port", sum(1 for p in st.ports.values() if p["project_id"] == PROJECT_ID))
-        sgs = _sg_ids(st, b["security_groups"]) if "security_groups" in b else [st.default_sg_id]
-        wanted = None
-        for f in b.get("fixed_ips") or []:
-            wanted = f.get("ip_address") or wanted
-        if wanted and wanted in st.used_ips(net["id"]):
-            raise neutron_error(409, f"IP address {wanted} already allocated in subnet "
-                                     f"{net['subnets'][0]}", "IpAddressAlreadyAllocated")
-        try:
-            p = st.create_port(net, now(), security_groups=sgs, fixed_ip=wanted,
-                               name=str(b.get("name", "")))
-        except LookupError:
-            raise neutron_error(409, f"No more IP addresses available on network {net['id']}.",
-                                "IpAddressGenerationFailure")
-        for k in ("description", "admin_state_up", "device_id", "device_owner",
-                  "port_security_enabled"):
-            if k in b:
-                p[k] = b[k]
-        return _one(req, "port", port_view(p), 201)
+@PORTS.creates
+def _new_port(req: Request, st: State, b: Record) -> Record:
+    net = NETWORKS.find(req, str(b.get("network_id", "")))
+    PORTS.quota_check(st)
+    sgs = _sg_ids(st, b["security_groups"]) if "security_groups" in b else [st.default_sg_id]
+    wanted = None
+    for f in b.get("fixed_ips") or []:
+        wanted = f.get("ip_address") or wanted
+    if wanted and wanted in st.used_ips(net["id"]):
+        raise neutron_error(409, f"IP address {wanted} already allocated in subnet "
+                                 f"{net['subnets'][0]}", "IpAddressAlreadyAllocated")
+    try:
+        p = st.create_port(net, now(), security_groups=sgs, fixed_ip=wanted,
+                           name=str(b.get("name", "")))
+    except LookupError:
+        raise neutron_error(409, f"No more IP addresses available on network {net['id']}.",
+                            "IpAddressGenerationFailure")
+    _copy_fields(p, b, ("description", "admin_state_up", "device_id", "device_owner",
+                        "port_security_enabled"))
+    return p
 
 
-@router.route("PUT", V + r"/ports/(?P<id>[^/]+)")
-def update_port(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "port")
-    with st.lock:
-        p = _port(req)
-        if "security_groups" in b:
-            p["security_groups"] = _sg_ids(st, b["security_groups"])
-        for k in ("name", "description", "admin_state_up", "device_id", "device_owner",
-                  "port_security_enabled", "allowed_address_pairs"):
-            if k in b:
-                p[k] = b[k]
-        p["updated_at"] = now()
-        p["revision_number"] += 1
-        return _one(req, "port", port_view(p))
+@PORTS.updates("name", "description", "admin_state_up", "device_id", "device_owner",
+               "port_security_enabled", "allowed_address_pairs")
+def _port_groups(st: State, p: Record, body: Record) -> None:
+    if "security_groups" in body:
+        p["security_groups"] = _sg_ids(st, body["security_groups"])
 
 
-@router.route("DELETE", V + r"/ports/(?P<id>[^/]+)")
-def delete_port(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        p = _port(req)
-        if p["device_owner"].startswith("network:"):
-            raise neutron_error(409, f"Port {p['id']} cannot be deleted directly via the port API: "
-                                     "has device owner " + p["device_owner"] + ".",
-                                "ServicePortInUse")
-        del st.ports[p["id"]]
-        for f in st.floating_ips.values():
-            if f["port_id"] == p["id"]:
-                f.update(port_id=None, fixed_ip_address=None, router_id=None, status="DOWN",
-                         updated_at=now())
-        for s in st.servers.values():
-            if p["id"] in s["owned_ports"]:
-                s["owned_ports"].remove(p["id"])
-    return Response(204)
+@PORTS.deletes
+def _unplug_port(st: State, p: Record) -> None:
+    if p["device_owner"].startswith("network:"):
+        raise neutron_error(409, f"Port {p['id']} cannot be deleted directly via the port API: "
+                                 "has device owner " + p["device_owner"] + ".",
+                            "ServicePortInUse")
+    st.detach_floating_ips(p["id"])
+    for s in st.servers.values():
+        if p["id"] in s["owned_ports"]:
+            s["owned_ports"].remove(p["id"])
 
 
 # ------------------------------------------------------------ routers (read only)
 
-@router.route("GET", V + r"/routers")
-def list_routers(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        return _listing(req, "routers", [r for r in st.routers.values()
-                                         if r["project_id"] == PROJECT_ID], _ts)
-
-
-@router.route("GET", V + r"/routers/(?P<id>[^/]+)")
-def show_router(req: Request) -> Response:
-    st = _st(req)
-    rid = req.match["id"]  # type: ignore[index]
-    with st.lock:
-        r = st.routers.get(rid)
-        if r is None:
-            raise neutron_error(404, f"Router {rid} could not be found", "RouterNotFound")
-        return _one(req, "router", _ts(r))
+# Any router can be looked up by id; a list shows the project's own.
+ROUTERS = Kind("router", "routers", "routers", "Router {} could not be found", "RouterNotFound",
+               visible=lambda st, r: True, listed=owned_by_demo)
+ROUTERS.serve("index", "show")
 
 
 # ------------------------------------------------------------ quotas, extensions
-
-def _neutron_usage(st: State) -> dict[str, int]:
-    mine = PROJECT_ID
-    return {
-        "network": sum(1 for n in st.networks.values() if n["project_id"] == mine),
-        "subnet": sum(1 for s in st.subnets.values() if s["project_id"] == mine),
-        "port": sum(1 for p in st.ports.values() if p["project_id"] == mine),
-        "router": sum(1 for r in st.routers.values() if r["project_id"] == mine),
-        "floatingip": sum(1 for f in st.floating_ips.values() if f["project_id"] == mine),
-        "security_group": sum(1 for g in st.security_groups.values() if g["project_id"] == mine),
-        "security_group_rule": sum(1 for r in st.sg_rules.values() if r["project_id"] == mine),
-        "rbac_policy": 0, "subnetpool": 0, "trunk": 0,
-    }
-
 
 @router.route("GET", V + r"/quotas/(?P<pid>[^/]+?)(?P<kind>/details|/default)?(?:\.json)?")
 def show_quota(req: Request) -> Response:
@@ -420,10 +199,8 @@ def show_quota(req: Request) -> Response:
     pid = req.match["pid"]  # type: ignore[index]
     kind = req.match["kind"]  # type: ignore[index]
     with st.lock:
-        st.settle()
-        q = NEUTRON_QUOTA_DEFAULTS if (kind == "/default" or pid != PROJECT_ID) else st.neutron_quota
+        q, used = st.quota_of("network", pid, defaults=kind == "/default")
         if kind == "/details":
-            used = _neutron_usage(st) if pid == PROJECT_ID else {}
             return Response(200, {"quota": {k: {"limit": v, "used": used.get(k, 0), "reserved": 0}
                                             for k, v in q.items()}})
         return Response(200, {"quota": dict(q)})

@@ -1,137 +1,75 @@
 """Neutron security groups, security group rules and floating IPs
-(registered on network.router)."""
+(registered on the Neutron router of network_common.py)."""
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Any
 
-from .core import ApiError, Request, Response, neutron_error, new_id, now
-from .network import V, _body, _listing, _net, _one, _quota_check, _st, _ts, router
-from .state import PROJECT_ID, State
+from .core import ApiError, Request, neutron_error, new_id, now
+from .network import NETWORKS
+from .network_common import Kind, Record, _ts
+from .state import PROJECT_ID, State, owned
 
 # ------------------------------------------------------------ security groups
 
-def rule_view(r: dict[str, Any]) -> dict[str, Any]:
-    return _ts(r)
-
-
-def sg_view(st: State, g: dict[str, Any]) -> dict[str, Any]:
+def sg_view(st: State, g: Record) -> Record:
     out = _ts(g)
-    out["security_group_rules"] = [rule_view(r) for r in st.sg_rules.values()
+    out["security_group_rules"] = [_ts(r) for r in st.sg_rules.values()
                                    if r["security_group_id"] == g["id"]]
     return out
 
 
-def _sg(req: Request, gid: str | None = None) -> dict[str, Any]:
-    gid = gid or req.match["id"]  # type: ignore[index]
-    g = _st(req).security_groups.get(gid)
-    if g is None or g["project_id"] != PROJECT_ID:
-        raise neutron_error(404, f"Security group {gid} does not exist", "SecurityGroupNotFound")
+SECURITY_GROUPS = Kind("security_group", "security_groups", "security-groups",
+                       "Security group {} does not exist", "SecurityGroupNotFound", sg_view)
+RULES = Kind("security_group_rule", "sg_rules", "security-group-rules",
+             "Security group rule {} does not exist", "SecurityGroupRuleNotFound")
+SECURITY_GROUPS.serve("index", "show")
+RULES.serve("index", "show", "delete")
+
+
+@SECURITY_GROUPS.creates
+def _new_group(req: Request, st: State, b: Record) -> Record:
+    name = b.get("name", "")
+    if name == "default":
+        raise neutron_error(409, "Default security group already exists.",
+                            "SecurityGroupDefaultAlreadyExists")
+    SECURITY_GROUPS.quota_check(st)
+    g = st.add_security_group(str(name), str(b.get("description", "")), now())
+    if "stateful" in b:
+        g["stateful"] = bool(b["stateful"])
     return g
 
 
-@router.route("GET", V + r"/security-groups")
-def list_sgs(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        return _listing(req, "security_groups", [g for g in st.security_groups.values()
-                                                 if g["project_id"] == PROJECT_ID],
-                        lambda g: sg_view(st, g))
+@SECURITY_GROUPS.updates("name", "description", "stateful")
+def _keep_default_name(st: State, g: Record, body: Record) -> None:
+    if g["id"] == st.default_sg_id and body.get("name", "default") != "default":
+        raise neutron_error(409, "Updating default security group not allowed.",
+                            "SecurityGroupCannotUpdateDefault")
 
 
-@router.route("GET", V + r"/security-groups/(?P<id>[^/]+)")
-def show_sg(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        return _one(req, "security_group", sg_view(st, _sg(req)))
-
-
-@router.route("POST", V + r"/security-groups")
-def create_sg(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "security_group")
-    name = b.get("name", "")
-    with st.lock:
-        if name == "default":
-            raise neutron_error(409, "Default security group already exists.",
-                                "SecurityGroupDefaultAlreadyExists")
-        _quota_check(st, "security_group", sum(1 for g in st.security_groups.values()
-                                               if g["project_id"] == PROJECT_ID))
-        g = st.add_security_group(str(name), str(b.get("description", "")), now())
-        if "stateful" in b:
-            g["stateful"] = bool(b["stateful"])
-        return _one(req, "security_group", sg_view(st, g), 201)
-
-
-@router.route("PUT", V + r"/security-groups/(?P<id>[^/]+)")
-def update_sg(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "security_group")
-    with st.lock:
-        g = _sg(req)
-        if g["id"] == st.default_sg_id and b.get("name", "default") != "default":
-            raise neutron_error(409, "Updating default security group not allowed.",
-                                "SecurityGroupCannotUpdateDefault")
-        for k in ("name", "description", "stateful"):
-            if k in b:
-                g[k] = b[k]
-        g["updated_at"] = now()
-        g["revision_number"] += 1
-        return _one(req, "security_group", sg_view(st, g))
-
-
-@router.route("DELETE", V + r"/security-groups/(?P<id>[^/]+)")
-def delete_sg(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        st.settle()
-        g = _sg(req)
-        if g["id"] == st.default_sg_id:
-            raise neutron_error(409, "Insufficient rights for removing default security group.",
-                                "SecurityGroupCannotRemoveDefault")
-        if any(g["id"] in p["security_groups"] for p in st.ports.values()):
-            raise neutron_error(409, f"Security Group {g['id']} in use.", "SecurityGroupInUse")
-        for rid in [r["id"] for r in st.sg_rules.values() if r["security_group_id"] == g["id"]]:
-            del st.sg_rules[rid]
-        del st.security_groups[g["id"]]
-    return Response(204)
+@SECURITY_GROUPS.deletes
+def _unused_group(st: State, g: Record) -> None:
+    st.settle()  # a server being deleted may still hold the group
+    if g["id"] == st.default_sg_id:
+        raise neutron_error(409, "Insufficient rights for removing default security group.",
+                            "SecurityGroupCannotRemoveDefault")
+    if any(g["id"] in p["security_groups"] for p in st.ports.values()):
+        raise neutron_error(409, f"Security Group {g['id']} in use.", "SecurityGroupInUse")
+    for rid in [r["id"] for r in st.sg_rules.values() if r["security_group_id"] == g["id"]]:
+        del st.sg_rules[rid]
 
 
 _PROTO_NUM = {"tcp": "6", "udp": "17", "icmp": "1", "icmpv6": "58", "ipv6-icmp": "58"}
-
-
-@router.route("GET", V + r"/security-group-rules")
-def list_rules(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        return _listing(req, "security_group_rules", [r for r in st.sg_rules.values()
-                                                      if r["project_id"] == PROJECT_ID], rule_view)
-
-
-def _rule(req: Request) -> dict[str, Any]:
-    rid = req.match["id"]  # type: ignore[index]
-    r = _st(req).sg_rules.get(rid)
-    if r is None or r["project_id"] != PROJECT_ID:
-        raise neutron_error(404, f"Security group rule {rid} does not exist",
-                            "SecurityGroupRuleNotFound")
-    return r
-
-
-@router.route("GET", V + r"/security-group-rules/(?P<id>[^/]+)")
-def show_rule(req: Request) -> Response:
-    with _st(req).lock:
-        return _one(req, "security_group_rule", rule_view(_rule(req)))
 
 
 def _bad_rule(msg: str) -> ApiError:
     return neutron_error(400, msg, "HTTPBadRequest")
 
 
-@router.route("POST", V + r"/security-group-rules")
-def create_rule(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "security_group_rule")
+def _rule_spec(b: Record) -> tuple[Any, ...]:
+    """The checked (direction, ethertype, protocol, port min, port max,
+    remote prefix, remote group) of a new rule's body."""
     direction = b.get("direction")
     if direction not in ("ingress", "egress"):
         raise _bad_rule(f"Invalid input for direction. Reason: '{direction}' is not in "
@@ -182,39 +120,34 @@ def create_rule(req: Request) -> Response:
         if (net.version == 4) != (ethertype == "IPv4"):
             raise neutron_error(400, f"Conflicting value ethertype {ethertype} for CIDR {prefix}",
                                 "BadRequest")
-    with st.lock:
-        g = _sg(req, str(b.get("security_group_id", "")))
-        if rgroup:
-            _sg(req, str(rgroup))
-        for r in st.sg_rules.values():
-            if (r["security_group_id"] == g["id"] and r["direction"] == direction
-                    and r["ethertype"] == ethertype and r["protocol"] == proto
-                    and r["port_range_min"] == pmin and r["port_range_max"] == pmax
-                    and (r["normalized_cidr"] == (str(ipaddress.ip_network(prefix, strict=False))
-                                                  if prefix else None))
-                    and r["remote_group_id"] == rgroup):
-                raise neutron_error(409, f"Security group rule already exists. Rule id is "
-                                         f"{r['id']}.", "SecurityGroupRuleExists")
-        _quota_check(st, "security_group_rule", sum(1 for r in st.sg_rules.values()
-                                                    if r["project_id"] == PROJECT_ID))
-        r = st.add_rule(g["id"], direction, ethertype, now(), proto, pmin, pmax, prefix, rgroup,
-                        str(b.get("description", "")))
-        g["revision_number"] += 1
-        return _one(req, "security_group_rule", rule_view(r), 201)
+    return direction, ethertype, proto, pmin, pmax, prefix, rgroup
 
 
-@router.route("DELETE", V + r"/security-group-rules/(?P<id>[^/]+)")
-def delete_rule(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        r = _rule(req)
-        del st.sg_rules[r["id"]]
-    return Response(204)
+@RULES.creates
+def _new_rule(req: Request, st: State, b: Record) -> Record:
+    direction, ethertype, proto, pmin, pmax, prefix, rgroup = _rule_spec(b)
+    g = SECURITY_GROUPS.find(req, str(b.get("security_group_id", "")))
+    if rgroup:
+        SECURITY_GROUPS.find(req, str(rgroup))
+    for r in st.sg_rules.values():
+        if (r["security_group_id"] == g["id"] and r["direction"] == direction
+                and r["ethertype"] == ethertype and r["protocol"] == proto
+                and r["port_range_min"] == pmin and r["port_range_max"] == pmax
+                and (r["normalized_cidr"] == (str(ipaddress.ip_network(prefix, strict=False))
+                                              if prefix else None))
+                and r["remote_group_id"] == rgroup):
+            raise neutron_error(409, f"Security group rule already exists. Rule id is "
+                                     f"{r['id']}.", "SecurityGroupRuleExists")
+    RULES.quota_check(st)
+    r = st.add_rule(g["id"], direction, ethertype, now(), proto, pmin, pmax, prefix, rgroup,
+                    str(b.get("description", "")))
+    g["revision_number"] += 1
+    return r
 
 
 # ------------------------------------------------------------ floating IPs
 
-def fip_view(st: State, f: dict[str, Any]) -> dict[str, Any]:
+def fip_view(st: State, f: Record) -> Record:
     out = _ts(f)
     p = st.ports.get(f["port_id"] or "")
     out["port_details"] = None if p is None else {
@@ -225,21 +158,17 @@ def fip_view(st: State, f: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fip(req: Request) -> dict[str, Any]:
-    fid = req.match["id"]  # type: ignore[index]
-    f = _st(req).floating_ips.get(fid)
-    if f is None or f["project_id"] != PROJECT_ID:
-        raise neutron_error(404, f"Floating IP {fid} could not be found",
-                            "FloatingIPNotFound")
-    return f
+FLOATING_IPS = Kind("floatingip", "floating_ips", "floatingips",
+                    "Floating IP {} could not be found", "FloatingIPNotFound", fip_view)
+FLOATING_IPS.serve("index", "show", "delete")
 
 
-def _associate(st: State, f: dict[str, Any], port_id: str | None, fixed: str | None) -> None:
+def _associate(st: State, f: Record, port_id: str | None, fixed: str | None) -> None:
     if not port_id:
         f.update(port_id=None, fixed_ip_address=None, router_id=None, status="DOWN")
         return
     p = st.ports.get(port_id)
-    if p is None or p["project_id"] != PROJECT_ID:
+    if p is None or not owned(p):
         raise neutron_error(404, f"Port {port_id} could not be found.", "PortNotFound")
     v4 = [x for x in p["fixed_ips"] if ":" not in x["ip_address"]]
     if not v4:
@@ -278,81 +207,44 @@ def _associate(st: State, f: dict[str, Any], port_id: str | None, fixed: str | N
              status="ACTIVE")
 
 
-@router.route("GET", V + r"/floatingips")
-def list_fips(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        return _listing(req, "floatingips", [f for f in st.floating_ips.values()
-                                             if f["project_id"] == PROJECT_ID],
-                        lambda f: fip_view(st, f))
-
-
-@router.route("GET", V + r"/floatingips/(?P<id>[^/]+)")
-def show_fip(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        return _one(req, "floatingip", fip_view(st, _fip(req)))
-
-
-@router.route("POST", V + r"/floatingips")
-def create_fip(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "floatingip")
+@FLOATING_IPS.creates
+def _new_fip(req: Request, st: State, b: Record) -> Record:
     nid = b.get("floating_network_id")
     if not nid:
         raise neutron_error(400, "Invalid input for operation: 'floating_network_id' is required",
                             "HTTPBadRequest")
-    with st.lock:
-        net = _net(req, str(nid))
-        if not net["router:external"]:
-            raise neutron_error(400, f"Bad floatingip request: Network {net['id']} is not a valid "
-                                     "external network.", "BadRequest")
-        _quota_check(st, "floatingip", sum(1 for f in st.floating_ips.values()
-                                           if f["project_id"] == PROJECT_ID))
-        wanted = b.get("floating_ip_address")
-        if wanted:
-            raise neutron_error(403, "(rule:create_floatingip and rule:create_floatingip:"
-                                     "floating_ip_address) is disallowed by policy",
-                                "PolicyNotAuthorized")
-        alloc = st.allocate_ip(net)
-        if alloc is None:
-            raise neutron_error(409, f"No more IP addresses available on network {net['id']}.",
-                                "IpAddressGenerationFailure")
-        t = now()
-        f = {"id": new_id(), "floating_ip_address": alloc[1], "floating_network_id": net["id"],
-             "router_id": None, "port_id": None, "fixed_ip_address": None, "status": "DOWN",
-             "tenant_id": PROJECT_ID, "project_id": PROJECT_ID,
-             "description": str(b.get("description", "")), "dns_domain": "", "dns_name": "",
-             "qos_policy_id": None, "tags": [], "created_at": t, "updated_at": t,
-             "revision_number": 0}
-        st.floating_ips[f["id"]] = f
-        try:
-            _associate(st, f, b.get("port_id"), b.get("fixed_ip_address"))
-        except ApiError:
-            del st.floating_ips[f["id"]]
-            raise
-        return _one(req, "floatingip", fip_view(st, f), 201)
-
-
-@router.route("PUT", V + r"/floatingips/(?P<id>[^/]+)")
-def update_fip(req: Request) -> Response:
-    st = _st(req)
-    b = _body(req, "floatingip")
-    with st.lock:
-        f = _fip(req)
-        if "port_id" in b:
-            _associate(st, f, b.get("port_id"), b.get("fixed_ip_address"))
-        if "description" in b:
-            f["description"] = b["description"]
-        f["updated_at"] = now()
-        f["revision_number"] += 1
-        return _one(req, "floatingip", fip_view(st, f))
-
-
-@router.route("DELETE", V + r"/floatingips/(?P<id>[^/]+)")
-def delete_fip(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        f = _fip(req)
+    net = NETWORKS.find(req, str(nid))
+    if not net["router:external"]:
+        raise neutron_error(400, f"Bad floatingip request: Network {net['id']} is not a valid "
+                                 "external network.", "BadRequest")
+    FLOATING_IPS.quota_check(st)
+    wanted = b.get("floating_ip_address")
+    if wanted:
+        raise neutron_error(403, "(rule:create_floatingip and rule:create_floatingip:"
+                                 "floating_ip_address) is disallowed by policy",
+                            "PolicyNotAuthorized")
+    alloc = st.allocate_ip(net)
+    if alloc is None:
+        raise neutron_error(409, f"No more IP addresses available on network {net['id']}.",
+                            "IpAddressGenerationFailure")
+    t = now()
+    f = {"id": new_id(), "floating_ip_address": alloc[1], "floating_network_id": net["id"],
+         "router_id": None, "port_id": None, "fixed_ip_address": None, "status": "DOWN",
+         "tenant_id": PROJECT_ID, "project_id": PROJECT_ID,
+         "description": str(b.get("description", "")), "dns_domain": "", "dns_name": "",
+         "qos_policy_id": None, "tags": [], "created_at": t, "updated_at": t,
+         "revision_number": 0}
+    st.floating_ips[f["id"]] = f
+    try:
+        _associate(st, f, b.get("port_id"), b.get("fixed_ip_address"))
+    except ApiError:
         del st.floating_ips[f["id"]]
-    return Response(204)
+        raise
+    return f
+
+
+@FLOATING_IPS.updates("description")
+def _reassociate(st: State, f: Record, body: Record) -> None:
+    if "port_id" in body:
+        _associate(st, f, body.get("port_id"), body.get("fixed_ip_address"))
+

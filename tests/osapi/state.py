@@ -78,6 +78,11 @@ IMAGES = [
 POWER = {"NOSTATE": 0, "RUNNING": 1, "PAUSED": 3, "SHUTDOWN": 4, "CRASHED": 6, "SUSPENDED": 7}
 
 
+def owned(obj: dict[str, Any]) -> bool:
+    """Whether a record belongs to the demo project (the only one clients use)."""
+    return bool(obj["project_id"] == PROJECT_ID)
+
+
 def _seed_time() -> float:
     return 1704067200.0  # 2024-01-01T00:00:00Z
 
@@ -333,12 +338,19 @@ class State:
         self.sg_rules[rid] = rule
         return rule
 
+    def detach_floating_ips(self, port_id: str, t: float | None = None) -> None:
+        """Floating IPs on a port that goes away are left unassociated."""
+        for f in self.floating_ips.values():
+            if f["port_id"] == port_id:
+                f.update(port_id=None, fixed_ip_address=None, router_id=None, status="DOWN",
+                         updated_at=now() if t is None else t)
+
     def find_sg(self, name_or_id: str) -> dict[str, Any] | None:
         sg = self.security_groups.get(name_or_id)
         if sg:
             return sg
         for g in self.security_groups.values():
-            if g["name"] == name_or_id and g["project_id"] == PROJECT_ID:
+            if g["name"] == name_or_id and owned(g):
                 return g
         return None
 
@@ -384,7 +396,7 @@ class State:
     def usage_counts(self) -> dict[str, int]:
         inst = cores = ram = 0
         for s in self.servers.values():
-            if s["project_id"] != PROJECT_ID:
+            if not owned(s):
                 continue
             f = s["flavor"]
             inst += 1
@@ -400,13 +412,43 @@ class State:
                 "metadata_items": 0, "injected_files": 0,
                 "injected_file_content_bytes": 0,
                 "injected_file_path_bytes": 0,
-                "floating_ips": sum(1 for f in self.floating_ips.values()
-                                    if f["project_id"] == PROJECT_ID),
+                "floating_ips": self.count_owned(self.floating_ips),
                 "fixed_ips": 0,
-                "security_groups": sum(1 for g in self.security_groups.values()
-                                       if g["project_id"] == PROJECT_ID),
-                "security_group_rules": sum(1 for r in self.sg_rules.values()
-                                            if r["project_id"] == PROJECT_ID)}
+                "security_groups": self.count_owned(self.security_groups),
+                "security_group_rules": self.count_owned(self.sg_rules)}
+
+    @staticmethod
+    def count_owned(rows: dict[str, dict[str, Any]]) -> int:
+        return sum(1 for r in rows.values() if owned(r))
+
+    def neutron_usage(self) -> dict[str, int]:
+        tables = {"network": self.networks, "subnet": self.subnets, "port": self.ports,
+                  "router": self.routers, "floatingip": self.floating_ips,
+                  "security_group": self.security_groups, "security_group_rule": self.sg_rules}
+        used = {res: self.count_owned(rows) for res, rows in tables.items()}
+        used.update(rbac_policy=0, subnetpool=0, trunk=0)
+        return used
+
+    def quota_of(self, service: str, project_id: str,
+                 defaults: bool = False) -> tuple[dict[str, int], dict[str, int]]:
+        """(limits, usage) of a project for "compute" or "network", after
+        settling; another project (or ``defaults``) gets the default limits,
+        and only the demo project has usage."""
+        self.settle()
+        mine = project_id == PROJECT_ID
+        if service == "compute":
+            limits = self.nova_quota if mine and not defaults else NOVA_QUOTA_DEFAULTS
+            return limits, self.usage_counts() if mine else {}
+        limits = self.neutron_quota if mine and not defaults else NEUTRON_QUOTA_DEFAULTS
+        return limits, self.neutron_usage() if mine else {}
+
+    def add_keypair(self, name: str, public_key: str, fingerprint: str,
+                    type_: str = "ssh") -> dict[str, Any]:
+        self.keypair_seq += 1
+        rec = {"name": name, "public_key": public_key, "fingerprint": fingerprint,
+               "type": type_, "created_at": now(), "seq": self.keypair_seq}
+        self.keypairs[name] = rec
+        return rec
 
     def find_flavor(self, ref: str) -> dict[str, Any] | None:
         ref = str(ref).rstrip("/").rsplit("/", 1)[-1]
