@@ -47,7 +47,7 @@ def known_vms(ctx: Any, cloud: str, names: Iterable[str]) -> list[str]:
     if missing:
         from cm.names import collect
 
-        raise NotFound(f"unknown VM {collect(missing)} on cloud '{cloud}' (see `cm vm list --refresh`)")
+        raise NotFound(f"unknown VM '{collect(missing)}' on cloud '{cloud}' (see `cm vm list --refresh`)")
     return names
 
 

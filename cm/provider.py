@@ -103,7 +103,7 @@ class BootSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_NOT_VERBS = {"close", "config_from_env", "verbs"}
+_NOT_VERBS = {"close", "config_from_env", "verbs", "require"}
 
 
 class Provider:
@@ -128,6 +128,13 @@ class Provider:
         return sorted(name for name, base in vars(Provider).items()
                       if callable(base) and not name.startswith("_") and name not in _NOT_VERBS
                       and getattr(cls, name) is not base)
+
+    def require(self, verb: str) -> None:
+        """Raise the verb's one-line Unsupported now if this provider does not implement it,
+        so a bulk command refuses up front instead of failing once per VM."""
+        if verb not in type(self).verbs():
+            base = getattr(Provider, verb)
+            base(self, *([None] * (base.__code__.co_argcount - 1)))  # the contract's default raises
 
     @classmethod
     def config_from_env(cls, environ: dict[str, str]) -> dict[str, Any]:

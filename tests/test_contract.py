@@ -195,7 +195,7 @@ def test_refresh_drops_vms_gone_from_the_cloud(cm, cloud, two):
 # -- names ---------------------------------------------------------------------------------------------------
 def test_a_name_taken_is_refused(cm, cloud, two):
     again = cm("vm", "boot", "--name", two[0])
-    assert again.code == 1 and one_line(again.err) == f"cm: VM {two[0]} already exists on cloud '{cloud.name}'"
+    assert again.code == 2 and one_line(again.err) == f"cm: a VM named '{two[0]}' already exists on cloud '{cloud.name}'"
     (cloud.home / "mirror.json").unlink()  # the mirror forgot; the cloud did not
     result = cm("vm", "boot", "--name", two[0], "-f", "json")
     assert result.code == 1 and result.err.strip() == "1 of 1 failed"
@@ -208,8 +208,7 @@ def test_a_name_taken_is_refused(cm, cloud, two):
 def test_an_unknown_vm_is_one_line_and_exit_2(cm, cloud, words):
     result = cm(*words)
     assert result.code == 2 and result.out == ""
-    # (show quotes the name, the bulk verbs' up-front check does not: cm.commands, not the providers)
-    assert re.fullmatch(rf"cm: unknown VM '?nosuch'? on cloud '{cloud.name}' \(see `cm vm list --refresh`\)",
+    assert re.fullmatch(rf"cm: unknown VM 'nosuch' on cloud '{cloud.name}' \(see `cm vm list --refresh`\)",
                         one_line(result.err))
 
 
@@ -250,8 +249,6 @@ def test_verbs_not_implemented_are_refused_naming_cloud_and_verb(cm, cloud, two,
     assert sorted(listed(cm, "--refresh")) == two  # nothing changed
 
 
-@pytest.mark.xfail(reason="bulk verbs (vm ip assign/release, vm boot --public) report Unsupported per VM with "
-                          "exit 1; refusing up front with exit 2 belongs in cm/commands/vm.py", strict=False)
 def test_bulk_verbs_not_implemented_are_refused_up_front(cm, cloud, two):
     missing = [v for v in BULK_COMMANDS if v not in cloud.verbs]
     if not missing:

@@ -62,12 +62,12 @@ def test_show_and_status_across_all_clouds(cm, booted):
     assert {(r["name"], r["cloud"], r["state"]) for r in json.loads(status.out)} == \
         {(n, "local", "running") for n in booted}
     missing = cm("vm", "status", "ghost", "--cloud", "all")
-    assert missing.code == 2 and "unknown VM ghost on any cloud" in missing.err
+    assert missing.code == 2 and "unknown VM 'ghost' on any cloud" in missing.err
 
 
 def test_unknown_names_stop_a_bulk_verb_before_it_touches_anything(cm, booted):
     result = cm("vm", "stop", booted[0], "ghost")
-    assert result.code == 2 and "unknown VM ghost" in result.err
+    assert result.code == 2 and "unknown VM 'ghost'" in result.err
     assert json.loads(cm("vm", "show", booted[0], "-f", "json").out)["state"] == "running"
 
 

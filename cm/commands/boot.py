@@ -13,7 +13,7 @@ from typing import Any
 
 from cm import bulk, inventory
 from cm.commands.key import resolve_key
-from cm.errors import ConfigError, Conflict, UsageError
+from cm.errors import ConfigError, UsageError
 from cm.names import expand, generated
 from cm.provider import VM, BootSpec, State
 
@@ -35,7 +35,7 @@ def _names(ctx: Any, args: Namespace, cloud: str) -> list[str]:
         names = generated(user, ctx.mirror.next_counter(f"vm:{user}", count))
     taken = [n for n in names if ctx.mirror.get("vm", cloud, n)]
     if taken:
-        raise Conflict(f"VM {', '.join(taken)} already exists on cloud '{cloud}'")
+        raise UsageError(f"a VM named {', '.join(repr(n) for n in taken)} already exists on cloud '{cloud}'")
     return names
 
 
@@ -119,6 +119,9 @@ def boot_vms(ctx: Any, args: Namespace) -> int:
         ctx.emit(BOOT_COLUMNS, rows, args)
         return 0
     provider = ctx.provider(cloud)
+    provider.require("create_vm")
+    if args.public:
+        provider.require("assign_public_ip")
     created: dict[str, VM] = {}
 
     def record(outcome: bulk.Outcome) -> None:

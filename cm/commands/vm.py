@@ -128,7 +128,8 @@ def _targets_by_cloud(ctx, args: Namespace) -> list[tuple[str, list[str]]]:
             pairs.append((cloud, names))
     missing = [n for n in wanted if not any(n in names for _, names in pairs)]
     if missing or not pairs:
-        raise NotFound(f"unknown VM {', '.join(missing) or '(none in the group)'} on any cloud")
+        raise NotFound(f"unknown VM '{', '.join(missing)}' on any cloud" if missing else
+                       f"group '{args.group}' has no VMs on any cloud")
     return pairs
 
 
@@ -145,6 +146,7 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
                 ctx.say(f"would {verb_name} {name} on {cloud}")
             return 0
         provider = ctx.provider(cloud)
+        provider.require(method)
         timeout = ctx.timeout(cloud, args.timeout)
 
         def act(name: str) -> Any:
@@ -271,6 +273,7 @@ def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
                 ctx.say(f"would {'assign a public IP to' if assign else 'release the public IPs of'} {name}")
             return 0
         provider = ctx.provider(cloud)
+        provider.require("assign_public_ip" if assign else "release_public_ip")
         change = provider.assign_public_ip if assign else provider.release_public_ip
 
         def act(name: str) -> Any:
