@@ -15,11 +15,10 @@ import tempfile
 from typing import Any
 
 from . import compute_actions, compute_servers
-from .compute_common import V, _bad, _links, _st, router, status_of
+from .compute_common import V, _bad, _body_part, _links, _page, _st, router, status_of
 from .compute_servers import add_server
-from .core import (Request, Response, iso_naive, nova_error, now, paginate, parse_time,
-                   with_query)
-from .state import AZ, PROJECT_ID, USER_ID, State, ssh_fingerprint
+from .core import Request, Response, iso_naive, lookup, nova_error, now, parse_time, quota_request
+from .state import AZ, USER_ID, State, ssh_fingerprint
 
 # importing them registers their routes on the shared router
 ROUTE_MODULES = (compute_servers, compute_actions)
@@ -91,13 +90,8 @@ def _list_flavors(req: Request, detail: bool) -> Response:
         key = {"flavorid": "id", "id": "id", "name": "name", "memory_mb": "ram", "ram": "ram",
                "vcpus": "vcpus", "root_gb": "disk", "disk": "disk"}.get(req.q("sort_key") or "flavorid", "id")
         fl.sort(key=lambda f: (f[key], f["id"]), reverse=(req.q("sort_dir") == "desc"))
-        page, nxt = paginate(fl, req, max_limit=1000,
-                             not_found=lambda m: nova_error(400, f"marker [{m}] not found"))
-        body: dict[str, Any] = {"flavors": [_flavor_view(req, f, detail) for f in page]}
-        if nxt:
-            path = "/compute/v2.1/flavors" + ("/detail" if detail else "")
-            body["flavors_links"] = [{"rel": "next", "href": with_query(req.base_url + path, req, marker=nxt)}]
-        return Response(200, body)
+        return Response(200, _page(req, fl, "flavors", "flavors/detail" if detail else "flavors",
+                                   lambda f: _flavor_view(req, f, detail), max_limit=1000))
 
 
 router.add("GET", V + r"/flavors", lambda r: _list_flavors(r, False))
@@ -105,11 +99,8 @@ router.add("GET", V + r"/flavors/detail", lambda r: _list_flavors(r, True))
 
 
 def _flavor(req: Request) -> dict[str, Any]:
-    fid = req.match["fid"]  # type: ignore[index]
-    f = _st(req).flavors.get(fid)
-    if f is None:
-        raise nova_error(404, f"Flavor {fid} could not be found.")
-    return f
+    return lookup(_st(req).flavors, req.match["fid"],  # type: ignore[index]
+                  lambda k: nova_error(404, f"Flavor {k} could not be found."))
 
 
 @router.route("GET", V + r"/flavors/(?P<fid>[^/]+)")
@@ -168,8 +159,7 @@ def _kp_view(req: Request, kp: dict[str, Any], full: bool) -> dict[str, Any]:
 @router.route("POST", V + r"/os-keypairs")
 def create_keypair(req: Request) -> Response:
     st = _st(req)
-    body = req.json() or {}
-    kp = body.get("keypair") if isinstance(body, dict) else None
+    kp = _body_part(req, "keypair")
     if not isinstance(kp, dict) or "name" not in kp:
         raise _bad("keypair", kp, "'name' is a required property")
     name = kp["name"]
@@ -193,10 +183,7 @@ def create_keypair(req: Request) -> Response:
         q = st.nova_quota["key_pairs"]
         if 0 <= q <= len(st.keypairs):
             raise nova_error(403, "Quota exceeded, too many key pairs.")
-        st.keypair_seq += 1
-        rec = {"name": name, "public_key": pub.strip(), "fingerprint": fp, "type": ktype,
-               "created_at": now(), "seq": st.keypair_seq}
-        st.keypairs[name] = rec
+        rec = st.add_keypair(name, pub.strip(), fp, ktype)
         out = _kp_view(req, rec, False)
         out["user_id"] = USER_ID
         if priv is not None:
@@ -210,23 +197,17 @@ def list_keypairs(req: Request) -> Response:
     st = _st(req)
     with st.lock:
         kps = sorted(st.keypairs.values(), key=lambda k: k["name"])
-        nxt = None
-        if req.mv_at_least(2, 35):
-            kps, nxt = paginate(kps, req, id_key="name",
-                                not_found=lambda m: nova_error(400, f"marker [{m}] not found"))
-        body: dict[str, Any] = {"keypairs": [{"keypair": _kp_view(req, k, False)} for k in kps]}
-        if nxt:
-            body["keypairs_links"] = [{"rel": "next", "href": with_query(
-                req.base_url + "/compute/v2.1/os-keypairs", req, marker=nxt)}]
-        return Response(200, body)
+
+        def view(k: dict[str, Any]) -> dict[str, Any]:
+            return {"keypair": _kp_view(req, k, False)}
+        if not req.mv_at_least(2, 35):  # paging came with 2.35
+            return Response(200, {"keypairs": [view(k) for k in kps]})
+        return Response(200, _page(req, kps, "keypairs", "os-keypairs", view, id_key="name"))
 
 
 def _kp(req: Request) -> dict[str, Any]:
-    name = req.match["name"]  # type: ignore[index]
-    kp = _st(req).keypairs.get(name)
-    if kp is None:
-        raise nova_error(404, f"Keypair {name} not found for user {USER_ID}")
-    return kp
+    return lookup(_st(req).keypairs, req.match["name"],  # type: ignore[index]
+                  lambda k: nova_error(404, f"Keypair {k} not found for user {USER_ID}"))
 
 
 @router.route("GET", V + r"/os-keypairs/(?P<name>[^/]+)")
@@ -296,21 +277,14 @@ def _quota_keys(req: Request) -> list[str]:
 
 @router.route("GET", V + r"/os-quota-sets/(?P<pid>[^/]+)(?P<kind>/detail|/defaults)?")
 def quota_set(req: Request) -> Response:
-    st = _st(req)
-    pid = req.match["pid"]  # type: ignore[index]
-    kind = req.match["kind"]  # type: ignore[index]
-    with st.lock:
-        st.settle()
-        from .state import NOVA_QUOTA_DEFAULTS
-        q = NOVA_QUOTA_DEFAULTS if kind == "/defaults" or pid != PROJECT_ID else st.nova_quota
-        u = st.usage_counts() if pid == PROJECT_ID else {}
-        out: dict[str, Any] = {"id": pid}
-        for k in _quota_keys(req):
-            if kind == "/detail":
-                out[k] = {"in_use": u.get(k, 0), "limit": q[k], "reserved": 0}
-            else:
-                out[k] = q[k]
-        return Response(200, {"quota_set": out})
+    pid, kind, q, u = quota_request(req, "compute")
+    out: dict[str, Any] = {"id": pid}
+    for k in _quota_keys(req):
+        if kind == "/detail":
+            out[k] = {"in_use": u.get(k, 0), "limit": q[k], "reserved": 0}
+        else:
+            out[k] = q[k]
+    return Response(200, {"quota_set": out})
 
 
 @router.route("PUT", V + r"/os-quota-sets/(?P<pid>[^/]+)")

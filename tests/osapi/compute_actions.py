@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .compute_common import (V, _bad, _boot_log, _conflict, _console, _finish, _require,
-                             _schedule, _server, _st, router)
+from .compute_common import (V, _bad, _body_part, _boot_log, _conflict, _console, _finish,
+                             _over_quota, _require, _required, _schedule, _server, _st, router)
 from .core import Request, Response, new_id, nova_error, now
-from .state import POWER, PROJECT_ID, USER_ID, State
+from .state import PROJECT_ID, USER_ID, State
 
 # ------------------------------------------------------------ actions
 
@@ -31,19 +31,28 @@ def server_action(req: Request) -> Response:
         return fn(req, st, s, arg)
 
 
-def _a_start(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    _require(s, "start", ("stopped",))
-    _schedule(st, s, "powering-on", st.action_delay, _finish(
-        "active", "RUNNING", lambda s, t: _console(s, *_boot_log(st, s, t))))
-    return Response(202)
+Action = Callable[[Request, State, dict[str, Any], Any], Response]
+Effect = Callable[[State, dict[str, Any], float], None]  # (state, server, when) on completion
 
 
-def _a_stop(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    _require(s, "stop", ("active", "resized", "rescued", "error"))
-    _schedule(st, s, "powering-off", st.action_delay, _finish(
-        "stopped", "SHUTDOWN", lambda s, t: _console(
-            s, "[  OK  ] Reached target System Power Off.", "[   99.000000] reboot: Power down")))
-    return Response(202)
+def _transition(action: str, from_states: tuple[str, ...], task: str, vm_state: str,
+                power: str, effect: Effect | None = None) -> Action:
+    """An action that is allowed in ``from_states`` and, after the action
+    delay in ``task``, leaves the server in ``vm_state``/``power``."""
+    def act(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
+        _require(s, action, from_states)
+        _schedule(st, s, task, st.action_delay, _finish(
+            vm_state, power, (lambda s, t: effect(st, s, t)) if effect else None))
+        return Response(202)
+    return act
+
+
+def _boots(st: State, s: dict[str, Any], t: float) -> None:
+    _console(s, *_boot_log(st, s, t))
+
+
+def _powers_off(st: State, s: dict[str, Any], t: float) -> None:
+    _console(s, "[  OK  ] Reached target System Power Off.", "[   99.000000] reboot: Power down")
 
 
 def _a_reboot(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
@@ -63,38 +72,16 @@ def _a_reboot(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
     return Response(202)
 
 
-def _a_suspend(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    _require(s, "suspend", ("active",))
-    _schedule(st, s, "suspending", st.action_delay, _finish("suspended", "SUSPENDED"))
-    return Response(202)
+def _set_locked(flag: bool) -> Action:
+    def act(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
+        s["locked"] = flag
+        return Response(202)
+    return act
 
 
-def _a_resume(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    _require(s, "resume", ("suspended",))
-    _schedule(st, s, "resuming", st.action_delay, _finish("active", "RUNNING"))
-    return Response(202)
-
-
-def _a_pause(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    _require(s, "pause", ("active",))
-    _schedule(st, s, "pausing", st.action_delay, _finish("paused", "PAUSED"))
-    return Response(202)
-
-
-def _a_unpause(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    _require(s, "unpause", ("paused",))
-    _schedule(st, s, "unpausing", st.action_delay, _finish("active", "RUNNING"))
-    return Response(202)
-
-
-def _a_lock(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    s["locked"] = True
-    return Response(202)
-
-
-def _a_unlock(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    s["locked"] = False
-    return Response(202)
+def _power_after_resize(vm_state: str) -> str:
+    """A resized/reverted server runs again only if it ran before."""
+    return "RUNNING" if vm_state == "active" else "SHUTDOWN"
 
 
 def _a_resize(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
@@ -117,32 +104,18 @@ def _a_resize(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
     deltas = {"cores": new["vcpus"] - old["vcpus"], "ram": new["ram"] - old["ram"]}
     overs = [k for k, dlt in deltas.items() if dlt > 0 and q[k] >= 0 and used[k] + dlt > q[k]]
     if overs:
-        raise nova_error(403, "Quota exceeded for %s: Requested %s, but already used %s of %s %s"
-                         % (", ".join(overs), ", ".join(str(deltas[k]) for k in overs),
-                            ", ".join(str(used[k]) for k in overs),
-                            ", ".join(str(q[k]) for k in overs), ", ".join(overs)))
+        raise _over_quota(overs, deltas, used, q)
     was = s["vm_state"]
-
-    def apply(s: dict[str, Any], t: float) -> None:
-        s["old_flavor"] = dict(old)
-        s["flavor"] = dict(new)
-        s["vm_state"] = "resized"
-        s["task_state"] = None
-        s["resize_from"] = was
-        s["power_state"] = POWER["RUNNING"] if was == "active" else POWER["SHUTDOWN"]
-        s["updated"] = t
-
-    _schedule(st, s, "resize_prep", st.action_delay, apply)
+    _schedule(st, s, "resize_prep", st.action_delay, _finish(
+        "resized", _power_after_resize(was),
+        lambda s, t: s.update(old_flavor=dict(old), flavor=dict(new), resize_from=was)))
     return Response(202)
 
 
 def _a_confirm_resize(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
     _require(s, "confirmResize", ("resized",))
     back = s.get("resize_from", "active")
-    s["old_flavor"] = None
-    s["vm_state"] = back
-    s["power_state"] = POWER["RUNNING"] if back == "active" else POWER["SHUTDOWN"]
-    s["updated"] = now()
+    _finish(back, _power_after_resize(back), lambda s, t: s.update(old_flavor=None))(s, now())
     return Response(204)
 
 
@@ -150,16 +123,8 @@ def _a_revert_resize(req: Request, st: State, s: dict[str, Any], arg: Any) -> Re
     _require(s, "revertResize", ("resized",))
     back = s.get("resize_from", "active")
     old = s["old_flavor"]
-
-    def apply(s: dict[str, Any], t: float) -> None:
-        s["flavor"] = old
-        s["old_flavor"] = None
-        s["vm_state"] = back
-        s["task_state"] = None
-        s["power_state"] = POWER["RUNNING"] if back == "active" else POWER["SHUTDOWN"]
-        s["updated"] = t
-
-    _schedule(st, s, "resize_reverting", st.action_delay, apply)
+    _schedule(st, s, "resize_reverting", st.action_delay, _finish(
+        back, _power_after_resize(back), lambda s, t: s.update(flavor=old, old_flavor=None)))
     return Response(202)
 
 
@@ -204,11 +169,17 @@ def _a_create_image(req: Request, st: State, s: dict[str, Any], arg: Any) -> Res
     return Response(202, None, {"Location": f"{req.base_url}/image/v2/images/{iid}"})
 
 
-def _a_add_sg(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
+def _named_group(st: State, arg: Any) -> tuple[Any, dict[str, Any]]:
+    """The security group an add/removeSecurityGroup body names, and that name."""
     name = (arg or {}).get("name") if isinstance(arg, dict) else None
     grp = st.find_sg(str(name)) if name else None
     if grp is None:
         raise nova_error(404, f"Security group {name} not found for project {PROJECT_ID}.")
+    return name, grp
+
+
+def _a_add_sg(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
+    name, grp = _named_group(st, arg)
     if s["vm_state"] == "building":
         raise _conflict(s, "addSecurityGroup")
     for p in st.server_ports(s["id"]):
@@ -220,10 +191,7 @@ def _a_add_sg(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
 
 
 def _a_remove_sg(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    name = (arg or {}).get("name") if isinstance(arg, dict) else None
-    grp = st.find_sg(str(name)) if name else None
-    if grp is None:
-        raise nova_error(404, f"Security group {name} not found for project {PROJECT_ID}.")
+    name, grp = _named_group(st, arg)
     if grp["name"] not in s["security_groups"]:
         raise nova_error(400, f"Security group {name} not associated with the instance {s['id']}")
     for p in st.server_ports(s["id"]):
@@ -233,10 +201,16 @@ def _a_remove_sg(req: Request, st: State, s: dict[str, Any], arg: Any) -> Respon
     return Response(202)
 
 
-_ACTIONS: dict[str, Callable[[Request, State, dict[str, Any], Any], Response]] = {
-    "os-start": _a_start, "os-stop": _a_stop, "reboot": _a_reboot,
-    "suspend": _a_suspend, "resume": _a_resume, "pause": _a_pause,
-    "unpause": _a_unpause, "lock": _a_lock, "unlock": _a_unlock,
+_ACTIONS: dict[str, Action] = {
+    "os-start": _transition("start", ("stopped",), "powering-on", "active", "RUNNING", _boots),
+    "os-stop": _transition("stop", ("active", "resized", "rescued", "error"), "powering-off",
+                           "stopped", "SHUTDOWN", _powers_off),
+    "reboot": _a_reboot,
+    "suspend": _transition("suspend", ("active",), "suspending", "suspended", "SUSPENDED"),
+    "resume": _transition("resume", ("suspended",), "resuming", "active", "RUNNING"),
+    "pause": _transition("pause", ("active",), "pausing", "paused", "PAUSED"),
+    "unpause": _transition("unpause", ("paused",), "unpausing", "active", "RUNNING"),
+    "lock": _set_locked(True), "unlock": _set_locked(False),
     "resize": _a_resize, "confirmResize": _a_confirm_resize,
     "revertResize": _a_revert_resize, "os-getConsoleOutput": _a_console,
     "createImage": _a_create_image, "addSecurityGroup": _a_add_sg,
@@ -275,10 +249,7 @@ def get_metadata(req: Request) -> Response:
 
 def _set_metadata(req: Request, replace: bool) -> Response:
     st = _st(req)
-    body = req.json() or {}
-    md = body.get("metadata") if isinstance(body, dict) else None
-    if not isinstance(md, dict):
-        raise _bad("metadata", body, "'metadata' is a required property")
+    md = _required(req, "metadata")
     with st.lock:
         s = _server(req)
         if replace:
@@ -296,22 +267,26 @@ router.add("POST", V + r"/servers/(?P<sid>[^/]+)/metadata", lambda r: _set_metad
 router.add("PUT", V + r"/servers/(?P<sid>[^/]+)/metadata", lambda r: _set_metadata(r, True))
 
 
+def _meta_item(req: Request) -> tuple[dict[str, Any], str]:
+    """The server and the metadata key of the URL, which must be set."""
+    s = _server(req)
+    k = req.match["key"]  # type: ignore[index]
+    if k not in s["metadata"]:
+        raise nova_error(404, "Metadata item was not found")
+    return s, k
+
+
 @router.route("GET", V + r"/servers/(?P<sid>[^/]+)/metadata/(?P<key>[^/]+)")
 def get_meta_item(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        s = _server(req)
-        k = req.match["key"]  # type: ignore[index]
-        if k not in s["metadata"]:
-            raise nova_error(404, "Metadata item was not found")
+    with _st(req).lock:
+        s, k = _meta_item(req)
         return Response(200, {"meta": {k: s["metadata"][k]}})
 
 
 @router.route("PUT", V + r"/servers/(?P<sid>[^/]+)/metadata/(?P<key>[^/]+)")
 def put_meta_item(req: Request) -> Response:
     st = _st(req)
-    body = req.json() or {}
-    meta = body.get("meta") if isinstance(body, dict) else None
+    meta = _body_part(req, "meta")
     k = req.match["key"]  # type: ignore[index]
     if not isinstance(meta, dict) or list(meta) != [k]:
         raise nova_error(400, "Request body and URI mismatch")
@@ -323,12 +298,8 @@ def put_meta_item(req: Request) -> Response:
 
 @router.route("DELETE", V + r"/servers/(?P<sid>[^/]+)/metadata/(?P<key>[^/]+)")
 def delete_meta_item(req: Request) -> Response:
-    st = _st(req)
-    with st.lock:
-        s = _server(req)
-        k = req.match["key"]  # type: ignore[index]
-        if k not in s["metadata"]:
-            raise nova_error(404, "Metadata item was not found")
+    with _st(req).lock:
+        s, k = _meta_item(req)
         del s["metadata"][k]
         return Response(204)
 

@@ -8,8 +8,9 @@ import hashlib
 import re
 from typing import Any, Callable
 
-from .core import Request, Router, iso, iso_naive, nova_error, now
-from .state import AZ, POWER, PROJECT_ID, State
+from .core import (Request, Router, add_next_link, iso, iso_naive, lookup, nova_error, now,
+                   paginate)
+from .state import AZ, POWER, State, owned
 
 router = Router()
 V = r"/v2\.1"
@@ -45,12 +46,18 @@ def _st(req: Request) -> State:
 
 
 def _server(req: Request, sid: str | None = None) -> dict[str, Any]:
-    st = _st(req)
-    sid = sid or req.match["sid"]  # type: ignore[index]
-    s = st.servers.get(sid)
-    if s is None or s["project_id"] != PROJECT_ID:
-        raise nova_error(404, f"Instance {sid} could not be found.")
-    return s
+    return lookup(_st(req).servers, sid or req.match["sid"],  # type: ignore[index]
+                  lambda k: nova_error(404, f"Instance {k} could not be found."), owned)
+
+
+def _page(req: Request, items: list[dict[str, Any]], coll: str, path: str,
+          view: Callable[[dict[str, Any]], dict[str, Any]], **limits: Any) -> dict[str, Any]:
+    """A Nova list body: one page of ``items`` shown by ``view``, and a
+    ``<coll>_links`` next link to ``path`` (below /compute/v2.1) when more follow."""
+    page, nxt = paginate(items, req, not_found=lambda m: nova_error(400, f"marker [{m}] not found"),
+                         **limits)
+    return add_next_link({coll: [view(i) for i in page]}, coll, req,
+                         f"{req.base_url}/compute/v2.1/{path}", nxt)
 
 
 def _bookmark(req: Request, kind: str, oid: str) -> list[dict[str, str]]:
@@ -135,11 +142,19 @@ def server_view(req: Request, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def _conflict(s: dict[str, Any], action: str) -> Exception:
-    if s.get("task_state"):
-        return nova_error(409, f"Cannot '{action}' instance {s['id']} while it is in "
-                               f"task_state {s['task_state']}")
+    which = "task_state" if s.get("task_state") else "vm_state"
     return nova_error(409, f"Cannot '{action}' instance {s['id']} while it is in "
-                           f"vm_state {s['vm_state']}")
+                           f"{which} {s[which]}")
+
+
+def _over_quota(overs: list[str], requested: dict[str, int], used: dict[str, int],
+                limits: dict[str, int]) -> Exception:
+    """Nova's 403 for the resources in ``overs``, each listed in that order."""
+    def each(d: dict[str, int]) -> str:
+        return ", ".join(str(d[k]) for k in overs)
+    names = ", ".join(overs)
+    return nova_error(403, f"Quota exceeded for {names}: Requested {each(requested)}, but "
+                           f"already used {each(used)} of {each(limits)} {names}")
 
 
 def _require(s: dict[str, Any], action: str, vm_states: tuple[str, ...],
@@ -217,3 +232,21 @@ def _parse_ref(v: Any) -> str:
 
 def _bad(field: str, value: Any, why: str) -> Exception:
     return nova_error(400, f"Invalid input for field/attribute {field}. Value: {value}. {why}")
+
+
+def _body_part(req: Request, key: str) -> Any:
+    """body[key] of a JSON object body, else None."""
+    body = req.json() or {}
+    return body.get(key) if isinstance(body, dict) else None
+
+
+def _required(req: Request, key: str) -> dict[str, Any]:
+    """body[key], which must be an object: {"server": {...}} and the like."""
+    part = _body_part(req, key)
+    if not isinstance(part, dict):
+        raise _bad(key, req.json() or {}, f"'{key}' is a required property")
+    return part
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name.strip()) and len(name) <= 255

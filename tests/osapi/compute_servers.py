@@ -11,20 +11,19 @@ import time
 from typing import Any
 
 from .compute_common import (V, _bad, _boot_log, _console, _finish, _hostname, _links,
-                             _parse_ref, _server, _st, router, server_view, status_of)
-from .core import Request, Response, new_id, nova_error, now, paginate, parse_time, with_query
-from .state import AZ, HOST, PROJECT_ID, POWER, USER_ID, State
+                             _over_quota, _page, _parse_ref, _required, _server, _st,
+                             _valid_name, router, server_view, status_of)
+from .core import Request, Response, new_id, nova_error, now, parse_time
+from .state import AZ, HOST, POWER, PROJECT_ID, USER_ID, State
 
 @router.route("POST", V + r"/servers")
 def create_server(req: Request) -> Response:
     st = _st(req)
-    body = req.json() or {}
-    if not isinstance(body, dict) or not isinstance(body.get("server"), dict):
-        raise _bad("server", body, "'server' is a required property")
-    sv = body["server"]
+    sv = _required(req, "server")
+    body = req.json()
     hints = body.get("OS-SCH-HNT:scheduler_hints") or body.get("os:scheduler_hints") or {}
     name = sv.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+    if not _valid_name(name):
         raise _bad("name", name, "'name' is a required property" if name is None
                    else "is not a valid name")
     if "flavorRef" not in sv:
@@ -168,13 +167,7 @@ def _quota_count(st: State, flavor: dict[str, Any], min_count: int, max_count: i
     while count >= min_count and fits(count):
         count -= 1
     if count < min_count:
-        overs = fits(min_count)
-        req_s = ", ".join(str(per[k] * min_count) for k in overs)
-        used_s = ", ".join(str(used[k]) for k in overs)
-        allowed_s = ", ".join(str(q[k]) for k in overs)
-        names = ", ".join(overs)
-        raise nova_error(403, f"Quota exceeded for {names}: Requested {req_s}, but already "
-                              f"used {used_s} of {allowed_s} {names}")
+        raise _over_quota(fits(min_count), {k: n * min_count for k, n in per.items()}, used, q)
     return count
 
 
@@ -217,21 +210,10 @@ def _schedule_build(st: State, s: dict[str, Any], failure: dict[str, Any] | None
             s["fault"] = {"code": fail.get("code", 500), "message": fail["message"],
                           "created": t, "details": fail.get("details", "")}
             # Nova deallocates the networking of an instance that failed to boot.
-            for pid in list(s["owned_ports"]):
-                _release_port(st, pid)
-            for p in st.server_ports(s["id"]):
-                p["device_id"] = ""
-                p["device_owner"] = ""
+            _drop_networking(st, s)
             s["owned_ports"] = []
             return
-        s["vm_state"] = "active"
-        s["power_state"] = POWER["RUNNING"]
-        s["host"] = HOST
-        s["launched_at"] = t
-        for p in st.server_ports(s["id"]):
-            p["status"] = "ACTIVE"
-            p["binding:host_id"] = HOST
-        _console(s, *_boot_log(st, s, t))
+        _come_up(st, s, t)
 
     if failure is None:
         s["host"] = HOST
@@ -263,16 +245,28 @@ def _attach_ports(st: State, s: dict[str, Any], net_reqs: list[dict[str, Any]],
         s["owned_ports"].append(port["id"])
 
 
-def _release_port(st: State, port_id: str) -> None:
-    st.ports.pop(port_id, None)
-    st.detach_floating_ips(port_id)
+def _come_up(st: State, s: dict[str, Any], t: float) -> None:
+    """The end of a good build: running on HOST, its ports bound and up, boot log written."""
+    _finish("active", "RUNNING")(s, t)
+    s.update(host=HOST, launched_at=t)
+    for p in st.server_ports(s["id"]):
+        p["status"] = "ACTIVE"
+        p["binding:host_id"] = HOST
+    _console(s, *_boot_log(st, s, t))
+
+
+def _drop_networking(st: State, s: dict[str, Any], **unbound: Any) -> None:
+    """Delete the ports Nova made for the server (their floating IPs come
+    off); ports the user supplied are only unbound (and updated by ``unbound``)."""
+    for pid in list(s["owned_ports"]):
+        st.ports.pop(pid, None)
+        st.detach_floating_ips(pid)
+    for p in st.server_ports(s["id"]):
+        p.update(device_id="", device_owner="", **unbound)
 
 
 def _remove_server(st: State, s: dict[str, Any], t: float) -> None:
-    for pid in s["owned_ports"]:
-        _release_port(st, pid)
-    for p in st.server_ports(s["id"]):  # user-supplied ports are only unbound
-        p.update(device_id="", device_owner="", status="DOWN", updated_at=t)
+    _drop_networking(st, s, status="DOWN", updated_at=t)
     s["terminated_at"] = t
     s["vm_state"] = "deleted"
     st.servers.pop(s["id"], None)
@@ -283,32 +277,29 @@ def add_server(st: State, name: str, *, flavor: str = "m1.small", image: str | N
                metadata: dict[str, str] | None = None, created: float | None = None) -> dict[str, Any]:
     """Create a server behind the client's back (for 'unknown VM' scenarios)."""
     with st.lock:
-        fl = st.find_flavor(flavor) or next(f for f in st.flavors.values() if f["name"] == flavor)
-        img = None
-        if image is None:
-            img = next(iter(st.images.values()))
-        else:
-            img = st.images.get(image) or next(i for i in st.images.values() if i["name"] == image)
-        net = st.networks.get(network) or next(n for n in st.networks.values() if n["name"] == network)
+        fl = st.find_flavor(flavor) or _id_or_name(st.flavors, flavor)
+        img = next(iter(st.images.values())) if image is None else _id_or_name(st.images, image)
+        net = _id_or_name(st.networks, network)
         t = created if created is not None else now()
         s = _new_server(st, name, fl, img["id"], key_name, ["default"], metadata or {},
                         None, t, "r-" + secrets.token_hex(4), 0, {})
         _attach_ports(st, s, [{"uuid": net["id"]}], [st.default_sg_id], t)
-        _finish("active", "RUNNING")(s, t)
-        s.update(host=HOST, launched_at=t)
-        for p in st.server_ports(s["id"]):
-            p["status"] = "ACTIVE"
-        _console(s, *_boot_log(st, s, t))
-        if status.upper() == "SHUTOFF":
-            s.update(vm_state="stopped", power_state=POWER["SHUTDOWN"])
-        elif status.upper() == "ERROR":
-            s.update(vm_state="error", power_state=POWER["NOSTATE"],
-                     fault={"code": 500, "message": "Unknown", "created": t})
-        elif status.upper() == "SUSPENDED":
-            s.update(vm_state="suspended", power_state=POWER["SUSPENDED"])
-        elif status.upper() == "PAUSED":
-            s.update(vm_state="paused", power_state=POWER["PAUSED"])
+        _come_up(st, s, t)
+        if status.upper() in _DIRECT_STATES:
+            vm_state, power = _DIRECT_STATES[status.upper()]
+            s.update(vm_state=vm_state, power_state=POWER[power])
+        if status.upper() == "ERROR":
+            s["fault"] = {"code": 500, "message": "Unknown", "created": t}
         return s
+
+
+# add_server's status (besides ACTIVE) -> (vm_state, power state)
+_DIRECT_STATES = {"SHUTOFF": ("stopped", "SHUTDOWN"), "ERROR": ("error", "NOSTATE"),
+                  "SUSPENDED": ("suspended", "SUSPENDED"), "PAUSED": ("paused", "PAUSED")}
+
+
+def _id_or_name(rows: dict[str, dict[str, Any]], ref: str) -> dict[str, Any]:
+    return rows.get(ref) or next(r for r in rows.values() if r["name"] == ref)
 
 
 def _filter_servers(req: Request, servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -355,29 +346,16 @@ def _list_servers(req: Request, detail: bool) -> Response:
     with st.lock:
         st.settle()
         servers = _filter_servers(req, list(st.servers.values()))
-        page, nxt = paginate(servers, req, max_limit=1000,
-                             not_found=lambda m: nova_error(400, f"marker [{m}] not found"))
         if detail:
-            items = [server_view(req, s) for s in page]
-        else:
-            items = [{"id": s["id"], "name": s["name"], "links": _links(req, "servers", s["id"])}
-                     for s in page]
-        body: dict[str, Any] = {"servers": items}
-        if nxt:
-            path = "/compute/v2.1/servers" + ("/detail" if detail else "")
-            body["servers_links"] = [{"rel": "next", "href": with_query(
-                req.base_url + path, req, marker=nxt)}]
-        return Response(200, body)
+            return Response(200, _page(req, servers, "servers", "servers/detail",
+                                       lambda s: server_view(req, s), max_limit=1000))
+        return Response(200, _page(req, servers, "servers", "servers", lambda s: {
+            "id": s["id"], "name": s["name"], "links": _links(req, "servers", s["id"])},
+            max_limit=1000))
 
 
-@router.route("GET", V + r"/servers")
-def list_servers(req: Request) -> Response:
-    return _list_servers(req, False)
-
-
-@router.route("GET", V + r"/servers/detail")
-def list_servers_detail(req: Request) -> Response:
-    return _list_servers(req, True)
+router.add("GET", V + r"/servers", lambda r: _list_servers(r, False))
+router.add("GET", V + r"/servers/detail", lambda r: _list_servers(r, True))
 
 
 @router.route("GET", V + r"/servers/(?P<sid>[^/]+)")
@@ -388,13 +366,16 @@ def show_server(req: Request) -> Response:
         return Response(200, {"server": server_view(req, _server(req))})
 
 
+# what PUT /servers/{id} may change: API field -> record key
+_UPDATABLE = {"name": "name", "description": "description", "hostname": "hostname",
+              "accessIPv4": "access_ipv4", "accessIPv6": "access_ipv6",
+              "OS-DCF:diskConfig": "disk_config"}
+
+
 @router.route("PUT", V + r"/servers/(?P<sid>[^/]+)")
 def update_server(req: Request) -> Response:
     st = _st(req)
-    body = req.json() or {}
-    upd = body.get("server") if isinstance(body, dict) else None
-    if not isinstance(upd, dict):
-        raise _bad("server", body, "'server' is a required property")
+    upd = _required(req, "server")
     allowed = {"name", "accessIPv4", "accessIPv6", "OS-DCF:diskConfig"}
     if req.mv_at_least(2, 19):
         allowed.add("description")
@@ -408,20 +389,11 @@ def update_server(req: Request) -> Response:
     with st.lock:
         st.settle()
         s = _server(req)
-        if "name" in upd:
-            if not isinstance(upd["name"], str) or not upd["name"].strip() or len(upd["name"]) > 255:
-                raise _bad("name", upd["name"], "is not a valid name")
-            s["name"] = upd["name"]
-        if "description" in upd:
-            s["description"] = upd["description"]
-        if "hostname" in upd:
-            s["hostname"] = upd["hostname"]
-        if "accessIPv4" in upd:
-            s["access_ipv4"] = upd["accessIPv4"]
-        if "accessIPv6" in upd:
-            s["access_ipv6"] = upd["accessIPv6"]
-        if "OS-DCF:diskConfig" in upd:
-            s["disk_config"] = upd["OS-DCF:diskConfig"]
+        if "name" in upd and not _valid_name(upd["name"]):
+            raise _bad("name", upd["name"], "is not a valid name")
+        for field, key in _UPDATABLE.items():
+            if field in upd:
+                s[key] = upd[field]
         s["updated"] = now()
         return Response(200, {"server": server_view(req, s)})
 

@@ -343,6 +343,16 @@ def lookup(
     return obj
 
 
+def quota_request(req: Request, service: str) -> tuple[str, str | None, dict[str, int],
+                                                      dict[str, int]]:
+    """(project id, URL suffix, limits, usage) of a quota GET ("compute" or
+    "network") whose route captured ``pid`` and ``kind`` (/detail(s), /default(s))."""
+    pid, kind = req.match["pid"], req.match["kind"]  # type: ignore[index]
+    with req.state.lock:
+        limits, used = req.state.quota_of(service, pid, kind in ("/default", "/defaults"))
+        return pid, kind, dict(limits), dict(used)
+
+
 def with_query(url: str, req: Request, **overrides: Any) -> str:
     q = {k: v for k, v in req.query.items() if k not in overrides}
     for k, v in overrides.items():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from .core import Request, Response, neutron_error, now
-from .network_common import (V, Kind, Record, _copy_fields, _own_or_403, _st, _ts,
+from .core import Request, Response, neutron_error, now, quota_request
+from .network_common import (V, Kind, Record, _copy_fields, _own_or_403, _ts,
                              owned_by_demo, router)
 from .state import PROJECT_ID, State
 
@@ -195,15 +195,11 @@ ROUTERS.serve("index", "show")
 
 @router.route("GET", V + r"/quotas/(?P<pid>[^/]+?)(?P<kind>/details|/default)?(?:\.json)?")
 def show_quota(req: Request) -> Response:
-    st = _st(req)
-    pid = req.match["pid"]  # type: ignore[index]
-    kind = req.match["kind"]  # type: ignore[index]
-    with st.lock:
-        q, used = st.quota_of("network", pid, defaults=kind == "/default")
-        if kind == "/details":
-            return Response(200, {"quota": {k: {"limit": v, "used": used.get(k, 0), "reserved": 0}
-                                            for k, v in q.items()}})
-        return Response(200, {"quota": dict(q)})
+    _pid, kind, q, used = quota_request(req, "network")
+    if kind == "/details":
+        return Response(200, {"quota": {k: {"limit": v, "used": used.get(k, 0), "reserved": 0}
+                                        for k, v in q.items()}})
+    return Response(200, {"quota": q})
 
 
 @router.route("GET", V + r"/quotas")
