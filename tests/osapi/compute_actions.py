@@ -112,16 +112,20 @@ def _a_resize(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
     return Response(202)
 
 
+def _resized_from(s: dict[str, Any], action: str) -> str:
+    """The vm_state a resized server had before: it returns there on confirm/revert."""
+    _require(s, action, ("resized",))
+    return str(s.get("resize_from", "active"))
+
+
 def _a_confirm_resize(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    _require(s, "confirmResize", ("resized",))
-    back = s.get("resize_from", "active")
+    back = _resized_from(s, "confirmResize")
     _finish(back, _power_after_resize(back), lambda s, t: s.update(old_flavor=None))(s, now())
     return Response(204)
 
 
 def _a_revert_resize(req: Request, st: State, s: dict[str, Any], arg: Any) -> Response:
-    _require(s, "revertResize", ("resized",))
-    back = s.get("resize_from", "active")
+    back = _resized_from(s, "revertResize")
     old = s["old_flavor"]
     _schedule(st, s, "resize_reverting", st.action_delay, _finish(
         back, _power_after_resize(back), lambda s, t: s.update(flavor=old, old_flavor=None)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from .core import Request, Response, Router, iso, keystone_error, new_id, now
+from .core import Request, Response, Router, iso, keystone_error, lookup, new_id, now
 from .state import (DOMAIN_ID, DOMAIN_NAME, PROJECT_ID, REGION, USER_ID,
                     State, stable_id)
 
@@ -190,17 +190,13 @@ def list_projects(req: Request) -> Response:
     name = req.q("name")
     projects = [_project_body(req, p) for p in state.projects.values()
                 if name is None or p["name"] == name]
-    return Response(200, {"projects": projects, "links": {
-        "self": f"{req.base_url}{req.path}", "previous": None, "next": None}})
+    return _collection(req, "projects", projects)
 
 
 @router.route("GET", r"/v3/projects/(?P<pid>[^/]+)")
 def show_project(req: Request) -> Response:
-    state: State = req.state
-    pid = req.match["pid"]  # type: ignore[index]
-    p = state.projects.get(pid)
-    if not p:
-        raise keystone_error(404, f"Could not find project: {pid}.")
+    p = lookup(req.state.projects, req.match["pid"],  # type: ignore[index]
+               lambda k: keystone_error(404, f"Could not find project: {k}."))
     return Response(200, {"project": _project_body(req, p)})
 
 
@@ -217,15 +213,20 @@ def show_user(req: Request) -> Response:
 
 @router.route("GET", r"/v3/(?:regions)")
 def list_regions(req: Request) -> Response:
-    return Response(200, {"regions": [{"id": REGION, "description": "", "parent_region_id": None,
-                                       "links": {"self": f"{req.base_url}/identity/v3/regions/{REGION}"}}],
-                          "links": {"self": f"{req.base_url}{req.path}", "previous": None, "next": None}})
+    return _collection(req, "regions", [{
+        "id": REGION, "description": "", "parent_region_id": None,
+        "links": {"self": f"{req.base_url}/identity/v3/regions/{REGION}"}}])
 
 
 @router.route("GET", r"/v3/auth/catalog")
 def get_catalog(req: Request) -> Response:
-    return Response(200, {"catalog": catalog(req.base_url),
-                          "links": {"self": f"{req.base_url}{req.path}", "previous": None, "next": None}})
+    return _collection(req, "catalog", catalog(req.base_url))
+
+
+def _collection(req: Request, key: str, items: list[dict[str, Any]]) -> Response:
+    """A Keystone list: all of ``items`` on one page, linked to itself."""
+    return Response(200, {key: items, "links": {"self": f"{req.base_url}{req.path}",
+                                                "previous": None, "next": None}})
 
 
 def check_token(state: State, token: str | None) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import Request, Response, Router, glance_error, iso, paginate, with_query
+from .core import Request, Response, Router, glance_error, iso, lookup, paginate, with_query
 from .state import PROJECT_ID, State
 
 router = Router()
@@ -87,12 +87,8 @@ def list_images(req: Request) -> Response:
 
 
 def _image(req: Request) -> dict[str, Any]:
-    st: State = req.state
-    iid = req.match["iid"]  # type: ignore[index]
-    img = st.images.get(iid)
-    if img is None or not _visible(img):
-        raise glance_error(404, f"No image found with ID {iid}")
-    return img
+    return lookup(req.state.images, req.match["iid"],  # type: ignore[index]
+                  lambda k: glance_error(404, f"No image found with ID {k}"), _visible)
 
 
 @router.route("GET", r"/v2/images/(?P<iid>[^/]+)")
