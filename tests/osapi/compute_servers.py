@@ -347,11 +347,11 @@ def _list_servers(req: Request, detail: bool) -> Response:
         st.settle()
         servers = _filter_servers(req, list(st.servers.values()))
         if detail:
-            return Response(200, _page(req, servers, "servers", "servers/detail",
-                                       lambda s: server_view(req, s), max_limit=1000))
-        return Response(200, _page(req, servers, "servers", "servers", lambda s: {
-            "id": s["id"], "name": s["name"], "links": _links(req, "servers", s["id"])},
-            max_limit=1000))
+            path, view = "servers/detail", lambda s: server_view(req, s)
+        else:
+            path, view = "servers", lambda s: {"id": s["id"], "name": s["name"],
+                                               "links": _links(req, "servers", s["id"])}
+        return Response(200, _page(req, servers, "servers", path, view, max_limit=1000))
 
 
 router.add("GET", V + r"/servers", lambda r: _list_servers(r, False))
