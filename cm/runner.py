@@ -24,6 +24,24 @@ EXIT_INTERRUPTED = 130
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
 
 
+def _untranslated_argparse() -> None:
+    """Skip argparse's gettext look-ups when there is no catalog to find.
+
+    argparse translates every title and help string it creates through the
+    default gettext domain; with no catalog installed (the usual case) each
+    look-up still searches the locale directories, which is most of the time
+    it takes to build the vm parser.  The text is the same either way.
+    """
+    import gettext
+
+    if gettext.find("messages") is None:
+        argparse._ = lambda text: text  # type: ignore[attr-defined]
+        argparse.ngettext = lambda one, many, n: one if n == 1 else many  # type: ignore[attr-defined]
+
+
+_untranslated_argparse()
+
+
 class IntermixedParsing:
     """Let options and a list of positionals mix (`cloud add lab --kind kvm uri=...`).
 
