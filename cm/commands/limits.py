@@ -5,7 +5,7 @@ from __future__ import annotations
 from argparse import ArgumentParser, Namespace
 
 from cm.commands import add_cloud_option
-from cm.commands.quota import live_rows, report_failures
+from cm.commands.quota import emit_live
 from cm.output import add_format_options
 
 HELP = "Show the project's absolute limits and what is used of them, asked live."
@@ -14,9 +14,7 @@ COLUMNS = ["cloud", "name", "value"]
 
 
 def show_limits(ctx, args: Namespace) -> int:
-    rows, failed = live_rows(ctx, args, lambda p: p.limits())
-    ctx.emit(COLUMNS, rows, args)
-    return report_failures(ctx, failed)
+    return emit_live(ctx, args, COLUMNS, lambda p: p.limits())
 
 
 def build(parser: ArgumentParser) -> None:

@@ -46,10 +46,15 @@ def report_failures(ctx, failed: list[str]) -> int:
     return 1 if failed else 0
 
 
-def show_quota(ctx, args: Namespace) -> int:
-    rows, failed = live_rows(ctx, args, lambda p: p.quotas())
-    ctx.emit(COLUMNS, rows, args)
+def emit_live(ctx, args: Namespace, columns: list[str], fetch: Callable[[Any], list[dict[str, Any]]]) -> int:
+    """Ask each cloud live, show the rows, report the clouds that failed; the exit code."""
+    rows, failed = live_rows(ctx, args, fetch)
+    ctx.emit(columns, rows, args)
     return report_failures(ctx, failed)
+
+
+def show_quota(ctx, args: Namespace) -> int:
+    return emit_live(ctx, args, COLUMNS, lambda p: p.quotas())
 
 
 def build(parser: ArgumentParser) -> None:

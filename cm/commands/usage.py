@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser, ArgumentTypeError, Namespace
 
 from cm.commands import add_cloud_option
 from cm.commands.quota import live_rows, report_failures
@@ -26,9 +26,17 @@ def show_usage(ctx, args: Namespace) -> int:
     return report_failures(ctx, failed)
 
 
+def _day(text: str) -> str:
+    """A YYYY-MM-DD date, checked here so a typo is a usage error, not a cloud's."""
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise ArgumentTypeError(f"not a date (YYYY-MM-DD): '{text}'") from exc
+
+
 def build(parser: ArgumentParser) -> None:
-    parser.add_argument("--start", metavar="DATE", help="first day (YYYY-MM-DD; default: 4 weeks ago)")
-    parser.add_argument("--end", metavar="DATE", help="day after the last (default: tomorrow)")
+    parser.add_argument("--start", metavar="DATE", type=_day, help="first day (YYYY-MM-DD; default: 4 weeks ago)")
+    parser.add_argument("--end", metavar="DATE", type=_day, help="day after the last (default: tomorrow)")
     add_cloud_option(parser, allow_all=True)
     add_format_options(parser)
     parser.set_defaults(run=show_usage)
