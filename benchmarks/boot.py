@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _boot(env: dict[str, str], count: int) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cm.main", "vm", "boot", "--n", str(count), "--cloud", "slow",
+    from benchmarks.run import cm_command
+
+    proc = subprocess.run([*cm_command(), "vm", "boot", "--n", str(count), "--cloud", "slow",
                            "--image", "cirros-0.6", "--flavor", "m1.tiny", "-f", "value", "-c", "state"],
-                          env=env, capture_output=True, text=True, cwd=ROOT)
+                          env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
     seconds = time.perf_counter() - start
     states = proc.stdout.split()
     if proc.returncode != 0 or states != ["running"] * count:

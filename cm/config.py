@@ -191,15 +191,19 @@ class Config:
         merged.update({name: {**conf, "source": "cm.yaml"} for name, conf in (self.data.get("clouds") or {}).items()})
         return merged
 
-    def cloud(self, name: str) -> dict[str, Any]:
+    def check_cloud(self, name: str) -> dict[str, Any]:
+        """The cloud's settings as stored (do not change them); an unknown cloud is an error."""
         clouds = self.clouds()
         if name not in clouds:
             known = ", ".join(sorted(clouds)) or "none"
             raise ConfigError(f"unknown cloud '{name}' (known: {known}); see `cm cloud list`")
-        conf = copy.deepcopy(clouds[name])
-        if not conf.get("kind"):
+        if not clouds[name].get("kind"):
             raise ConfigError(f"cloud '{name}' in {self.path} has no 'kind'")
-        return conf
+        return clouds[name]
+
+    def cloud(self, name: str) -> dict[str, Any]:
+        """A copy of the cloud's settings, for a provider to keep."""
+        return copy.deepcopy(self.check_cloud(name))
 
     def add_cloud(self, name: str, conf: dict[str, Any]) -> Path:
         """Write clouds.d/NAME.yaml (0600: it may hold a password); never touches cm.yaml."""

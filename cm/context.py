@@ -100,7 +100,7 @@ class Context:
     def cloud_name(self, args: Namespace | None = None) -> str:
         """The cloud a command acts on: --cloud, else the active cloud; it must exist."""
         name = getattr(args, "cloud", None) or self.active_cloud()
-        self.config.cloud(name)
+        self.config.check_cloud(name)
         return name
 
     def cloud_names(self, args: Namespace) -> list[str]:

@@ -91,7 +91,8 @@ def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[st
         rows += inventory.records(ctx, kind, cloud, args.refresh)
     if args.names:
         wanted = set(expand(args.names))
-        rows = [r for r in rows if any(r.get(f) in wanted for f in ("name", *also_match))]
+        fields = ("name", *also_match)
+        rows = [r for r in rows if r.get("name") in wanted or any(r.get(f) in wanted for f in fields[1:])]
     rows = sorted(rows, key=lambda r: (r.get("cloud", ""), str(r.get("name", ""))))
     ctx.emit(columns, [shape(r) for r in rows] if shape else rows, args)
 
