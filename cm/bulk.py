@@ -4,6 +4,7 @@ single failures, and end with a per-target result and a summary."""
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ from typing import Any
 from cm.errors import CmError
 
 MAX_WORKERS = 64
+# Set on Ctrl-C so calls that only wait (polling for a state) stop at once.
+CANCELLED = threading.Event()
 
 
 @dataclass
@@ -60,6 +63,7 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
     recorded (a second Ctrl-C abandons them), then KeyboardInterrupt goes on up.
     """
     names = list(dict.fromkeys(names))  # one action per target, even if named twice
+    CANCELLED.clear()
     outcomes: dict[str, Outcome] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(names))))
     futures: dict[Future[Any], str] = {}
@@ -80,6 +84,7 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
                 finish(future)
                 advance()
     except KeyboardInterrupt:
+        CANCELLED.set()
         in_flight = [f for f in futures if not f.cancel() and f not in _done(outcomes, futures)]
         if in_flight:
             print(f"cm: interrupted; waiting for {len(in_flight)} call(s) in flight to finish "

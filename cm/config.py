@@ -130,6 +130,18 @@ def redact(value: Any) -> Any:
 CloudSource = Callable[[], dict[str, dict[str, Any]]]
 
 
+def _check_shape(path: Path, data: dict[str, Any]) -> None:
+    """The parts of cm.yaml cm reads must be mappings; say which one is not."""
+    for key in ("defaults", "clouds"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ConfigError(f"{path}: '{key}' must be a mapping (KEY: VALUE lines), not {data[key]!r}")
+    for name, conf in (data.get("clouds") or {}).items():
+        if not isinstance(conf, dict):
+            raise ConfigError(f"{path}: cloud '{name}' must be a mapping of settings, not {conf!r}")
+        if conf.get("defaults") is not None and not isinstance(conf["defaults"], dict):
+            raise ConfigError(f"{path}: clouds.{name}.defaults must be a mapping")
+
+
 class Config:
     """The user's cm.yaml plus clouds discovered by plugins."""
 
@@ -146,8 +158,9 @@ class Config:
         shipped_path = defaults_dir() / CONFIG_NAME
         if not path.exists():
             write_private(path, shipped_path.read_text())
-        return cls(path, read_yaml_cached(path, directory / ".cm.yaml.cache"),
-                   read_yaml_cached(shipped_path, directory / ".shipped.yaml.cache"))
+        data = read_yaml_cached(path, directory / ".cm.yaml.cache")
+        _check_shape(path, data)
+        return cls(path, data, read_yaml_cached(shipped_path, directory / ".shipped.yaml.cache"))
 
     @property
     def added_dir(self) -> Path:
@@ -181,7 +194,9 @@ class Config:
             for path in sorted(self.added_dir.glob("*.yaml")):
                 cache = self.path.parent / ".cache" / f"cloud-{path.stem}.json"
                 cache.parent.mkdir(mode=0o700, exist_ok=True)
-                found[path.stem] = {**read_yaml_cached(path, cache), "source": "cloud add"}
+                conf = read_yaml_cached(path, cache)
+                _check_shape(path, {"clouds": {path.stem: conf}})
+                found[path.stem] = {**conf, "source": "cloud add"}
         return found
 
     def clouds(self) -> dict[str, dict[str, Any]]:

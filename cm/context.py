@@ -149,7 +149,14 @@ class Context:
             self.err(text)
 
     def output_format(self, args: Namespace) -> str:
-        return str(getattr(args, "format", None) or self.value("format") or "table")
+        """-f, else the 'format' default of the cloud acted on (or the global one), else table."""
+        cloud = getattr(args, "cloud", None)
+        if not cloud or cloud == "all":
+            try:
+                cloud = self.active_cloud()
+            except ConfigError:
+                cloud = None
+        return str(getattr(args, "format", None) or self.value("format", cloud) or "table")
 
     def emit(self, columns: Sequence[str], rows: list[dict[str, Any]], args: Namespace) -> None:
         from cm.output import render

@@ -24,9 +24,18 @@ def as_record(item: Any) -> dict[str, Any]:
 
 
 def refresh(ctx: Any, cloud: str, kind: str) -> int:
-    """Make the mirror's ``kind`` records of ``cloud`` what the cloud has now; return the count."""
-    items = getattr(ctx.provider(cloud), FETCHERS[kind])()
-    return ctx.mirror.replace(kind, cloud, [as_record(i) for i in items])
+    """Make the mirror's ``kind`` records of ``cloud`` what the cloud has now; return the count.
+
+    VMs gone from the cloud also leave their groups, so `--group` keeps working.
+    """
+    records = [as_record(i) for i in getattr(ctx.provider(cloud), FETCHERS[kind])()]
+    with ctx.mirror.transaction():
+        count = ctx.mirror.replace(kind, cloud, records)
+        if kind == "vm":
+            from cm.commands.group import keep_only
+
+            keep_only(ctx, cloud, {r["name"] for r in records})
+    return count
 
 
 def records(ctx: Any, kind: str, cloud: str, refresh_first: bool = False) -> list[dict[str, Any]]:
@@ -63,5 +72,8 @@ def wait_for(provider: Provider, name: str, states: set[str], timeout: float,
             raise ProviderError(f"{name} went to ERROR" + (f": {vm.fault}" if vm.fault else ""))
         if time.monotonic() >= deadline:
             raise ProviderError(f"{name} is still {vm.state} after {timeout:g} s")
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        from cm.bulk import CANCELLED
+
+        if CANCELLED.wait(min(interval, max(0.0, deadline - time.monotonic()))):
+            raise ProviderError(f"stopped waiting for {name}: interrupted")
         interval = min(interval * 1.5, 2.0)

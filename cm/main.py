@@ -33,9 +33,12 @@ def _looks_like_script(words: list[str]) -> bool:
 
 def run_file(ctx: Context, path: str, opts: Namespace) -> int:
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not a command
     except OSError as exc:
         ctx.warn(f"cm: cannot read script {path}: {exc.strerror}")
+        return EXIT_USAGE
+    except UnicodeDecodeError:
+        ctx.warn(f"cm: cannot read script {path}: it is not UTF-8 text")
         return EXIT_USAGE
     return run_script(ctx, lines, path, keep_going=opts.keep_going, debug=opts.debug, echo=opts.echo)
 

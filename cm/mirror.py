@@ -64,8 +64,10 @@ def _query() -> Any:
 class JsonStore:
     """One JSON file of TinyDB tables: lock-free reads, atomic locked writes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str = "mirror", hint: str = "run `cm refresh` to fill it") -> None:
         self.path = path
+        self.what = what
+        self.hint = hint
         self._pending: dict[str, Any] | None = None
         self._dirty = False
         self._guard = threading.RLock()
@@ -104,11 +106,11 @@ class JsonStore:
         except FileNotFoundError:
             stat = None
         if stat is None or (stat.st_ino, stat.st_mtime_ns, stat.st_size) != key:
-            raise MirrorError(f"the mirror {self.path} changed while it was read; run the command again")
+            raise MirrorError(f"the {self.what} {self.path} changed while it was read; run the command again")
         aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         os.replace(self.path, aside)
-        raise MirrorError(f"the mirror {self.path} could not be used: {why}; it was kept as {aside} "
-                          "and a new one will be started (run `cm refresh` to fill it)")
+        raise MirrorError(f"the {self.what} {self.path} could not be used: {why}; it was kept as {aside} "
+                          f"and a new one will be started ({self.hint})")
 
     def _migrate(self, data: dict[str, Any]) -> dict[str, Any]:
         version = int(data[META]["1"].get("schema", 1))
@@ -176,7 +178,8 @@ class Mirror:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._records = JsonStore(path)
-        self._settings = JsonStore(path.with_name("settings.json"))
+        self._settings = JsonStore(path.with_name("settings.json"), "settings file",
+                                   "defaults, variables and name counters start afresh; the old ones are in the kept file")
 
     def transaction(self) -> Any:
         """Group several record changes into one locked, atomic write."""
@@ -215,6 +218,19 @@ class Mirror:
             table.remove(_query().cloud == cloud)
             table.insert_multiple(docs)
         return len(docs)
+
+    def forget_cloud(self, cloud: str) -> None:
+        """Drop every record of ``cloud`` (it was removed) and its per-cloud defaults."""
+        with self._records.transaction() as db:
+            for kind in list(self._records.current()):
+                if kind != META:
+                    self._records.table(db, kind).remove(_query().cloud == cloud)
+            for record in self.records("group", ""):
+                kept = [m for m in record.get("members", []) if not m.startswith(f"{cloud}:")]
+                if kept != record.get("members"):
+                    self._records.table(db, "group").update({"members": kept}, _query().name == record["name"])
+        with self._settings.transaction() as db:
+            self._settings.table(db, DEFAULTS).remove(_query().cloud == cloud)
 
     # -- defaults, variables, counters ---------------------------------------------
     def defaults(self) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from cm.errors import UsageError
@@ -17,6 +18,8 @@ def expand(expressions: Iterable[str]) -> list[str]:
             expanded = hostlist.expand_hostlist(expression)
         except hostlist.BadHostlist as exc:
             raise UsageError(f"malformed hostlist '{expression}': {exc}") from exc
+        if len(expanded) > MAX_NAMES:
+            raise UsageError(f"hostlist '{expression}' names {len(expanded)} VMs; at most {MAX_NAMES} at once")
         names.extend(n for n in expanded if n not in names)
     if not names:
         raise UsageError("no names given")
@@ -28,8 +31,22 @@ def generated(user: str, numbers: Iterable[int]) -> list[str]:
     return [f"{user}-{n:03d}" for n in numbers]
 
 
+MAX_NAMES = 10_000  # more VMs than any one command should make or touch
+_BAD_NAME = re.compile(r"[\s,\[\]$]")
+
+
 def collect(names: list[str]) -> str:
-    """The compact hostlist of ``names`` (for messages)."""
+    """The compact hostlist of ``names`` (for messages); plain names when they are no hostlist."""
     import hostlist
 
-    return hostlist.collect_hostlist(names)
+    try:
+        return hostlist.collect_hostlist(names)
+    except hostlist.BadHostlist:
+        return ", ".join(names)
+
+
+def check_name(name: str, what: str = "VM name") -> str:
+    """A name cm can address later: not empty, no spaces, commas, brackets or $."""
+    if not name or _BAD_NAME.search(name):
+        raise UsageError(f"bad {what} '{name}': use letters, digits, '-', '_' and '.' (no spaces, ',', '[', ']' or '$')")
+    return name

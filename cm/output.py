@@ -61,6 +61,11 @@ def select(columns: Sequence[str], rows: list[dict[str, Any]], wanted: Sequence[
     return shown, rows
 
 
+def check_columns(columns: Sequence[str], args: Any) -> None:
+    """Refuse a bad -c/--sort-column before a command changes anything (exit 2 means nothing done)."""
+    select(columns, [], getattr(args, "column", []), getattr(args, "sort_column", []))
+
+
 def _fit_widths(columns: list[str], table: list[list[str]], width: int) -> list[int | None]:
     """Column widths that make the table fit ``width`` characters, shrinking the widest first."""
     natural = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(columns)]

@@ -162,6 +162,8 @@ def execute(ctx: Context, args: Namespace, debug: bool = False) -> int:
     except KeyboardInterrupt:
         ctx.warn("cm: interrupted; the mirror keeps what was done before the interrupt")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # the reader of a pipe left (`cm vm list | head`): main() ends quietly
     except Exception as exc:  # a bug or an untranslated SDK error: still one line
         if debug:
             import traceback
@@ -200,6 +202,8 @@ def run_words(ctx: Context, words: list[str], debug: bool = False) -> int:
             return EXIT_OK
         if words[0] in ("help", "-h", "--help"):
             return show_help(ctx, words[1:])
+        if words == ["quit"] or words == ["exit"]:
+            return EXIT_OK  # a script stops at it (run_script); one-shot there is nothing to leave
         parser = build_parser(words[0])
         try:
             args = parser.parse_args(words[1:])
@@ -225,6 +229,10 @@ def run_line(ctx: Context, line: str, debug: bool = False) -> int:
         import shlex
 
         words = shlex.split(line, comments=True)  # variables expand per word, after comments are gone
+        redirect = next((w for w in words if w in (">", ">>", "|", "<")), None)
+        if redirect:
+            raise UsageError(f"'{redirect}' works in the interactive shell only; in a script use a !shell line "
+                             "or run `cm ...` from bash")
     except CmError as exc:
         ctx.warn(f"cm: {exc}")
         return exc.exit_code
@@ -245,6 +253,8 @@ def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: b
     last = EXIT_OK
     in_comment = False
     for number, line in enumerate(lines, start=1):
+        if line.strip() in ("quit", "exit"):
+            break
         if echo and line.strip():
             comment = line.lstrip().startswith("#")
             ctx.say(("" if in_comment or number == 1 else "\n") + line.rstrip() if comment else f"cm> {line.strip()}")

@@ -220,3 +220,18 @@ def test_an_unusable_cm_home_is_one_line(cm, tmp_path, monkeypatch):
     result = cm("vm", "list")
     assert result.code == 2 and "cannot create the cm directory" in result.err
     assert "Traceback" not in result.err
+
+
+def test_scripts_stop_at_quit_refuse_redirection_and_bad_encodings(cm, tmp_path):
+    script = tmp_path / "q.cm"
+    script.write_text("var a=1\nquit\nvar b=2\n")
+    assert cm(str(script)).code == 0
+    assert [v["name"] for v in json.loads(cm("var", "list", "-f", "json").out)] == ["a"]
+    script.write_text("var list > out.txt\n")
+    result = cm(str(script))
+    assert result.code == 2 and "works in the interactive shell only" in result.err
+    script.write_bytes(b"\xff\xfe bad\n")
+    result = cm(str(script))
+    assert result.code == 2 and result.err.strip() == f"cm: cannot read script {script}: it is not UTF-8 text"
+    script.write_bytes("\ufeffvar c=3\n".encode())
+    assert cm(str(script)).code == 0  # a byte-order mark is not part of the first command

@@ -94,3 +94,44 @@ def test_ssh_logs_in_at_the_vms_address(cm, booted):
     result = cm("vm", "ssh", booted[0], "--user", "ubuntu", "--command", "uptime", "--dryrun")
     assert result.code == 0
     assert result.out.strip() == f"ssh -o StrictHostKeyChecking=accept-new ubuntu@{address} uptime"
+
+
+def test_a_bad_output_column_is_refused_before_anything_changes(cm, tmp_path):
+    assert cm("image", "add", "cirros", str(qcow2_file(tmp_path / "c.qcow2"))).code == 0
+    result = cm("vm", "boot", "--name", "colbug", "-c", "nope")
+    assert result.code == 2 and "unknown column 'nope'" in result.err
+    assert json.loads(cm("vm", "list", "--refresh", "-f", "json").out) == []
+
+
+def test_vms_gone_from_the_cloud_leave_their_groups_and_deleting_them_again_succeeds(cm, cm_home, booted):
+    saved = (cm_home / "mirror.json").read_bytes()
+    assert cm("vm", "delete", booted[0]).code == 0
+    (cm_home / "mirror.json").write_bytes(saved)  # a stale mirror: the cloud lost booted[0] behind cm's back
+    again = cm("vm", "delete", booted[0])
+    assert again.code == 0 and "deleted 1 of 1" in again.err
+    (cm_home / "mirror.json").write_bytes(saved)
+    assert cm("refresh", "vm").code == 0
+    groups = {g["name"]: g["members"] for g in json.loads(cm("group", "list", "-f", "json").out)}
+    assert groups["exp"] == [f"local:{n}" for n in booted[1:]]
+    assert cm("vm", "status", "--group", "exp").code == 0
+
+
+@pytest.mark.parametrize("words, message", [
+    (["vm", "boot", "--n", "99999999999"], "--n must be between 1 and 10000"),
+    (["vm", "boot", "--name", ""], "no names given"),
+    (["vm", "boot", "--name", "x[1-99999]"], "at most 10000 at once"),
+    (["vm", "rename", "tester-001", "a,b"], "bad VM name 'a,b'"),
+    (["vm", "ssh", "a,b"], "unknown VM 'a,b'"),
+])
+def test_names_cm_could_not_address_later_are_refused(cm, booted, words, message):
+    result = cm(*words)
+    assert result.code == 2 and message in result.err and "Traceback" not in result.err
+    assert json.loads(cm("vm", "boot", "--dryrun", "-f", "json").out)[0]["name"] == "tester-004"
+
+
+def test_removing_a_cloud_forgets_its_records(cm, booted):
+    assert cm("cloud", "add", "lab", "--kind", "kvm", "uri=test:///default").code == 0
+    assert cm("default", "cloud=lab").code == 0
+    assert cm("cloud", "remove", "local").code == 2  # defined in cm.yaml: removed there, not by cm
+    assert cm("default", "cloud=local").code == 0
+    assert cm("cloud", "add", "all", "--kind", "kvm").code == 2

@@ -14,7 +14,8 @@ from typing import Any
 from cm import bulk, inventory
 from cm.commands.key import resolve_key
 from cm.errors import ConfigError, UsageError
-from cm.names import expand, generated
+from cm.names import MAX_NAMES, check_name, expand, generated
+from cm.output import check_columns
 from cm.provider import VM, BootSpec, State
 
 BOOT_COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips", "result"]
@@ -22,13 +23,13 @@ UNSETTLED = (State.PENDING, State.UNKNOWN, State.REBOOTING)
 
 
 def _names(ctx: Any, args: Namespace, cloud: str) -> list[str]:
-    if args.name:
-        names = expand([args.name])
+    if args.name is not None:
+        names = [check_name(n) for n in expand([args.name])]
     else:
         count = 1 if args.n is None else args.n
-        if count < 1:
-            raise UsageError("--n must be at least 1")
-        user = ctx.user(cloud)
+        if not 1 <= count <= MAX_NAMES:
+            raise UsageError(f"--n must be between 1 and {MAX_NAMES}")
+        user = check_name(ctx.user(cloud), "user (the prefix of generated names)")
         if args.dryrun:  # a dry run does not use up counter numbers
             start = ctx.mirror.counter(f"vm:{user}")
             return generated(user, range(start + 1, start + 1 + count))
@@ -109,6 +110,7 @@ def _wait_all(ctx: Any, cloud: str, created: dict[str, VM], timeout: float) -> d
 
 
 def boot_vms(ctx: Any, args: Namespace) -> int:
+    check_columns(BOOT_COLUMNS, args)
     cloud = ctx.cloud_name(args)
     template = _template(ctx, args, cloud)  # first: a bad image or flavor must not use up names
     names = _names(ctx, args, cloud)

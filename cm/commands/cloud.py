@@ -64,6 +64,8 @@ def add_cloud(ctx, args: Namespace) -> None:
     args.name, settings = args.words[0], args.words[1:]
     if "=" in args.name:
         raise UsageError("cloud add: the first word is the cloud's NAME")
+    if args.name == "all":
+        raise UsageError("'all' means every cloud (--cloud all); give this cloud another name")
     kind = args.kind or ("openstack" if args.from_env else None)
     if not kind:
         raise UsageError("cloud add: give --kind KIND (kinds: " + ", ".join(sorted(registry().providers)) + ")")
@@ -81,7 +83,8 @@ def remove_cloud(ctx, args: Namespace) -> None:
     if args.name == ctx.active_cloud():
         raise UsageError(f"'{args.name}' is the active cloud; switch with `cm default cloud=NAME` first")
     ctx.config.remove_cloud(args.name)
-    ctx.say(f"removed cloud '{args.name}' (its records stay in the mirror until `cm refresh`)")
+    ctx.mirror.forget_cloud(args.name)
+    ctx.say(f"removed cloud '{args.name}' and its records in the mirror")
 
 
 def build(parser: ArgumentParser) -> None:

@@ -56,6 +56,15 @@ def forget_vm(ctx, cloud: str, name: str) -> None:
                 _save(ctx, record["name"], [m for m in record["members"] if m != member])
 
 
+def keep_only(ctx, cloud: str, names: set[str]) -> None:
+    """Drop from every group the VMs of ``cloud`` that are not in ``names`` (gone from the cloud)."""
+    with ctx.mirror.transaction():
+        for record in ctx.mirror.records("group", LOCAL):
+            kept = [m for m in record["members"] if not m.startswith(f"{cloud}:") or m.split(":", 1)[1] in names]
+            if kept != record["members"]:
+                _save(ctx, record["name"], kept)
+
+
 def rename_vm_in_groups(ctx, cloud: str, old: str, new: str) -> None:
     with ctx.mirror.transaction():
         for record in ctx.mirror.records("group", LOCAL):

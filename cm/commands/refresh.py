@@ -7,17 +7,19 @@ from argparse import ArgumentParser, Namespace
 from cm import bulk, inventory
 from cm.commands import add_cloud_option
 from cm.errors import CmError, Unsupported
-from cm.output import add_format_options
+from cm.output import add_format_options, check_columns
 
 HELP = "Sync the mirror from the clouds: records gone from a cloud disappear from the mirror."
 EXAMPLE = "cm refresh vm --cloud all"
+COLUMNS = ["cloud", "kind", "result"]
 
 
 def run_refresh(ctx, args: Namespace) -> int:
+    check_columns(COLUMNS, args)
     kinds = list(inventory.FETCHERS) if args.what == "all" else [args.what]
     rows, failed = [], 0
     for cloud in ctx.cloud_names(args):
-        for kind in kinds:
+        for number, kind in enumerate(kinds):
             try:
                 with bulk.waiting(f"refreshing {kind} records of {cloud}"):
                     count = inventory.refresh(ctx, cloud, kind)
@@ -28,9 +30,13 @@ def run_refresh(ctx, args: Namespace) -> int:
                 continue  # this cloud has no such thing; nothing to sync
             except CmError as exc:
                 failed += 1
-                result = f"failed: {exc}"
+                rows.append({"cloud": cloud, "kind": kind, "result": f"failed: {exc}"})
+                if number == 0 and len(kinds) > 1:  # the cloud failed its first answer: do not wait on it again
+                    rows.append({"cloud": cloud, "kind": ", ".join(kinds[1:]), "result": "skipped"})
+                    break
+                continue
             rows.append({"cloud": cloud, "kind": kind, "result": result})
-    ctx.emit(["cloud", "kind", "result"], rows, args)
+    ctx.emit(COLUMNS, rows, args)
     return 1 if failed else 0
 
 

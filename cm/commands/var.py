@@ -11,7 +11,7 @@ from cm.output import add_format_options
 HELP = "Set, list and delete variables; $NAME expands in every command and script line."
 EXAMPLE = "cm var img=ubuntu-22.04; cm vm boot --image $img"
 USAGE = "var [list | NAME | NAME=VALUE ... | delete NAME ...] [-f FORMAT]"
-_NAME = re.compile(r"^\w+$")
+_NAME = re.compile(r"^[A-Za-z_]\w*$")  # what $name can expand
 
 
 def run_var(ctx, args: Namespace) -> None:
@@ -30,7 +30,7 @@ def run_var(ctx, args: Namespace) -> None:
         for word in words:
             name, _, value = word.partition("=")
             if not _NAME.match(name):
-                raise UsageError(f"bad variable name '{name}': use letters, digits and _")
+                raise UsageError(f"bad variable name '{name}': a letter or _, then letters, digits and _")
             ctx.mirror.set_variable(name, value)
             ctx.say(f"{name}={value}")
     elif len(words) == 1:

@@ -9,8 +9,8 @@ from typing import Any
 from cm.commands import (add_cloud_option, add_dryrun_option, add_list_options, add_names, completes, list_records,
                          subcommands, verb)
 from cm.errors import NotFound, UsageError
-from cm.names import expand
-from cm.output import add_format_options
+from cm.names import check_name, expand
+from cm.output import add_format_options, check_columns
 
 # The lifecycle machinery (threads, the provider contract) is imported inside the
 # handlers that use it: `cm vm list` answers from the mirror and must start fast.
@@ -93,6 +93,7 @@ def status_vms(ctx, args: Namespace) -> int:
     """Ask the clouds for the live state of each VM and update the mirror."""
     from cm import bulk, inventory
 
+    check_columns(RESULT_COLUMNS, args)
     rows, failed = [], False
     for cloud, names in _targets_by_cloud(ctx, args):
         provider = ctx.provider(cloud)
@@ -139,6 +140,7 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
     def handler(ctx, args: Namespace) -> int:
         from cm import bulk, inventory
 
+        check_columns(RESULT_COLUMNS, args)
         cloud = ctx.cloud_name(args)
         names = _targets(ctx, args, cloud)
         if args.dryrun:
@@ -152,6 +154,11 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
         def act(name: str) -> Any:
             if verb_name == "stop":
                 provider.stop_vm(name, timeout=args.timeout)
+            elif verb_name == "delete":
+                try:
+                    provider.delete_vm(name)
+                except NotFound:
+                    pass  # already gone from the cloud: the record goes too
             else:
                 getattr(provider, method)(name)
             if settled is None or args.no_wait:
@@ -179,6 +186,7 @@ def rename_vm(ctx, args: Namespace) -> None:
 
     cloud = ctx.cloud_name(args)
     inventory.known_vms(ctx, cloud, [args.old])
+    check_name(args.new)
     if ctx.mirror.get("vm", cloud, args.new):
         raise UsageError(f"a VM named '{args.new}' already exists on cloud '{cloud}'")
     if args.dryrun:
@@ -266,6 +274,7 @@ def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
     def handler(ctx, args: Namespace) -> int:
         from cm import bulk, inventory
 
+        check_columns(RESULT_COLUMNS, args)
         cloud = ctx.cloud_name(args)
         names = _targets(ctx, args, cloud)
         if args.dryrun:
