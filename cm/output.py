@@ -69,10 +69,14 @@ def check_columns(columns: Sequence[str], args: Any) -> None:
 def _fit_widths(columns: list[str], table: list[list[str]], width: int) -> list[int | None]:
     """Column widths that make the table fit ``width`` characters, shrinking the widest first."""
     natural = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(columns)]
+    floors = [max(len(c), 4) for c in columns]  # tabulate never wraps a header, so no column gets narrower
     budget = width - (3 * len(columns) + 1)  # tabulate's grid: '| ' + ' | ' + ' |'
     widths = list(natural)
-    while sum(widths) > budget and max(widths) > 8:
-        widest = widths.index(max(widths))
+    while sum(widths) > budget:
+        shrinkable = [i for i, w in enumerate(widths) if w > floors[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
         widths[widest] -= 1
     return [w if w < n else None for w, n in zip(widths, natural)]
 

@@ -55,6 +55,11 @@ def test_tables_fit_the_terminal_width(monkeypatch):
     out = render(["name", "note", "state"], rows, "table")
     assert max(len(line) for line in out.splitlines()) <= 60
     assert "running" in out
+    monkeypatch.setenv("COLUMNS", "80")  # seven columns whose headers alone take half the width
+    wide = [{"name": "compute01", "cloud": "fake", "state": "running", "image": "debian-12-genericcloud",
+             "flavor": "m1.small", "public_ips": ["172.24.4.10"], "private_ips": ["10.0.0.12", "10.0.0.13"]}]
+    columns = list(wide[0])
+    assert max(len(line) for line in render(columns, wide, "table").splitlines()) <= 80
     monkeypatch.delenv("COLUMNS")
     assert max(len(line) for line in render(["name", "note", "state"], rows, "table").splitlines()) > 200
 
