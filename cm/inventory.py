@@ -48,6 +48,14 @@ def store_vm(ctx: Any, cloud: str, vm: VM) -> None:
     ctx.mirror.put("vm", cloud, vm.to_dict())
 
 
+def known(ctx: Any, kind: str, cloud: str, name: str, label: str = "") -> dict[str, Any]:
+    """The mirror's ``kind`` record called ``name`` on ``cloud``; NotFound (exit 2) says how to refresh."""
+    record = ctx.mirror.get(kind, cloud, name)
+    if record is None:
+        raise NotFound(f"unknown {label or kind} '{name}' on cloud '{cloud}' (see `cm {kind} list --refresh`)")
+    return record
+
+
 def known_vms(ctx: Any, cloud: str, names: Iterable[str]) -> list[str]:
     """The names, all of which must be VMs the mirror knows on ``cloud``."""
     names = list(names)

@@ -7,7 +7,6 @@ from argparse import ArgumentParser, Namespace
 from cm import inventory
 from cm.commands import (add_cloud_option, add_dryrun_option, add_list_options, add_show_options, completes,
                          list_records, show_record, subcommands, verb)
-from cm.errors import NotFound
 
 HELP = "List and show images; add a disk image to a cloud that takes uploads (kvm); delete one."
 EXAMPLE = "cm image add debian-12 ~/Downloads/debian-12-genericcloud-amd64.qcow2"
@@ -34,8 +33,7 @@ def add_image(ctx, args: Namespace) -> None:
 
 def delete_image(ctx, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
-    if not ctx.mirror.get("image", cloud, args.name):
-        raise NotFound(f"unknown image '{args.name}' on cloud '{cloud}' (see `cm image list --refresh`)")
+    inventory.known(ctx, "image", cloud, args.name)
     if args.dryrun:
         ctx.say(f"would delete image {args.name} from {cloud}")
         return

@@ -7,7 +7,6 @@ from typing import Any
 
 from cm import bulk, inventory
 from cm.commands import add_cloud_option, add_dryrun_option, add_list_options, completes, list_records, subcommands, verb
-from cm.errors import NotFound
 from cm.output import add_format_options
 
 HELP = "List, create, delete, attach and detach floating (public) IPs."
@@ -63,8 +62,7 @@ def delete_ips(ctx, args: Namespace) -> int:
 
 def attach_ip(ctx, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
-    if not ctx.mirror.get("vm", cloud, args.vm):
-        raise NotFound(f"unknown VM '{args.vm}' on cloud '{cloud}' (see `cm vm list --refresh`)")
+    inventory.known_vms(ctx, cloud, [args.vm])
     if args.dryrun:
         ctx.say(f"would attach floating IP {args.address} to {args.vm} on {cloud}")
         return

@@ -17,7 +17,7 @@ from cm.commands import (
     subcommands,
     verb,
 )
-from cm.errors import NotFound, UsageError
+from cm.errors import UsageError
 from cm.names import expand
 from cm.output import add_format_options
 from cm.provider import SecRule
@@ -41,10 +41,7 @@ def _store(ctx, cloud: str, group: Any) -> dict[str, Any]:
 def _record(ctx, cloud: str, name: str, refresh: bool) -> dict[str, Any]:
     if refresh:
         return _store(ctx, cloud, ctx.provider(cloud).get_secgroup(name))
-    record = ctx.mirror.get("secgroup", cloud, name)
-    if record is None:
-        raise NotFound(f"unknown security group '{name}' on cloud '{cloud}' (see `cm secgroup list --refresh`)")
-    return record
+    return inventory.known(ctx, "secgroup", cloud, name, "security group")
 
 
 def list_groups(ctx, args: Namespace) -> None:
