@@ -129,9 +129,19 @@ def test_names_cm_could_not_address_later_are_refused(cm, booted, words, message
     assert json.loads(cm("vm", "boot", "--dryrun", "-f", "json").out)[0]["name"] == "tester-004"
 
 
-def test_removing_a_cloud_forgets_its_records(cm, booted):
+def test_removing_a_cloud_forgets_its_records(cm, cm_home, booted):
+    from cm.mirror import Mirror
+
     assert cm("cloud", "add", "lab", "--kind", "kvm", "uri=test:///default").code == 0
-    assert cm("default", "cloud=lab").code == 0
-    assert cm("cloud", "remove", "local").code == 2  # defined in cm.yaml: removed there, not by cm
-    assert cm("default", "cloud=local").code == 0
+    mirror = Mirror(cm_home / "mirror.json")
+    mirror.put("vm", "lab", {"name": "labvm", "id": "1", "state": "running"})
+    assert cm("group", "add", "exp", "labvm", "--cloud", "lab").code == 0
+    assert cm("default", "flavor=tiny", "--cloud", "lab").code == 0
+    assert cm("cloud", "remove", "lab").code == 0
+    assert mirror.records("vm", "lab") == []
+    assert "lab:labvm" not in json.loads(cm("group", "list", "exp", "-f", "json").out)[0]["members"]
+    assert mirror.get_default("flavor", "lab") is None
+    assert sorted(v["name"] for v in json.loads(cm("vm", "list", "--cloud", "all", "-f", "json").out)) == booted
+    assert cm("default", "cloud=lab").code == 2
+    assert cm("cloud", "remove", "local").code == 2  # the active cloud, and defined in cm.yaml
     assert cm("cloud", "add", "all", "--kind", "kvm").code == 2
