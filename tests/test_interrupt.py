@@ -43,3 +43,12 @@ def test_ctrl_c_while_creating_then_refresh_matches_the_cloud(cm, cloud):
     assert cm("refresh", "vm").code == 0
     in_cloud = sorted(s["name"] for s in cloud.servers())
     assert sorted(v["name"] for v in json.loads(cm("vm", "list", "-f", "json").out)) == in_cloud
+
+
+def test_ctrl_c_stops_a_wait_at_once(cm, cloud):
+    assert cm("vm", "boot", "--name", "w1").code == 0
+    proc = _start("vm", "wait", "w1", "--state", "stopped", "--timeout", "60")
+    started = time.monotonic()
+    code, err = _interrupt(proc, after=1.5)
+    assert code == 130 and "Traceback" not in err
+    assert time.monotonic() - started < 15  # not the 60 s timeout
