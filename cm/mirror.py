@@ -198,17 +198,33 @@ class Mirror:
         return None
 
     def put(self, kind: str, cloud: str, record: dict[str, Any]) -> None:
-        """Insert or update the record named ``record['name']`` in ``cloud``."""
+        """Insert or update a record of ``cloud``: the one with its id, else the one with its name.
+
+        Two VMs of one name (the cloud allows it) keep a record each; a record found by
+        name only (a VM recreated behind cm's back, a placeholder) is replaced.
+        """
         doc = {**record, "cloud": cloud, "kind": kind, "_schema": SCHEMA}
         q = _query()
         with self._records.transaction() as db:
-            self._records.table(db, kind).upsert(doc, (q.cloud == cloud) & (q.name == doc["name"]))
+            table = self._records.table(db, kind)
+            if doc.get("id") and table.contains((q.cloud == cloud) & (q.id == doc["id"])):
+                table.update(doc, (q.cloud == cloud) & (q.id == doc["id"]))
+            else:
+                table.remove((q.cloud == cloud) & (q.name == doc["name"]))
+                table.insert(doc)
 
     def remove(self, kind: str, cloud: str, names: Iterable[str]) -> None:
         wanted = set(names)
         q = _query()
         with self._records.transaction() as db:
             self._records.table(db, kind).remove((q.cloud == cloud) & q.name.one_of(list(wanted)))
+
+    def remove_ids(self, kind: str, cloud: str, ids: Iterable[str]) -> None:
+        """Remove records by id (one of several VMs that share a name)."""
+        wanted = [i for i in ids if i]
+        q = _query()
+        with self._records.transaction() as db:
+            self._records.table(db, kind).remove((q.cloud == cloud) & q.id.one_of(wanted))
 
     def replace(self, kind: str, cloud: str, records: Iterable[dict[str, Any]]) -> int:
         """Make the mirror's ``kind`` records of ``cloud`` exactly ``records`` (a refresh)."""

@@ -54,10 +54,12 @@ def _validate(ctx, key: str, value: str, cloud: str | None) -> Any:
     if key == "format" and value not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}")
     if key == "timeout":
+        from cm.context import parse_seconds
+
         try:
-            return float(value)
+            return parse_seconds(value)
         except ValueError as exc:
-            raise UsageError(f"timeout must be a number of seconds, got '{value}'") from exc
+            raise UsageError(f"timeout must be a number of seconds (0 or more), got '{value}'") from exc
     return value
 
 

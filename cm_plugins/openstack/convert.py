@@ -81,7 +81,9 @@ def to_vm(server: dict[str, Any], images: dict[str, str], flavors: dict[str, str
              "networks": sorted((server.get("addresses") or {}).keys()),
              "availability_zone": server.get("OS-EXT-AZ:availability_zone") or ""}
     iid = image_id(server)
-    return VM(name=server.get("name", ""), id=server["id"], state=state_of(server.get("status")),
+    # Nova keeps a server ACTIVE while it deletes it: never show such a VM as running again.
+    state = State.DELETED if extra["task_state"] == "deleting" else state_of(server.get("status"))
+    return VM(name=server.get("name", ""), id=server["id"], state=state,
               image=images.get(iid, iid), flavor=flavor_name(server, flavors), key=server.get("key_name") or "",
               public_ips=public, private_ips=private, created=server.get("created") or "", fault=fault_of(server),
               extra=extra)
