@@ -112,7 +112,7 @@ def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], timeout: float) 
             break
         if pending:
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-            interval = min(interval * 1.5, 1.0)  # one list a second at most: a VM that is up shows soon
+            interval = min(interval * 1.5, 0.5)  # two lists a second at most: a VM that is up shows soon
     return failures
 
 
