@@ -150,7 +150,8 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
     interrupts the rest.  A throttled call is tried again later (cm.pacing).
     """
     names = list(dict.fromkeys(names))  # one action per target, even if named twice
-    run, pacer, results = _Run(), Pacer(len(names)), queue.SimpleQueue()
+    run, pacer = _Run(), Pacer(len(names))
+    results: queue.SimpleQueue[tuple[str, bool, Any]] = queue.SimpleQueue()
     waiting_names: deque[str] = deque(names)
     retries: list[tuple[float, str]] = []  # (not before, name)
     attempts: dict[str, int] = {}
@@ -171,7 +172,9 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
 
     def start(name: str) -> None:
         attempts[name] = attempts.get(name, 0) + 1
-        alone[name] = not in_flight
+        alone[name] = not in_flight  # and stays so only while no other call starts (cm.pacing)
+        for other in in_flight:
+            alone[other] = False
         in_flight.add(name)
         threading.Thread(target=_call, args=(run, name, action, results), name=f"cm-{label}", daemon=True).start()
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.commands import add_cloud_option, completes
 from cm.config import MASK, is_secret
 from cm.errors import UsageError
 from cm.output import FORMATS, add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "Show and set defaults: `default KEY=VALUE [--cloud NAME]`, `default delete KEY`, `default cloud=NAME`."
 EXAMPLE = "cm default cloud=chameleon   # every later command acts on chameleon"
@@ -16,7 +19,7 @@ USAGE = "default [list | KEY | KEY=VALUE ... | delete KEY ...] [--cloud NAME] [-
 COLUMNS = ["key", "value", "cloud", "source"]
 
 
-def known_keys(ctx, cloud: str | None) -> list[str]:
+def known_keys(ctx: Context, cloud: str | None) -> list[str]:
     keys = set(ctx.config.shipped.get("defaults") or {}) | set(ctx.config.data.get("defaults") or {})
     keys |= {d["key"] for d in ctx.mirror.defaults()}
     if cloud:
@@ -24,14 +27,14 @@ def known_keys(ctx, cloud: str | None) -> list[str]:
     return sorted(keys)
 
 
-def _row(ctx, key: str, cloud: str | None) -> dict[str, Any]:
+def _row(ctx: Context, key: str, cloud: str | None) -> dict[str, Any]:
     value, source = ctx.setting(key, cloud)
     if key == "user" and value is None:
         value, source = ctx.user(cloud), "login name"
     return {"key": key, "value": MASK if is_secret(key) and value else value, "cloud": cloud or "", "source": source}
 
 
-def show_defaults(ctx, args: Namespace, keys: list[str]) -> None:
+def show_defaults(ctx: Context, args: Namespace, keys: list[str]) -> None:
     cloud = ctx.cloud_name(args) if args.cloud else None
     clouds = [cloud] if cloud else [None, *sorted({d["cloud"] for d in ctx.mirror.defaults() if d["cloud"]} |
                                                   {n for n, c in ctx.config.clouds().items() if c.get("defaults")})]
@@ -46,7 +49,7 @@ def show_defaults(ctx, args: Namespace, keys: list[str]) -> None:
     ctx.emit(COLUMNS, rows, args)
 
 
-def _validate(ctx, key: str, value: str, cloud: str | None) -> Any:
+def _validate(ctx: Context, key: str, value: str, cloud: str | None) -> Any:
     if key == "cloud":
         if cloud:
             raise UsageError("the active cloud is global; drop --cloud")
@@ -63,7 +66,7 @@ def _validate(ctx, key: str, value: str, cloud: str | None) -> Any:
     return value
 
 
-def set_defaults(ctx, args: Namespace, pairs: list[str]) -> None:
+def set_defaults(ctx: Context, args: Namespace, pairs: list[str]) -> None:
     cloud = ctx.cloud_name(args) if args.cloud else None
     parsed = []
     for pair in pairs:
@@ -79,7 +82,7 @@ def set_defaults(ctx, args: Namespace, pairs: list[str]) -> None:
             _warn_if_shadowed(ctx, key)
 
 
-def _warn_if_shadowed(ctx, key: str) -> None:
+def _warn_if_shadowed(ctx: Context, key: str) -> None:
     """A global default the active cloud overrides has no effect there: say so."""
     active = ctx.active_cloud()
     value, source = ctx.setting(key, active)
@@ -88,7 +91,7 @@ def _warn_if_shadowed(ctx, key: str) -> None:
                  f"set it there with `cm default {key}=VALUE --cloud {active}`")
 
 
-def delete_defaults(ctx, args: Namespace, keys: list[str]) -> int:
+def delete_defaults(ctx: Context, args: Namespace, keys: list[str]) -> int:
     if not keys:
         raise UsageError("default delete: name the KEY to delete")
     cloud = ctx.cloud_name(args) if args.cloud else None
@@ -99,7 +102,7 @@ def delete_defaults(ctx, args: Namespace, keys: list[str]) -> int:
     return 0
 
 
-def run_default(ctx, args: Namespace) -> int | None:
+def run_default(ctx: Context, args: Namespace) -> int | None:
     words = list(args.words)
     if words and words[0] == "delete":
         return delete_defaults(ctx, args, words[1:])

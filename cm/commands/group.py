@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm import inventory
 from cm.commands import add_cloud_option, add_names, completes, subcommands, verb
@@ -12,11 +12,14 @@ from cm.groups import LOCAL, add_members, exists, members, save
 from cm.names import expand
 from cm.output import add_format_options
 
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
+
 HELP = "List groups of VMs, add VMs to a group, remove them, delete a group."
 EXAMPLE = "cm group add experiment1 node[01-04]"
 
 
-def list_groups(ctx, args: Namespace) -> None:
+def list_groups(ctx: Context, args: Namespace) -> None:
     rows: list[dict[str, Any]] = [{"name": r["name"], "members": r["members"], "count": len(r["members"])}
                                   for r in ctx.mirror.records("group", LOCAL)]
     if args.name:
@@ -26,14 +29,14 @@ def list_groups(ctx, args: Namespace) -> None:
     ctx.emit(["name", "count", "members"], sorted(rows, key=lambda r: r["name"]), args)
 
 
-def add_to_group(ctx, args: Namespace) -> None:
+def add_to_group(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     names = inventory.known_vms(ctx, cloud, expand(args.names))
     add_members(ctx, args.group, cloud, names)
     ctx.say(f"group {args.group}: {len(members(ctx, args.group))} VMs")
 
 
-def remove_from_group(ctx, args: Namespace) -> None:
+def remove_from_group(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     gone = {f"{cloud}:{n}" for n in expand(args.names)}
     with ctx.mirror.transaction():
@@ -47,7 +50,7 @@ def remove_from_group(ctx, args: Namespace) -> None:
     ctx.say(f"group {args.group}: {len(current) - len(gone)} VMs")
 
 
-def delete_group(ctx, args: Namespace) -> None:
+def delete_group(ctx: Context, args: Namespace) -> None:
     if not exists(ctx, args.group):
         raise NotFound(f"unknown group '{args.group}'")
     ctx.mirror.remove("group", LOCAL, [args.group])

@@ -6,12 +6,16 @@ import base64
 import hashlib
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cm import inventory
 from cm.commands import add_cloud_option, add_dryrun_option, completes, subcommands, verb
 from cm.errors import NotFound, UsageError
 from cm.names import check_length, shorten
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "List, add, upload and delete ssh keys (local ones come from ~/.ssh)."
 EXAMPLE = "cm key upload id_ed25519 --cloud chameleon"
@@ -20,7 +24,7 @@ LOCAL = ""  # the scope of keys registered on this machine
 PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
 
-def resolve_key(ctx, cloud: str, explicit: str | None) -> tuple[str, str]:
+def resolve_key(ctx: Context, cloud: str, explicit: str | None) -> tuple[str, str]:
     """(key name, public key text) from --key, the mirror's keys, or ~/.ssh."""
     wanted = ctx.value("key", cloud, explicit)
     ssh = Path.home() / ".ssh"
@@ -71,7 +75,7 @@ def fingerprint(public_key: str) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def _local_keys(ctx) -> list[dict[str, str]]:
+def _local_keys(ctx: Context) -> list[dict[str, str]]:
     keys = {r["name"]: r for r in ctx.mirror.records("key", LOCAL)}
     ssh = Path.home() / ".ssh"
     for path in sorted(ssh.glob("*.pub")) if ssh.is_dir() else []:
@@ -83,14 +87,14 @@ def _local_keys(ctx) -> list[dict[str, str]]:
     return [{**k, "cloud": "(local)"} for k in keys.values()]
 
 
-def list_keys(ctx, args: Namespace) -> None:
+def list_keys(ctx: Context, args: Namespace) -> None:
     rows = [] if args.cloud else _local_keys(ctx)
     for cloud in ctx.cloud_names(args):
         rows += inventory.records(ctx, "key", cloud, args.refresh)
     ctx.emit(COLUMNS, rows, args)
 
 
-def add_key(ctx, args: Namespace) -> None:
+def add_key(ctx: Context, args: Namespace) -> None:
     check_length(args.name, "key name")
     path = Path(args.path or Path.home() / ".ssh" / f"{args.name}.pub").expanduser()
     text = read_public_key(path)
@@ -98,7 +102,7 @@ def add_key(ctx, args: Namespace) -> None:
     ctx.say(f"added key {args.name} ({fingerprint(text)})")
 
 
-def upload_key(ctx, args: Namespace) -> None:
+def upload_key(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     name, public_key = resolve_key(ctx, cloud, args.name)
     if not public_key:
@@ -111,7 +115,7 @@ def upload_key(ctx, args: Namespace) -> None:
     ctx.say(f"uploaded key {key.name} to {cloud}")
 
 
-def delete_key(ctx, args: Namespace) -> None:
+def delete_key(ctx: Context, args: Namespace) -> None:
     if args.local:
         if not ctx.mirror.get("key", LOCAL, args.name):
             raise NotFound(f"no key '{args.name}' was added with `cm key add`")

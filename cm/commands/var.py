@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from argparse import ArgumentParser, Namespace
+from typing import TYPE_CHECKING
 
 from cm.errors import UsageError
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "Set, list and delete variables; $NAME expands in every command and script line."
 EXAMPLE = "cm var img=ubuntu-22.04; cm vm boot --image $img"
@@ -14,7 +18,7 @@ USAGE = "var [list | NAME | NAME=VALUE ... | delete NAME ...] [-f FORMAT]"
 _NAME = re.compile(r"^[A-Za-z_]\w*$")  # what $name can expand
 
 
-def run_var(ctx, args: Namespace) -> None:
+def run_var(ctx: Context, args: Namespace) -> None:
     words = list(args.words)
     if not words or words == ["list"]:
         rows = [{"name": k, "value": v} for k, v in sorted(ctx.mirror.variables().items())]

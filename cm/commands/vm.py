@@ -28,7 +28,7 @@ RESULT_COLUMNS = ["name", "cloud", "state", "result"]
 STATES = ("pending", "running", "stopped", "suspended", "paused", "rebooting", "error", "deleted", "unknown")
 # verb -> (provider method, the states the VM settles in, past tense for messages);
 # cm.provider.State is a str enum, so these strings compare equal to its members.
-LIFECYCLE: dict[str, tuple[str, set[str] | None, str]] = {
+LIFECYCLE: dict[str, tuple[str, set[str], str]] = {
     "start": ("start_vm", {"running"}, "started"),
     "stop": ("stop_vm", {"stopped"}, "stopped"),
     "reboot": ("reboot_vm", {"running"}, "rebooted"),
@@ -56,7 +56,7 @@ def seconds(text: str) -> float:
         raise ArgumentTypeError(f"invalid value: '{text}' (a number of seconds, 0 or more)") from None
 
 
-def _targets(ctx, args: Namespace, cloud: str) -> list[str]:
+def _targets(ctx: Context, args: Namespace, cloud: str) -> list[str]:
     """The VMs a bulk verb acts on: NAMES (hostlists), or every VM of --group on this cloud."""
     from cm import inventory
 
@@ -75,11 +75,11 @@ def add_targets(parser: ArgumentParser) -> None:
     completes(parser.add_argument("--group", help="act on every VM of this group"), "group")
 
 
-def list_vms(ctx, args: Namespace) -> None:
+def list_vms(ctx: Context, args: Namespace) -> None:
     list_records(ctx, args, "vm", COLUMNS)
 
 
-def boot(ctx, args: Namespace) -> int:
+def boot(ctx: Context, args: Namespace) -> int:
     from cm.commands.boot import boot_vms
 
     return boot_vms(ctx, args)
@@ -158,7 +158,7 @@ def _status_result(o: Outcome) -> str:
     return o.message if o.interrupted else f"failed: {o.message}"
 
 
-def _targets_by_cloud(ctx, args: Namespace) -> list[tuple[str, list[str]]]:
+def _targets_by_cloud(ctx: Context, args: Namespace) -> list[tuple[str, list[str]]]:
     """(cloud, VM names) pairs; with --cloud all, each name is looked for on every cloud."""
     if getattr(args, "cloud", None) != "all":
         cloud = ctx.cloud_name(args)
@@ -251,7 +251,7 @@ def _delete_result(outcome: Outcome) -> str:
     return "deleted" if outcome.value is None else "deleting (the cloud has not finished; recorded as deleted)"
 
 
-def rename_vm(ctx, args: Namespace) -> None:
+def rename_vm(ctx: Context, args: Namespace) -> None:
     from cm import groups, inventory
 
     cloud = ctx.cloud_name(args)
@@ -275,7 +275,7 @@ def rename_vm(ctx, args: Namespace) -> None:
     ctx.say(f"renamed {args.old} to {args.new}")
 
 
-def resize_vm(ctx, args: Namespace) -> None:
+def resize_vm(ctx: Context, args: Namespace) -> None:
     from cm import inventory
 
     cloud = ctx.cloud_name(args)
@@ -287,7 +287,7 @@ def resize_vm(ctx, args: Namespace) -> None:
     ctx.say(f"resized {args.name} to {args.flavor}")
 
 
-def wait_vms(ctx, args: Namespace) -> int:
+def wait_vms(ctx: Context, args: Namespace) -> int:
     from cm import bulk, inventory
 
     cloud = ctx.cloud_name(args)
@@ -304,7 +304,7 @@ def wait_vms(ctx, args: Namespace) -> int:
     return bulk.report(ctx, cloud, outcomes, args.state, args, state=True)
 
 
-def console_vm(ctx, args: Namespace) -> None:
+def console_vm(ctx: Context, args: Namespace) -> None:
     from cm import inventory
 
     cloud = ctx.cloud_name(args)
@@ -319,7 +319,7 @@ def _address(record: dict[str, Any]) -> str:
     raise UsageError(f"VM '{record['name']}' has no address yet (try `cm vm status {record['name']}`)")
 
 
-def ssh_vm(ctx, args: Namespace) -> int:
+def ssh_vm(ctx: Context, args: Namespace) -> int:
     from cm import inventory
 
     cloud = ctx.cloud_name(args)
@@ -338,12 +338,12 @@ def ssh_vm(ctx, args: Namespace) -> int:
     return subprocess.run(command).returncode
 
 
-def ip_show(ctx, args: Namespace) -> None:
+def ip_show(ctx: Context, args: Namespace) -> None:
     list_records(ctx, args, "vm", ["name", "cloud", "public_ips", "private_ips"])
 
 
 def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
-    def handler(ctx, args: Namespace) -> int:
+    def handler(ctx: Context, args: Namespace) -> int:
         from cm import bulk, inventory
 
         check_columns(RESULT_COLUMNS, args)
@@ -412,16 +412,13 @@ def build(parser: ArgumentParser) -> None:
     add_cloud_option(status, allow_all=True)
     add_format_options(status)
 
-    for name, (_, settled, _) in LIFECYCLE.items():
+    for name in LIFECYCLE:
         sub = verb(subs, name, lifecycle(name), f"{name} VMs (in parallel; one failure does not stop the rest)",
                    example=f"cm vm {name} node[01-04]   # or: cm vm {name} --group experiment1")
         add_targets(sub)
         add_cloud_option(sub)
         add_dryrun_option(sub)
-        if settled is not None:
-            sub.add_argument("--no-wait", action="store_true", help="return without waiting for the new state")
-        else:
-            sub.set_defaults(no_wait=True)
+        sub.add_argument("--no-wait", action="store_true", help="return without waiting for the new state")
         sub.add_argument("--timeout", type=seconds, help="seconds to wait (default: the 'timeout' default)")
         add_format_options(sub)
 
