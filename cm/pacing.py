@@ -9,7 +9,6 @@ throttled call is tried again after a growing pause, instead of failing.
 from __future__ import annotations
 
 import random
-import time
 
 from cm.errors import CmError, QuotaExceeded, Throttled
 
@@ -51,6 +50,3 @@ class Pacer:
         pause = min(MAX_PAUSE, FIRST_PAUSE * 2 ** (attempt - 1))
         return pause * random.uniform(0.75, 1.25)  # spread the retries of a burst
 
-
-def due(when: float) -> bool:
-    return time.monotonic() >= when
