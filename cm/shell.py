@@ -14,6 +14,7 @@ from cmd2.completion import Choices
 from cmd2.rich_utils import RawDescriptionCmd2HelpFormatter
 
 from cm import runner
+from cm.config import mask_url
 from cm.context import Context
 from cm.errors import CmError, UsageError
 
@@ -135,9 +136,9 @@ class Shell(cmd2.Cmd):
         return stop
 
     def _forget_secrets(self, statement: cmd2.Statement | str) -> None:
-        """A line that typed a password (cloud add ... password=...) is not kept in the history."""
+        """A line that typed a password (password=..., or one in a URL: qemu+ssh://me:PW@host) is not kept."""
         raw = statement.raw if isinstance(statement, cmd2.Statement) else statement
-        if _SECRET_SETTING.search(raw) and len(self.history) and self.history[-1].statement.raw == raw:
+        if (_SECRET_SETTING.search(raw) or mask_url(raw) != raw) and len(self.history) and self.history[-1].statement.raw == raw:
             self.history.pop()
 
     def _persist_history(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from argparse import ArgumentParser, Namespace
 
+from cm.config import MASK, is_secret
 from cm.errors import UsageError
 from cm.output import add_format_options
 
@@ -14,10 +15,19 @@ USAGE = "var [list | NAME | NAME=VALUE ... | delete NAME ...] [-f FORMAT]"
 _NAME = re.compile(r"^[A-Za-z_]\w*$")  # what $name can expand
 
 
+def _shown(name: str, value: str) -> str:
+    """A value as cm prints it: masked when the name looks secret (os_password, api_token...)."""
+    return MASK if is_secret(name) and value else value
+
+
+def _row(name: str, value: str) -> dict[str, str]:
+    return {"name": name, "value": _shown(name, value)}
+
+
 def run_var(ctx, args: Namespace) -> None:
     words = list(args.words)
     if not words or words == ["list"]:
-        rows = [{"name": k, "value": v} for k, v in sorted(ctx.mirror.variables().items())]
+        rows = [_row(k, v) for k, v in sorted(ctx.mirror.variables().items())]
         ctx.emit(["name", "value"], rows, args)
     elif words[0] == "delete":
         if len(words) < 2:
@@ -32,12 +42,12 @@ def run_var(ctx, args: Namespace) -> None:
             if not _NAME.match(name):
                 raise UsageError(f"bad variable name '{name}': a letter or _, then letters, digits and _")
             ctx.mirror.set_variable(name, value)
-            ctx.say(f"{name}={value}")
+            ctx.say(f"{name}={_shown(name, value)}")
     elif len(words) == 1:
         variables = ctx.mirror.variables()
         if words[0] not in variables:
             raise UsageError(f"unknown variable '{words[0]}'")
-        ctx.emit(["name", "value"], [{"name": words[0], "value": variables[words[0]]}], args)
+        ctx.emit(["name", "value"], [_row(words[0], variables[words[0]])], args)
     else:
         raise UsageError(f"usage: {USAGE}")
 
