@@ -83,8 +83,10 @@ def usage_message(prog: str, message: str) -> str:
     match = _INVALID_CHOICE.search(message)
     if match:
         choices = re.findall(r"'([^']*)'", match.group(2))
-        message = f"invalid choice: '{match.group(1)}' (choose from {', '.join(choices)}){suggest(match.group(1), choices)}"
-    return f"{prog}: {message}"
+        option = re.match(r"argument (-[^:]*): ", message)  # which option was wrong (a subcommand needs no name)
+        message = (f"{option.group(0) if option else ''}invalid choice: '{match.group(1)}' "
+                   f"(choose from {', '.join(choices)}){suggest(match.group(1), choices)}")
+    return f"{prog.removeprefix('cm ')}: {message}"
 
 
 class CmParser(IntermixedParsing, argparse.ArgumentParser):
@@ -115,7 +117,8 @@ def build_parser(noun: str, parser_class: type[argparse.ArgumentParser] = CmPars
     module = noun_module(noun)
     example = getattr(module, "EXAMPLE", "")
     formatter = getattr(parser_class, "raw_formatter", argparse.RawDescriptionHelpFormatter)
-    parser = parser_class(prog=noun, description=module.HELP,
+    prog = getattr(parser_class, "prog_prefix", "cm ") + noun  # usage lines read as what the user types
+    parser = parser_class(prog=prog, description=module.HELP,
                           epilog=f"example:\n  {example}" if example else None, formatter_class=formatter)
     module.build(parser)
     for sub in _subparsers(parser):  # examples keep their line breaks at every level

@@ -29,6 +29,7 @@ class ShellParser(runner.IntermixedParsing, Cmd2ArgumentParser):
     """cmd2's parser, but a usage error is one line and the shell keeps running."""
 
     raw_formatter = RawDescriptionCmd2HelpFormatter
+    prog_prefix = ""  # at the cm prompt commands are typed without `cm`
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(runner.usage_message(self.prog, message))
@@ -163,9 +164,9 @@ class Shell(cmd2.Cmd):
             if what == "cloud":
                 return sorted(self.ctx.config.clouds())
             if what == "setting":  # `default cloud=<Tab>`: verbs, KEY=, and cloud=NAME
-                from cm.commands.default import known_keys
+                from cm.commands.default import declared_keys
 
-                keys = known_keys(self.ctx, None)
+                keys = sorted(declared_keys(self.ctx))
                 return ["list", "delete", *(f"{k}=" for k in keys), *(f"cloud={c}" for c in self.ctx.config.clouds())]
             if what not in MIRROR_KINDS:
                 return []

@@ -11,7 +11,7 @@ from cm.output import add_format_options
 
 HELP = "Set, list and delete variables; $NAME expands in every command and script line."
 EXAMPLE = "cm var img=ubuntu-22.04; cm vm boot --image $img"
-USAGE = "var [list | NAME | NAME=VALUE ... | delete NAME ...] [-f FORMAT]"
+USAGE = "[list | NAME | NAME=VALUE ... | delete NAME ...] [-f FORMAT]"
 _NAME = re.compile(r"^[A-Za-z_]\w*$")  # what $name can expand
 
 
@@ -49,11 +49,12 @@ def run_var(ctx, args: Namespace) -> None:
             raise UsageError(f"unknown variable '{words[0]}'")
         ctx.emit(["name", "value"], [_row(words[0], variables[words[0]])], args)
     else:
-        raise UsageError(f"usage: {USAGE}")
+        stray = next(w for w in words if "=" not in w)
+        raise UsageError(f"var: expected NAME=VALUE, got '{stray}' (usage: cm var {USAGE})")
 
 
 def build(parser: ArgumentParser) -> None:
-    parser.usage = USAGE
+    parser.usage = f"{parser.prog} {USAGE}"
     parser.add_argument("words", nargs="*", metavar="ARG", help="list, NAME, NAME=VALUE, or delete NAME")
     add_format_options(parser)
     parser.set_defaults(run=run_var)

@@ -73,6 +73,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
+    required_settings = (("auth_url", "cloud", "auth"),)  # where to log in, or a clouds.yaml cloud
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
