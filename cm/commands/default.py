@@ -42,7 +42,7 @@ def check_key(ctx, key: str) -> None:
     if key not in known:
         from cm.runner import suggest
 
-        raise UsageError(f"unknown default '{key}' (known: {', '.join(sorted(known))}){suggest(key, known)}")
+        raise UsageError(f"unknown default '{key}' (known: {', '.join(sorted(known))}){suggest(key.lower(), known)}")
 
 
 def _row(ctx, key: str, cloud: str | None) -> dict[str, Any]:
