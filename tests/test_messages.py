@@ -125,3 +125,27 @@ def test_list_all_clouds_shows_those_that_answered_and_names_the_one_that_failed
     lines = result.err.strip().splitlines()
     assert lines[0].startswith("cm: cloud 'dead' could not list VMs: cannot reach the cloud")
     assert lines[-1] == "cm: 1 of 2 clouds did not answer (dead); listed the others"
+
+
+def test_uri_auto_says_which_hypervisor_whenever_it_changes(cm, cm_home, monkeypatch):
+    import yaml
+
+    config = yaml.safe_load((cm_home / "cm.yaml").read_text())
+    config["clouds"]["local"]["uri"] = "auto"
+    (cm_home / "cm.yaml").write_text(yaml.safe_dump(config))
+    absent, present = "qemu+unix:///system?socket=/nonexistent/sock", "test:///default"
+
+    def listing(daemon: str) -> str:
+        monkeypatch.setattr("cm_plugins.kvm.connection.SYSTEM_URI", daemon)
+        result = cm("vm", "list", "--refresh", "-f", "json")
+        assert result.code == 0, result.err
+        return result.err
+
+    assert "using libvirt's test hypervisor instead" in listing(absent)
+    assert listing(absent) == ""  # the same as last time: nothing to say
+    came = listing(present)  # a daemon answers now (libvirt's test driver standing in for qemu:///system)
+    assert came.strip() == (f"cm: cloud 'local': using the libvirt daemon at {present}; the test hypervisor's VMs "
+                            f"stay in {cm_home / 'kvm-test' / 'local.xml'}")
+    assert listing(present) == ""
+    assert "using libvirt's test hypervisor instead" in listing(absent)  # it went away again: said again
+    assert "using the libvirt daemon" in listing(present)
