@@ -8,8 +8,8 @@ from argparse import Namespace
 from pathlib import Path
 
 from cm.context import Context
-from cm.errors import EXIT_USAGE, CmError
-from cm.runner import parse_global, run_script, run_words
+from cm.errors import CmError
+from cm.runner import parse_global, read_script, run_script, run_words, script_lines
 
 USAGE = """usage: cm [--debug] [--keep-going] [--echo] [COMMAND ... | SCRIPT | --file SCRIPT]
 
@@ -33,13 +33,10 @@ def _looks_like_script(words: list[str]) -> bool:
 
 def run_file(ctx: Context, path: str, opts: Namespace) -> int:
     try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not a command
-    except OSError as exc:
-        ctx.warn(f"cm: cannot read script {path}: {exc.strerror}")
-        return EXIT_USAGE
-    except UnicodeDecodeError:
-        ctx.warn(f"cm: cannot read script {path}: it is not UTF-8 text")
-        return EXIT_USAGE
+        lines = read_script(path)
+    except CmError as exc:
+        ctx.warn(f"cm: {exc}")
+        return exc.exit_code
     return run_script(ctx, lines, path, keep_going=opts.keep_going, debug=opts.debug, echo=opts.echo)
 
 
@@ -67,7 +64,8 @@ def run(argv: list[str]) -> int:
                 except CmError as exc:  # e.g. an unusable CM_HOME, before the prompt
                     print(f"cm: {exc}", file=sys.stderr)
                     return exc.exit_code
-            return run_script(ctx, sys.stdin, "<stdin>", keep_going=opts.keep_going, debug=opts.debug)
+            return run_script(ctx, script_lines(sys.stdin.buffer, "<stdin>"), "<stdin>", keep_going=opts.keep_going,
+                              debug=opts.debug, echo=opts.echo)
         if words[0] in ("-h", "--help") and len(words) == 1:
             print(USAGE, end="")
             return 0

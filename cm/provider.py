@@ -113,6 +113,9 @@ class Provider:
     # Why this cloud cannot do a verb, by the verb's words ("assign public IPs"),
     # for a better one-line error than "cannot" alone; the verb stays unimplemented.
     unsupported_why: ClassVar[dict[str, str]] = {}
+    # Whether a boot's --image/--flavor may be a unique beginning of a name (OpenStack) or must be
+    # exact (kvm): `vm boot --dryrun` checks by the same rule the real boot uses.
+    boot_matches_prefix: ClassVar[bool] = False
     # Settings `cm cloud add` insists on: each entry lists alternatives, one of which must be given.
     required_settings: ClassVar[tuple[tuple[str, ...], ...]] = ()
 

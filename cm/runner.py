@@ -11,7 +11,7 @@ import argparse
 import importlib
 import re
 from argparse import Namespace
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from types import ModuleType
 from typing import Any, NoReturn
@@ -195,12 +195,28 @@ def show_help(ctx: Context, words: list[str]) -> int:
     return EXIT_OK
 
 
+def expand_words(ctx: Context, words: list[str]) -> list[str]:
+    """Each word's $variables, expanded once: a value is never split again nor read as | or #."""
+    if not any("$" in w for w in words):
+        return words
+    variables = ctx.mirror.variables()
+    return [expand_variables(w, variables) for w in words]
+
+
+def split_line(line: str) -> list[str]:
+    """A command line's words, quotes removed and a # comment dropped (before any $variable expands)."""
+    import shlex
+
+    try:
+        return shlex.split(line, comments=True)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse the line: {exc}") from None
+
+
 def run_words(ctx: Context, words: list[str], debug: bool = False) -> int:
     """Run one command given as words: split, with variables not yet expanded (each is, once)."""
     try:
-        if any("$" in w for w in words):
-            variables = ctx.mirror.variables()
-            words = [expand_variables(w, variables) for w in words]
+        words = expand_words(ctx, words)
         if not words:
             return EXIT_OK
         if words[0] in ("help", "-h", "--help"):
@@ -229,9 +245,7 @@ def run_line(ctx: Context, line: str, debug: bool = False) -> int:
 
             command = expand_variables(line[1:], ctx.mirror.variables(), strict=False)
             return subprocess.run(command, shell=True).returncode
-        import shlex
-
-        words = shlex.split(line, comments=True)  # variables expand per word, after comments are gone
+        words = split_line(line)  # variables expand per word, after comments are gone
         redirect = next((w for w in words if w in (">", ">>", "|", "<")), None)
         if redirect:
             raise UsageError(f"'{redirect}' works in the interactive shell only; in a script use a !shell line "
@@ -239,10 +253,33 @@ def run_line(ctx: Context, line: str, debug: bool = False) -> int:
     except CmError as exc:
         ctx.warn(f"cm: {exc}")
         return exc.exit_code
-    except ValueError as exc:
-        ctx.warn(f"cm: cannot parse the line: {exc}")
-        return EXIT_USAGE
     return run_words(ctx, words, debug)
+
+
+def script_lines(data: Iterable[bytes], source: str) -> Iterator[str]:
+    """The one reader of scripts, files and stdin alike: lines end only at a newline (so a U+2028
+    inside a line neither splits it nor shifts line numbers), a BOM before the first is dropped,
+    and bytes that are not UTF-8 are refused, naming the line."""
+    for number, raw in enumerate(data, start=1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"cannot read script {source}: line {number} is not UTF-8 text") from None
+        yield text.removesuffix("\n").removesuffix("\r")
+
+
+def read_script(path: str) -> list[str]:
+    """A script file's lines, all checked before the first one runs."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read script {path}: {exc.strerror}") from None
+    import io
+
+    return list(script_lines(io.BytesIO(data), path))
 
 
 def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: bool = False,
@@ -255,26 +292,37 @@ def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: b
     failures = 0
     last = EXIT_OK
     in_comment = False
-    for number, line in enumerate(lines, start=1):
-        if line.strip() in ("quit", "exit"):
-            break
-        if echo and line.strip():
-            comment = line.lstrip().startswith("#")
-            ctx.say(("" if in_comment or number == 1 else "\n") + line.rstrip() if comment else f"cm> {line.strip()}")
-            in_comment = comment
-        code = run_line(ctx, line, debug)
-        if code == EXIT_OK:
-            continue
-        failures += 1
-        last = code
-        where = f"{source}:{number}"
-        if not keep_going:
-            ctx.warn(f"cm: {where}: stopped at `{line.strip()}` (exit {code})")
-            return code
-        ctx.warn(f"cm: {where}: `{line.strip()}` failed (exit {code}); going on")
+    try:
+        for number, line in enumerate(lines, start=1):
+            code = _script_line(ctx, number, line, echo, in_comment, debug)
+            in_comment = echo and line.lstrip().startswith("#") if line.strip() else in_comment
+            if code is None:
+                break
+            if code == EXIT_OK:
+                continue
+            failures += 1
+            last = code
+            where = f"{source}:{number}"
+            if not keep_going:
+                ctx.warn(f"cm: {where}: stopped at `{line.strip()}` (exit {code})")
+                return code
+            ctx.warn(f"cm: {where}: `{line.strip()}` failed (exit {code}); going on")
+    except CmError as exc:  # stdin turned out not to be text: what ran stays done
+        ctx.warn(f"cm: {exc}")
+        return exc.exit_code
     if failures:
         ctx.warn(f"cm: {source}: {failures} line(s) failed")
     return last if failures else EXIT_OK
+
+
+def _script_line(ctx: Context, number: int, line: str, echo: bool, in_comment: bool, debug: bool) -> int | None:
+    """Run one script line (shown first with ``echo``); None at quit or exit."""
+    if line.strip() in ("quit", "exit"):
+        return None
+    if echo and line.strip():
+        comment = line.lstrip().startswith("#")
+        ctx.say(("" if in_comment or number == 1 else "\n") + line.rstrip() if comment else f"cm> {line.strip()}")
+    return run_line(ctx, line, debug)
 
 
 def parse_global(argv: list[str]) -> tuple[Namespace, list[str]]:
