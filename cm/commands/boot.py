@@ -47,13 +47,15 @@ def _check_known(ctx: Any, cloud: str, kind: str, value: str, dryrun: bool = Fal
     cloud's list itself; a unique beginning of a name counts where the provider takes one.
     """
     known = [r for r in ctx.mirror.records(kind, cloud) if r.get("name")]
+    listed = bool(known)  # an empty mirror list may just mean "never refreshed"
     if not known and dryrun:
         known = [inventory.as_record(i) for i in getattr(ctx.provider(cloud), inventory.FETCHERS[kind])()]
-    if not known or any(value in (r["name"], r.get("id")) for r in known):
+        listed = True
+    if not listed or any(value in (r["name"], r.get("id")) for r in known):
         return
     if type(ctx.provider(cloud)).boot_matches_prefix and sum(r["name"].startswith(value) for r in known) == 1:
         return
-    names = ", ".join(sorted(r["name"] for r in known)[:8])
+    names = ", ".join(sorted(r["name"] for r in known)[:8]) or "none yet"
     hint = f"add it with `cm image add {value} PATH`" if kind == "image" else f"see `cm {kind} list --refresh`"
     raise UsageError(f"unknown {kind} '{value}' on cloud '{cloud}' (known: {names}); {hint}")
 
