@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cm.context import Context
 from cm.errors import CmError
-from cm.runner import parse_global, read_script, run_script, run_words, script_lines
+from cm.runner import parse_global, read_script, report, run_script, run_words, script_lines
 
 USAGE = """usage: cm [--debug] [--keep-going] [--echo] [COMMAND ... | SCRIPT | --file SCRIPT]
 
@@ -35,7 +35,7 @@ def run_file(ctx: Context, path: str, opts: Namespace) -> int:
     try:
         lines = read_script(path)
     except CmError as exc:
-        ctx.warn(f"cm: {exc}")
+        report(ctx, exc)
         return exc.exit_code
     return run_script(ctx, lines, path, keep_going=opts.keep_going, debug=opts.debug, echo=opts.echo)
 

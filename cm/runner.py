@@ -154,13 +154,20 @@ def expand_variables(text: str, variables: dict[str, str], strict: bool = True) 
     return _VAR.sub(replace, text) if "$" in text else text
 
 
+def report(ctx: Context, exc: CmError) -> None:
+    """An error as the one line the user sees; names and values in it cannot drive the terminal."""
+    from cm.table import harmless
+
+    ctx.warn(f"cm: {harmless(str(exc))}")
+
+
 def execute(ctx: Context, args: Namespace, debug: bool = False) -> int:
     """Run a parsed command; turn every error into one line and an exit code."""
     try:
         code = args.run(ctx, args)
         return EXIT_OK if code is None else int(code)
     except CmError as exc:
-        ctx.warn(f"cm: {exc}")
+        report(ctx, exc)
         return exc.exit_code
     except KeyboardInterrupt:
         ctx.warn("cm: interrupted; the mirror keeps what was done before the interrupt")
@@ -172,7 +179,9 @@ def execute(ctx: Context, args: Namespace, debug: bool = False) -> int:
             import traceback
 
             ctx.warn(traceback.format_exc().rstrip())
-        ctx.warn(f"cm: {type(exc).__name__}: {exc} (run `cm --debug ...` for details)")
+        from cm.table import harmless
+
+        ctx.warn(f"cm: {type(exc).__name__}: {harmless(str(exc))} (run `cm --debug ...` for details)")
         return EXIT_FAILED
 
 
@@ -229,7 +238,7 @@ def run_words(ctx: Context, words: list[str], debug: bool = False) -> int:
         except SystemExit as exc:  # --help printed its text
             return int(exc.code or 0)
     except CmError as exc:
-        ctx.warn(f"cm: {exc}")
+        report(ctx, exc)
         return exc.exit_code
     return execute(ctx, args, debug)
 
@@ -251,7 +260,7 @@ def run_line(ctx: Context, line: str, debug: bool = False) -> int:
             raise UsageError(f"'{redirect}' works in the interactive shell only; in a script use a !shell line "
                              "or run `cm ...` from bash")
     except CmError as exc:
-        ctx.warn(f"cm: {exc}")
+        report(ctx, exc)
         return exc.exit_code
     return run_words(ctx, words, debug)
 
@@ -308,7 +317,7 @@ def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: b
                 return code
             ctx.warn(f"cm: {where}: `{line.strip()}` failed (exit {code}); going on")
     except CmError as exc:  # stdin turned out not to be text: what ran stays done
-        ctx.warn(f"cm: {exc}")
+        report(ctx, exc)
         return exc.exit_code
     if failures:
         ctx.warn(f"cm: {source}: {failures} line(s) failed")

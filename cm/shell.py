@@ -140,7 +140,7 @@ class Shell(cmd2.Cmd):
     def pexcept(self, exception: BaseException, **kwargs: Any) -> None:
         """Errors are one line; tracebacks only with --debug."""
         if isinstance(exception, CmError):
-            self.perror(f"cm: {exception}")
+            runner.report(self.ctx, exception)
             self.last_result = exception.exit_code
         elif self.debug:
             super().pexcept(exception, **kwargs)

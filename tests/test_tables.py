@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 
 import pytest
 import yaml
@@ -11,10 +12,13 @@ import yaml
 from cm.output import render
 
 
-def _widest(text: str) -> int:
-    from cm.table import width
+def _width(line: str) -> int:
+    """Terminal columns: wide East Asian characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
 
-    return max(width(line) for line in text.splitlines())
+
+def _widest(text: str) -> int:
+    return max(_width(line) for line in text.splitlines())
 
 
 def test_a_wrapped_show_keeps_false_as_false(cm, monkeypatch):
@@ -78,3 +82,9 @@ def test_escape_sequences_in_names_and_values_are_shown_harmless(cm, monkeypatch
     monkeypatch.setenv("COLUMNS", "30")
     assert "\x1b" not in cm("var", "list").out
     assert json.loads(cm("var", "list", "-f", "json").out)[0]["value"] == evil  # data formats keep the data
+
+
+def test_an_error_naming_an_escape_sequence_shows_it_harmless(cm):
+    result = cm("vm", "show", "\x1b]0;x\x07ghost")
+    assert result.code == 2
+    assert "\x1b" not in result.err and "unknown VM '\\x1b]0;x\\x07ghost'" in result.err

@@ -98,6 +98,7 @@ def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[st
     from cm.names import expand
 
     from cm.errors import CmError, ProviderError
+    from cm.runner import report
 
     rows: list[dict[str, Any]] = []
     clouds = ctx.cloud_names(args)
@@ -108,7 +109,7 @@ def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[st
         except CmError as exc:
             if len(clouds) == 1:
                 raise
-            ctx.warn(f"cm: {exc}")  # the others still answer: list them
+            report(ctx, exc)  # the others still answer: list them
             failed.append(cloud)
     if args.names:
         wanted = set(expand(args.names))
