@@ -80,9 +80,9 @@ def render_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 def render_cells(columns: list[str], table: list[list[str]]) -> str:
     """A box table of ready-made cells, made harmless and fitted to the terminal."""
-    from cm.table import fitted, harmless
+    from cm.table import fitted, harmless_rows
 
-    return fitted([harmless(c) for c in columns], [[harmless(c) for c in row] for row in table], _terminal_width())
+    return fitted(harmless_rows([columns])[0], harmless_rows(table), _terminal_width())
 
 
 def render(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str = "table", *,

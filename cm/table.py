@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from itertools import chain
 
 # C0 and C1 controls (but newline and tab), DEL, and the bidirectional overrides that
 # reorder what a terminal shows: printed raw they can recolour, move or hide text.
@@ -27,6 +28,14 @@ def harmless(text: str) -> str:
         return text
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
                        text)
+
+
+def harmless_rows(rows: list[list[str]]) -> list[list[str]]:
+    """``harmless`` on every cell; one scan of the whole table when nothing needs it (the usual case)."""
+    joined = "".join(chain.from_iterable(rows))
+    if "\t" not in joined and not _UNSAFE.search(joined):
+        return rows
+    return [[harmless(cell) for cell in row] for row in rows]
 
 
 def width(text: str) -> int:
@@ -82,6 +91,10 @@ def wrap(text: str, size: int) -> list[str]:
 
 
 def _natural(cells: list[str]) -> int:
+    """The width of a column's widest line."""
+    joined = "".join(cells)
+    if "\n" not in joined:
+        return max(map(len if joined.isascii() else width, cells), default=0)
     return max((width(line) for cell in cells for line in cell.split("\n")), default=0)
 
 
@@ -108,8 +121,8 @@ def fit(columns: list[str], table: list[list[str]], total: int, floors: list[int
 def grid(columns: list[str], table: list[list[str]], widths: list[int] | None = None) -> str:
     """The box table ("simple_outline"), each cell wrapped to its column's width."""
     if widths is None:
-        widths = [max(width(c), *(width(r[i]) for r in table)) if table else width(c) for i, c in enumerate(columns)]
-        if not any("\n" in cell for row in table for cell in row):  # the fast path of long one-line lists
+        widths = [_natural([c, *(r[i] for r in table)]) for i, c in enumerate(columns)]
+        if "\n" not in "".join(chain.from_iterable(table)):  # the fast path of long one-line lists
             return _grid_lines(columns, table, widths)
     lines = [_rule("┌", "┬", "┐", widths)]
     for number, row in enumerate([columns, *table]):
@@ -128,7 +141,7 @@ def _rule(left: str, middle: str, right: str, widths: list[int]) -> str:
 
 
 def _grid_lines(columns: list[str], table: list[list[str]], widths: list[int]) -> str:
-    if all(c.isascii() for c in columns) and all(cell.isascii() for row in table for cell in row):
+    if "".join(columns).isascii() and "".join(chain.from_iterable(table)).isascii():
         def row(cells: list[str]) -> str:
             return "│ " + " │ ".join(c.ljust(w) for c, w in zip(cells, widths)) + " │"
     else:
@@ -142,6 +155,9 @@ def fitted(columns: list[str], table: list[list[str]], total: int | None) -> str
     """The table at most ``total`` columns wide (None: as wide as it needs)."""
     if total is None:
         return grid(columns, table)
+    natural = [_natural([c, *(r[i] for r in table)]) for i, c in enumerate(columns)]
+    if sum(natural) + GRID_EXTRA * len(columns) + 1 <= total and "\n" not in "".join(chain.from_iterable(table)):
+        return _grid_lines(columns, table, natural)  # it fits as it is (most lists)
     if len(columns) > 2:
         # A token wider than a Field/Value table could show is cut either way: it need not fit whole here.
         longest = max(total - (2 * GRID_EXTRA + 1) - max(map(width, ["Field", *columns])), 1)
