@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from argparse import Namespace
+from collections.abc import Iterable
 from pathlib import Path
 
 from cm.context import Context
@@ -40,6 +41,21 @@ def run_file(ctx: Context, path: str, opts: Namespace) -> int:
     return run_script(ctx, lines, path, keep_going=opts.keep_going, debug=opts.debug, echo=opts.echo)
 
 
+def run_stdin(ctx: Context, opts: Namespace) -> int:
+    """Commands on stdin: a redirected file is checked whole first, as a script file is; a pipe
+    runs line by line as the lines come (and stops at one that is not UTF-8)."""
+    import stat
+
+    lines: Iterable[str] = script_lines(sys.stdin.buffer, "<stdin>")
+    if stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
+        try:
+            lines = list(lines)
+        except CmError as exc:
+            report(ctx, exc)
+            return exc.exit_code
+    return run_script(ctx, lines, "<stdin>", keep_going=opts.keep_going, debug=opts.debug, echo=opts.echo)
+
+
 def run(argv: list[str]) -> int:
     try:
         opts, words = parse_global(argv)
@@ -64,8 +80,7 @@ def run(argv: list[str]) -> int:
                 except CmError as exc:  # e.g. an unusable CM_HOME, before the prompt
                     print(f"cm: {exc}", file=sys.stderr)
                     return exc.exit_code
-            return run_script(ctx, script_lines(sys.stdin.buffer, "<stdin>"), "<stdin>", keep_going=opts.keep_going,
-                              debug=opts.debug, echo=opts.echo)
+            return run_stdin(ctx, opts)
         if words[0] in ("-h", "--help") and len(words) == 1:
             print(USAGE, end="")
             return 0

@@ -130,6 +130,17 @@ def test_a_script_that_is_not_utf8_is_refused_the_same_way(cm, tmp_path, via):
     assert "b" not in _vars(cm)  # nothing stored corrupted
 
 
+def test_stdin_redirected_from_a_file_is_checked_whole_like_a_script_file(cm, tmp_path):
+    script = tmp_path / "s.cm"
+    script.write_bytes(b"var a=1\nvar b=\xff\n")
+    with script.open("rb") as handle:
+        proc = subprocess.run([sys.executable, "-m", "cm.main"], stdin=handle, capture_output=True, timeout=120,
+                              env=os.environ.copy())
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == "cm: cannot read script <stdin>: line 2 is not UTF-8 text"
+    assert _vars(cm) == {}  # refused before the first line ran
+
+
 @pytest.mark.parametrize("line", ["edit", "edit notes.txt", "run_pyscript x.py", "shell echo hi", "py", "ipy",
                                   "history", "alias create ls vm list", "macro create m vm list", "run_script x.cm",
                                   "@x.cm", "set debug true", "shortcuts"])
