@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from cm.context import Context
-from cm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CmError, UsageError
+from cm.errors import EXIT_FAILED, EXIT_OK, CmError, UsageError
 
 EXIT_INTERRUPTED = 130
 # $name or ${name} (a name starts with a letter or _), and $$ for a literal dollar.
