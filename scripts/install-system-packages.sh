@@ -25,7 +25,7 @@ PACKAGES=(
     # tests/infra: private Slurm clusters (slurmdbd + MariaDB accounting),
     # network namespaces with veth/bridges, an sshd login host
     slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client
-    openssh-server openssh-client iproute2 iputils-ping util-linux
+    openssh-server openssh-client iproute2 iputils-ping util-linux socat
 )
 
 if [[ "${1:-}" == "--list" ]]; then
