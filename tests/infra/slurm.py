@@ -1,0 +1,334 @@
+"""A private Slurm 22.05 test cluster: munged, slurmctld, N slurmd, optional slurmdbd + MariaDB.
+
+Usage (context manager; every name, port and file is private to it)::
+
+    from tests.infra.slurm import SlurmCluster
+
+    with SlurmCluster("infra-a", base_port=21500, nodes=2) as c:   # fast mode, all on loopback
+        c.run(["srun", "-N2", "hostname"]).stdout                   # clients get SLURM_CONF
+        c.env                       # {"SLURM_CONF": ...} for your own subprocesses (fast mode)
+
+    SlurmCluster("infra-b", 21520, nodes=2, networked=True)   # each slurmd in its own netns host
+    SlurmCluster("infra-c", 21540, accounting=True, accounts={"acct": ["root"]})  # sacct -A acct
+
+or as a pytest fixture in a test module::
+
+    from tests.infra.slurm import cluster_fixture
+    slurm = cluster_fixture("infra-m", 21560, scope="module", nodes=2)
+    def test_x(slurm): assert slurm.run(["sinfo"]).returncode == 0
+
+Options: ``nodes``, ``cpus`` (per node), ``partitions`` (PartitionName lines; default one
+``debug`` partition over ALL), ``extra_conf`` (extra slurm.conf lines, e.g. cloud nodes),
+``accounting`` + ``accounts`` ({account: [users]}).  Ports: slurmctld ``base_port``, slurmd
+``base_port+1..+nodes``, slurmdbd ``base_port+nodes+1``, MariaDB ``base_port+nodes+2`` (the
+range needs ``nodes + 3`` ports).  Node names are ``n1..nN``; ClusterName is the prefix with
+``-`` turned into ``_``.  Fast mode: every daemon in this namespace on 127.0.0.1, clients run
+from here with ``c.env``.  Networked mode: a ``tests.infra.netns.Lab`` named by the prefix;
+slurmctld (and slurmdbd, MariaDB) run in host ``head``, each slurmd in host ``nI`` with its own
+hostname and address; ``c.run`` runs clients inside ``head`` (the private subnet is not
+reachable from this namespace, by rule).  ``c.spawn(argv, host)`` starts more daemons that
+``stop`` kills.  Start returns when sinfo shows every node idle; stop kills exactly the pids it
+started (by process group) and removes its temp dir and namespaces.  Recipe: RUNS-HERE.md
+(proctrack/linuxproc, task/none, private munge socket via AuthInfo=socket=...).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.infra.netns import Host, Lab
+
+SLURM_TIMEOUT = 60.0
+
+
+def wait_for(what: str, check, timeout: float = SLURM_TIMEOUT, interval: float = 0.2):
+    """Poll ``check()`` until it returns something truthy; raise naming ``what`` at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def kill_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """TERM then KILL the process group led by ``proc`` (started with its own session)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # stragglers of the group (slurmstepd, job steps) after the leader died
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class SlurmCluster:
+    """A private Slurm cluster (see the module docstring)."""
+
+    def __init__(self, prefix: str, base_port: int, nodes: int = 2, cpus: int = 1,
+                 networked: bool = False, accounting: bool = False,
+                 accounts: dict[str, list[str]] | None = None, partitions: list[str] | None = None,
+                 extra_conf: list[str] | None = None, timeout: float = SLURM_TIMEOUT) -> None:
+        self.prefix = prefix
+        self.cluster_name = prefix.replace("-", "_").lower()
+        self.base_port = base_port
+        self.node_names = [f"n{i}" for i in range(1, nodes + 1)]
+        self.cpus = cpus
+        self.networked = networked
+        self.accounting = accounting
+        self.accounts = accounts or {}
+        self.partitions = partitions or ["PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"]
+        self.extra_conf = extra_conf or []
+        self.timeout = timeout
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.lab: Lab | None = None
+        self.hosts: dict[str, Host] = {}
+        self.tmp = Path()
+        self.started_in = 0.0
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def ctld_port(self) -> int:
+        return self.base_port
+
+    def slurmd_port(self, index: int) -> int:
+        return self.base_port + 1 + index
+
+    @property
+    def dbd_port(self) -> int:
+        return self.base_port + len(self.node_names) + 1
+
+    @property
+    def db_port(self) -> int:
+        return self.base_port + len(self.node_names) + 2
+
+    @property
+    def conf(self) -> Path:
+        return self.tmp / "etc" / "slurm.conf"
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.tmp / "munge" / "munge.sock"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for Slurm clients: os.environ plus SLURM_CONF."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    @property
+    def head(self) -> Host | None:
+        """The namespaced head host (networked mode) where slurmctld and the clients run."""
+        return self.hosts.get("head")
+
+    @property
+    def pids(self) -> list[int]:
+        """Pids of the daemons this cluster started and that still run."""
+        return [p.pid for p in self.procs.values() if p.poll() is None]
+
+    # -- processes ------------------------------------------------------------------------
+    def spawn(self, key: str, argv: list[str], host: Host | None = None) -> subprocess.Popen:
+        """Start a daemon (in ``host`` when given) in its own session; ``stop`` kills it."""
+        log = open(self.tmp / "log" / f"{key}.out", "ab")
+        kw = dict(stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        proc = host.popen(argv, **kw) if host else subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+        log.close()
+        self.procs[key] = proc
+        return proc
+
+    def run(self, argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+        """Run a client command (sinfo, srun, sbatch, sacct, ...) where it reaches slurmctld."""
+        kw.setdefault("capture_output", True)
+        if self.head:
+            return self.head.run(argv, timeout=timeout, env=self.env, **kw)
+        return subprocess.run(argv, text=True, timeout=timeout, env=self.env, **kw)
+
+    def log(self, key: str) -> str:
+        """A daemon's log (slurmctld, slurmd-n1, slurmdbd, munged, mariadb) for failure messages."""
+        for path in (self.tmp / "log" / f"{key}.log", self.tmp / "log" / f"{key}.out"):
+            if path.exists():
+                return path.read_text(errors="replace")[-4000:]
+        return ""
+
+    # -- start ----------------------------------------------------------------------------
+    def start(self) -> "SlurmCluster":
+        """Write the configs and start every daemon; returns once every node is idle."""
+        t0 = time.monotonic()
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-slurm-"))
+        self.tmp.chmod(0o755)
+        for sub in ("etc", "munge", "log", "state", "spool", "run", "db"):
+            (self.tmp / sub).mkdir(mode=0o755)
+        try:
+            if self.networked:
+                self.lab = Lab(self.prefix).start()
+                self.hosts["head"] = self.lab.add_host("head")
+                for name in self.node_names:
+                    self.hosts[name] = self.lab.add_host(name)
+            self.start_munge()
+            self.write_slurm_conf()
+            if self.accounting:
+                self.start_accounting()
+            self.spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)], self.head)
+            wait_for("slurmctld to answer", lambda: self.run(["scontrol", "ping"]).stdout.count("UP"),
+                     self.timeout)
+            for name in self.node_names:
+                self.spawn(f"slurmd-{name}", self.slurmd_argv(name), self.hosts.get(name))
+            wait_for(f"{len(self.node_names)} idle nodes", self.all_idle, self.timeout)
+        except BaseException as exc:
+            logs = "".join(f"\n--- {k} ---\n{self.log(k)[-1500:]}" for k in self.procs)
+            self.stop()
+            if isinstance(exc, Exception):
+                raise RuntimeError(f"{self.prefix}: Slurm cluster did not start: {exc}{logs}") from exc
+            raise
+        self.started_in = time.monotonic() - t0
+        return self
+
+    def slurmd_argv(self, name: str) -> list[str]:
+        """The command line that starts node ``name``'s slurmd in the foreground."""
+        return ["slurmd", "-D", "-N", name, "-f", str(self.conf)]
+
+    def all_idle(self) -> bool:
+        """True when sinfo lists every static node as idle."""
+        out = self.run(["sinfo", "-h", "-N", "-o", "%N %T"]).stdout.split("\n")
+        states = dict(line.split()[:2] for line in out if len(line.split()) >= 2)
+        return all(states.get(n) == "idle" for n in self.node_names)
+
+    def start_munge(self) -> None:
+        """A private munged: own key, socket, pid, seed and log files."""
+        key = self.tmp / "munge" / "munge.key"
+        key.write_bytes(secrets.token_bytes(1024))
+        key.chmod(0o600)
+        d = self.tmp / "munge"
+        self.spawn("munged", ["munged", "-F", "--force", f"--socket={self.munge_socket}",
+                              f"--key-file={key}", f"--pid-file={d / 'munged.pid'}",
+                              f"--seed-file={d / 'munged.seed'}", f"--log-file={self.tmp / 'log' / 'munged.log'}"])
+        wait_for("munged socket", self.munge_socket.exists, self.timeout, 0.05)
+
+    def write_slurm_conf(self) -> None:
+        """slurm.conf under TMP/etc, as RUNS-HERE measured (no cgroup.conf: the host default works)."""
+        t = self.tmp
+        if self.networked:
+            ctld_host = f"head({self.hosts['head'].addr})"
+        else:
+            ctld_host = f"{socket.gethostname()}(127.0.0.1)"
+        lines = [
+            f"ClusterName={self.cluster_name}", f"SlurmctldHost={ctld_host}",
+            f"SlurmctldPort={self.ctld_port}", "SlurmUser=root", "SlurmdUser=root",
+            "AuthType=auth/munge", "CredType=cred/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            f"StateSaveLocation={t / 'state'}", f"SlurmdSpoolDir={t / 'spool'}/%n",
+            f"SlurmctldLogFile={t / 'log' / 'slurmctld.log'}", f"SlurmdLogFile={t / 'log'}/slurmd-%n.log",
+            f"SlurmctldPidFile={t / 'run' / 'slurmctld.pid'}", f"SlurmdPidFile={t / 'run'}/slurmd-%n.pid",
+            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/linux", "JobCompType=jobcomp/filetxt",
+            f"JobCompLoc={t / 'log' / 'jobcomp.log'}", "ReturnToService=2",
+            "MpiDefault=none", "SchedulerType=sched/backfill", "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core", "SlurmdTimeout=30", "InactiveLimit=0", "MinJobAge=300",
+        ]
+        if self.accounting:
+            lines += ["AccountingStorageType=accounting_storage/slurmdbd",
+                      "AccountingStorageHost=127.0.0.1", f"AccountingStoragePort={self.dbd_port}"]
+        for i, name in enumerate(self.node_names):
+            if self.networked:
+                where = f"NodeHostname={name} NodeAddr={self.hosts[name].addr}"
+            else:
+                where = f"NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1"
+            lines.append(f"NodeName={name} {where} Port={self.slurmd_port(i)} CPUs={self.cpus} State=UNKNOWN")
+        lines += self.extra_conf + self.partitions
+        self.conf.write_text("\n".join(lines) + "\n")
+        for name in self.node_names:
+            (t / "spool" / name).mkdir(exist_ok=True)
+
+    def start_accounting(self) -> None:
+        """A private MariaDB (own datadir, loopback port) and slurmdbd, then the cluster and accounts."""
+        t = self.tmp
+        datadir, sock = t / "db" / "data", t / "db" / "mysqld.sock"
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--user=root",
+                        "--auth-root-authentication-method=socket", "--skip-test-db"],
+                       capture_output=True, check=True, timeout=self.timeout)
+        self.spawn("mariadb", ["mariadbd", "--no-defaults", f"--datadir={datadir}", f"--socket={sock}",
+                               "--bind-address=127.0.0.1", f"--port={self.db_port}", "--user=root",
+                               f"--pid-file={t / 'db' / 'mysqld.pid'}",
+                               f"--log-error={t / 'log' / 'mariadb.log'}",
+                               "--innodb-buffer-pool-size=16M", "--skip-name-resolve"], self.head)
+        password = secrets.token_hex(16)
+        sql = (f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
+               "GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';")
+
+        def create_user() -> bool:
+            cmd = ["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", sql]
+            return self.run(cmd).returncode == 0
+        wait_for("MariaDB", create_user, self.timeout, 0.3)
+        dbd_conf = t / "etc" / "slurmdbd.conf"
+        dbd_conf.write_text("\n".join([
+            "AuthType=auth/munge", f"AuthInfo=socket={self.munge_socket}", "DbdHost=localhost",
+            "DbdAddr=127.0.0.1", f"DbdPort={self.dbd_port}", "SlurmUser=root",
+            f"LogFile={t / 'log' / 'slurmdbd.log'}", f"PidFile={t / 'run' / 'slurmdbd.pid'}",
+            "StorageType=accounting_storage/mysql", "StorageHost=127.0.0.1",
+            f"StoragePort={self.db_port}", "StorageUser=slurm", f"StoragePass={password}",
+            f"StorageLoc=acct_{self.cluster_name}",
+        ]) + "\n")
+        dbd_conf.chmod(0o600)
+        self.spawn("slurmdbd", ["slurmdbd", "-D"], self.head)
+        wait_for("slurmdbd", lambda: self.run(["sacctmgr", "-n", "list", "cluster"]).returncode == 0,
+                 self.timeout, 0.3)
+        self.sacctmgr("add", "cluster", self.cluster_name)
+        for account, users in self.accounts.items():
+            self.sacctmgr("add", "account", account, f"cluster={self.cluster_name}")
+            for user in users:
+                self.sacctmgr("add", "user", user, f"account={account}", f"cluster={self.cluster_name}")
+
+    def sacctmgr(self, *words: str) -> str:
+        """Run ``sacctmgr -i WORDS``; raise with its message when it fails."""
+        proc = self.run(["sacctmgr", "-i", *words])
+        if proc.returncode != 0:
+            raise RuntimeError(f"sacctmgr {' '.join(words)}: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout
+
+    # -- stop -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Kill the daemons this cluster started (newest first), its namespaces and temp dir."""
+        for key in reversed(list(self.procs)):
+            kill_group(self.procs[key])
+        self.procs.clear()
+        if self.lab:
+            self.lab.stop()
+            self.lab = None
+        self.hosts.clear()
+        if self.tmp != Path() and self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "SlurmCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def cluster_fixture(prefix: str, base_port: int, scope: str = "module", **options):
+    """A pytest fixture (default module scope) yielding a started ``SlurmCluster``."""
+    import pytest
+
+    @pytest.fixture(scope=scope)
+    def slurm_cluster():
+        with SlurmCluster(prefix, base_port, **options) as cluster:
+            yield cluster
+    return slurm_cluster
