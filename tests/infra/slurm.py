@@ -34,7 +34,9 @@ started (by process group) and removes its temp dir and namespaces.  Recipe: RUN
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -47,6 +49,8 @@ from pathlib import Path
 from tests.infra.netns import Host, Lab
 
 SLURM_TIMEOUT = 60.0
+# the real home: tests swap HOME for a temp dir, the cache must outlive them
+CACHE = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache" / "cm-tests" / "infra"
 
 
 def wait_for(what: str, check, timeout: float = SLURM_TIMEOUT, interval: float = 0.2):
@@ -78,6 +82,25 @@ def kill_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def mariadb_template(timeout: float) -> Path:
+    """An initialised MariaDB datadir cached under ~/.cache/cm-tests (copying it beats install-db 3x)."""
+    version = subprocess.run(["mariadbd", "--version"], capture_output=True, text=True).stdout
+    tag = hashlib.sha256(version.encode()).hexdigest()[:12]
+    template = CACHE / f"mariadb-datadir-{tag}"
+    if not template.is_dir():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix="mariadb-building-", dir=CACHE))
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={building / 'data'}",
+                        "--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"],
+                       capture_output=True, check=True, timeout=timeout)
+        try:
+            (building / "data").rename(template)   # atomic: concurrent builders race harmlessly
+        except OSError:
+            pass
+        shutil.rmtree(building, ignore_errors=True)
+    return template
 
 
 class SlurmCluster:
@@ -245,7 +268,9 @@ class SlurmCluster:
         ]
         if self.accounting:
             lines += ["AccountingStorageType=accounting_storage/slurmdbd",
-                      "AccountingStorageHost=127.0.0.1", f"AccountingStoragePort={self.dbd_port}"]
+                      "AccountingStorageHost=127.0.0.1", f"AccountingStoragePort={self.dbd_port}",
+                      # for munge, the "password" names the socket: the dbd link ignores AuthInfo
+                      f"AccountingStoragePass={self.munge_socket}"]
         for i, name in enumerate(self.node_names):
             if self.networked:
                 where = f"NodeHostname={name} NodeAddr={self.hosts[name].addr}"
@@ -261,9 +286,7 @@ class SlurmCluster:
         """A private MariaDB (own datadir, loopback port) and slurmdbd, then the cluster and accounts."""
         t = self.tmp
         datadir, sock = t / "db" / "data", t / "db" / "mysqld.sock"
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--user=root",
-                        "--auth-root-authentication-method=socket", "--skip-test-db"],
-                       capture_output=True, check=True, timeout=self.timeout)
+        shutil.copytree(mariadb_template(self.timeout), datadir, symlinks=True)
         self.spawn("mariadb", ["mariadbd", "--no-defaults", f"--datadir={datadir}", f"--socket={sock}",
                                "--bind-address=127.0.0.1", f"--port={self.db_port}", "--user=root",
                                f"--pid-file={t / 'db' / 'mysqld.pid'}",
