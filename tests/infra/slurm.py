@@ -6,7 +6,8 @@ Usage (context manager; every name, port and file is private to it)::
 
     with SlurmCluster("infra-a", base_port=21500, nodes=2) as c:   # fast mode, all on loopback
         c.run(["srun", "-N2", "hostname"]).stdout                   # clients get SLURM_CONF
-        c.env                       # {"SLURM_CONF": ...} for your own subprocesses (fast mode)
+        c.env                       # os.environ + SLURM_CONF for your own subprocesses (fast mode)
+        c.client_env                # just {"SLURM_CONF": ...}
 
     SlurmCluster("infra-b", 21520, nodes=2, networked=True)   # each slurmd in its own netns host
     SlurmCluster("infra-c", 21540, accounting=True, accounts={"acct": ["root"]})  # sacct -A acct
@@ -39,7 +40,6 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -47,41 +47,11 @@ import time
 from pathlib import Path
 
 from tests.infra.netns import Host, Lab
+from tests.infra.procs import kill_tree, wait_for
 
 SLURM_TIMEOUT = 60.0
 # the real home: tests swap HOME for a temp dir, the cache must outlive them
 CACHE = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache" / "cm-tests" / "infra"
-
-
-def wait_for(what: str, check, timeout: float = SLURM_TIMEOUT, interval: float = 0.2):
-    """Poll ``check()`` until it returns something truthy; raise naming ``what`` at the timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def kill_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """TERM then KILL the process group led by ``proc`` (started with its own session)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    # stragglers of the group (slurmstepd, job steps) after the leader died
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def mariadb_template(timeout: float) -> Path:
@@ -152,9 +122,14 @@ class SlurmCluster:
         return self.tmp / "munge" / "munge.sock"
 
     @property
+    def client_env(self) -> dict[str, str]:
+        """What a Slurm client needs besides the usual environment: ``{"SLURM_CONF": ...}``."""
+        return {"SLURM_CONF": str(self.conf)}
+
+    @property
     def env(self) -> dict[str, str]:
         """Environment for Slurm clients: os.environ plus SLURM_CONF."""
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        return {**os.environ, **self.client_env}
 
     @property
     def head(self) -> Host | None:
@@ -330,7 +305,7 @@ class SlurmCluster:
     def stop(self) -> None:
         """Kill the daemons this cluster started (newest first), its namespaces and temp dir."""
         for key in reversed(list(self.procs)):
-            kill_group(self.procs[key])
+            kill_tree(self.procs[key])
         self.procs.clear()
         if self.lab:
             self.lab.stop()
