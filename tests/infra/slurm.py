@@ -185,7 +185,7 @@ class SlurmCluster:
             if self.accounting:
                 self.start_accounting()
             self.spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)], self.head)
-            wait_for("slurmctld to answer", lambda: self.run(["scontrol", "ping"]).stdout.count("UP"),
+            wait_for("slurmctld to answer", lambda: self.alive() and "UP" in self.run(["scontrol", "ping"]).stdout,
                      self.timeout)
             for name in self.node_names:
                 self.spawn(f"slurmd-{name}", self.slurmd_argv(name), self.hosts.get(name))
@@ -203,8 +203,16 @@ class SlurmCluster:
         """The command line that starts node ``name``'s slurmd in the foreground."""
         return ["slurmd", "-D", "-N", name, "-f", str(self.conf)]
 
+    def alive(self) -> bool:
+        """True while every daemon runs; raises naming the first one that exited."""
+        for key, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{key} exited with status {proc.returncode}")
+        return True
+
     def all_idle(self) -> bool:
         """True when sinfo lists every static node as idle."""
+        self.alive()
         out = self.run(["sinfo", "-h", "-N", "-o", "%N %T"]).stdout.split("\n")
         states = dict(line.split()[:2] for line in out if len(line.split()) >= 2)
         return all(states.get(n) == "idle" for n in self.node_names)
@@ -273,7 +281,7 @@ class SlurmCluster:
 
         def create_user() -> bool:
             cmd = ["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", sql]
-            return self.run(cmd).returncode == 0
+            return self.alive() and self.run(cmd).returncode == 0
         wait_for("MariaDB", create_user, self.timeout, 0.3)
         dbd_conf = t / "etc" / "slurmdbd.conf"
         dbd_conf.write_text("\n".join([
@@ -286,7 +294,7 @@ class SlurmCluster:
         ]) + "\n")
         dbd_conf.chmod(0o600)
         self.spawn("slurmdbd", ["slurmdbd", "-D"], self.head)
-        wait_for("slurmdbd", lambda: self.run(["sacctmgr", "-n", "list", "cluster"]).returncode == 0,
+        wait_for("slurmdbd", lambda: self.alive() and self.run(["sacctmgr", "-n", "list", "cluster"]).returncode == 0,
                  self.timeout, 0.3)
         self.sacctmgr("add", "cluster", self.cluster_name)
         for account, users in self.accounts.items():
