@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from tests.infra.slurm import SlurmCluster, cluster_fixture
 from tests.infra.sshd import LoginHost, login_fixture
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
 
 # ports 21500-21999 belong to this file's fixtures
 fast = cluster_fixture("infra-tf", 21500, nodes=2)
@@ -123,3 +126,30 @@ def test_fixtures_export_slurm_conf_for_clients(fast):
     assert fast.client_env["SLURM_CONF"] == str(fast.conf)
     assert "AuthInfo=socket=" in fast.conf.read_text()
     assert os.stat(fast.munge_socket.parent / "munge.key").st_mode & 0o777 == 0o600
+
+
+CRASHING_RUN = """
+import sys, time
+from tests.infra.slurm import SlurmCluster
+from tests.infra.sshd import LoginHost
+c = SlurmCluster("infra-tk", 21570, nodes=1, networked=True).start()
+l = LoginHost("infra-tkl", 21580, env=c.client_env, host=c.head).start()
+print(" ".join(map(str, c.pids + l.pids)), flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_next_start_clears_what_a_killed_run_left_behind():
+    run = subprocess.Popen([sys.executable, "-c", CRASHING_RUN], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in run.stdout.readline().split()]
+    finally:
+        run.kill()
+        run.wait()
+    assert pids and all(alive(pid) for pid in pids)
+    with SlurmCluster("infra-tk", 21570, nodes=1, networked=True) as cluster, \
+            LoginHost("infra-tkl", 21580, env=cluster.client_env, host=cluster.head) as login:
+        assert [pid for pid in pids if alive(pid)] == []
+        assert login.ssh("srun hostname").stdout.split() == ["n1"]
+        assert len(list(Path(tempfile.gettempdir()).glob("infra-tk-slurm-*"))) == 1
+    assert list_netns("infra-tk") == []

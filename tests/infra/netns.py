@@ -16,15 +16,18 @@ A host's commands run as ``nsenter --net=/run/netns/NS unshare --uts --mount sh 
 remounts /sys and breaks slurmd).  Inside, /etc/hosts names every lab host, so hostnames
 resolve.  The subnet (default derived from the prefix, inside 10.231.0.0/16) exists only
 inside the lab's namespaces: the machine's own namespace never routes to it.
-``cleanup_prefix(prefix)`` removes whatever a crashed run left behind.
+``cleanup_prefix(prefix)`` removes whatever a crashed run left behind (``start`` calls it), so a
+prefix must be unique to its user and must not be another user's prefix followed by ``-``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import glob
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -73,9 +76,11 @@ def delete_netns(ns: str) -> None:
 
 
 def cleanup_prefix(prefix: str) -> None:
-    """Delete every namespace named ``PREFIX-*`` (leftovers of a crashed run)."""
+    """Delete every namespace named ``PREFIX-*`` and lab temp dir (leftovers of a crashed run)."""
     for ns in list_netns(prefix):
         delete_netns(ns)
+    for path in Path(tempfile.gettempdir()).glob(f"{glob.escape(prefix)}-lab-*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def list_netns(prefix: str) -> list[str]:
@@ -182,10 +187,8 @@ class Lab:
         delete_netns(self.ns)
         cleanup_prefix(self.prefix)
         self.hosts.clear()
-        if self.tmp and self.tmp.exists():
-            for f in self.tmp.iterdir():
-                f.unlink()
-            self.tmp.rmdir()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "Lab":
         return self.start()

@@ -3,13 +3,18 @@
 ``wait_for(what, check, timeout)`` polls ``check()`` until truthy (TimeoutError names ``what``).
 ``kill_tree(proc)`` ends a Popen started with ``start_new_session=True``: its process group and
 every descendant (sshd and slurmd children that called setsid), TERM then KILL.
+``reap_stale(prefix, kind)`` kills what a crashed run with the same prefix left (processes naming
+``/tmp/PREFIX-KIND-*``) and removes those dirs; the fixtures call it before they start.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,3 +75,29 @@ def kill_tree(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)   # stragglers of the group after the leader died
     except ProcessLookupError:
         pass
+
+
+def reap_stale(prefix: str, kind: str) -> None:
+    """Kill processes and remove temp dirs a crashed run with the same prefix left behind.
+
+    Such processes name ``TMP/PREFIX-KIND-*`` in their command line or environment (SLURM_CONF).
+    """
+    marker = f"{tempfile.gettempdir()}/{prefix}-{kind}-"
+    mine = {os.getpid(), os.getppid()}
+    stale = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if int(proc.name) in mine:
+            continue
+        try:
+            text = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in text:
+            stale.append(int(proc.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        signal_pids(stale, sig)
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{pid}").exists() for pid in stale) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for path in glob.glob(glob.escape(marker) + "*"):
+        shutil.rmtree(path, ignore_errors=True)

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 from tests.infra.netns import Host, Lab
-from tests.infra.procs import kill_tree, wait_for
+from tests.infra.procs import kill_tree, reap_stale, wait_for
 
 SLURM_TIMEOUT = 60.0
 # the real home: tests swap HOME for a temp dir, the cache must outlive them
@@ -170,6 +170,7 @@ class SlurmCluster:
     def start(self) -> "SlurmCluster":
         """Write the configs and start every daemon; returns once every node is idle."""
         t0 = time.monotonic()
+        reap_stale(self.prefix, "slurm")
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-slurm-"))
         self.tmp.chmod(0o755)
         for sub in ("etc", "munge", "log", "state", "spool", "run", "db"):

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from tests.infra.netns import NETNS_DIR, Host
-from tests.infra.procs import kill_tree, wait_for
+from tests.infra.procs import kill_tree, reap_stale, wait_for
 
 
 class LoginHost:
@@ -72,6 +72,7 @@ class LoginHost:
     def start(self) -> "LoginHost":
         """Generate keys and configs, start sshd; return once it answers a real login."""
         t0 = time.monotonic()
+        reap_stale(self.alias, "sshd")
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.alias}-sshd-"))
         try:
             for name in ("ssh_host_ed25519_key", "id_ed25519"):
