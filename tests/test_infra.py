@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.netns import Lab, list_netns
+from tests.infra.netns import Lab, list_netns, netns_pids
 from tests.infra.procs import descendants, wait_for
 from tests.infra.slurm import SlurmCluster, cluster_fixture
 from tests.infra.sshd import LoginHost, login_fixture
@@ -153,3 +153,15 @@ def test_the_next_start_clears_what_a_killed_run_left_behind():
         assert login.ssh("srun hostname").stdout.split() == ["n1"]
         assert len(list(Path(tempfile.gettempdir()).glob("infra-tk-slurm-*"))) == 1
     assert list_netns("infra-tk") == []
+
+
+def test_cloud_node_is_resumed_for_a_job_and_suspended_when_idle():
+    with SlurmCluster("infra-te", 21590, nodes=1, cloud_nodes=2, networked=True,
+                      power={"SuspendTime": "5"}) as cluster:
+        assert "c1 idle~" in cluster.run(["sinfo", "-h", "-N", "-o", "%N %T"]).stdout
+        result = cluster.run(["srun", "-C", "cloud", "-N1", "hostname"])
+        assert result.stdout.split() == ["c1"], result.stderr
+        assert cluster.power_log() == ["resume c1"]
+        wait_for("c1 suspended", lambda: "suspend c1" in cluster.power_log(), 90, 0.5)
+        wait_for("c1's slurmd gone", lambda: netns_pids("infra-te-c1") == [], 30, 0.5)
+    assert list_netns("infra-te") == []

@@ -77,14 +77,10 @@ def kill_tree(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         pass
 
 
-def reap_stale(prefix: str, kind: str) -> None:
-    """Kill processes and remove temp dirs a crashed run with the same prefix left behind.
-
-    Such processes name ``TMP/PREFIX-KIND-*`` in their command line or environment (SLURM_CONF).
-    """
-    marker = f"{tempfile.gettempdir()}/{prefix}-{kind}-"
+def kill_naming(marker: str) -> None:
+    """Kill every process (but this one and its parent) naming ``marker`` in argv or environment."""
     mine = {os.getpid(), os.getppid()}
-    stale = []
+    found = []
     for proc in Path("/proc").glob("[0-9]*"):
         if int(proc.name) in mine:
             continue
@@ -93,11 +89,20 @@ def reap_stale(prefix: str, kind: str) -> None:
         except OSError:
             continue
         if marker.encode() in text:
-            stale.append(int(proc.name))
+            found.append(int(proc.name))
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        signal_pids(stale, sig)
+        signal_pids(found, sig)
         deadline = time.monotonic() + 5
-        while any(Path(f"/proc/{pid}").exists() for pid in stale) and time.monotonic() < deadline:
+        while any(Path(f"/proc/{pid}").exists() for pid in found) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def reap_stale(prefix: str, kind: str) -> None:
+    """Kill processes and remove temp dirs a crashed run with the same prefix left behind.
+
+    Such processes name ``TMP/PREFIX-KIND-*`` in their command line or environment (SLURM_CONF).
+    """
+    marker = f"{tempfile.gettempdir()}/{prefix}-{kind}-"
+    kill_naming(marker)
     for path in glob.glob(glob.escape(marker) + "*"):
         shutil.rmtree(path, ignore_errors=True)

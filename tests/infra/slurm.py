@@ -19,10 +19,15 @@ or as a pytest fixture in a test module::
     def test_x(slurm): assert slurm.run(["sinfo"]).returncode == 0
 
 Options: ``nodes``, ``cpus`` (per node), ``partitions`` (PartitionName lines; default one
-``debug`` partition over ALL), ``extra_conf`` (extra slurm.conf lines, e.g. cloud nodes),
-``accounting`` + ``accounts`` ({account: [users]}).  Ports: slurmctld ``base_port``, slurmd
-``base_port+1..+nodes``, slurmdbd ``base_port+nodes+1``, MariaDB ``base_port+nodes+2`` (the
-range needs ``nodes + 3`` ports).  Node names are ``n1..nN``; ClusterName is the prefix with
+``debug`` partition over ALL), ``extra_conf`` (extra slurm.conf lines), ``accounting`` +
+``accounts`` ({account: [users]}), ``cloud_nodes`` (elastic nodes ``c1..cK``, State=CLOUD
+Feature=cloud, with RUNS-HERE's power-saving lines; override them with ``power={"SuspendTime":
+"5"}``).  Cloud nodes get default ResumeProgram/SuspendProgram scripts that start/stop their
+slurmd (``c.power_log()`` lists ``resume c1``/``suspend c1``); pass ``resume_program=`` /
+``suspend_program=`` to use yours (``c.node_command("c1")`` is the argv that starts c1's
+slurmd where it belongs; run it with ``< /dev/null``).  Ports: slurmctld ``base_port``, slurmd
+``base_port+1..+nodes``, slurmdbd ``base_port+nodes+1``, MariaDB ``base_port+nodes+2``, cloud
+slurmd after those (the range needs ``nodes + cloud_nodes + 3`` ports).  Node names are ``n1..nN``; ClusterName is the prefix with
 ``-`` turned into ``_``.  Fast mode: every daemon in this namespace on 127.0.0.1, clients run
 from here with ``c.env``.  Networked mode: a ``tests.infra.netns.Lab`` named by the prefix;
 slurmctld (and slurmdbd, MariaDB) run in host ``head``, each slurmd in host ``nI`` with its own
@@ -35,10 +40,9 @@ started (by process group) and removes its temp dir and namespaces.  Recipe: RUN
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pwd
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -47,30 +51,15 @@ import time
 from pathlib import Path
 
 from tests.infra.netns import Host, Lab
-from tests.infra.procs import kill_tree, reap_stale, wait_for
+from tests.infra.slurmdb import start_accounting
+from tests.infra.procs import kill_naming, kill_tree, reap_stale, wait_for
 
 SLURM_TIMEOUT = 60.0
-# the real home: tests swap HOME for a temp dir, the cache must outlive them
-CACHE = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache" / "cm-tests" / "infra"
-
-
-def mariadb_template(timeout: float) -> Path:
-    """An initialised MariaDB datadir cached under ~/.cache/cm-tests (copying it beats install-db 3x)."""
-    version = subprocess.run(["mariadbd", "--version"], capture_output=True, text=True).stdout
-    tag = hashlib.sha256(version.encode()).hexdigest()[:12]
-    template = CACHE / f"mariadb-datadir-{tag}"
-    if not template.is_dir():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix="mariadb-building-", dir=CACHE))
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={building / 'data'}",
-                        "--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"],
-                       capture_output=True, check=True, timeout=timeout)
-        try:
-            (building / "data").rename(template)   # atomic: concurrent builders race harmlessly
-        except OSError:
-            pass
-        shutil.rmtree(building, ignore_errors=True)
-    return template
+POWER_DEFAULTS = {
+    "SuspendTime": "60", "SuspendTimeout": "30", "ResumeTimeout": "60", "TreeWidth": "65533",
+    "CommunicationParameters": "NoAddrCache", "SlurmctldParameters": "idle_on_node_suspend",
+    "PrivateData": "cloud",
+}
 
 
 class SlurmCluster:
@@ -79,11 +68,17 @@ class SlurmCluster:
     def __init__(self, prefix: str, base_port: int, nodes: int = 2, cpus: int = 1,
                  networked: bool = False, accounting: bool = False,
                  accounts: dict[str, list[str]] | None = None, partitions: list[str] | None = None,
-                 extra_conf: list[str] | None = None, timeout: float = SLURM_TIMEOUT) -> None:
+                 extra_conf: list[str] | None = None, cloud_nodes: int = 0,
+                 power: dict[str, str] | None = None, resume_program: str | None = None,
+                 suspend_program: str | None = None, timeout: float = SLURM_TIMEOUT) -> None:
         self.prefix = prefix
         self.cluster_name = prefix.replace("-", "_").lower()
         self.base_port = base_port
         self.node_names = [f"n{i}" for i in range(1, nodes + 1)]
+        self.cloud_names = [f"c{i}" for i in range(1, cloud_nodes + 1)]
+        self.power = {**POWER_DEFAULTS, **(power or {})}
+        self.resume_program = resume_program
+        self.suspend_program = suspend_program
         self.cpus = cpus
         self.networked = networked
         self.accounting = accounting
@@ -102,8 +97,11 @@ class SlurmCluster:
     def ctld_port(self) -> int:
         return self.base_port
 
-    def slurmd_port(self, index: int) -> int:
-        return self.base_port + 1 + index
+    def slurmd_port(self, name: str) -> int:
+        """Static node nI listens on base+I, cloud node cJ on base+nodes+2+J (after dbd and db)."""
+        if name in self.cloud_names:
+            return self.base_port + len(self.node_names) + 3 + self.cloud_names.index(name)
+        return self.base_port + 1 + self.node_names.index(name)
 
     @property
     def dbd_port(self) -> int:
@@ -179,12 +177,12 @@ class SlurmCluster:
             if self.networked:
                 self.lab = Lab(self.prefix).start()
                 self.hosts["head"] = self.lab.add_host("head")
-                for name in self.node_names:
+                for name in self.node_names + self.cloud_names:   # all before slurmctld's mount ns
                     self.hosts[name] = self.lab.add_host(name)
             self.start_munge()
             self.write_slurm_conf()
             if self.accounting:
-                self.start_accounting()
+                start_accounting(self)
             self.spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)], self.head)
             wait_for("slurmctld to answer", lambda: self.alive() and "UP" in self.run(["scontrol", "ping"]).stdout,
                      self.timeout)
@@ -255,53 +253,55 @@ class SlurmCluster:
                       "AccountingStorageHost=127.0.0.1", f"AccountingStoragePort={self.dbd_port}",
                       # for munge, the "password" names the socket: the dbd link ignores AuthInfo
                       f"AccountingStoragePass={self.munge_socket}"]
-        for i, name in enumerate(self.node_names):
+        for name in self.node_names + self.cloud_names:
             if self.networked:
                 where = f"NodeHostname={name} NodeAddr={self.hosts[name].addr}"
             else:
                 where = f"NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1"
-            lines.append(f"NodeName={name} {where} Port={self.slurmd_port(i)} CPUs={self.cpus} State=UNKNOWN")
+            state = "CLOUD Feature=cloud" if name in self.cloud_names else "UNKNOWN"
+            lines.append(f"NodeName={name} {where} Port={self.slurmd_port(name)} CPUs={self.cpus} State={state}")
+        if self.cloud_names:
+            lines += self.power_conf()
         lines += self.extra_conf + self.partitions
         self.conf.write_text("\n".join(lines) + "\n")
-        for name in self.node_names:
+        for name in self.node_names + self.cloud_names:
             (t / "spool" / name).mkdir(exist_ok=True)
 
-    def start_accounting(self) -> None:
-        """A private MariaDB (own datadir, loopback port) and slurmdbd, then the cluster and accounts."""
-        t = self.tmp
-        datadir, sock = t / "db" / "data", t / "db" / "mysqld.sock"
-        shutil.copytree(mariadb_template(self.timeout), datadir, symlinks=True)
-        self.spawn("mariadb", ["mariadbd", "--no-defaults", f"--datadir={datadir}", f"--socket={sock}",
-                               "--bind-address=127.0.0.1", f"--port={self.db_port}", "--user=root",
-                               f"--pid-file={t / 'db' / 'mysqld.pid'}",
-                               f"--log-error={t / 'log' / 'mariadb.log'}",
-                               "--innodb-buffer-pool-size=16M", "--skip-name-resolve"], self.head)
-        password = secrets.token_hex(16)
-        sql = (f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
-               "GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';")
+    def power_conf(self) -> list[str]:
+        """Power-saving lines for the cloud nodes (RUNS-HERE's measured set) and default programs."""
+        bin_dir = self.tmp / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        resume, suspend = bin_dir / "resume", bin_dir / "suspend"
+        power_log, conf = self.tmp / "log" / "power.log", self.conf
+        starts = "".join(f"    {n}) setsid {shlex.join(self.node_command(n))} < /dev/null "
+                         f">> {self.tmp / 'log'}/slurmd-{n}.out 2>&1 & ;;\n" for n in self.cloud_names)
+        # slurmctld runs these programs with a bare environment (no /usr/sbin on PATH)
+        loop = f'export SLURM_CONF={conf} PATH=/usr/sbin:/usr/bin:/sbin:/bin\nfor n in $(scontrol show hostnames "$1"); do\n'
+        resume.write_text(f"#!/bin/sh\n{loop}  echo \"resume $n\" >> {power_log}\n"
+                          f"  case $n in\n{starts}  esac\ndone\n")
+        suspend.write_text(f"#!/bin/sh\n{loop}  echo \"suspend $n\" >> {power_log}\n"
+                           f"  f={self.tmp / 'run'}/slurmd-$n.pid; [ -f $f ] && kill $(cat $f)\ndone\nexit 0\n")
+        resume.chmod(0o755)
+        suspend.chmod(0o755)
+        static = ",".join(self.node_names)
+        return ([f"ResumeProgram={self.resume_program or resume}",
+                 f"SuspendProgram={self.suspend_program or suspend}"]
+                + ([f"SuspendExcNodes={static}"] if static else [])
+                + [f"{key}={value}" for key, value in self.power.items()])
 
-        def create_user() -> bool:
-            cmd = ["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", sql]
-            return self.alive() and self.run(cmd).returncode == 0
-        wait_for("MariaDB", create_user, self.timeout, 0.3)
-        dbd_conf = t / "etc" / "slurmdbd.conf"
-        dbd_conf.write_text("\n".join([
-            "AuthType=auth/munge", f"AuthInfo=socket={self.munge_socket}", "DbdHost=localhost",
-            "DbdAddr=127.0.0.1", f"DbdPort={self.dbd_port}", "SlurmUser=root",
-            f"LogFile={t / 'log' / 'slurmdbd.log'}", f"PidFile={t / 'run' / 'slurmdbd.pid'}",
-            "StorageType=accounting_storage/mysql", "StorageHost=127.0.0.1",
-            f"StoragePort={self.db_port}", "StorageUser=slurm", f"StoragePass={password}",
-            f"StorageLoc=acct_{self.cluster_name}",
-        ]) + "\n")
-        dbd_conf.chmod(0o600)
-        self.spawn("slurmdbd", ["slurmdbd", "-D"], self.head)
-        wait_for("slurmdbd", lambda: self.alive() and self.run(["sacctmgr", "-n", "list", "cluster"]).returncode == 0,
-                 self.timeout, 0.3)
-        self.sacctmgr("add", "cluster", self.cluster_name)
-        for account, users in self.accounts.items():
-            self.sacctmgr("add", "account", account, f"cluster={self.cluster_name}")
-            for user in users:
-                self.sacctmgr("add", "user", user, f"account={account}", f"cluster={self.cluster_name}")
+    def node_command(self, name: str) -> list[str]:
+        """argv that starts node ``name``'s slurmd where it belongs (its own host when networked).
+
+        ``-b`` reports a fresh boot: slurmctld waits for one before a powered-up node is used.
+        """
+        argv = self.slurmd_argv(name) + ["-b"]
+        host = self.hosts.get(name)
+        return host.wrap(argv) if host else argv
+
+    def power_log(self) -> list[str]:
+        """Lines ``resume NODE`` / ``suspend NODE`` written by the default power programs."""
+        path = self.tmp / "log" / "power.log"
+        return path.read_text().splitlines() if path.exists() else []
 
     def sacctmgr(self, *words: str) -> str:
         """Run ``sacctmgr -i WORDS``; raise with its message when it fails."""
@@ -316,6 +316,8 @@ class SlurmCluster:
         for key in reversed(list(self.procs)):
             kill_tree(self.procs[key])
         self.procs.clear()
+        if self.tmp != Path():
+            kill_naming(f"{self.tmp}/")   # slurmd of cloud nodes, started by the ResumeProgram
         if self.lab:
             self.lab.stop()
             self.lab = None
