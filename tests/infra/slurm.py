@@ -21,21 +21,27 @@ or as a pytest fixture in a test module::
 Options: ``nodes``, ``cpus`` (per node), ``partitions`` (PartitionName lines; default one
 ``debug`` partition over ALL), ``extra_conf`` (extra slurm.conf lines), ``accounting`` +
 ``accounts`` ({account: [users]}), ``cloud_nodes`` (elastic nodes ``c1..cK``, State=CLOUD
-Feature=cloud, with RUNS-HERE's power-saving lines; override them with ``power={"SuspendTime":
+Feature=cloud, with RUNS-HERE's power-saving lines; override any with ``power={"SuspendTime":
 "5"}``).  Cloud nodes get default ResumeProgram/SuspendProgram scripts that start/stop their
 slurmd (``c.power_log()`` lists ``resume c1``/``suspend c1``); pass ``resume_program=`` /
-``suspend_program=`` to use yours (``c.node_command("c1")`` is the argv that starts c1's
-slurmd where it belongs; run it with ``< /dev/null``).  Ports: slurmctld ``base_port``, slurmd
-``base_port+1..+nodes``, slurmdbd ``base_port+nodes+1``, MariaDB ``base_port+nodes+2``, cloud
-slurmd after those (the range needs ``nodes + cloud_nodes + 3`` ports).  Node names are ``n1..nN``; ClusterName is the prefix with
-``-`` turned into ``_``.  Fast mode: every daemon in this namespace on 127.0.0.1, clients run
-from here with ``c.env``.  Networked mode: a ``tests.infra.netns.Lab`` named by the prefix;
-slurmctld (and slurmdbd, MariaDB) run in host ``head``, each slurmd in host ``nI`` with its own
-hostname and address; ``c.run`` runs clients inside ``head`` (the private subnet is not
-reachable from this namespace, by rule).  ``c.spawn(argv, host)`` starts more daemons that
-``stop`` kills.  Start returns when sinfo shows every node idle; stop kills exactly the pids it
-started (by process group) and removes its temp dir and namespaces.  Recipe: RUNS-HERE.md
-(proctrack/linuxproc, task/none, private munge socket via AuthInfo=socket=...).
+``suspend_program=`` to use yours (``c.node_command("c1")`` is the argv that starts c1's slurmd
+where it belongs, with ``-b`` so slurmctld sees a fresh boot; run it with ``< /dev/null``).
+
+Ports: slurmctld ``base_port``, slurmd ``base_port+1..+nodes``, slurmdbd ``base_port+nodes+1``,
+MariaDB ``base_port+nodes+2``, cloud slurmd after those (``nodes + cloud_nodes + 3`` ports).
+Node names ``n1..nN``; ClusterName is the prefix with ``-`` turned into ``_``.
+
+Fast mode: every daemon in this namespace on 127.0.0.1; clients run from here with ``c.env``.
+Networked mode: a ``tests.infra.netns.Lab`` named by the prefix; slurmctld (and slurmdbd,
+MariaDB) run in host ``head`` (``c.head``), each slurmd in host ``nI``/``cJ`` with its own
+hostname and address (``c.hosts``); ``c.run`` runs clients inside ``head`` (the lab subnet must
+not be reached from this namespace).  ``c.spawn(key, argv, host)`` starts more daemons that
+``stop`` kills.  Start returns when sinfo shows every static node idle (about 0.6 s; 0.8 s
+networked; 6-9 s with accounting); on failure it raises RuntimeError with the daemons' log tails
+and cleans up.  Stop kills the pids it started (process groups and descendants) and any process
+naming its temp dir, then removes that dir and its namespaces; a start first reaps what a
+killed run with the same prefix left.  Recipe: RUNS-HERE.md (proctrack/linuxproc, task/none,
+private munge socket via AuthInfo=socket=...).
 """
 
 from __future__ import annotations
