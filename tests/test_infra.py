@@ -46,13 +46,18 @@ def test_two_namespaced_hosts_ping_each_other_by_name_and_address():
     assert sleeper.wait(timeout=5) != 0
 
 
-def test_lab_removes_what_a_crashed_run_left_behind():
+def test_lab_removes_what_a_crashed_run_left_behind_and_nothing_else():
     crashed = Lab("infra-tc").start()
     crashed.add_host("a")
-    with Lab("infra-tc") as lab:            # same prefix: the old namespaces go first
-        lab.add_host("a")
-        assert set(list_netns("infra-tc")) == {"infra-tc-lab", "infra-tc-a"}
+    with Lab("infra-tc-x") as neighbour:    # a longer prefix is another user's
+        neighbour.add_host("b")
+        with Lab("infra-tc") as lab:        # same prefix: the old namespaces go first
+            lab.add_host("a")
+            assert set(list_netns("infra-tc")) == {"infra-tc-lab", "infra-tc-a", "infra-tc-x-lab",
+                                                   "infra-tc-x-b"}
+        assert set(list_netns("infra-tc")) == {"infra-tc-x-lab", "infra-tc-x-b"}
     assert list_netns("infra-tc") == []
+    assert not crashed.tmp.exists()
 
 
 def test_srun_runs_on_both_fast_nodes(fast):

@@ -16,8 +16,8 @@ A host's commands run as ``nsenter --net=/run/netns/NS unshare --uts --mount sh 
 remounts /sys and breaks slurmd).  Inside, /etc/hosts names every lab host, so hostnames
 resolve.  The subnet (default derived from the prefix, inside 10.231.0.0/16) exists only
 inside the lab's namespaces: the machine's own namespace never routes to it.
-``cleanup_prefix(prefix)`` removes whatever a crashed run left behind (``start`` calls it), so a
-prefix must be unique to its user and must not be another user's prefix followed by ``-``.
+``cleanup_prefix(prefix)`` removes whatever a crashed run with that prefix left behind (``start``
+calls it): every namespace is listed in the lab's temp dir before it is made, so only those go.
 """
 
 from __future__ import annotations
@@ -76,11 +76,18 @@ def delete_netns(ns: str) -> None:
 
 
 def cleanup_prefix(prefix: str) -> None:
-    """Delete every namespace named ``PREFIX-*`` and lab temp dir (leftovers of a crashed run)."""
-    for ns in list_netns(prefix):
-        delete_netns(ns)
+    """Delete what a crashed lab with this prefix left: the namespaces its temp dir lists, the dir."""
     for path in Path(tempfile.gettempdir()).glob(f"{glob.escape(prefix)}-lab-*"):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_lab_dir(path)
+    delete_netns(f"{prefix}-lab")
+
+
+def remove_lab_dir(path: Path) -> None:
+    """Delete the namespaces a lab's temp dir lists (hosts first), then the dir."""
+    listed = path / "namespaces"
+    for ns in reversed(listed.read_text().split() if listed.exists() else []):
+        delete_netns(ns)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def list_netns(prefix: str) -> list[str]:
@@ -148,18 +155,24 @@ class Lab:
         cleanup_prefix(self.prefix)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-lab-"))
         self.write_hosts()
-        sh("ip", "netns", "add", self.ns)
+        self.add_netns(self.ns)
         sh("ip", "-n", self.ns, "link", "set", "lo", "up")
         sh("ip", "-n", self.ns, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.ns, "link", "set", "br0", "up")
         return self
+
+    def add_netns(self, ns: str) -> None:
+        """Record ``ns`` in TMP/namespaces (for a later cleanup), then create it."""
+        with open(self.tmp / "namespaces", "a") as listed:
+            listed.write(ns + "\n")
+        sh("ip", "netns", "add", ns)
 
     def add_host(self, name: str) -> Host:
         """A new namespace ``PREFIX-NAME`` whose eth0 is on the lab bridge with the next free address."""
         ns = f"{self.prefix}-{name}"
         addr = str(self.subnet.network_address + len(self.hosts) + 2)
         veth = f"v{len(self.hosts)}"
-        sh("ip", "netns", "add", ns)
+        self.add_netns(ns)
         try:
             sh("ip", "-n", self.ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
                "netns", ns)
@@ -182,13 +195,10 @@ class Lab:
 
     def stop(self) -> None:
         """Kill every process in the lab's namespaces, delete them and the temp dir."""
-        for host in list(self.hosts.values()):
-            delete_netns(host.ns)
-        delete_netns(self.ns)
-        cleanup_prefix(self.prefix)
-        self.hosts.clear()
         if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_lab_dir(self.tmp)
+        delete_netns(self.ns)
+        self.hosts.clear()
 
     def __enter__(self) -> "Lab":
         return self.start()
