@@ -8,6 +8,7 @@ Usage (context manager; every name, port and file is private to it)::
         c.run(["srun", "-N2", "hostname"]).stdout                   # clients get SLURM_CONF
         c.env                       # os.environ + SLURM_CONF for your own subprocesses (fast mode)
         c.client_env                # just {"SLURM_CONF": ...}
+        # cm driven in-process (the `cm` fixture): monkeypatch.setenv("SLURM_CONF", str(c.conf))
 
     SlurmCluster("infra-b", 21520, nodes=2, networked=True)   # each slurmd in its own netns host
     SlurmCluster("infra-c", 21540, accounting=True, accounts={"acct": ["root"]})  # sacct -A acct
