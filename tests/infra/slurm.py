@@ -158,8 +158,12 @@ class SlurmCluster:
         return proc
 
     def run(self, argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
-        """Run a client command (sinfo, srun, sbatch, sacct, ...) where it reaches slurmctld."""
+        """Run a client command (sinfo, srun, sbatch, sacct, ...) where it reaches slurmctld.
+
+        The default working directory is the cluster's temp dir, so slurm-N.out files land there.
+        """
         kw.setdefault("capture_output", True)
+        kw.setdefault("cwd", self.tmp)
         if self.head:
             return self.head.run(argv, timeout=timeout, env=self.env, **kw)
         return subprocess.run(argv, text=True, timeout=timeout, env=self.env, **kw)
