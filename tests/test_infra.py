@@ -91,18 +91,25 @@ def test_sacct_shows_a_finished_job_of_the_account(networked):
     wait_for("sacct to show the job COMPLETED", finished, 90, 1)
 
 
-def test_ssh_to_the_loopback_login_host_runs_sinfo(fast_login):
+def test_ssh_to_the_loopback_login_host_runs_sinfo_sbatch_and_scp(fast_login):
     result = subprocess.run(["ssh", "-p", str(fast_login.port), "-i", str(fast_login.key),
                              "-o", "StrictHostKeyChecking=accept-new",
                              "-o", f"UserKnownHostsFile={fast_login.known_hosts}", "-o", "BatchMode=yes",
                              "root@127.0.0.1", "sinfo -h -o '%P %D %T'"],
                             capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["debug*", "2", "idle"], result.stderr
+    job = fast_login.ssh("sbatch --parsable --wrap 'echo from-the-job'").stdout.strip()
+    out = fast_login.home / f"slurm-{job}.out"
+    wait_for("the job's output in the login home", lambda: out.exists() and "from-the-job" in out.read_text(), 60)
+    copy = fast_login.tmp / "copy"
+    scp = subprocess.run(["scp", "-F", str(fast_login.ssh_config), f"{fast_login.alias}:slurm-{job}.out", str(copy)],
+                         capture_output=True, text=True, timeout=60)
+    assert copy.read_text() == "from-the-job\n", scp.stderr
 
 
 def test_ssh_config_reaches_the_namespaced_login_host(networked_login):
-    result = networked_login.ssh("hostname; sinfo -h -o '%D %T'")
-    assert result.stdout.split() == ["head", "2", "idle"], result.stderr
+    result = networked_login.ssh("hostname; sinfo -h -o '%D %T'; pwd")
+    assert result.stdout.split() == ["head", "2", "idle", str(networked_login.home)], result.stderr
     assert "accept-new" in networked_login.ssh_config.read_text()
 
 

@@ -10,6 +10,7 @@ Usage::
                                            # = prefix, Port, User root, IdentityFile,
                                            # StrictHostKeyChecking accept-new, own known_hosts)
         login.key, login.addr, login.port  # ssh -p PORT -i KEY root@ADDR (loopback mode)
+        login.home                         # cwd of every session (job output, scp targets)
 
 Loopback mode (``host=None``): sshd listens on 127.0.0.1:PORT in this namespace, so plain
 ``ssh -p PORT -i KEY root@127.0.0.1`` works.  Namespaced mode (``host=`` a
@@ -118,11 +119,33 @@ class LoginHost:
             f"PidFile {t / 'sshd.pid'}", f"AuthorizedKeysFile {t / 'authorized_keys'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "PrintMotd no",
-            "LogLevel ERROR", "Subsystem sftp internal-sftp",
+            "LogLevel ERROR", "Subsystem sftp /usr/lib/openssh/sftp-server",
+            f"ForceCommand {self.write_session_script()}",
         ]
         if self.env:
             lines.append("SetEnv " + " ".join(shlex.quote(f"{k}={v}") for k, v in self.env.items()))
         (t / "sshd_config").write_text("\n".join(lines) + "\n")
+
+    def write_session_script(self) -> Path:
+        """Every session starts in TMP/home (so job output files die with the fixture), then runs
+        the requested command, sftp, or a login shell."""
+        (self.tmp / "home").mkdir()
+        script = self.tmp / "session"
+        script.write_text(f"""#!/bin/sh
+cd {shlex.quote(str(self.tmp / 'home'))} || exit 1
+case "$SSH_ORIGINAL_COMMAND" in
+    "") exec "${{SHELL:-/bin/sh}}" -l ;;
+    sftp|internal-sftp) exec /usr/lib/openssh/sftp-server ;;
+    *) exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND" ;;
+esac
+""")
+        script.chmod(0o755)
+        return script
+
+    @property
+    def home(self) -> Path:
+        """The working directory of every login session."""
+        return self.tmp / "home"
 
     def config_lines(self) -> list[str]:
         """The ssh_config ``Host`` block for this login host (indented options)."""
