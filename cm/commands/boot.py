@@ -65,6 +65,8 @@ def _check_known(ctx: Context, cloud: str, kind: str, value: str, dryrun: bool =
 
 def _template(ctx: Context, args: Namespace, cloud: str) -> BootSpec:
     """What every VM of this boot gets; each VM's spec adds its name."""
+    user_data = _user_data(args.user_data) if args.user_data else ""  # the user's own files first: no cloud asked
+    key_name, public_key = resolve_key(ctx, cloud, args.key)
     image = ctx.value("image", cloud, args.image)
     flavor = ctx.value("flavor", cloud, args.flavor)
     if not image:
@@ -73,19 +75,19 @@ def _template(ctx: Context, args: Namespace, cloud: str) -> BootSpec:
         raise ConfigError(f"no flavor: give --flavor or set one with `cm default flavor=NAME --cloud {cloud}`")
     _check_known(ctx, cloud, "image", str(image), args.dryrun)
     _check_known(ctx, cloud, "flavor", str(flavor), args.dryrun)
-    key_name, public_key = resolve_key(ctx, cloud, args.key)
-    user_data = ""
-    if args.user_data:
-        try:
-            user_data = Path(args.user_data).read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read user-data {args.user_data}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"cannot use user-data {args.user_data}: it is not UTF-8 text "
-                             f"(byte {exc.start} is 0x{exc.object[exc.start]:02x})") from exc
     return BootSpec(name="", image=str(image), flavor=str(flavor), key_name=key_name, public_key=public_key,
                     user=ctx.user(cloud), user_data=user_data, secgroups=list(args.secgroup),
                     networks=list(args.network), public=args.public)
+
+
+def _user_data(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read user-data {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot use user-data {path}: it is not UTF-8 text "
+                         f"(byte {exc.start} is 0x{exc.object[exc.start]:02x})") from exc
 
 
 def _row(cloud: str, vm: VM | dict[str, Any] | None, spec: BootSpec, result: str) -> dict[str, Any]:
