@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 from typing import Any
 
@@ -139,3 +141,13 @@ def to_floating_ip(fip: Any, vm_by_port: dict[str, str], networks: dict[str, str
                       vm=vm_by_port.get(fip.port_id or "", ""), fixed_ip=fip.fixed_ip_address or "",
                       network=networks.get(fip.floating_network_id, fip.floating_network_id or ""),
                       extra={"port_id": fip.port_id or "", "description": fip.description or ""})
+
+
+def md5_fingerprint(public_key: str) -> str:
+    """Nova's fingerprint of an OpenSSH public key (aa:bb:...)."""
+    try:
+        blob = base64.b64decode(public_key.split()[1], validate=True)
+    except (IndexError, ValueError):
+        return ""
+    digest = hashlib.md5(blob).hexdigest()
+    return ":".join(digest[i:i + 2] for i in range(0, 32, 2))

@@ -11,7 +11,6 @@ Networks, security groups, floating IPs, quotas, limits and usage are in
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 import threading
 import time
@@ -62,21 +61,11 @@ def exact(name: str) -> str:
     return "^" + REGEX_SPECIAL.sub(r"\\\1", name) + "$"
 
 
-def md5_fingerprint(public_key: str) -> str:
-    """Nova's fingerprint of an OpenSSH public key (aa:bb:...)."""
-    try:
-        blob = base64.b64decode(public_key.split()[1], validate=True)
-    except (IndexError, ValueError):
-        return ""
-    digest = hashlib.md5(blob).hexdigest()
-    return ":".join(digest[i:i + 2] for i in range(0, 32, 2))
-
-
 class OpenStackProvider(NetworkingMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
-    gates_calls = True  # every request that changes the cloud first asks cm.bulk.proceed()
+    gates_calls = True  # VM creates, deletes and power actions first ask cm.bulk.proceed(): none is sent after a Ctrl-C
     required_settings = (("auth_url", "cloud", "auth"),)  # where to log in, or a clouds.yaml cloud
     boot_matches_prefix = True  # `--image cirros-0.6` boots cirros-0.6.2-x86_64-disk, as the openstack CLI does
 
@@ -303,7 +292,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
                                    "found for it; upload one with `cm key upload`")
                 key = self.upload_key(spec.key_name, spec.public_key)
                 self._keys[key.name] = key.fingerprint
-            elif spec.public_key and have and md5_fingerprint(spec.public_key) not in ("", have):
+            elif spec.public_key and have and convert.md5_fingerprint(spec.public_key) not in ("", have):
                 raise Conflict(f"key '{spec.key_name}' on cloud '{self.name}' is not your local {spec.key_name}.pub; "
                                "delete it with `cm key delete` or boot with another --key")
         return spec.key_name
@@ -384,6 +373,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
         server = self._server(name, details=True)
         resume = RESUME_ACTIONS.get((server.get("status") or "").upper())
         if resume and not server.get("OS-EXT-STS:task_state"):
+            proceed()
             getattr(self.service("compute"), resume)(server["id"])
             server = self._wait_status(server["id"], {"ACTIVE"}, "resuming it to stop it")
         self._act(name, "stop_server", done=("SHUTOFF",), server=server)
@@ -405,6 +395,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
         server = self._server(name)
         proceed()
         self._release_ips_of(server["id"], delete_ours=True, only_ours=True)
+        proceed()  # abandoned meanwhile: the VM stays
         self.service("compute").delete_server(server["id"])
 
     @translated("rename the VM")
