@@ -202,8 +202,9 @@ class Boot:
                 return 1
             self.ctx.warn(f"booted {booted} of {len(names)}")
             return 0
-        counts = [(len(self.created) - booted - len(set(self.failures) & set(self.created)), "created, not yet running"),
-                  (len(set(self.failures) - set(self.created)), "failed"), (len(self.not_started), "not started"),
+        failed_created = len(set(self.failures) & set(self.created))
+        counts = [(len(self.created) - booted - failed_created, "created, not yet running"),
+                  (len(self.failures) - failed_created, "failed"), (len(self.not_started), "not started"),
                   (len(self.unsure), "unknown (abandoned in flight; kept in the mirror as unknown)")]
         self.ctx.warn(f"interrupted: booted {booted} of {len(names)}" +
                       "".join(f", {n} {what}" for n, what in counts if n))
@@ -217,6 +218,7 @@ def boot_vms(ctx: Context, args: Namespace) -> int:
     names = _names(ctx, args, cloud)
     specs = {name: dataclasses.replace(template, name=name) for name in names}
     group = str(ctx.value("group", cloud, args.group) or "")
+    timeout = ctx.timeout(cloud, args.timeout)  # a bad 'timeout' default stops the boot before any VM exists
     provider = ctx.provider(cloud)
     provider.require("create_vm")  # a dry run checks what the real boot checks
     if args.public:
@@ -225,11 +227,6 @@ def boot_vms(ctx: Context, args: Namespace) -> int:
         rows = [_row(cloud, None, spec, "would boot") for spec in specs.values()]
         ctx.emit(BOOT_COLUMNS, rows, args)
         return 0
-    provider = ctx.provider(cloud)
-    provider.require("create_vm")
-    if args.public:
-        provider.require("assign_public_ip")
-    timeout = ctx.timeout(cloud, args.timeout)
     boot = Boot(ctx, cloud, specs, group)
     outcomes = bulk.run_each(names, lambda n: provider.create_vm(specs[n]), "boot", boot.record,
                              batch=ctx.mirror.transaction)
