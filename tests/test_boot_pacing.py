@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.openstack_fixtures import *  # noqa: F403
-from tests.openstack_fixtures import rows
+from tests.openstack_fixtures import IMAGE, peak_overlap, rows, write_clouds
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")
 
@@ -42,3 +42,19 @@ def test_a_quota_really_used_up_fails_what_does_not_fit_after_one_lone_try(cm, c
     assert all("quota exceeded" in r for r in results if r != "booted")
     assert "5 of 8 failed" in booted.err
     assert cloud.request_count("POST", r"/servers$") <= 8 + 5 + 1
+
+
+def test_after_429_answers_cm_keeps_fewer_creates_in_flight(cm, cloud, request_times, tmp_path, monkeypatch):
+    # A cloud whose clouds.yaml turns keystoneauth's own retries off, so every 429 reaches cm's pacing.
+    clouds = write_clouds(cloud, tmp_path / "strict.yaml", strict={"status_code_retries": 0})
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    cloud.inject_latency(0.4, "POST", r"/servers$")
+    cloud.inject_fault("POST", r"/servers$", status=429, count=8)
+    booted = cm("vm", "boot", "--n", "8", "--cloud", "strict", "--image", IMAGE, "--flavor", "m1.tiny", "-f", "json")
+    assert booted.code == 0, booted.err
+    assert {r["result"] for r in rows(booted)} == {"booted"}
+    creates = sorted((start, end) for method, path, start, end in request_times
+                     if method == "POST" and path.endswith("/servers"))
+    assert len(creates) == 16
+    assert peak_overlap(creates[:8]) == 8  # all at once at first
+    assert peak_overlap(creates[8:]) <= 4  # the retries, fewer at a time
