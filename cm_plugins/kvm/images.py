@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,12 +191,11 @@ def volume_info(vol: libvirt.virStorageVol) -> dict[str, Any]:
             "capacity": int(root.findtext("capacity") or 0), "backing": root.findtext("backingStore/path") or ""}
 
 
-def in_pool(pool: libvirt.virStoragePool) -> dict[str, Image]:
-    """The pool's volumes as images: disk images, and kernel+initrd pairs folded into one."""
+def _as_images(infos: Iterable[dict[str, Any]], pool: str) -> dict[str, Image]:
+    """Volumes as images: disk images, and kernel+initrd pairs folded into one."""
     found: dict[str, Image] = {}
     pairs: dict[str, dict[str, dict[str, Any]]] = {}
-    for vol in pool.listAllVolumes():
-        info = volume_info(vol)
+    for info in infos:
         name = info["name"]
         if VM_VOLUME.match(name):
             continue
@@ -205,7 +205,7 @@ def in_pool(pool: libvirt.virStoragePool) -> dict[str, Image]:
                 break
         else:
             found[name] = Image(name=name, id=info["path"], size=info["capacity"], format=info["format"],
-                                extra={"path": info["path"], "volumes": [name], "pool": pool.name()})
+                                extra={"path": info["path"], "volumes": [name], "pool": pool})
     for name, parts in pairs.items():
         complete = set(parts) == {"kernel", "initrd"}
         found[name] = Image(name=name, id=parts.get("kernel", parts.get("initrd", {})).get("path", ""),
@@ -213,8 +213,24 @@ def in_pool(pool: libvirt.virStoragePool) -> dict[str, Image]:
                             size=sum(p["capacity"] for p in parts.values()),
                             extra={"kernel": parts.get("kernel", {}).get("path", ""),
                                    "initrd": parts.get("initrd", {}).get("path", ""),
-                                   "volumes": [p["name"] for p in parts.values()], "pool": pool.name()})
+                                   "volumes": [p["name"] for p in parts.values()], "pool": pool})
     return found
+
+
+def in_pool(pool: libvirt.virStoragePool) -> dict[str, Image]:
+    """The pool's volumes as images: disk images, and kernel+initrd pairs folded into one."""
+    return _as_images(map(volume_info, pool.listAllVolumes()), pool.name())
+
+
+def named(pool: libvirt.virStoragePool, name: str) -> Image | None:
+    """The image called ``name``, found by its volumes' names (not by listing a pool of thousands)."""
+    infos = []
+    for volume in (name, name + KERNEL_SUFFIX, name + INITRD_SUFFIX):
+        try:
+            infos.append(volume_info(pool.storageVolLookupByName(volume)))
+        except libvirt.libvirtError:
+            continue
+    return _as_images(infos, pool.name()).get(name)
 
 
 def users_of(conn: libvirt.virConnect, pool: libvirt.virStoragePool, image: Image) -> list[str]:
