@@ -198,11 +198,12 @@ class Mirror:
         return None
 
     def put(self, kind: str, cloud: str, record: dict[str, Any]) -> None:
-        """Insert or update the record named ``record['name']`` in ``cloud``."""
+        """Insert or update a record of ``cloud``: the one with its id, else the one(s) with its name."""
         doc = {**record, "cloud": cloud, "kind": kind, "_schema": SCHEMA}
-        q = _query()
-        with self._records.transaction() as db:
-            self._records.table(db, kind).upsert(doc, (q.cloud == cloud) & (q.name == doc["name"]))
+        from cm import record_index
+
+        with self._records.transaction():
+            record_index.upsert(self._records, kind, doc)
 
     def remove(self, kind: str, cloud: str, names: Iterable[str]) -> None:
         wanted = set(names)
