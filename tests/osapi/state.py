@@ -146,6 +146,10 @@ class State:
                     "hw_disk_bus": "virtio", "hw_architecture": "x86_64",
                     "stores": "file",
                 }
+            self.image_data: dict[str, bytes] = {}  # uploaded image files, by image id
+            self.image_members: dict[str, dict[str, dict[str, Any]]] = {}  # image id -> member id -> member
+            self.corrupt_uploads = 0  # the next N uploads are stored with one byte flipped
+            self.server_groups: dict[str, dict[str, Any]] = {}
             self.keypairs: dict[str, dict[str, Any]] = {}
             self.keypair_seq = 0
             self.servers: dict[str, dict[str, Any]] = {}
