@@ -22,6 +22,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
+from cm import diskformat
 from cm.errors import UsageError
 from cm.provider import Image
 
@@ -30,21 +31,6 @@ INITRD_SUFFIX = ".initrd"
 # The volumes cm makes for a VM: <vm>-disk-<id>.qcow2|.img and <vm>-seed-<id>.iso.
 VM_VOLUME = re.compile(r"^(?P<vm>.+)-(?P<kind>disk|seed)-(?P<id>[0-9a-f]{8})\.(qcow2|img|iso)$")
 CHUNK = 1 << 20
-
-# Formats cm does not boot, by their magic bytes: (offset, magic, what to do).
-FOREIGN = [
-    (0, b"KDMV", "a VMDK image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"# Disk DescriptorFile", "a VMDK descriptor; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"vhdxfile", "a VHDX image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"conectix", "a VHD image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"QED\x00", "a QED image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0x40, b"\x7f\x10\xda\xbe", "a VDI image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"\x1f\x8b", "gzip-compressed; uncompress it first (gunzip)"),
-    (0, b"\xfd7zXZ\x00", "xz-compressed; uncompress it first (unxz)"),
-    (0, b"\x28\xb5\x2f\xfd", "zstd-compressed; uncompress it first (unzstd)"),
-    (0x8001, b"CD001", "an ISO installer image; cm boots disk images (qcow2, raw) or a kernel+initrd"),
-]
-
 
 @dataclass
 class DiskFile:
@@ -60,9 +46,8 @@ class KernelPair:
     initrd: Path
 
 
-def _header(path: Path, size: int = 0x8010) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(size)
+def _header(path: Path) -> bytes:
+    return diskformat.header(path)
 
 
 def is_kernel(header: bytes) -> bool:
@@ -91,9 +76,11 @@ def disk_file(path: Path) -> DiskFile:
                              f"qemu-img convert -O qcow2 {path} flat.qcow2")
         virtual, = struct.unpack(">Q", header[24:32])
         return DiskFile(path, "qcow2", virtual, size)
-    for offset, magic, what in FOREIGN:
-        if header[offset:offset + len(magic)] == magic:
-            raise UsageError(f"{path} is {what.replace('PATH', str(path))}")
+    fmt, what = diskformat.detect(path, header)
+    if fmt == "iso":
+        raise UsageError(f"{path} is an ISO installer image; cm boots disk images (qcow2, raw) or a kernel+initrd")
+    if fmt != "raw":
+        raise UsageError(f"{path} is {what}; convert it: qemu-img convert -O qcow2 {path} NAME.qcow2")
     if is_kernel(header):
         raise UsageError(f"{path} is a Linux kernel; give its initrd too: "
                          f"cm image add NAME kernel={path},initrd=INITRD")

@@ -23,6 +23,7 @@ from openstack import utils as os_utils
 from cm.errors import CmError, Conflict, NotFound, ProviderError, UsageError
 from cm.provider import VM, BootSpec, Flavor, Image, Key, Provider, State
 from cm_plugins.openstack import convert
+from cm_plugins.openstack.images import ImagesMixin
 from cm_plugins.openstack.networking import NetworkingMixin
 from cm_plugins.openstack.polling import PollTimeout, poll
 from cm_plugins.openstack.session import connect, secrets_of, translate, translated
@@ -69,7 +70,7 @@ def md5_fingerprint(public_key: str) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, 32, 2))
 
 
-class OpenStackProvider(NetworkingMixin, Provider):
+class OpenStackProvider(NetworkingMixin, ImagesMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
