@@ -20,9 +20,21 @@ class _Index:
         self.table = table  # held, so a new table dict is never mistaken for this one
         self.by_id: dict[tuple[Any, Any], set[str]] = {}
         self.by_name: dict[tuple[Any, Any], set[str]] = {}
-        self.next_id = max((int(key) for key in table), default=0) + 1
+        self.next_id = max(map(int, table), default=0) + 1
+        by_id, by_name = self.by_id, self.by_name  # one tight pass: this runs once per transaction
         for key, doc in table.items():
-            self.add(key, doc)
+            cloud = doc.get("cloud")
+            if doc.get("id"):
+                found = by_id.get((cloud, doc["id"]))
+                if found is None:
+                    by_id[(cloud, doc["id"])] = {key}
+                else:
+                    found.add(key)
+            found = by_name.get((cloud, doc.get("name")))
+            if found is None:
+                by_name[(cloud, doc.get("name"))] = {key}
+            else:
+                found.add(key)
 
     def add(self, key: str, doc: dict[str, Any]) -> None:
         if doc.get("id"):
