@@ -8,7 +8,7 @@ import ipaddress
 from typing import Any
 
 from .core import Request, Response, neutron_error, now, quota_request
-from .network_common import V, Kind, Record, _copy_fields, _own_or_403, _ts, router
+from .network_common import V, Kind, Record, _copy_fields, _own_or_403, _ts, parse_routes, router
 from .state import PROJECT_ID, State
 
 
@@ -88,22 +88,6 @@ def _empty_network(st: State, n: Record) -> None:
         st.subnets.pop(sid, None)
 
 
-def _host_routes(routes: Any) -> list[Record]:
-    if not isinstance(routes, list):
-        raise neutron_error(400, f"Invalid input for host_routes. Reason: '{routes}' is not a list.",
-                            "HTTPBadRequest")
-    out = []
-    for route in routes:
-        try:
-            dest = ipaddress.ip_network(str(route["destination"]), strict=False)
-            hop = ipaddress.ip_address(str(route["nexthop"]))
-        except (KeyError, TypeError, ValueError):
-            raise neutron_error(400, "Invalid input for host_routes. Reason: Invalid data format for "
-                                     f"hostroute: '{route}'.", "HTTPBadRequest")
-        out.append({"destination": str(dest), "nexthop": str(hop)})
-    return out
-
-
 def _nameservers(servers: Any) -> list[str]:
     try:
         return [str(ipaddress.ip_address(str(x))) for x in servers or []]
@@ -116,7 +100,7 @@ def _subnet_settings(sub: Record, b: Record) -> None:
     """What subnet create and update both take: checked, then applied."""
     net = ipaddress.ip_network(sub["cidr"])
     if "host_routes" in b:
-        sub["host_routes"] = _host_routes(b["host_routes"])
+        sub["host_routes"] = parse_routes(b["host_routes"], "host_routes")
     if "dns_nameservers" in b:
         sub["dns_nameservers"] = _nameservers(b["dns_nameservers"])
     if "gateway_ip" in b:

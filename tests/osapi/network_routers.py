@@ -7,7 +7,7 @@ import ipaddress
 from typing import Any
 
 from .core import Request, Response, neutron_error, new_id, now
-from .network_common import V, Kind, Record, router
+from .network_common import V, Kind, Record, parse_routes, router
 from .state import ADMIN_PROJECT_ID, AZ, PROJECT_ID, State, owned
 
 GATEWAY, INTERFACE = "network:router_gateway", "network:router_interface"
@@ -55,22 +55,13 @@ def _set_gateway(st: State, r: Record, info: Any) -> None:
 
 def _check_routes(st: State, r: Record, routes: Any) -> list[Record]:
     """Extra routes: each a destination CIDR and a next hop on a subnet the router is attached to."""
-    if not isinstance(routes, list):
-        raise neutron_error(400, f"Invalid input for routes. Reason: '{routes}' is not a list.", "HTTPBadRequest")
     attached = [ipaddress.ip_network(st.subnets[f["subnet_id"]]["cidr"])
                 for p in _interfaces(st, r["id"]) for f in p["fixed_ips"] if f["subnet_id"] in st.subnets]
-    out = []
-    for route in routes:
-        try:
-            dest = ipaddress.ip_network(str(route["destination"]), strict=False)
-            hop = ipaddress.ip_address(str(route["nexthop"]))
-        except (KeyError, TypeError, ValueError):
-            raise neutron_error(400, f"Invalid input for routes. Reason: Invalid data format for hostroute: "
-                                     f"'{route}'.", "HTTPBadRequest")
-        if not any(hop in net for net in attached):
+    out = parse_routes(routes, "routes")
+    for route in out:
+        if not any(ipaddress.ip_address(route["nexthop"]) in net for net in attached):
             raise neutron_error(400, f"Invalid format for routes: {route}, the nexthop is not connected with "
                                      "router.", "InvalidRoutes")
-        out.append({"destination": str(dest), "nexthop": str(hop)})
     return out
 
 
@@ -160,13 +151,17 @@ def _attach_port(st: State, r: Record, pid: str) -> Record:
     return port
 
 
-@router.route("PUT", V + r"/routers/(?P<id>[^/]+)/add_router_interface")
-def add_interface(req: Request) -> Response:
-    st: State = req.state
+def _interface_request(req: Request) -> tuple[State, str, str]:
+    """(state, "subnet" or "port", its id) of an add/remove_router_interface request."""
     body = req.json("network")
     if not isinstance(body, dict):
         raise neutron_error(400, "Resource body required", "HTTPBadRequest")
-    kind, ref = _one_of(body)
+    return (req.state, *_one_of(body))
+
+
+@router.route("PUT", V + r"/routers/(?P<id>[^/]+)/add_router_interface")
+def add_interface(req: Request) -> Response:
+    st, kind, ref = _interface_request(req)
     with st.lock:
         r = ROUTERS.find(req)
         if not owned(r):
@@ -178,11 +173,7 @@ def add_interface(req: Request) -> Response:
 
 @router.route("PUT", V + r"/routers/(?P<id>[^/]+)/remove_router_interface")
 def remove_interface(req: Request) -> Response:
-    st: State = req.state
-    body = req.json("network")
-    if not isinstance(body, dict):
-        raise neutron_error(400, "Resource body required", "HTTPBadRequest")
-    kind, ref = _one_of(body)
+    st, kind, ref = _interface_request(req)
     with st.lock:
         r = ROUTERS.find(req)
         ports = _interfaces(st, r["id"])
