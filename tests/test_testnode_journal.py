@@ -123,3 +123,14 @@ def test_kill_9_in_the_middle_of_a_boot_leaves_every_created_vm_whole(cm, cm_hom
         disks = [v for v in volumes if v.startswith(f"{dom.name()}-")]
         assert sorted(v.split("-")[-2] for v in disks) == ["disk", "seed"] and all(d in xml for d in disks)
     assert not list((cm_home / "kvm-test").glob(".*.tmp"))
+
+
+def test_a_journal_record_libvirt_refuses_is_kept_aside_and_said(cm, cm_home, image):
+    assert cm("vm", "boot", "--name", "kept").code == 0
+    journal = cm_home / "kvm-test" / "local.xml.journal"
+    journal.write_text('{"domain":"0f0e0d0c-0000-4000-8000-00000000000b","xml":"<domain type=\'test\'>no name'
+                       '</domain>","state":1}\n')
+    listed = cm("vm", "list", "--refresh", "-f", "json")
+    assert listed.code == 0 and [vm["name"] for vm in json.loads(listed.out)] == ["kept"]
+    assert "latest changes could not be replayed" in listed.err and "local.xml.journal.bad-" in listed.err
+    assert not journal.exists() and list(journal.parent.glob("local.xml.journal.bad-*"))

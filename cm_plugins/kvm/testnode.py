@@ -3,10 +3,11 @@
 libvirt's test driver lives inside one process and forgets everything when its
 last connection closes, so `cm vm boot` in one process and `cm vm stop` in the
 next would never meet.  This module keeps the test driver's state in a
-``<node>`` XML file (``<cm home>/kvm-test/<cloud>.xml``): every use opens
-``test:///<that file>``, and every change is written back atomically (0600) (domains
-with their run state, networks, pools with their volumes).  A file lock keeps
-two cm processes from interleaving their changes.
+``<node>`` XML file (``<cm home>/kvm-test/<cloud>.xml``, 0600) plus a journal
+beside it: a change appends the new definitions of the domains and volumes it
+touched (journal.py, tracking.py), and the node file is rewritten atomically
+only when the journal has grown as big as it, and when a process closes its
+connection.  A file lock keeps two cm processes from interleaving their changes.
 """
 
 from __future__ import annotations
@@ -200,7 +201,15 @@ class TestNode:
             self._start_fresh(f"was unreadable ({reason})")
             conn = libvirt.open(self.uri)
         if self.journal.exists():
-            journal.replay(conn, journal.read(self.journal))
+            try:
+                journal.replay(conn, journal.read(self.journal))
+            except libvirt.libvirtError as exc:  # a record libvirt refuses: keep the file, go on without it
+                kept = self.journal.with_name(f"{self.journal.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(self.journal, kept)
+                self.notes.append(f"the test hypervisor's latest changes could not be replayed "
+                                  f"({str(exc).splitlines()[0]}); kept them in {kept.name}")
+                conn.close()
+                return self._load()
             self._compact(conn)
         return conn
 
