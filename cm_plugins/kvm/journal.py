@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,8 @@ def _put_domain(conn: libvirt.virConnect, entry: dict[str, Any]) -> None:
         dom = conn.defineXML(entry["xml"])
     except libvirt.libvirtError:
         # Its name still belongs to a domain the journal deletes later: the later record wins anyway.
-        name = entry["xml"].split("<name>", 1)[1].split("</name>", 1)[0]
-        clash = _lookup(conn.lookupByName, name)
+        name = re.search(r"<name>([^<]*)</name>", entry["xml"])
+        clash = _lookup(conn.lookupByName, name.group(1)) if name else None
         if clash is None:
             raise
         _remove_domain(clash)

@@ -203,7 +203,7 @@ class TestNode:
         if self.journal.exists():
             try:
                 journal.replay(conn, journal.read(self.journal))
-            except libvirt.libvirtError as exc:  # a record libvirt refuses: keep the file, go on without it
+            except (libvirt.libvirtError, KeyError, TypeError, ValueError) as exc:  # a record not replayable: keep it
                 kept = self.journal.with_name(f"{self.journal.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
                 os.replace(self.journal, kept)
                 self.notes.append(f"the test hypervisor's latest changes could not be replayed "
