@@ -207,7 +207,7 @@ class TestNode:
                 kept = self.journal.with_name(f"{self.journal.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
                 os.replace(self.journal, kept)
                 self.notes.append(f"the test hypervisor's latest changes could not be replayed "
-                                  f"({str(exc).splitlines()[0]}); kept them in {kept.name}")
+                                  f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); kept them in {kept.name}")
                 conn.close()
                 return self._load()
             self._compact(conn)
