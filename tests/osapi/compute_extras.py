@@ -167,12 +167,11 @@ def show_image(req: Request) -> Response:
 
 
 # ------------------------------------------------------------ extensions
+# Only what this server does: each alias names a feature a client can use here.
 
 _EXTENSIONS = [
-    ("os-admin-actions", "AdminActions", "Enable admin-only server actions."),
     ("os-availability-zone", "AvailabilityZone", "1. Add availability_zone to the Create Server API."),
     ("os-console-output", "ConsoleOutput", "Console log output support, with tailing ability."),
-    ("os-create-backup", "CreateBackup", "Create a backup of a server."),
     ("os-extended-availability-zone", "ExtendedAvailabilityZone", "Extended Availability Zone support."),
     ("OS-EXT-IPS", "ExtendedIps", "Adds type parameter to the ip list."),
     ("OS-EXT-IPS-MAC", "ExtendedIpsMac", "Adds mac address parameter to the ip list."),

@@ -290,7 +290,6 @@ _EXTENSIONS = [
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("extra_dhcp_opt", "Neutron Extra DHCP options", "Extra options configuration for DHCP."),
-    ("subnet_allocation", "Subnet Allocation", "Enables allocation of subnets from a subnet pool"),
     ("stateful-security-group", "Stateful security group", "Indicates if the security group "
                                                            "is stateful or not"),
     ("filter-validation", "Filter parameters validation", "Provides validation on filter "
