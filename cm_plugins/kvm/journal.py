@@ -99,26 +99,30 @@ def _lookup(find: Any, key: str) -> Any:
         return None
 
 
-def _put_domain(conn: libvirt.virConnect, entry: dict[str, Any]) -> None:
-    old = _lookup(conn.lookupByUUIDString, entry["domain"])
-    if old is not None:
-        _remove_domain(old)
-    if entry.get("xml") is None:
-        return
+def put_domain(conn: libvirt.virConnect, xml: str, state: int) -> None:
+    """Define a domain (replacing one of its name the journal deletes later) and bring it to ``state``."""
     try:
-        dom = conn.defineXML(entry["xml"])
+        dom = conn.defineXML(xml)
     except libvirt.libvirtError:
         # Its name still belongs to a domain the journal deletes later: the later record wins anyway.
-        name = re.search(r"<name>([^<]*)</name>", entry["xml"])
+        name = re.search(r"<name>([^<]*)</name>", xml)
         clash = _lookup(conn.lookupByName, name.group(1)) if name else None
         if clash is None:
             raise
         _remove_domain(clash)
-        dom = conn.defineXML(entry["xml"])
-    if entry.get("state") in STARTED:
+        dom = conn.defineXML(xml)
+    if state in STARTED:
         dom.create()
-        if entry["state"] == libvirt.VIR_DOMAIN_PAUSED:
+        if state == libvirt.VIR_DOMAIN_PAUSED:
             dom.suspend()
+
+
+def _put_domain(conn: libvirt.virConnect, entry: dict[str, Any]) -> None:
+    old = _lookup(conn.lookupByUUIDString, entry["domain"])
+    if old is not None:
+        _remove_domain(old)
+    if entry.get("xml") is not None:
+        put_domain(conn, entry["xml"], int(entry.get("state") or 0))
 
 
 def _put_volume(conn: libvirt.virConnect, entry: dict[str, Any]) -> None:

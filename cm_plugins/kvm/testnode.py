@@ -24,6 +24,7 @@ from typing import Any
 import libvirt
 
 from cm_plugins.kvm import journal
+from cm_plugins.kvm.nodeload import HEADER, BrokenNode, open_node
 from cm_plugins.kvm.tracking import Changes, Watched
 
 # The test driver's own XML namespace: <test:runstate> restores a domain's state.
@@ -70,15 +71,15 @@ def _pool_text(pool: libvirt.virStoragePool) -> Iterator[str]:
     head, _, _ = pool.XMLDesc(0).rstrip().rpartition("</pool>")
     yield head
     for vol in pool.listAllVolumes():
-        yield vol.XMLDesc(0)
+        yield vol.XMLDesc(0).rstrip() + "\n"
     yield "</pool>\n"
 
 
 def dump_parts(conn: libvirt.virConnect) -> Iterator[str]:
     """The whole state of a test-driver connection as a <node> document, piece by piece."""
-    yield f"<node xmlns:test='{TEST_NS}'>\n"
+    yield HEADER  # nodeload.py reads this layout line by line
     for net in conn.listAllNetworks():
-        yield net.XMLDesc(0)
+        yield net.XMLDesc(0).rstrip() + "\n"
     for pool in conn.listAllStoragePools():
         yield from _pool_text(pool)
     for dom in conn.listAllDomains():
@@ -195,11 +196,11 @@ class TestNode:
         if not self.path.exists():
             self._start_fresh("was missing")
         try:
-            conn = libvirt.open(self.uri)
-        except libvirt.libvirtError as exc:
+            conn = open_node(self.path)
+        except (libvirt.libvirtError, BrokenNode, UnicodeDecodeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self._start_fresh(f"was unreadable ({reason})")
-            conn = libvirt.open(self.uri)
+            conn = open_node(self.path)
         if self.journal.exists():
             try:
                 journal.replay(conn, journal.read(self.journal))
