@@ -22,6 +22,16 @@ PACKAGES=(
     dnsmasq-base iptables
     # the e2e test guest (busybox initramfs) and NoCloud seeds
     busybox-static cpio genisoimage cloud-init
+    # cm singularity: SIF images (squashfs root + siftool), debootstrap roots
+    squashfs-tools
+    siftool
+    debootstrap
+    # building Apptainer from its Go module source for the tests (seccomp, cryptsetup headers)
+    libseccomp-dev
+    libcryptsetup-dev
+    # cm hpc: the ssh client, and a real sshd login host in the tests
+    openssh-client
+    openssh-server
 )
 
 if [[ "${1:-}" == "--list" ]]; then
