@@ -47,8 +47,12 @@ class SlurmProvider(Provider):
     # -- running things on the login host ----------------------------------------------
     def shell(self, script: str, input: bytes | None = None, check: bool = True, timeout: float | None = 600):
         """Run ``script`` on the login host after the cloud's ``setup``."""
+        return self.remote.run(self.with_setup(script), input=input, check=check, timeout=timeout)
+
+    def with_setup(self, script: str) -> str:
+        """``script`` preceded by the cloud's ``setup`` (site modules, SLURM_CONF=...)."""
         setup = str(self.config.get("setup") or "").strip()
-        return self.remote.run(f"{setup}\n{script}" if setup else script, input=input, check=check, timeout=timeout)
+        return f"{setup}\n{script}" if setup else script
 
     def jobs_dir(self) -> str:
         return str(self.config.get("jobs_dir") or "cm-jobs")
@@ -86,8 +90,7 @@ class SlurmProvider(Provider):
         quoted_dir = shlex.quote(remote_dir)
         submit = (f"sbatch --parsable --chdir=\"$PWD\" {' '.join(shlex.quote(o) for o in options)} "
                   f"./{shlex.quote(script)} || {{ status=$?; cd / && rm -rf {quoted_dir}; exit $status; }}")
-        setup = str(self.config.get("setup") or "").strip()
-        result = self.remote.put_tree(files, remote_dir, then=f"{setup}\n{submit}" if setup else submit)
+        result = self.remote.put_tree(files, remote_dir, then=self.with_setup(submit))
         if result.code:
             self.remote.run(f"rm -rf {quoted_dir}", check=False)
             raise ProviderError(f"cloud '{self.name}': sbatch refused the job: {result.last_error()}")

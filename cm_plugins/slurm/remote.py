@@ -161,7 +161,7 @@ class Remote:
     def copy_file(self, local: Path, remote_path: str) -> None:
         """Copy one (large) file to ``remote_path``, through the multiplexed connection (scp)."""
         if self.local:
-            shutil.copyfile(local, remote_path)
+            shutil.copyfile(local, Path(self.home() or ".") / remote_path)
             return
         options = self._scp_options(self.ssh_command())
         target = f"{self.host}:{remote_path}"
