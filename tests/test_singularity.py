@@ -55,13 +55,18 @@ def sif_objects(path: Path) -> list[str]:
 def run_in_root(sif: Path, tmp: Path, *argv: str) -> str:
     """Run a command in the image's root as a runtime does: unpack the system partition, chroot."""
     root = tmp / f"unpacked-{sif.stem}"
-    offset = subprocess.run(["siftool", "list", str(sif)], capture_output=True, text=True).stdout
-    start = [line.split("|")[3].split("-")[0].strip() for line in offset.splitlines() if "*System" in line][0]
-    subprocess.run(["unsquashfs", "-q", "-n", "-o", start, "-d", str(root), str(sif)], check=True, capture_output=True)
+    if not root.exists():
+        unpack(sif, root)
     done = subprocess.run(["unshare", "--mount", "--pid", "--fork", "chroot", str(root), *argv],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def unpack(sif: Path, root: Path) -> None:
+    offset = subprocess.run(["siftool", "list", str(sif)], capture_output=True, text=True).stdout
+    start = [line.split("|")[3].split("-")[0].strip() for line in offset.splitlines() if "*System" in line][0]
+    subprocess.run(["unsquashfs", "-q", "-n", "-o", start, "-d", str(root), str(sif)], check=True, capture_output=True)
 
 
 @pytest.fixture
