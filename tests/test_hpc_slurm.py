@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra import apptainer as apptainer_build
 from tests.infra.slurm import SlurmCluster
 from tests.infra.sshd import LoginHost
 from tests.test_singularity import HELLO, busybox_root
 
 pytestmark = pytest.mark.e2e
+
+# The first build of Apptainer takes minutes: start it at collection, the fixture waits for it.
+apptainer_build.build_in_background()
 
 PARTITIONS = ["PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
               "PartitionName=short Nodes=ALL MaxTime=00:10:00 State=UP"]
@@ -24,10 +28,8 @@ PARTITIONS = ["PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=
 @pytest.fixture(scope="module")
 def apptainer() -> Path:
     """The cached Apptainer build (built now, once, if the cache is empty)."""
-    from tests.infra import apptainer as build
-
     try:
-        return build.build()
+        return apptainer_build.build()
     except Exception as exc:
         pytest.fail(f"Apptainer could not be built from its Go module: {exc}")
 

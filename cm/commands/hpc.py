@@ -28,9 +28,12 @@ def run_job(ctx, args: Namespace) -> int | None:
     cloud = slurm_cloud(ctx, args)
     request = build_request(args)  # local checks first: nothing is sent for a bad command line
     provider = ctx.provider(cloud)
-    check_against(request, provider.probe(request.options), cloud)
-    remote_dir = request.remote_dir(provider.jobs_dir())
-    job_id = provider.submit(request.files(), remote_dir, request.script.name, request.options)
+    try:
+        check_against(request, provider.probe(request.options), cloud)
+        remote_dir = request.remote_dir(provider.jobs_dir())
+        job_id = provider.submit(request.files(), remote_dir, request.script.name, request.options)
+    finally:
+        request.discard()
     record = store.record_submitted(ctx, cloud, job_id, request.name, request.script.name, remote_dir,
                                     request.options)
     if not args.wait:

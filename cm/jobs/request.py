@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import re
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,11 @@ class JobRequest:
     def files(self) -> dict[str, Path]:
         """Everything copied to the job directory: {name there: local path}."""
         return {self.script.name: self.script, **self.inputs}
+
+    def discard(self) -> None:
+        """Remove the script written for --command (it has been sent, or will not be)."""
+        if self.generated:
+            shutil.rmtree(self.script.parent, ignore_errors=True)
 
     def remote_dir(self, jobs_dir: str) -> str:
         """A fresh per-job directory under the system's jobs_dir."""
