@@ -50,7 +50,7 @@ def hpc(cm, system, apptainer):
     slurm, login, shared = system
     assert cm("cloud", "add", "hpc", "--kind", "slurm", f"host={login.alias}", f"ssh_config={login.ssh_config}",
               f"jobs_dir={shared / 'jobs'}", f"image_dir={shared / 'images'}",
-              f"setup=export PATH={apptainer.parent}:$PATH").code == 0
+              f"setup=export PATH={apptainer.parent}:$$PATH").code == 0  # $$: a literal $ for cm
     assert cm("default", "cloud=hpc").code == 0
     return cm
 

@@ -141,5 +141,6 @@ def check_against(request: JobRequest, probe: dict[str, Any], cloud: str) -> Non
             raise UsageError(f"time limit {timelimit.slurm(request.minutes)} is over partition "
                              f"'{part['name']}''s maximum {part['max_time']} on cloud '{cloud}'")
     if not probe["test_ok"]:
-        why = [line for line in probe["test_output"] if "error" in line.lower()] or probe["test_output"] or ["refused"]
-        raise UsageError(f"cloud '{cloud}' refuses the job: {why[-1].split('error: ')[-1].strip()}")
+        why = (probe["test_output"] or ["refused"])[-1]
+        why = re.sub(r"^(sbatch: )?(error: )?(allocation failure: )?", "", why.strip())
+        raise UsageError(f"cloud '{cloud}' refuses the job: {why}")

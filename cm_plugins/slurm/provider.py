@@ -120,13 +120,14 @@ class SlurmProvider(Provider):
 
     def cancel(self, ids: list[int]) -> dict[int, str]:
         """scancel each job; {id: ""} when cancelled, else Slurm's reason."""
-        script = "".join(f"scancel {i} 2>&1 | tail -n1 | sed 's/^/@@{i} /'; " for i in ids)
+        # scancel exits 0 and says nothing for an unknown job unless verbose
+        script = "".join(f"scancel -v {i} 2>&1 | grep 'error:' | tail -n1 | sed 's/^/@@{i} /'; " for i in ids)
         out = self.shell(script)
         result = {i: "" for i in ids}
         for line in out.out.splitlines():
             if line.startswith("@@"):
                 job, _, message = line[2:].partition(" ")
-                result[int(job)] = message.split("error: ")[-1].strip()
+                result[int(job)] = message.split("error: ")[-1].split(f"job id {job}: ")[-1].strip()
         return result
 
     def fetch(self, remote_dir: str, dest: Path) -> list[str]:
