@@ -127,7 +127,8 @@ def test_info_shows_partitions_and_node_states(hpc):
     assert nodes == [{"name": "n1", "partitions": ["debug", "short"]}, {"name": "n2", "partitions": ["debug", "short"]}]
 
 
-def test_bad_jobs_are_refused_in_one_line_and_nothing_is_half_submitted(hpc, system, tmp_path):
+def test_bad_jobs_are_refused_in_one_line_and_nothing_is_half_submitted(hpc, system, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --wait fetches the good job's output here
     slurm, _, shared = system
     before, dirs = squeue(slurm), set(os.listdir(shared / "jobs")) if (shared / "jobs").exists() else set()
     cases = {("--partition", "nope"): "unknown partition 'nope' on cloud 'hpc' (partitions: debug, short)",
