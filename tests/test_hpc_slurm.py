@@ -167,3 +167,33 @@ def test_an_image_built_from_a_definition_runs_on_two_nodes(hpc, system, tmp_pat
     assert pushed["result"] == "identical copy already there, not copied"
     out = hpc("singularity", "exec", "hello", "--nodes", "2", "--", "cat", "/opt/data.txt").out
     assert sorted(out.splitlines()) == ["n1: input-data", "n2: input-data"]
+
+
+@pytest.fixture(scope="module")
+def local_system():
+    """A second, loopback Slurm cluster used in local mode (this machine is its login host)."""
+    with SlurmCluster("hpc-b", 23130, nodes=1) as slurm:
+        yield slurm
+
+
+def test_local_mode_and_one_queue_over_every_system(hpc, system, local_system, tmp_path):
+    assert hpc("cloud", "add", "here", "--kind", "slurm", "host=localhost",
+               f"setup=export SLURM_CONF={local_system.conf}", f"jobs_dir={tmp_path / 'jobs'}").code == 0
+    here = json.loads(hpc("hpc", "run", "--command", "sleep 60", "--cloud", "here", "-f", "json").out)
+    there = json.loads(hpc("hpc", "run", "--command", "sleep 60", "-f", "json").out)
+    try:
+        assert (tmp_path / "jobs").is_dir()  # local mode: the job directory is on this machine
+        rows = json.loads(hpc("hpc", "queue", "--cloud", "all", "--refresh", "-f", "json").out)
+        seen = {(r["cloud"], r["id"]) for r in rows}
+        assert {("here", here["id"]), ("hpc", there["id"])} <= seen
+        assert str(here["id"]) in squeue(local_system) and str(there["id"]) in squeue(system[0])
+    finally:
+        hpc("hpc", "cancel", str(here["id"]), "--cloud", "here")
+        hpc("hpc", "cancel", str(there["id"]))
+    # no container runtime on this login host: said in one line, nothing copied
+    busybox_root(tmp_path / "root")
+    assert hpc("singularity", "build", "tiny", "--from", str(tmp_path / "root")).code == 0
+    result = hpc("singularity", "run", "tiny", "--cloud", "here")
+    assert result.code == 2
+    assert result.err.strip() == ("cm: cloud 'here' has no container runtime on this host: neither apptainer nor "
+                                  "singularity is on the PATH (load its module in the cloud's 'setup')")
