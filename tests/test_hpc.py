@@ -55,6 +55,15 @@ def test_squeue_json_becomes_job_rows():
         parse.squeue_jobs(json.dumps({"errors": [{"error": "Invalid job id"}], "jobs": []}))
 
 
+def test_squeue_format_rows_keep_any_job_name():
+    sep = parse.SEP
+    text = sep.join(["8", "ann", "PENDING", "debug", "2", "", "1-00:00:00", "2026-01-01T00:00:00", "N/A", "N/A",
+                     "Resources", "(null)", "/w", f"odd{sep}name | x"]) + "\n"
+    [row] = parse.squeue_rows(text)
+    assert (row["id"], row["job_name"], row["state"], row["reason"]) == (8, f"odd{sep}name | x", "PENDING", "Resources")
+    assert (row["time_limit"], row["started"], row["account"], row["node_count"]) == ("1-00:00:00", "", "", 2)
+
+
 def test_sacct_parsable2_keeps_jobs_not_steps():
     text = ("JobID|JobName|User|State|Partition|NodeList|NNodes|Timelimit|Submit|Start|End|ExitCode|WorkDir|Account\n"
             "12|run|root(0)|CANCELLED by 0|debug|n[1-2]|2|UNLIMITED|2026-01-01T00:00:00|2026-01-01T00:00:01|"

@@ -103,7 +103,8 @@ class SlurmProvider(Provider):
     def queue(self, user: str | None = None) -> list[dict[str, Any]]:
         """The jobs Slurm knows now (pending, running, recently ended)."""
         who = f" --user={shlex.quote(user)}" if user else ""
-        return parse.squeue_jobs(self.shell(f"squeue --json{who}").out)
+        out = self.shell(f"squeue --noheader --format={shlex.quote(parse.QUEUE_FORMAT)}{who}")
+        return parse.squeue_rows(out.out)
 
     def job_states(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """The jobs ``ids`` as Slurm knows them: squeue, then accounting for jobs squeue has forgotten."""
