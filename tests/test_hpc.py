@@ -157,3 +157,23 @@ def test_a_ready_slurm_cluster_in_the_mirror_is_a_slurm_cloud(cm):
     assert (shown["host"], shown["user"], shown["key"]) == ("127.0.0.1", "debian", "/k/id_ed25519")
     assert cm("default", "cloud=c1").code == 0
     assert cm("hpc", "queue").code == 0
+
+
+def test_the_interactive_shell_has_hpc_and_singularity(hpc, capsys):
+    import io
+
+    from cm.context import Context
+    from cm.jobs import store
+    from cm.shell import Shell
+
+    store.update(Context(), "hpc", [{"name": "9", "id": 9, "job_name": "sim", "user": "ann", "state": "PENDING"}])
+    out = io.StringIO()
+    app = Shell(Context())
+    app.stdout = out
+    assert app.prompt == "cm (hpc)> "
+    app.onecmd_plus_hooks("hpc queue -f value -c id -c state")
+    assert out.getvalue().strip().splitlines()[-1] == "9 PENDING"
+    app.onecmd_plus_hooks("singularity list -f json")
+    assert app.last_result == 0
+    app.onecmd_plus_hooks("hpc run")
+    assert app.last_result == 2 and "give a SCRIPT or --command" in capsys.readouterr().err
