@@ -3,7 +3,7 @@
 queue: three private Slurm clusters (tests/infra/slurm.py, loopback) each behind a real sshd
 login host (tests/infra/sshd.py), 1,000 held jobs each.  One-shot `cm hpc queue --refresh`
 against one system, against all three (`--cloud all`, target <= 1.5x one), offline from the
-mirror, and the bare `ssh login squeue --json` it wraps.
+mirror, and the bare `ssh login squeue --format` it wraps (and `squeue --json`, for comparison).
 
 build: `cm singularity build --from ROOT` of a 50 MB root of real files against `mksquashfs`
 alone on the same root (target <= 1.2x).
@@ -61,14 +61,21 @@ def bench_queue(runs: int) -> None:
                             f"ssh_config={login.ssh_config}"], env=env, check=True, capture_output=True)
         subprocess.run([*cm, "default", "cloud=sys0"], env=env, check=True, capture_output=True)
         _, login = systems[0]
-        raw = median_time(["ssh", "-F", str(login.ssh_config), login.alias, "squeue --json"], env, runs)
+        import shlex
+
+        from cm_plugins.slurm.parse import QUEUE_FORMAT
+
+        squeue = f"squeue --noheader --format={shlex.quote(QUEUE_FORMAT)}"  # what cm runs there
+        raw = median_time(["ssh", "-F", str(login.ssh_config), login.alias, squeue], env, runs)
+        raw_json = median_time(["ssh", "-F", str(login.ssh_config), login.alias, "squeue --json"], env, runs)
         one = median_time([*cm, "hpc", "queue", "--refresh"], env, runs)
         every = median_time([*cm, "hpc", "queue", "--refresh", "--cloud", "all"], env, runs)
         offline = median_time([*cm, "hpc", "queue"], env, runs)
         offline_all = median_time([*cm, "hpc", "queue", "--cloud", "all"], env, runs)
         count = subprocess.run([*cm, "hpc", "queue", "--cloud", "all", "-f", "value", "-c", "id"], env=env,
                                capture_output=True, text=True).stdout.count("\n")
-        report("ssh login squeue --json (1 system)", raw)
+        report("ssh login squeue --json (1 system)", raw_json)
+        report("ssh login squeue --format (1 system)", raw)
         report("cm hpc queue --refresh (1 system)", one, "", ("ssh+squeue", raw))
         report("cm hpc queue --refresh --cloud all (3)", every, "<= 1.5x one system", ("one system", one))
         report("cm hpc queue (offline, mirror, 1,000 jobs)", offline)

@@ -87,11 +87,14 @@ def queue(ctx, args: Namespace) -> int | None:
         raise NotFound("no HPC systems: add one with `cm cloud add NAME --kind slurm host=LOGIN`")
     code = None
     if args.refresh:
-        results = each_cloud(ctx, clouds, lambda provider: refresh_queue(ctx, provider, args.user))
-        for cloud, result in results.items():
-            if isinstance(result, CmError):
-                ctx.warn(f"cm: {result} (showing what the mirror had)")
-                code = 1
+        results = each_cloud(ctx, clouds, lambda provider: fetch_queue(ctx, provider, args.user))
+        with ctx.mirror.transaction():  # one write of the mirror for every system
+            for cloud, result in results.items():
+                if isinstance(result, CmError):
+                    ctx.warn(f"cm: {result} (showing what the mirror had)")
+                    code = 1
+                else:
+                    store.replace_queue(ctx, cloud, result, args.user)
     rows = [r for cloud in clouds for r in ctx.mirror.records(store.KIND, cloud)
             if not args.user or r.get("user") == args.user]
     if args.state:
@@ -101,15 +104,13 @@ def queue(ctx, args: Namespace) -> int | None:
     return code
 
 
-def refresh_queue(ctx, provider, user: str | None) -> int:
-    """One system's queue into the mirror, with accounting's word on cm's jobs the queue forgot."""
+def fetch_queue(ctx, provider, user: str | None) -> list[dict[str, Any]]:
+    """One system's queue, with accounting's word on cm's jobs the queue forgot (no mirror write)."""
     rows = provider.queue(user)
     missing = store.forgotten(ctx, provider.name, rows)
     if missing:
         rows += list(provider.job_states(missing).values())
-    with ctx.mirror.transaction():
-        store.replace_queue(ctx, provider.name, rows, user)
-    return len(rows)
+    return rows
 
 
 def status(ctx, args: Namespace) -> int | None:
