@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -23,10 +24,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.run import cm_command, median_time, report  # noqa: E402
+from benchmarks.run import cm_command, report  # noqa: E402
 
 JOBS = 1000
 BASE_PORT = 23300  # this benchmark's ports: 23300-23399
+
+
+def interleaved(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median wall time of each command, run round-robin so every one sees the same machine load
+    (this machine is shared: alone-in-a-row timings drift with whatever else runs)."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           cwd=tempfile.gettempdir())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _systems(count: int, stack):
@@ -66,12 +80,14 @@ def bench_queue(runs: int) -> None:
         from cm_plugins.slurm.parse import QUEUE_FORMAT
 
         squeue = f"squeue --noheader --format={shlex.quote(QUEUE_FORMAT)}"  # what cm runs there
-        raw = median_time(["ssh", "-F", str(login.ssh_config), login.alias, squeue], env, runs)
-        raw_json = median_time(["ssh", "-F", str(login.ssh_config), login.alias, "squeue --json"], env, runs)
-        one = median_time([*cm, "hpc", "queue", "--refresh"], env, runs)
-        every = median_time([*cm, "hpc", "queue", "--refresh", "--cloud", "all"], env, runs)
-        offline = median_time([*cm, "hpc", "queue"], env, runs)
-        offline_all = median_time([*cm, "hpc", "queue", "--cloud", "all"], env, runs)
+        ssh = ["ssh", "-F", str(login.ssh_config), login.alias]
+        t = interleaved({"raw": [*ssh, squeue], "raw_json": [*ssh, "squeue --json"],
+                         "one": [*cm, "hpc", "queue", "--refresh"],
+                         "every": [*cm, "hpc", "queue", "--refresh", "--cloud", "all"],
+                         "offline": [*cm, "hpc", "queue"], "offline_all": [*cm, "hpc", "queue", "--cloud", "all"]},
+                        env, runs)
+        raw, raw_json, one, every, offline, offline_all = (t[k] for k in ("raw", "raw_json", "one", "every",
+                                                                           "offline", "offline_all"))
         count = subprocess.run([*cm, "hpc", "queue", "--cloud", "all", "-f", "value", "-c", "id"], env=env,
                                capture_output=True, text=True).stdout.count("\n")
         report("ssh login squeue --json (1 system)", raw_json)
@@ -104,10 +120,11 @@ def bench_build(runs: int) -> None:
     home.mkdir()
     env = {**os.environ, "CM_HOME": str(home)}
     size = make_root(work / "root")
-    squash = median_time(["mksquashfs", str(work / "root"), str(work / "alone.sqfs"), "-all-root", "-noappend",
-                          "-quiet", "-no-progress"], env, runs)
-    build = median_time([*cm_command(), "singularity", "build", "big", "--from", str(work / "root"), "--force"],
-                        env, runs)
+    t = interleaved({"squash": ["mksquashfs", str(work / "root"), str(work / "alone.sqfs"), "-all-root", "-noappend",
+                                "-quiet", "-no-progress"],
+                     "build": [*cm_command(), "singularity", "build", "big", "--from", str(work / "root"), "--force"]},
+                    env, runs)
+    squash, build = t["squash"], t["build"]
     print(f"\n== `cm singularity build` of a {size / 1e6:.0f} MB root, median of {runs} runs")
     report("mksquashfs alone", squash)
     report("cm singularity build --from ROOT", build, "<= 1.2x mksquashfs", ("mksquashfs", squash))

@@ -135,9 +135,6 @@ class SlurmProvider(Provider):
         """Copy the job directory's files into ``dest``."""
         return self.remote.get_tree(remote_dir, ["."], dest)
 
-    def remove_dir(self, remote_dir: str) -> None:
-        self.remote.run(f"rm -rf {shlex.quote(remote_dir)}", check=False)
-
     # -- containers ------------------------------------------------------------------------
     def runtime(self) -> str:
         """The container runtime on the login host (apptainer, else singularity)."""
