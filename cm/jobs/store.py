@@ -16,6 +16,8 @@ KIND = "job"
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
          "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"}
 OWN = ("remote_dir", "script", "submitted_by_cm", "fetched_to")  # fields only cm knows
+# squeue's format has no exit code, a submission record no user: keep what was known
+STICKY = ("exit_code", "workdir", "account", "user", "submitted", "started", "partition", "job_name", "time_limit")
 
 
 def ended(record: dict[str, Any]) -> bool:
@@ -39,9 +41,9 @@ def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     for key in (*OWN, "options"):
         if old and key in old:
             merged[key] = old[key]
-    for key, value in (old or {}).items():  # a blank in Slurm's answer does not erase what was known
-        if merged.get(key) in ("", None) and value not in ("", None) and not key.startswith("_"):
-            merged[key] = value
+    for key in STICKY:  # a field one of Slurm's sources leaves blank does not erase what another said
+        if merged.get(key) in ("", None) and (old or {}).get(key) not in ("", None):
+            merged[key] = old[key]
     return merged
 
 
