@@ -81,19 +81,24 @@ def bench_queue(runs: int) -> None:
 
         squeue = f"squeue --noheader --format={shlex.quote(QUEUE_FORMAT)}"  # what cm runs there
         ssh = ["ssh", "-F", str(login.ssh_config), login.alias]
+        every_raw = " ".join(f"ssh -F {l.ssh_config} {l.alias} {shlex.quote(squeue)} >/dev/null &" for _, l in systems)
         t = interleaved({"raw": [*ssh, squeue], "raw_json": [*ssh, "squeue --json"],
+                         "raw_all": ["sh", "-c", every_raw + " wait"],
                          "one": [*cm, "hpc", "queue", "--refresh"],
                          "every": [*cm, "hpc", "queue", "--refresh", "--cloud", "all"],
                          "offline": [*cm, "hpc", "queue"], "offline_all": [*cm, "hpc", "queue", "--cloud", "all"]},
                         env, runs)
         raw, raw_json, one, every, offline, offline_all = (t[k] for k in ("raw", "raw_json", "one", "every",
                                                                            "offline", "offline_all"))
+        raw_all = t["raw_all"]
         count = subprocess.run([*cm, "hpc", "queue", "--cloud", "all", "-f", "value", "-c", "id"], env=env,
                                capture_output=True, text=True).stdout.count("\n")
         report("ssh login squeue --json (1 system)", raw_json)
         report("ssh login squeue --format (1 system)", raw)
         report("cm hpc queue --refresh (1 system)", one, "", ("ssh+squeue", raw))
+        report("3 x ssh+squeue --format at once (shell &)", raw_all, "", ("one ssh+squeue", raw))
         report("cm hpc queue --refresh --cloud all (3)", every, "<= 1.5x one system", ("one system", one))
+        print(f"{'':<48} {'':8}    ({every / raw_all:.2f}x the 3 bare ssh+squeue at once)")
         report("cm hpc queue (offline, mirror, 1,000 jobs)", offline)
         report(f"cm hpc queue --cloud all (offline, {count:,} jobs)", offline_all)
     shutil.rmtree(home, ignore_errors=True)
