@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.commands import add_cloud_option, subcommands, verb
 from cm.errors import CmError, NotFound, ProviderError, UsageError
 from cm.jobs import store
 from cm.jobs.systems import each_cloud, slurm_cloud, slurm_clouds
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "Batch jobs on HPC systems (Slurm over ssh): run, queue, status, cancel, get output, info."
 EXAMPLE = "cm hpc run job.sh --nodes 2 --time 1h --wait"
@@ -21,7 +24,7 @@ QUEUE_COLUMNS = ["id", "cloud", "job_name", "user", "state", "partition", "node_
                  "started", "reason"]
 
 
-def run_job(ctx, args: Namespace) -> int | None:
+def run_job(ctx: Context, args: Namespace) -> int | None:
     """Check, copy the script and its inputs to a fresh job directory, sbatch it, remember it."""
     from cm.jobs.request import build_request, check_against
 
@@ -47,7 +50,7 @@ def run_job(ctx, args: Namespace) -> int | None:
     return 0 if str(final.get("state")) == "COMPLETED" else 1
 
 
-def wait_for_job(ctx, cloud: str, job_id: int, timeout: float | None) -> dict[str, Any]:
+def wait_for_job(ctx: Context, cloud: str, job_id: int, timeout: float | None) -> dict[str, Any]:
     """Poll Slurm until the job ended; store each state seen.  Ctrl-C stops waiting, not the job."""
     from cm.bulk import CANCELLED, waiting
 
@@ -71,7 +74,7 @@ def wait_for_job(ctx, cloud: str, job_id: int, timeout: float | None) -> dict[st
             interval = min(interval * 1.5, 5.0)
 
 
-def fetch_output(ctx, cloud: str, record: dict[str, Any], dest: Path | None) -> list[str]:
+def fetch_output(ctx: Context, cloud: str, record: dict[str, Any], dest: Path | None) -> list[str]:
     """Copy the job directory back (default ./NAME-ID) and remember where it went."""
     dest = (dest or Path.cwd() / f"{record.get('job_name') or 'job'}-{record['name']}").resolve()
     files = ctx.provider(cloud).fetch(record["remote_dir"], dest)
@@ -80,7 +83,7 @@ def fetch_output(ctx, cloud: str, record: dict[str, Any], dest: Path | None) -> 
     return sorted(files)
 
 
-def queue(ctx, args: Namespace) -> int | None:
+def queue(ctx: Context, args: Namespace) -> int | None:
     """Jobs from the mirror; --refresh asks every system at once first."""
     clouds = slurm_clouds(ctx, args)
     if not clouds:
@@ -104,7 +107,7 @@ def queue(ctx, args: Namespace) -> int | None:
     return code
 
 
-def fetch_queue(ctx, provider, user: str | None) -> list[dict[str, Any]]:
+def fetch_queue(ctx: Context, provider, user: str | None) -> list[dict[str, Any]]:
     """One system's queue, with accounting's word on cm's jobs the queue forgot (no mirror write)."""
     rows = provider.queue(user)
     missing = store.forgotten(ctx, provider.name, rows)
@@ -113,7 +116,7 @@ def fetch_queue(ctx, provider, user: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def status(ctx, args: Namespace) -> int | None:
+def status(ctx: Context, args: Namespace) -> int | None:
     """Slurm's current word on each job (queue, else accounting), stored and shown."""
     cloud = slurm_cloud(ctx, args)
     ids = store.job_ids(args.ids)
@@ -136,7 +139,7 @@ def _ids(ids: list[int]) -> str:
     return collect([str(i) for i in ids])
 
 
-def cancel(ctx, args: Namespace) -> int:
+def cancel(ctx: Context, args: Namespace) -> int:
     """scancel each job; a per-job result and a summary, exit 1 if any failed."""
     from cm.bulk import Outcome, report
 
@@ -151,7 +154,7 @@ def cancel(ctx, args: Namespace) -> int:
     return report(ctx, cloud, outcomes, "cancelled", args, key="id")
 
 
-def get(ctx, args: Namespace) -> None:
+def get(ctx: Context, args: Namespace) -> None:
     """Copy a job's directory (its output files) back."""
     cloud = slurm_cloud(ctx, args)
     ids = store.job_ids([args.id])
@@ -164,7 +167,7 @@ def get(ctx, args: Namespace) -> None:
                                                for f in files], args)
 
 
-def info(ctx, args: Namespace) -> int | None:
+def info(ctx: Context, args: Namespace) -> int | None:
     """Partitions with their node states (sinfo's view), or one row per node with --nodes."""
     from cm.names import collect
 

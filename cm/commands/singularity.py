@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cm.commands import add_cloud_option, subcommands, verb
 from cm.errors import UsageError
 from cm.jobs.systems import slurm_cloud
 from cm.output import add_format_options
 
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
+
 HELP = "Singularity/Apptainer images: build (from a definition file or a directory), list, push, run via Slurm."
 EXAMPLE = "cm singularity build hello --def hello.def && cm singularity run hello --nodes 2 --cloud hpc"
 COLUMNS = ["name", "size", "created", "bootstrap", "sha256", "pushed"]
 
 
-def build_image(ctx, args: Namespace) -> None:
+def build_image(ctx: Context, args: Namespace) -> None:
     from cm.bulk import waiting
     from cm.images import store
 
@@ -31,7 +35,7 @@ def build_image(ctx, args: Namespace) -> None:
                   "bootstrap": meta["bootstrap"], "seconds": meta["build_seconds"]}, args)
 
 
-def list_images(ctx, args: Namespace) -> None:
+def list_images(ctx: Context, args: Namespace) -> None:
     from cm.images import store
     from cm.images.ship import KIND
 
@@ -42,20 +46,20 @@ def list_images(ctx, args: Namespace) -> None:
     ctx.emit(COLUMNS, rows, args)
 
 
-def inspect_image(ctx, args: Namespace) -> None:
+def inspect_image(ctx: Context, args: Namespace) -> None:
     from cm.images import store
 
     ctx.emit_one(store.inspect(ctx.home, args.image), args)
 
 
-def delete_image(ctx, args: Namespace) -> None:
+def delete_image(ctx: Context, args: Namespace) -> None:
     from cm.images import store
 
     store.delete(ctx.home, args.image)
     ctx.say(f"deleted image {args.image}")
 
 
-def push_image(ctx, args: Namespace) -> None:
+def push_image(ctx: Context, args: Namespace) -> None:
     from cm.images import ship, store
 
     cloud = slurm_cloud(ctx, args)
@@ -67,7 +71,7 @@ def push_image(ctx, args: Namespace) -> None:
                   "result": "identical copy already there, not copied" if result == "identical" else "copied"}, args)
 
 
-def run_image(ctx, args: Namespace) -> int:
+def run_image(ctx: Context, args: Namespace) -> int:
     """The runscript (run) or a command (exec) on N nodes through srun, each node's lines labelled."""
     from cm.images import ship, store
 
