@@ -197,3 +197,25 @@ def test_local_mode_and_one_queue_over_every_system(hpc, system, local_system, t
     assert result.code == 2
     assert result.err.strip() == ("cm: cloud 'here' has no container runtime on this host: neither apptainer nor "
                                   "singularity is on the PATH (load its module in the cloud's 'setup')")
+
+
+def test_ctrl_c_stops_waiting_but_not_the_job(hpc, system, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "cm.main", "hpc", "run", "--command", "sleep 120", "--wait"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    first = proc.stderr.readline()
+    assert first.startswith("submitted job "), first
+    job = first.split()[2]
+    assert wait_state(hpc, job, "RUNNING")["state"] == "RUNNING"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"cm: stopped waiting for job {job}; it keeps running (`cm hpc status {job}`" in err
+    try:
+        assert json.loads(hpc("hpc", "status", job, "-f", "json").out)[0]["state"] == "RUNNING"
+    finally:
+        hpc("hpc", "cancel", job)

@@ -52,26 +52,29 @@ def run_job(ctx: Context, args: Namespace) -> int | None:
 
 def wait_for_job(ctx: Context, cloud: str, job_id: int, timeout: float | None) -> dict[str, Any]:
     """Poll Slurm until the job ended; store each state seen.  Ctrl-C stops waiting, not the job."""
-    from cm.bulk import CANCELLED, waiting
+    from cm.bulk import pause, waiting
 
     provider = ctx.provider(cloud)
     deadline = time.monotonic() + timeout if timeout else None
     interval = 0.5
-    CANCELLED.clear()
-    with waiting(f"job {job_id} on {cloud}"):
-        while True:
-            states = provider.job_states([job_id])
-            if job_id in states:
-                store.update(ctx, cloud, [states[job_id]])
-            record = ctx.mirror.get(store.KIND, cloud, str(job_id)) or {}
-            if store.ended(record):
-                return record
-            if deadline and time.monotonic() >= deadline:
-                raise ProviderError(f"job {job_id} is still {record.get('state', 'PENDING')} after {timeout:g} s; "
-                                    f"it keeps running (`cm hpc status {job_id}`)")
-            if CANCELLED.wait(interval):
-                raise ProviderError(f"stopped waiting for job {job_id}: interrupted; it keeps running")
-            interval = min(interval * 1.5, 5.0)
+    try:
+        with waiting(f"job {job_id} on {cloud}"):
+            while True:
+                states = provider.job_states([job_id])
+                if job_id in states:
+                    store.update(ctx, cloud, [states[job_id]])
+                record = ctx.mirror.get(store.KIND, cloud, str(job_id)) or {}
+                if store.ended(record):
+                    return record
+                if deadline and time.monotonic() >= deadline:
+                    raise ProviderError(f"job {job_id} is still {record.get('state', 'PENDING')} after {timeout:g} s;"
+                                        f" it keeps running (`cm hpc status {job_id}`)")
+                pause(interval)
+                interval = min(interval * 1.5, 5.0)
+    except KeyboardInterrupt:
+        ctx.warn(f"cm: stopped waiting for job {job_id}; it keeps running (`cm hpc status {job_id}`, "
+                 f"`cm hpc get {job_id}`)")
+        raise
 
 
 def fetch_output(ctx: Context, cloud: str, record: dict[str, Any], dest: Path | None) -> list[str]:
