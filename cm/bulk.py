@@ -222,7 +222,10 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
     waiting_names: deque[str] = deque(names)
     retries: list[tuple[float, str]] = []  # (not before, name)
     attempts: dict[str, int] = {}
-    alone: dict[str, bool] = {}
+    # A call is alone while nothing else was in flight when it started and nothing started since (cm.pacing):
+    # the count of starts when it started (0: others were in flight), compared with the count now.
+    started_as: dict[str, int] = {}
+    starts = 0
     last_error: dict[str, BaseException] = {}
     in_flight: set[str] = set()
     outcomes: dict[str, Outcome] = {}
@@ -238,10 +241,10 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
                 outcomes[outcome.name] = outcome
 
     def start(name: str) -> None:
+        nonlocal starts
         attempts[name] = attempts.get(name, 0) + 1
-        alone[name] = not in_flight  # and stays so only while no other call starts (cm.pacing)
-        for other in in_flight:
-            alone[other] = False
+        starts += 1
+        started_as[name] = 0 if in_flight else starts
         in_flight.add(name)
         workers.submit(name)
 
@@ -250,7 +253,8 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
         if ok:
             pacer.succeeded()
             return Outcome(name, True, value=value)
-        after = None if run.cancelled.is_set() else pacer.retry_after(value, attempts[name], alone[name])
+        after = None if run.cancelled.is_set() else pacer.retry_after(value, attempts[name],
+                                                                          started_as[name] == starts)
         if after is None:
             return _failed(name, value)
         pacer.throttled(len(in_flight))

@@ -108,7 +108,7 @@ def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], records: dict[st
     deadline = time.monotonic() + timeout
     pending = {name for name, vm in created.items() if vm.state in UNSETTLED}
     interval = 0.25
-    failures: dict[str, str] = {}
+    failures = {name: _error_of(vm) for name, vm in created.items() if vm.state == State.ERROR}
     while pending:
         current = {vm.name: vm for vm in provider.list_vms()}
         with ctx.mirror.transaction():  # one write per polling round, however many VMs settled
@@ -118,7 +118,7 @@ def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], records: dict[st
                 records[name] = vm.to_dict()
                 ctx.mirror.put("vm", cloud, records[name])
                 if vm.state == State.ERROR:
-                    failures[name] = f"went to ERROR: {vm.fault}" if vm.fault else "went to ERROR"
+                    failures[name] = _error_of(vm)
         if pending and time.monotonic() >= deadline:
             for name in pending:
                 failures[name] = f"still {created[name].state} after {timeout:g} s"
@@ -127,6 +127,10 @@ def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], records: dict[st
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(interval * 1.5, 0.5)  # two lists a second at most: a VM that is up shows soon
     return failures
+
+
+def _error_of(vm: VM) -> str:
+    return f"went to ERROR: {vm.fault}" if vm.fault else "went to ERROR"
 
 
 def _refuse_unsupported(ctx: Context, cloud: str) -> None:
