@@ -6,6 +6,10 @@ are waited for and recorded; a second Ctrl-C abandons those, and each is marked
 so the command can find what the cloud did.  Calls run in daemon threads that
 check their run's cancellation before changing a cloud (:func:`proceed`), so
 none acts after the command has returned, and none keeps the process alive.
+
+Finished results are written to the mirror in batches, at most every 2 s (see
+:class:`_Held`) and at once on Ctrl-C; a ``kill -9`` may lose the last 2 s of
+records, which the cloud still has (`cm refresh` finds them).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 130
 NOT_STARTED = "not started: interrupted"
 ABANDONED = "abandoned: interrupted while in flight"
+MAX_HOLD = 2.0  # seconds a finished result may wait for its mirror write (a kill -9 loses at most these)
 
 
 class Interrupted(CmError):
@@ -126,12 +131,74 @@ def waiting(label: str) -> Iterator[None]:
         yield
 
 
-def _call(run: _Run, name: str, action: Callable[[str], Any], done: queue.SimpleQueue[Any]) -> None:
-    _current.run, _current.name = run, name
-    try:
-        done.put((name, True, action(name)))
-    except BaseException as exc:  # noqa: BLE001 - handed to the command as this target's outcome
-        done.put((name, False, exc))
+class _Workers:
+    """Daemon threads that make the calls, reused across targets: a new one starts only when none is free.
+
+    Starting a thread costs the starting thread a wait, so one per target made the
+    main thread of a 10,000-VM boot mostly wait; at most as many threads as calls in flight.
+    """
+
+    def __init__(self, run: _Run, action: Callable[[str], Any], done: queue.SimpleQueue[Any], label: str) -> None:
+        self.run, self.action, self.done, self.label = run, action, done, label
+        self.tasks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.free = 0  # threads waiting for a task, less the tasks queued for them
+        self.started = 0
+
+    def submit(self, name: str) -> None:
+        with self.lock:
+            spare = self.free > 0
+            if spare:
+                self.free -= 1
+        self.tasks.put(name)
+        if not spare:
+            self.started += 1
+            threading.Thread(target=self._serve, name=f"cm-{self.label}", daemon=True).start()
+
+    def _serve(self) -> None:
+        _current.run = self.run
+        while (name := self.tasks.get()) is not None:
+            _current.name = name
+            try:
+                outcome = (name, True, self.action(name))
+            except BaseException as exc:  # noqa: BLE001 - handed to the command as this target's outcome
+                outcome = (name, False, exc)
+            with self.lock:  # free before the answer is seen, so the next target reuses this thread
+                self.free += 1
+            self.done.put(outcome)
+
+    def stop(self) -> None:
+        """Let every thread end once its call (if any) returns."""
+        for _ in range(self.started):
+            self.tasks.put(None)
+
+
+class _Held:
+    """Finished outcomes kept until a batch is worth its write: one mirror write costs time in
+    proportion to the mirror, so writes come at most every twice the last one's duration (2 s at most)."""
+
+    def __init__(self, write: Callable[[list[Outcome]], None]) -> None:
+        self.write = write
+        self.items: list[Outcome] = []
+        self.due = 0.0  # monotonic time of the next write
+
+    def add(self, found: list[Outcome]) -> None:
+        self.items += found
+        if self.items and time.monotonic() >= self.due:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        start = time.monotonic()
+        self.write(self.items)
+        self.items = []  # only once written: an interrupted write leaves them held
+        end = time.monotonic()
+        self.due = end + min(MAX_HOLD, 2 * (end - start))
+
+    def wait(self, limit: float) -> float:
+        """How long to wait for answers before a write falls due (``limit`` at most)."""
+        return min(limit, self.due - time.monotonic()) if self.items else limit
 
 
 def _failed(name: str, exc: BaseException) -> Outcome:
@@ -155,7 +222,10 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
     waiting_names: deque[str] = deque(names)
     retries: list[tuple[float, str]] = []  # (not before, name)
     attempts: dict[str, int] = {}
-    alone: dict[str, bool] = {}
+    # A call is alone while nothing else was in flight when it started and nothing started since (cm.pacing):
+    # the count of starts when it started (0: others were in flight), compared with the count now.
+    started_as: dict[str, int] = {}
+    starts = 0
     last_error: dict[str, BaseException] = {}
     in_flight: set[str] = set()
     outcomes: dict[str, Outcome] = {}
@@ -171,19 +241,20 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
                 outcomes[outcome.name] = outcome
 
     def start(name: str) -> None:
+        nonlocal starts
         attempts[name] = attempts.get(name, 0) + 1
-        alone[name] = not in_flight  # and stays so only while no other call starts (cm.pacing)
-        for other in in_flight:
-            alone[other] = False
+        starts += 1
+        started_as[name] = 0 if in_flight else starts
         in_flight.add(name)
-        threading.Thread(target=_call, args=(run, name, action, results), name=f"cm-{label}", daemon=True).start()
+        workers.submit(name)
 
     def answered(name: str, ok: bool, value: Any) -> Outcome | None:
         in_flight.discard(name)
         if ok:
             pacer.succeeded()
             return Outcome(name, True, value=value)
-        after = None if run.cancelled.is_set() else pacer.retry_after(value, attempts[name], alone[name])
+        after = None if run.cancelled.is_set() else pacer.retry_after(value, attempts[name],
+                                                                          started_as[name] == starts)
         if after is None:
             return _failed(name, value)
         pacer.throttled(len(in_flight))
@@ -209,6 +280,7 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
         except queue.Empty:
             return found
 
+    workers, held = _Workers(run, action, results, label), _Held(finish)
     try:
         with progress(label, len(names)) as advance:
             while waiting_names or retries or in_flight:
@@ -217,37 +289,43 @@ def run_each(names: list[str], action: Callable[[str], Any], label: str,
                     if name is None:
                         break
                     if pacer.quota_full and name in last_error:  # the quota is used up: no need to ask again
-                        finish([_failed(name, last_error[name])])
+                        held.add([_failed(name, last_error[name])])
                         continue
                     start(name)
                 soonest = min((t for t, _ in retries), default=time.monotonic() + 0.5)
-                found = collect(max(0.01, min(0.5, soonest - time.monotonic())))
-                finish(found)
+                found = collect(max(0.01, held.wait(min(0.5, soonest - time.monotonic()))))
+                held.add(found)
                 for _ in found:
                     advance()
+            held.flush()
     except KeyboardInterrupt:
-        _interrupted(run, in_flight, collect, finish, outcomes)
+        _interrupted(run, in_flight, collect, held, outcomes)
         for name in names:
             outcomes.setdefault(name, Outcome(name, False, NOT_STARTED))
+    finally:
+        workers.stop()
     result = Outcomes(outcomes[n] for n in names)
     result.interrupted = run.cancelled.is_set()
     return result
 
 
 def _interrupted(run: _Run, in_flight: set[str], collect: Callable[[float], list[Outcome]],
-                 finish: Callable[[list[Outcome]], None], outcomes: dict[str, Outcome]) -> None:
-    """First Ctrl-C: wait for the calls that changed the cloud; a second one abandons them."""
+                 held: _Held, outcomes: dict[str, Outcome]) -> None:
+    """First Ctrl-C: write what finished, wait for the calls that changed the cloud; a second one abandons them."""
     run.cancel()
     if in_flight:
         print(f"cm: interrupted; waiting for {len(in_flight)} call(s) in flight to finish "
               "(Ctrl-C again to abandon them)", file=sys.stderr)
     try:
+        held.flush()
         while in_flight:
-            finish(collect(0.2))
+            held.add(collect(0.2))
+            held.flush()
     except KeyboardInterrupt:
         acting = run.cancel()
         for name in list(in_flight):
             outcomes[name] = Outcome(name, False, ABANDONED, maybe_done=name in acting)
+        held.flush()  # a write the second Ctrl-C cut short: what finished is still recorded
 
 
 def summary(outcomes: list[Outcome], verb: str) -> tuple[str, int]:

@@ -46,9 +46,14 @@ def members_on(ctx: Context, group: str, cloud: str) -> list[str]:
 
 
 def add_members(ctx: Context, group: str, cloud: str, names: list[str]) -> None:
+    """Add VMs to ``group`` (made if new); one read and one write of its members however many."""
     with ctx.mirror.transaction():
         current = members(ctx, group)
-        current += [f"{cloud}:{n}" for n in names if f"{cloud}:{n}" not in current]
+        have = set(current)
+        for member in (f"{cloud}:{n}" for n in names):
+            if member not in have:
+                have.add(member)
+                current.append(member)
         save(ctx, group, current)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from argparse import Namespace
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +39,8 @@ def _names(ctx: Context, args: Namespace, cloud: str) -> list[str]:
             start = ctx.mirror.counter(f"vm:{user}")
             return generated(user, range(start + 1, start + 1 + count))
         names = generated(user, ctx.mirror.next_counter(f"vm:{user}", count))
-    taken = [n for n in names if ctx.mirror.get("vm", cloud, n)]
+    existing = {r.get("name") for r in ctx.mirror.records("vm", cloud)}  # once, not a scan per name
+    taken = [n for n in names if n in existing]
     if taken:
         raise UsageError(f"a VM named {', '.join(repr(n) for n in taken)} already exists on cloud '{cloud}'")
     return names
@@ -90,28 +93,32 @@ def _user_data(path: str) -> str:
                          f"(byte {exc.start} is 0x{exc.object[exc.start]:02x})") from exc
 
 
-def _row(cloud: str, vm: VM | dict[str, Any] | None, spec: BootSpec, result: str) -> dict[str, Any]:
-    record = vm.to_dict() if isinstance(vm, VM) else vm or {"name": spec.name, "state": "", "image": spec.image,
-                                                              "flavor": spec.flavor}
+def _row(cloud: str, record: dict[str, Any] | None, spec: BootSpec, result: str) -> dict[str, Any]:
+    record = record or {"name": spec.name, "state": "", "image": spec.image, "flavor": spec.flavor}
     return {**record, "cloud": cloud, "result": result}
 
 
-def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], timeout: float) -> dict[str, str]:
-    """Poll the cloud (one list per round) until every VM settles; return failures by name."""
+def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], records: dict[str, dict[str, Any]],
+              timeout: float) -> dict[str, str]:
+    """Poll the cloud (one list per round) until every VM settles; return failures by name.
+
+    ``records`` (each VM as stored) gets what changed; VMs already settled when created cost nothing.
+    """
     provider = ctx.provider(cloud)
     deadline = time.monotonic() + timeout
-    pending = set(created)
+    pending = {name for name, vm in created.items() if vm.state in UNSETTLED}
     interval = 0.25
-    failures: dict[str, str] = {}
+    failures = {name: _error_of(vm) for name, vm in created.items() if vm.state == State.ERROR}
     while pending:
         current = {vm.name: vm for vm in provider.list_vms()}
         with ctx.mirror.transaction():  # one write per polling round, however many VMs settled
             for name in [n for n in pending if n in current and current[n].state not in UNSETTLED]:
                 vm = created[name] = current[name]
                 pending.discard(name)
-                inventory.store_vm(ctx, cloud, vm)
+                records[name] = vm.to_dict()
+                ctx.mirror.put("vm", cloud, records[name])
                 if vm.state == State.ERROR:
-                    failures[name] = f"went to ERROR: {vm.fault}" if vm.fault else "went to ERROR"
+                    failures[name] = _error_of(vm)
         if pending and time.monotonic() >= deadline:
             for name in pending:
                 failures[name] = f"still {created[name].state} after {timeout:g} s"
@@ -120,6 +127,10 @@ def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], timeout: float) 
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(interval * 1.5, 0.5)  # two lists a second at most: a VM that is up shows soon
     return failures
+
+
+def _error_of(vm: VM) -> str:
+    return f"went to ERROR: {vm.fault}" if vm.fault else "went to ERROR"
 
 
 def _refuse_unsupported(ctx: Context, cloud: str) -> None:
@@ -136,6 +147,8 @@ class Boot:
     def __init__(self, ctx: Context, cloud: str, specs: dict[str, BootSpec], group: str) -> None:
         self.ctx, self.cloud, self.specs, self.group = ctx, cloud, specs, group
         self.created: dict[str, VM] = {}
+        self.records: dict[str, dict[str, Any]] = {}  # each created VM as stored: converted once
+        self.joining: list[str] = []  # created, not yet added to the group (once per batch, see batch())
         self.failures: dict[str, str] = {}
         self.unsure: dict[str, dict[str, Any]] = {}  # abandoned after the create was sent: placeholders
         self.not_started: set[str] = set()
@@ -147,12 +160,22 @@ class Boot:
         if problem:
             self.failures[vm.name] = problem
         self.created[outcome.name] = vm
-        self._store(outcome.name, vm.to_dict())
+        self.records[outcome.name] = vm.to_dict()
+        self._store(outcome.name, self.records[outcome.name])
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One mirror write for the VMs recorded inside, with their group membership."""
+        with self.ctx.mirror.transaction():
+            yield
+            if self.joining:
+                groups.add_members(self.ctx, self.group, self.cloud, self.joining)
+                self.joining = []
 
     def _store(self, name: str, record: dict[str, Any]) -> None:
         self.ctx.mirror.put("vm", self.cloud, record)
         if self.group:
-            groups.add_members(self.ctx, self.group, self.cloud, [name])
+            self.joining.append(name)
 
     def settle(self, outcomes: bulk.Outcomes, gated: bool) -> None:
         """Sort the outcomes; after a Ctrl-C, find what the abandoned calls created."""
@@ -165,7 +188,7 @@ class Boot:
                 self.failures[o.name] = o.message
         if not self.unsure:
             return
-        with self.ctx.mirror.transaction():  # first: even a third Ctrl-C leaves them in the mirror
+        with self.batch():  # first: even a third Ctrl-C leaves them in the mirror
             for name, record in self.unsure.items():
                 self._store(name, record)
         self.ctx.warn(f"cm: looking for the {len(self.unsure)} VM(s) abandoned in flight on {self.cloud}")
@@ -174,11 +197,12 @@ class Boot:
         except CmError as exc:
             self.ctx.warn(f"cm: could not look: {exc}")
             return
-        with self.ctx.mirror.transaction():
+        with self.batch():
             for name, vm in found.items():
                 self.created[name] = vm
+                self.records[name] = vm.to_dict()
                 del self.unsure[name]
-                self._store(name, vm.to_dict())
+                self._store(name, self.records[name])
 
     def _placeholder(self, name: str) -> dict[str, Any]:
         spec = self.specs[name]
@@ -200,7 +224,7 @@ class Boot:
 
     def report(self, args: Namespace, interrupted: bool, waited: bool) -> int:
         names = list(self.specs)
-        rows = [_row(self.cloud, self.created.get(n) or self.unsure.get(n), self.specs[n], self.result(n, waited))
+        rows = [_row(self.cloud, self.records.get(n) or self.unsure.get(n), self.specs[n], self.result(n, waited))
                 for n in names]
         self.ctx.emit(BOOT_COLUMNS, rows, args)
         booted = sum(self.result(n, waited) == "booted" for n in names)
@@ -237,8 +261,7 @@ def boot_vms(ctx: Context, args: Namespace) -> int:
         ctx.emit(BOOT_COLUMNS, rows, args)
         return 0
     boot = Boot(ctx, cloud, specs, group)
-    outcomes = bulk.run_each(names, lambda n: provider.create_vm(specs[n]), "boot", boot.record,
-                             batch=ctx.mirror.transaction)
+    outcomes = bulk.run_each(names, lambda n: provider.create_vm(specs[n]), "boot", boot.record, batch=boot.batch)
     boot.settle(outcomes, gated=getattr(provider, "gates_calls", False))
     if args.public and boot.created:
         inventory.refresh_quietly(ctx, cloud, "ip")  # `ip list` shows the new addresses at once
@@ -246,7 +269,7 @@ def boot_vms(ctx: Context, args: Namespace) -> int:
     if boot.created and not args.no_wait and not interrupted:
         try:
             with bulk.waiting(f"waiting for {len(boot.created)} VM(s) on {cloud} to run"):
-                boot.failures.update(_wait_all(ctx, cloud, boot.created, timeout))
+                boot.failures.update(_wait_all(ctx, cloud, boot.created, boot.records, timeout))
             waited = True
         except KeyboardInterrupt:
             interrupted = True

@@ -37,6 +37,7 @@ from typing import Any
 
 import libvirt
 
+from cm.bulk import proceed
 from cm.errors import ConfigError, Conflict, NotFound, ProviderError, Unsupported, UsageError
 from cm.provider import VM, BootSpec, Flavor, Image, Provider
 from cm_plugins.kvm import console, images, seed, stock
@@ -53,6 +54,7 @@ class KvmProvider(Provider):
     """One libvirt hypervisor as a cm cloud."""
 
     kind = "kvm"
+    gates_calls = True  # creates, deletes, renames and power actions first ask cm.bulk.proceed()
     required_settings = (("uri",),)  # without one, a remote lab would silently be this machine's libvirt
     unsupported_why = {"assign public IPs": "VMs get addresses on the libvirt network only",
                        "release public IPs": "VMs get addresses on the libvirt network only"}
@@ -338,6 +340,7 @@ class KvmProvider(Provider):
             short = instance_id[:8]
             kernel = image.format == "kernel+initrd"
             made: list[str] = []
+            proceed()  # after a Ctrl-C, nothing new is created (cm.bulk)
             try:
                 made.append(self._make_disk(pool, f"{spec.name}-disk-{short}.{'img' if kernel else 'qcow2'}",
                                             image, flavor))
@@ -379,6 +382,7 @@ class KvmProvider(Provider):
         with self.hv.use("start VMs", write=True) as conn:
             dom = self._domain(conn, name)
             state = dom.state()[0]
+            proceed()
             if state == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
             elif not dom.isActive():
@@ -393,6 +397,7 @@ class KvmProvider(Provider):
             dom = self._domain(conn, name)
             if not dom.isActive():
                 return
+            proceed()
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()  # a paused guest cannot see the power button
             dom.shutdown()
@@ -413,18 +418,22 @@ class KvmProvider(Provider):
 
     def reboot_vm(self, name: str) -> None:
         with self.hv.use("reboot VMs", write=True) as conn:
-            self._active(conn, name, "rebooted").reboot(0)
+            dom = self._active(conn, name, "rebooted")
+            proceed()
+            dom.reboot(0)
 
     def suspend_vm(self, name: str) -> None:
         with self.hv.use("suspend VMs", write=True) as conn:
             dom = self._active(conn, name, "suspended")
             if dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
+                proceed()
                 dom.suspend()
 
     def resume_vm(self, name: str) -> None:
         with self.hv.use("resume VMs", write=True) as conn:
             dom = self._active(conn, name, "resumed")
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                proceed()
                 dom.resume()
 
     def delete_vm(self, name: str) -> None:
@@ -432,6 +441,7 @@ class KvmProvider(Provider):
         with self.hv.use("delete VMs", write=True) as conn:
             dom = self._domain(conn, name)
             root = ET.fromstring(dom.XMLDesc(0))
+            proceed()
             if dom.isActive():
                 dom.destroy()
             try:
@@ -482,6 +492,7 @@ class KvmProvider(Provider):
                 pass  # the new name is free
             if dom.isActive():
                 raise Conflict(f"{old} is running; libvirt renames only stopped VMs: `cm vm stop {old}` first")
+            proceed()
             dom.rename(new, 0)
             return self._vm(self._domain(conn, new))
 

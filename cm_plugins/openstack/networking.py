@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from cm.bulk import proceed
 from cm.errors import ConfigError, Conflict, NotFound, ProviderError, UsageError
 from cm.provider import FloatingIP, Network, SecGroup, SecRule
 from cm_plugins.openstack import convert
@@ -101,6 +102,7 @@ class NetworkingMixin:
     @translated("delete the security group")
     def delete_secgroup(self, name: str) -> None:
         group, _ = self._group(name)
+        proceed()  # after a Ctrl-C, no delete is sent (cm.bulk)
         self.service("network").delete_security_group(group, ignore_missing=False)  # type: ignore[attr-defined]
 
     @translated("add the rule")
@@ -155,6 +157,7 @@ class NetworkingMixin:
         """Allocate a floating IP on the external network and attach it to the server's port."""
         external = self._external_network()
         port = self._server_port(server_id)
+        proceed()
         fip = self.service("network").create_ip(  # type: ignore[attr-defined]
             floating_network_id=external.id, port_id=port.id, description=TAG + vm_name)
         return str(fip.floating_ip_address)
@@ -208,7 +211,9 @@ class NetworkingMixin:
 
     @translated("delete the floating IP")
     def delete_floating_ip(self, address: str) -> None:
-        self.service("network").delete_ip(self._fip(address), ignore_missing=False)  # type: ignore[attr-defined]
+        fip = self._fip(address)
+        proceed()
+        self.service("network").delete_ip(fip, ignore_missing=False)  # type: ignore[attr-defined]
 
     @translated("attach the floating IP")
     def attach_floating_ip(self, address: str, vm: str) -> FloatingIP:

@@ -66,7 +66,9 @@ class OpenStackProvider(NetworkingMixin, ImagesMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
-    gates_calls = True  # VM creates, deletes and power actions first ask cm.bulk.proceed(): none is sent after a Ctrl-C
+    # VM creates, deletes, power actions, IP assign/release and secgroup/IP deletes first ask
+    # cm.bulk.proceed(): none is sent after a Ctrl-C
+    gates_calls = True
     required_settings = (("auth_url", "cloud", "auth"),)  # where to log in, or a clouds.yaml cloud
     boot_matches_prefix = True  # `--image cirros-0.6` boots cirros-0.6.2-x86_64-disk, as the openstack CLI does
 
@@ -452,6 +454,7 @@ class OpenStackProvider(NetworkingMixin, ImagesMixin, Provider):
     @translated("release public IPs")
     def release_public_ip(self, name: str) -> list[str]:
         server = self._server(name)
+        proceed()
         released = self._release_ips_of(server["id"], delete_ours=True, only_ours=False)
         if not released:
             raise NotFound(f"VM '{name}' has no public IP on cloud '{self.name}'")

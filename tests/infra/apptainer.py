@@ -50,8 +50,11 @@ def _run(cmd: list[str], log, cwd: Path | None = None, env: dict | None = None) 
 
 
 def _go_env() -> dict:
+    """Go's settings for the build: its own build and module caches under CACHE, since Apptainer's
+    make runs `go clean -cache`, which would otherwise wipe the machine's Go build cache."""
     env = dict(os.environ)
-    env.update(GOFLAGS="-mod=mod", GOSUMDB="off", GOTOOLCHAIN="local")
+    env.update(GOFLAGS="-mod=mod", GOSUMDB="off", GOTOOLCHAIN="local",
+               GOCACHE=str(CACHE / "go-build"), GOMODCACHE=str(CACHE / "go-mod"))
     env["PATH"] = "/usr/local/go/bin:" + env.get("PATH", "")
     return env
 

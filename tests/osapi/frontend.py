@@ -153,8 +153,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                                                "Unexpected API Error. Please report this at "
                                                "http://bugs.launchpad.net/nova/ and attach the "
                                                "Nova API log if possible.").body)
-        self._send(req, resp)
+        # Logged before the answer goes out: a client that has its answer finds the request in the
+        # log (logged after, a loaded machine could run the client's check first).
         fake._log(req, resp.status, started)
+        self._send(req, resp)
 
     def _dispatch(self, req: Request, router: Any, sub: str) -> Response:
         st = req.state
