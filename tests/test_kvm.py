@@ -8,6 +8,7 @@ see the same VMs, as on a real cloud.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -19,6 +20,7 @@ import yaml
 
 libvirt = pytest.importorskip("libvirt")
 
+from cm.errors import UsageError  # noqa: E402
 from cm_plugins.kvm import seed  # noqa: E402  (after the skip: needs libvirt-python)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -546,46 +548,73 @@ def test_vm_list_does_not_import_libvirt(cm_process):
 
 
 # -- the seed ----------------------------------------------------------------------------------------------
-def test_seed_iso_holds_nocloud_meta_data_and_user_data():
+def _iso_file(data: bytes, name: str) -> bytes | None:
     import io
 
     import pycdlib
 
-    data = seed.iso_bytes(seed.meta_data("id-1", "vm1"), seed.user_data("vm1", "alice", "ssh-ed25519 AAAA x"))
     iso = pycdlib.PyCdlib()
     iso.open_fp(io.BytesIO(data))
     assert iso.pvd.volume_identifier.strip() == b"cidata"
     out = io.BytesIO()
-    iso.get_file_from_iso_fp(out, rr_path="/meta-data")
-    assert out.getvalue().decode() == "instance-id: id-1\nlocal-hostname: vm1\n"
-    out = io.BytesIO()
-    iso.get_file_from_iso_fp(out, joliet_path="/user-data")
-    config = yaml.safe_load(out.getvalue())
+    try:
+        iso.get_file_from_iso_fp(out, rr_path="/" + name)
+    except pycdlib.pycdlibexception.PyCdlibInvalidInput:
+        return None   # no such file in the seed
+    return out.getvalue()
+
+
+def test_seed_iso_holds_nocloud_meta_data_and_user_data():
+    data = seed.iso_bytes(seed.nocloud("id-1", "vm1", "alice", "ssh-ed25519 AAAA x"))
+    assert _iso_file(data, "meta-data").decode() == "instance-id: id-1\nlocal-hostname: vm1\n"
+    config = yaml.safe_load(_iso_file(data, "user-data"))
     assert config["hostname"] == "vm1" and config["users"][1]["name"] == "alice"
     assert config["users"][1]["ssh_authorized_keys"] == ["ssh-ed25519 AAAA x"]
+    assert _iso_file(data, "vendor-data") is None and _iso_file(data, "network-config") is None
 
 
-@pytest.mark.parametrize("extra", ["", "#cloud-config\npackages: [htop]\nusers: [{name: bob}]\nruncmd: [[ls]]\n"])
-def test_generated_user_data_is_valid_cloud_config(tmp_path, extra):
+USER_DATA = ("#cloud-config\n# rendered by a launcher: comments, quoting and order are kept\n"
+             "write_files:\n- path: /etc/munge/munge.key\n  encoding: b64\n  content: AAAA\n  permissions: '0400'\n"
+             "packages: [htop]\nusers: [{name: bob}]\nruncmd: [[ls]]\n")
+NETWORK_CONFIG = "version: 2\nethernets:\n  eth0:\n    addresses: [10.1.0.5/24]\n"
+
+
+@pytest.mark.parametrize("extra", [USER_DATA, "#!/bin/sh\necho hi\n", "## template: jinja\n#cloud-config\n{}\n",
+                                   "Content-Type: multipart/mixed; boundary=x\nMIME-Version: 1.0\n\n--x--\n"])
+def test_the_users_user_data_reaches_the_seed_byte_for_byte(extra):
+    data = seed.iso_bytes(seed.nocloud("id-1", "vm1", "alice", "ssh-ed25519 AAAA x", extra, NETWORK_CONFIG))
+    assert _iso_file(data, "user-data").decode() == extra
+    vendor = yaml.safe_load(_iso_file(data, "vendor-data"))   # cm's settings, merged by cloud-init with lists joined
+    assert vendor["merge_how"] == "list(append)+dict(no_replace,recurse_list)+str()"
+    assert vendor["users"][1]["ssh_authorized_keys"] == ["ssh-ed25519 AAAA x"] and vendor["hostname"] == "vm1"
+    assert _iso_file(data, "network-config").decode() == NETWORK_CONFIG
+
+
+@pytest.mark.parametrize("extra", ["", USER_DATA])
+def test_generated_seed_is_valid_cloud_config(tmp_path, extra):
     if shutil.which("cloud-init") is None:
         pytest.skip("cloud-init is not installed (apt-get install cloud-init)")
-    text = seed.user_data("vm1", "alice", "ssh-ed25519 AAAA x", extra)
-    path = tmp_path / "user-data"
-    path.write_text(text)
-    proc = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Valid cloud-config" in proc.stdout
-    if extra:
-        config = yaml.safe_load(text)
-        assert config["packages"] == ["htop"] and [u if isinstance(u, str) else u["name"] for u in
-                                                   config["users"]] == ["default", "alice", "bob"]
+    made = seed.nocloud("id-1", "vm1", "alice", "ssh-ed25519 AAAA x", extra)
+    for text in filter(None, (made.user_data, made.vendor_data)):
+        path = tmp_path / "config"
+        path.write_text(text)
+        proc = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_a_script_user_data_becomes_a_second_mime_part():
-    text = seed.user_data("vm1", "alice", "", "#!/bin/sh\necho hi\n")
-    assert "Content-Type: multipart/mixed" in text
-    assert 'Content-Type: text/cloud-config; charset="utf-8"' in text
-    assert 'Content-Type: text/x-shellscript; charset="utf-8"' in text
+@pytest.mark.parametrize("text, error", [
+    ("echo hi\n", "user-data must start with #cloud-config, #!, #include or another cloud-init marker"),
+    ("#cloud-config\n- a list\n", "user-data: a #cloud-config must be a mapping of keys"),
+])
+def test_bad_user_data_is_refused(text, error):
+    with pytest.raises(UsageError, match=re.escape(error)):
+        seed.nocloud("id-1", "vm1", "alice", "", text)
+
+
+@pytest.mark.parametrize("text", ["eth0: [\n", "- 1\n", "version: 3\n", "network: 5\n"])
+def test_bad_network_config_is_refused(text):
+    with pytest.raises(UsageError, match="network-config"):
+        seed.nocloud("id-1", "vm1", "alice", "", "", text)
 
 
 # -- choosing kvm or qemu ----------------------------------------------------------------------------------

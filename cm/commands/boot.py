@@ -67,15 +67,22 @@ def _template(ctx: Any, args: Namespace, cloud: str) -> BootSpec:
     _check_known(ctx, cloud, "image", str(image))
     _check_known(ctx, cloud, "flavor", str(flavor))
     key_name, public_key = resolve_key(ctx, cloud, args.key)
-    user_data = ""
-    if args.user_data:
-        try:
-            user_data = Path(args.user_data).read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read user-data {args.user_data}: {exc.strerror}") from exc
+    network_config = _read_file(getattr(args, "network_config", None), "network-config")
     return BootSpec(name="", image=str(image), flavor=str(flavor), key_name=key_name, public_key=public_key,
-                    user=ctx.user(cloud), user_data=user_data, secgroups=list(args.secgroup),
-                    networks=list(args.network), public=args.public)
+                    user=ctx.user(cloud), user_data=_read_file(args.user_data, "user-data"),
+                    secgroups=list(args.secgroup), networks=list(args.network), public=args.public,
+                    extra={"network_config": network_config} if network_config else {})
+
+
+def _read_file(path: str | None, what: str) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path} is not UTF-8 text") from None
 
 
 def _row(cloud: str, vm: VM | None, spec: BootSpec, result: str) -> dict[str, Any]:

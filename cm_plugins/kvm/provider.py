@@ -8,7 +8,7 @@ A kvm cloud in cm.yaml::
     network: default     # libvirt network for the VMs ("" for none)
     flavors: {small: {vcpus: 1, ram: 1024, disk: 10}}   # ram in MiB, disk in GiB (default: the shipped ones)
     domain_type: auto    # kvm, qemu (software emulation) or auto (kvm only where it works)
-    cmdline: console=ttyS0 panic=-1   # kernel command line of kernel+initrd images
+    cmdline: console=ttyS0 panic=-1   # kernel command line of kernel+initrd images that bring none
     shutdown_timeout: 60 # seconds `vm stop` waits for the guest to power off
     console_dir: ...     # where the hypervisor host keeps serial console logs
     console_source: auto # log (the log file), stream (attach for console_wait s) or auto
@@ -16,7 +16,14 @@ A kvm cloud in cm.yaml::
 
 `cm image add NAME PATH` takes a qcow2 or raw disk image file, or a kernel +
 initrd pair for direct kernel boot: ``kernel=KERNEL,initrd=INITRD`` or a
-directory holding one ``vmlinuz*``/``vmlinux*`` and one ``initrd*``/``initramfs*``.
+directory holding one ``vmlinuz*``/``vmlinux*`` and one ``initrd*``/``initramfs*``;
+either may add the root disk the kernel boots and its command line
+(``,disk=DISK,cmdline=root=/dev/vda rw console=ttyS0``, or a ``*.qcow2`` and
+a ``cmdline`` file in the directory).
+
+`cm vm boot --user-data FILE` puts FILE into the NoCloud seed unchanged
+(cm's own settings, the hostname and your key, go beside it as vendor-data),
+and ``--network-config FILE`` adds a NoCloud network-config.
 
 A local daemon (qemu:///system or qemu:///session) that lacks the pool or the
 network named ``default`` gets libvirt's stock one, once (see :mod:`stock`).
@@ -45,6 +52,7 @@ from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, do
 
 GIB = 1 << 30
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
+DISK_CMDLINE = "root=/dev/vda rw console=ttyS0"  # a kernel image with a root disk but no command line
 UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
@@ -229,17 +237,40 @@ class KvmProvider(Provider):
             if isinstance(source, images.DiskFile):
                 self._store_file(conn, pool, name, source.path, source.format, source.virtual_size)
             else:
-                kernel = self._store_file(conn, pool, name + images.KERNEL_SUFFIX, source.kernel, "raw",
-                                          source.kernel.stat().st_size)
-                try:
-                    self._store_file(conn, pool, name + images.INITRD_SUFFIX, source.initrd, "raw",
-                                     source.initrd.stat().st_size)
-                except BaseException:
-                    self._delete_volume(kernel)
-                    raise
+                self._store_kernel_image(conn, pool, name, source)
             if not self.hv.is_test:
                 pool.refresh(0)
             return images.in_pool(pool)[name]
+
+    def _store_kernel_image(self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: str,
+                            source: images.KernelPair) -> None:
+        """The volumes of a kernel image (kernel, initrd, maybe disk and command line): all or none."""
+        made: list[libvirt.virStorageVol] = []
+        try:
+            for suffix, path in ((images.KERNEL_SUFFIX, source.kernel), (images.INITRD_SUFFIX, source.initrd)):
+                made.append(self._store_file(conn, pool, name + suffix, path, "raw", path.stat().st_size))
+            if source.disk is not None:
+                made.append(self._store_file(conn, pool, name + images.DISK_SUFFIX, source.disk.path,
+                                             source.disk.format, source.disk.virtual_size))
+            if source.cmdline:
+                data = source.cmdline.encode()
+                made.append(pool.createXML(images.volume_xml(name + images.CMDLINE_SUFFIX, len(data), "raw"), 0))
+                if not self.hv.is_test:
+                    images.upload_bytes(conn, made[-1], data)
+        except BaseException:
+            for vol in made:
+                self._delete_volume(vol)
+            raise
+
+    def _cmdline(self, conn: libvirt.virConnect, image: Image) -> str:
+        """The kernel command line: the image's own, else the cloud's ``cmdline`` (or the usual one)."""
+        path = image.extra.get("cmdline")
+        if path and not self.hv.is_test:   # the test hypervisor keeps no volume data
+            vol = conn.storageVolLookupByPath(path)
+            text = images.download_bytes(conn, vol, min(vol.info()[1], images.MAX_CMDLINE))
+            if text.strip():
+                return text.decode("utf-8", "replace").strip()
+        return str(self._setting("cmdline", DISK_CMDLINE if image.extra.get("disk") else DEFAULT_CMDLINE))
 
     def delete_image(self, name: str) -> None:
         with self.hv.use("delete images", write=True) as conn:
@@ -285,20 +316,23 @@ class KvmProvider(Provider):
                              "give a .pub file with --key or add the key with `cm key add`")
 
     def _make_disk(self, pool: libvirt.virStoragePool, volume: str, image: Image, flavor: Flavor) -> str:
-        """The VM's disk: a qcow2 overlay on a disk image, or a blank raw disk for kernel images."""
-        capacity = max(flavor.disk * GIB, image.size if image.format != "kernel+initrd" else 0)
+        """The VM's disk: a qcow2 overlay on the image's disk, or a blank raw disk for kernel-only images."""
         if image.format == "kernel+initrd":
-            xml = images.volume_xml(volume, capacity, "raw", sparse=True)
+            xml = images.volume_xml(volume, flavor.disk * GIB, "raw", sparse=True)
         else:
-            xml = images.volume_xml(volume, capacity, "qcow2", sparse=True, backing=image.extra["path"],
-                                    backing_format=image.format or "raw")
+            kernel = image.format == "kernel+initrd+disk"
+            base, fmt = (image.extra["disk"], image.extra["disk_format"]) if kernel else \
+                (image.extra["path"], image.format)
+            backing_size = pool.storageVolLookupByName(Path(base).name).info()[1] if kernel else image.size
+            xml = images.volume_xml(volume, max(flavor.disk * GIB, backing_size), "qcow2", sparse=True,
+                                    backing=base, backing_format=fmt or "raw")
         pool.createXML(xml, 0)
         return volume
 
     def _make_seed(self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, volume: str, spec: BootSpec,
                    instance_id: str) -> str:
-        data = seed.iso_bytes(seed.meta_data(instance_id, spec.name),
-                              seed.user_data(spec.name, spec.user, spec.public_key, spec.user_data))
+        data = seed.iso_bytes(seed.nocloud(instance_id, spec.name, spec.user, spec.public_key, spec.user_data,
+                                           str(spec.extra.get("network_config") or "")))
         vol = pool.createXML(images.volume_xml(volume, len(data), "raw"), 0)
         if not self.hv.is_test:  # the test hypervisor keeps no data: the volume's size is all there is
             images.upload_bytes(conn, vol, data)
@@ -330,18 +364,19 @@ class KvmProvider(Provider):
             domain_type, arch = self._guest_kind(conn)
             instance_id = str(uuid.uuid4())
             short = instance_id[:8]
-            kernel = image.format == "kernel+initrd"
+            kernel = bool(image.extra.get("kernel"))
+            blank = image.format == "kernel+initrd"  # no disk of its own: the VM gets an empty raw one
             made: list[str] = []
             try:
-                made.append(self._make_disk(pool, f"{spec.name}-disk-{short}.{'img' if kernel else 'qcow2'}",
+                made.append(self._make_disk(pool, f"{spec.name}-disk-{short}.{'img' if blank else 'qcow2'}",
                                             image, flavor))
                 made.append(self._make_seed(conn, pool, f"{spec.name}-seed-{short}.iso", spec, instance_id))
                 dom = conn.defineXML(domain_xml(DomainSpec(
                     name=spec.name, uuid=instance_id, domain_type=domain_type, arch=arch, vcpus=flavor.vcpus,
                     ram_mib=flavor.ram, pool=pool.name(), disk_volume=made[0],
-                    disk_format="raw" if kernel else "qcow2", seed_volume=made[1], networks=networks,
+                    disk_format="raw" if blank else "qcow2", seed_volume=made[1], networks=networks,
                     kernel=image.extra.get("kernel", ""), initrd=image.extra.get("initrd", ""),
-                    cmdline=str(self._setting("cmdline", DEFAULT_CMDLINE)) if kernel else "",
+                    cmdline=self._cmdline(conn, image) if kernel else "",
                     console_log=self._console_log(spec.name, short),
                     metadata={"image": image.name, "flavor": flavor.name, "key": spec.key_name, "user": spec.user,
                               "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})))
