@@ -21,8 +21,8 @@ only), openssh-server, sudo, dbus (systemd-logind handles the ACPI power
 button, so `cm vm stop` works), Slurm (slurmd, slurmctld, slurm-client),
 munge, the NFS server and client, iproute2 and ifupdown.  Trimmed for speed
 under software emulation (see RUNS-HERE.md): only the kernel modules a
-virtio guest needs, a small initramfs, no docs/man/locales, no periodic
-timers, and the Slurm, munge and NFS services disabled with their SysV
+virtio guest needs, a small initramfs, no docs/man/locales/package cache,
+no periodic timers, ds-identify told NoCloud is the source, and the Slurm, munge and NFS services disabled with their SysV
 scripts removed (a launcher starts them from cloud-init's ``bootcmd`` with
 ``systemctl enable --now --no-block``).  cloud-init makes fresh ed25519 ssh
 host keys on first boot.  The image's munge key is shared by every guest
@@ -90,6 +90,9 @@ path-exclude=/usr/share/locale/*
 path-include=/usr/share/locale/locale.alias
 """
 
+# ds-identify (a long shell script under emulation) need not guess: NoCloud is always the source.
+DS_IDENTIFY = "policy: enabled\n"
+
 # Run inside the new root (chroot) after debootstrap; $KVER is the kernel version.
 CONFIGURE = r"""
 set -eu
@@ -112,7 +115,8 @@ done
 systemctl disable nfs-server.service rpcbind.service rpcbind.socket >/dev/null 2>&1 || true
 # periodic jobs that only cost time in a short-lived test guest
 for unit in apt-daily.timer apt-daily-upgrade.timer man-db.timer dpkg-db-backup.timer fstrim.timer \
-            e2scrub_all.timer e2scrub_reap.service logrotate.timer; do
+            e2scrub_all.timer e2scrub_reap.service logrotate.timer nfs-blkmap.service \
+            modprobe@drm.service modprobe@efi_pstore.service modprobe@dm_mod.service; do
     systemctl mask "$unit" >/dev/null 2>&1 || true
 done
 
@@ -123,6 +127,7 @@ depmod -a "$KVER"
 update-initramfs -u -k "$KVER" >/dev/null
 
 rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /var/cache/apt/*.bin /var/lib/apt/lists/* \
+       /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/* /usr/lib/udev/hwdb.d/* \
        /var/cache/debconf/*-old /var/log/*.log /var/log/apt/* /tmp/* /root/.bash_history
 find /usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 """
@@ -156,7 +161,7 @@ def _hash(*parts: object) -> str:
 
 def recipe_key() -> str:
     """What decides the image's contents; any change builds a new one."""
-    return _hash(SUITE, PACKAGES, CMDLINE, KEEP_MODULES, INITRAMFS_MODULES, CLOUD_CFG, NODOC, CONFIGURE,
+    return _hash(SUITE, PACKAGES, CMDLINE, KEEP_MODULES, INITRAMFS_MODULES, CLOUD_CFG, NODOC, DS_IDENTIFY, CONFIGURE,
                  "disk-v1")
 
 
@@ -263,6 +268,7 @@ def _trim_modules(tree: Path, kver: str) -> None:
 def _configure(tree: Path, kver: str) -> None:
     (tree / "etc/cloud/cloud.cfg.d/90-cm-test-image.cfg").write_text(CLOUD_CFG)
     (tree / "etc/dpkg/dpkg.cfg.d/01-cm-nodoc").write_text(NODOC)
+    (tree / "etc/cloud/ds-identify.cfg").write_text(DS_IDENTIFY)
     _trim_modules(tree, kver)
     script = (f"KVER={kver}\nINITRAMFS_MODULES='{' '.join(INITRAMFS_MODULES)}'\n"
               "mount -t proc proc /proc\n" + CONFIGURE + "umount /proc\n")
