@@ -134,6 +134,53 @@ def test_kernel_images_from_a_directory_or_a_spec(cm, tmp_path):
     assert in_use.code == 1 and "image 'guest' is in use by k1" in in_use.err
 
 
+def test_a_kernel_image_with_its_root_disk_boots_an_overlay_on_it(cm, cm_home, tmp_path):
+    guest = tmp_path / "debian12"
+    guest.mkdir()
+    kernel_file(guest / "vmlinuz")
+    (guest / "initrd.img").write_bytes(b"initrd" * 100)
+    qcow2_file(guest / "disk.qcow2", 3 << 30)
+    (guest / "cmdline").write_text("root=/dev/vda rw console=ttyS0 net.ifnames=0\n")
+    (guest / "build.json").write_text("{}")   # other files in the directory are left alone
+    assert cm("image", "add", "debian12", str(guest)).code == 0
+    spec = (f"kernel={guest / 'vmlinuz'},initrd={guest / 'initrd.img'},disk={guest / 'disk.qcow2'},"
+            "cmdline=root=/dev/vda rw console=ttyS0,115200")   # the command line keeps its commas
+    assert cm("image", "add", "deb2", spec).code == 0
+    listed = {i["name"]: i for i in rows(cm("image", "list", "--refresh", "-f", "json"))}
+    assert listed["debian12"]["format"] == listed["deb2"]["format"] == "kernel+initrd+disk"
+    assert listed["debian12"]["status"] == "active"
+    assert sorted(v.name() for v in node(cm_home).storagePoolLookupByName("default").listAllVolumes()
+                  if v.name().startswith("debian12.")) == \
+        ["debian12.cmdline", "debian12.disk", "debian12.initrd", "debian12.kernel"]
+    booted = rows(cm("vm", "boot", "--name", "d1", "--image", "debian12", "--flavor", "tiny", "-f", "json"))
+    assert booted[0]["state"] == "running"
+    conn = node(cm_home)
+    xml = conn.lookupByName("d1").XMLDesc(0)
+    assert "/debian12.kernel</kernel>" in xml and "/debian12.initrd</initrd>" in xml and "root=/dev/vda" in xml
+    disk = next(v for v in conn.storagePoolLookupByName("default").listAllVolumes() if v.name().startswith("d1-disk-"))
+    assert disk.name().endswith(".qcow2") and "/debian12.disk</path>" in disk.XMLDesc(0)
+    assert disk.info()[1] == 3 << 30   # the image's disk is larger than the flavor's 1 GiB
+    in_use = cm("image", "delete", "debian12")
+    assert in_use.code == 1 and "image 'debian12' is in use by d1" in in_use.err
+    assert cm("vm", "delete", "d1").code == 0 and cm("image", "delete", "debian12").code == 0
+    assert not [v for v in node(cm_home).storagePoolLookupByName("default").listVolumes() if "debian12" in v]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("kernel={k},disk={d}", "a kernel image is given as kernel=PATH,initrd=PATH[,disk=PATH][,cmdline=ARGS]"),
+    ("kernel={k},initrd={i},disk={i}", "give its initrd too"),   # checked as a disk: the initrd is no disk
+    ("kernel={k},initrd={i},root={d}", "a kernel image is given as kernel=PATH,initrd=PATH"),
+])
+def test_kernel_image_specs_that_are_refused(cm, tmp_path, spec, expected):
+    k, i, d = kernel_file(tmp_path / "vmlinuz"), tmp_path / "initrd", qcow2_file(tmp_path / "d.qcow2")
+    i.write_bytes(b"initrd")
+    words = spec.format(k=k, i=i, d=d)
+    if "disk={i}" in spec:
+        i.write_bytes(kernel_file(tmp_path / "k2").read_bytes())   # an "initrd" that is a kernel, given as disk
+    result = cm("image", "add", "x", words)
+    assert result.code == 2 and expected in one_line(result)
+
+
 @pytest.mark.parametrize("content, expected", [
     (b"\x1f\x8b" + bytes(100), "gzip-compressed; uncompress it first"),
     (b"KDMV" + bytes(100), "a VMDK image; convert it: qemu-img convert"),
