@@ -419,7 +419,10 @@ class KvmProvider(ImageVerbs, Provider):
             path = console_log_path(ET.fromstring(dom.XMLDesc(0)))
             active = dom.isActive()
         source = str(self._setting("console_source", "auto"))
-        if path and self.hv.is_local and source in ("auto", "log"):
+        # virtlogd makes the log when the VM starts: a running VM without one here logs where we cannot
+        # see (a daemon in another mount namespace, with /var/log/libvirt of its own): attach instead
+        visible = path and (Path(path).exists() or not active or source == "log")
+        if visible and self.hv.is_local and source in ("auto", "log"):
             text = console.read_log(path)
             if text is not None:
                 return console.clean(text, lines)

@@ -7,11 +7,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.infra.libvirtd_ns import PrivateLibvirtd
+from tests.e2e.libvirtd import _pid_alive
+from tests.infra.libvirtd_ns import PrivateLibvirtd, reap_stale
 
 pytestmark = [
     pytest.mark.e2e,
@@ -64,3 +67,29 @@ def test_two_private_daemons_side_by_side_and_nothing_left(cm_process):
         assert not Path(daemon.base).exists()
         assert daemon.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "192.168.150" not in _links()
+
+
+def test_what_a_killed_test_process_left_is_reaped_by_the_next_start():
+    script = ("import time; from tests.infra.libvirtd_ns import PrivateLibvirtd; d = PrivateLibvirtd('guest').start(); "
+              "print(d.netns, flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        netns = proc.stdout.readline().strip()
+        assert netns.startswith("cmlv-guest-")
+        left = [int(p) for p in subprocess.run(["ip", "netns", "pids", netns], capture_output=True,
+                                                 text=True).stdout.split()]
+        assert left   # libvirtd, virtlogd
+    finally:
+        proc.kill()   # as kill -9 would: no stop() runs
+        proc.wait()
+    assert netns in _netns_list()
+    assert netns in reap_stale()
+    assert netns not in _netns_list()
+    assert not any(_pid_alive(pid) for pid in left)
+    assert not (Path(tempfile.gettempdir()) / netns).exists()
+
+
+def _netns_list() -> list[str]:
+    return [line.split()[0] for line in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                       text=True).stdout.splitlines() if line.strip()]

@@ -22,8 +22,10 @@
     it started (by pid), kills whatever else still runs in its network
     namespace (only its own QEMU and dnsmasq can), deletes the namespace and
     its private directory.  ``leftovers()`` lists anything that survived
-    (processes in the namespaces, the namespace itself, the bridge): empty
-    after ``stop()``.
+    (processes in the namespaces, the namespace itself): empty after ``stop()``.
+    A test process killed with -9 cannot stop its daemon: the next ``start()``
+    reaps what it left (``reap_stale()``: namespaces ``cmlv-<label>-<pid>-<n>``
+    whose pid is gone).
 
 A start takes about 9 s, nearly all of it libvirtd probing QEMU's
 capabilities (a copy of an earlier daemon's cache does not help: libvirt
@@ -57,6 +59,7 @@ BIND_MOUNTS = {
 }
 QEMU_CONF = 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
 DEFAULT_SUBNET = "192.168.150.0/24"   # private to the namespace: no clash with any other
+PREFIX = "cmlv-"   # cmlv-<label>-<pid of the test process>-<n>: the namespace and the private directory
 _counter = itertools.count(1)
 
 
@@ -76,9 +79,9 @@ class PrivateLibvirtd:
 
     def __init__(self, label: str = "lv", base: Path | None = None) -> None:
         self.label = label
-        self.netns = f"cm-{label}-{os.getpid()}-{next(_counter)}"[:40]
+        self.netns = f"{PREFIX}{label}-{os.getpid()}-{next(_counter)}"
         self._own_base = base is None
-        self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix=f"cm-{label}-libvirtd-"))
+        self.base = Path(base) if base else Path(tempfile.gettempdir()) / self.netns
         self.host_uuid = str(uuid.uuid4())
         self.socket = self.base / "run/libvirt/libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
@@ -110,6 +113,8 @@ class PrivateLibvirtd:
 
     # -- start ------------------------------------------------------------------------------
     def _write_config(self) -> None:
+        if self._own_base:
+            shutil.rmtree(self.base, ignore_errors=True)
         for private in BIND_MOUNTS:
             (self.base / private).mkdir(parents=True, exist_ok=True)
         etc = self.base / "etc/libvirt"
@@ -135,6 +140,7 @@ class PrivateLibvirtd:
         if missing:
             raise PrivateLibvirtdError(f"missing {', '.join(missing)}: run scripts/install-system-packages.sh")
         begun = time.monotonic()
+        reap_stale()
         system_libvirtd._ensure_user_and_group()
         self._write_config()
         subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
@@ -255,6 +261,16 @@ class PrivateLibvirtd:
                     pids.add(int(entry.name))
         return sorted(pids)
 
+    def _kill_all(self) -> None:
+        """SIGKILL what still runs in our namespaces (a QEMU or dnsmasq the daemon left: ours) and wait."""
+        pids = self.namespace_pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(system_libvirtd._pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def stop(self, timeout: float = 30) -> None:
         if self.libvirtd is not None and self.libvirtd.poll() is None:
             self._destroy_everything()
@@ -266,20 +282,14 @@ class PrivateLibvirtd:
                 self.libvirtd.wait(10)
         if self.virtlogd_pid is not None:
             system_libvirtd._stop_pid(self.virtlogd_pid, "virtlogd", timeout)
-        for pid in self.namespace_pids():   # a QEMU or dnsmasq the daemon left: ours, in our namespaces
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while self.namespace_pids() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._kill_all()
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
         if self._own_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         """What of this daemon still exists: processes in its namespaces, the namespace (empty when clean)."""
-        found = [f"pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})"
-                 for pid in self.namespace_pids() if Path(f"/proc/{pid}").exists()]
+        found = [f"pid {pid}" for pid in self.namespace_pids() if system_libvirtd._pid_alive(pid)]
         if Path(f"/run/netns/{self.netns}").exists():
             found.append(f"network namespace {self.netns}")
         return found
@@ -289,6 +299,29 @@ class PrivateLibvirtd:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _pid_of(netns: str) -> int:
+    """The pid of the test process that made a namespace ``cmlv-<label>-<pid>-<n>`` (0 if not one of ours)."""
+    parts = netns.rsplit("-", 2)
+    return int(parts[1]) if netns.startswith(PREFIX) and len(parts) == 3 and parts[1].isdigit() else 0
+
+
+def reap_stale() -> list[str]:
+    """Stop what private libvirtds of test processes that died (kill -9) left: their namespaces'
+    processes, the namespaces, their directories.  Returns the namespaces reaped."""
+    reaped = []
+    for entry in sorted(Path("/run/netns").glob(PREFIX + "*")) if Path("/run/netns").is_dir() else []:
+        pid = _pid_of(entry.name)
+        if not pid or Path(f"/proc/{pid}").exists():
+            continue   # not ours, or its test process still runs
+        stale = PrivateLibvirtd.__new__(PrivateLibvirtd)
+        stale.netns, stale.mount_ns = entry.name, ""
+        stale._kill_all()
+        subprocess.run(["ip", "netns", "delete", entry.name], capture_output=True)
+        shutil.rmtree(Path(tempfile.gettempdir()) / entry.name, ignore_errors=True)
+        reaped.append(entry.name)
+    return reaped
 
 
 @contextlib.contextmanager
