@@ -387,6 +387,17 @@ def test_user_data_goes_into_the_seed(cm, tmp_path, image):
         "failed: user-data is not valid YAML (line 3); fix the file given with --user-data"
 
 
+def test_network_config_goes_into_the_seed(cm, tmp_path, image):
+    config = tmp_path / "network-config"
+    config.write_text("version: 2\nethernets:\n  eth0:\n    dhcp4: true\n")
+    assert cm("vm", "boot", "--name", "n1", "--network-config", str(config)).code == 0
+    config.write_text("version: 7\n")
+    assert boot_failure(cm, "--name", "n2", "--network-config", str(config)) == \
+        "failed: network-config must be a YAML mapping with version: 1 or 2"
+    missing = cm("vm", "boot", "--name", "n3", "--network-config", str(tmp_path / "nope"))
+    assert missing.code == 2 and one_line(missing) == f"cm: cannot read network-config {tmp_path / 'nope'}: No such file or directory"
+
+
 # -- the lifecycle ----------------------------------------------------------------------------------
 def states(cm, names: list[str]) -> list[str]:
     return [r["state"] for r in rows(cm("vm", "status", *names, "-f", "json"))]

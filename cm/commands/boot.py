@@ -129,6 +129,8 @@ def boot_vms(ctx: Any, args: Namespace) -> int:
         return 0
     provider = ctx.provider(cloud)
     provider.require("create_vm")
+    if template.extra.get("network_config") and provider.kind != "kvm":
+        raise UsageError(f"--network-config is for kvm clouds (NoCloud seeds); cloud '{cloud}' is {provider.kind}")
     if args.public:
         provider.require("assign_public_ip")
     created: dict[str, VM] = {}

@@ -353,7 +353,16 @@ def ensure_image(root: Path | None = None) -> GuestImage:
             os.replace(work, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        _prune(root, keep=final)
     return _image(final)
+
+
+def _prune(root: Path, keep: Path, spare: int = 1) -> None:
+    """Drop images of older recipes (the newest ``spare`` stay, for runs of an older checkout)."""
+    built = sorted((p for p in root.glob("debian12-*") if p.is_dir() and p != keep and (p / "build.json").exists()),
+                   key=lambda p: (p / "build.json").stat().st_mtime, reverse=True)
+    for old in built[spare:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 try:
