@@ -110,7 +110,7 @@ def _blame(env: dict[str, str], daemon: PrivateLibvirtd, key: Path) -> None:
         return
     out = daemon.run(["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                       "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"bench@{address.group(0)}",
-                      "systemd-analyze; systemd-analyze blame | head -25; systemd-analyze critical-chain"], timeout=120)
+                      "systemd-analyze; systemd-analyze blame | head -25; systemd-analyze critical-chain; systemctl --failed --no-legend"], timeout=120)
     print(out.stdout or out.stderr)
 
 

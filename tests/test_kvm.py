@@ -378,24 +378,21 @@ def test_no_stock_objects_under_other_names_or_on_remote_daemons(cm, cm_home, im
     assert "has no network 'default'; create it" in boot_failure(cm, "--name", "n1")
 
 
-def test_user_data_goes_into_the_seed(cm, tmp_path, image):
-    user_data = tmp_path / "user-data"
-    user_data.write_text("#cloud-config\npackages: [htop]\n")
-    assert cm("vm", "boot", "--name", "u1", "--user-data", str(user_data)).code == 0
-    user_data.write_text("#cloud-config\npackages: [htop\n")
-    assert boot_failure(cm, "--name", "u2", "--user-data", str(user_data)) == \
-        "failed: user-data is not valid YAML (line 3); fix the file given with --user-data"
-
-
-def test_network_config_goes_into_the_seed(cm, tmp_path, image):
-    config = tmp_path / "network-config"
-    config.write_text("version: 2\nethernets:\n  eth0:\n    dhcp4: true\n")
-    assert cm("vm", "boot", "--name", "n1", "--network-config", str(config)).code == 0
-    config.write_text("version: 7\n")
-    assert boot_failure(cm, "--name", "n2", "--network-config", str(config)) == \
-        "failed: network-config must be a YAML mapping with version: 1 or 2"
-    missing = cm("vm", "boot", "--name", "n3", "--network-config", str(tmp_path / "nope"))
-    assert missing.code == 2 and one_line(missing) == f"cm: cannot read network-config {tmp_path / 'nope'}: No such file or directory"
+@pytest.mark.parametrize("option, good, bad, error", [
+    ("--user-data", "#cloud-config\npackages: [htop]\n", "#cloud-config\npackages: [htop\n",
+     "user-data is not valid YAML (line 3); fix the file given with --user-data"),
+    ("--network-config", "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n", "version: 7\n",
+     "network-config must be a YAML mapping with version: 1 or 2"),
+])
+def test_seed_files_from_boot_options(cm, tmp_path, image, option, good, bad, error):
+    path = tmp_path / "file"
+    path.write_text(good)
+    assert cm("vm", "boot", "--name", "s1", option, str(path)).code == 0
+    path.write_text(bad)
+    assert boot_failure(cm, "--name", "s2", option, str(path)) == f"failed: {error}"
+    missing = cm("vm", "boot", "--name", "s3", option, str(tmp_path / "nope"))
+    assert missing.code == 2
+    assert one_line(missing) == f"cm: cannot read {option[2:]} {tmp_path / 'nope'}: No such file or directory"
 
 
 # -- the lifecycle ----------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ its kernel command line (``NAME.cmdline``, a volume holding the text).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,21 +177,28 @@ def volume_xml(name: str, capacity: int, fmt: str, *, sparse: bool = False, back
             f"<target><format type='{fmt}'/></target>{chain}</volume>")
 
 
+@contextlib.contextmanager
+def _transfer(stream: libvirt.virStream) -> Iterator[libvirt.virStream]:
+    """Finish the stream after the body, or abort it when the body fails."""
+    try:
+        yield stream
+        stream.finish()
+    except BaseException:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass  # the stream is already dead; the original error says why
+        raise
+
+
 def upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path) -> None:
     """Copy a file into a volume through libvirt's storage API (works over qemu+ssh too)."""
     size = path.stat().st_size
     stream = conn.newStream(0)
     with open(path, "rb") as handle:
         vol.upload(stream, 0, size, 0)
-        try:
+        with _transfer(stream):
             stream.sendAll(lambda _stream, nbytes, fh: fh.read(min(nbytes, CHUNK)), handle)
-            stream.finish()
-        except BaseException:
-            try:
-                stream.abort()
-            except libvirt.libvirtError:
-                pass  # the stream is already dead; the original error says why
-            raise
 
 
 def download_bytes(conn: libvirt.virConnect, vol: libvirt.virStorageVol, limit: int) -> bytes:
@@ -197,32 +206,18 @@ def download_bytes(conn: libvirt.virConnect, vol: libvirt.virStorageVol, limit: 
     stream = conn.newStream(0)
     vol.download(stream, 0, limit, 0)
     chunks: list[bytes] = []
-    try:
+    with _transfer(stream):
         stream.recvAll(lambda _stream, data, _opaque: chunks.append(data), None)
-        stream.finish()
-    except BaseException:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        raise
     return b"".join(chunks)
 
 
 def upload_bytes(conn: libvirt.virConnect, vol: libvirt.virStorageVol, data: bytes) -> None:
     stream = conn.newStream(0)
     vol.upload(stream, 0, len(data), 0)
-    try:
+    with _transfer(stream):
         sent = 0
         while sent < len(data):  # send() may take less than it was given
             sent += stream.send(data[sent:sent + CHUNK])
-        stream.finish()
-    except BaseException:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        raise
 
 
 # -- images in a storage pool --------------------------------------------------------------
