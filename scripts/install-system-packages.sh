@@ -26,6 +26,10 @@ PACKAGES=(
     # builds its root tree, mkfs.ext4 -d and qemu-img make the disk
     debootstrap
     e2fsprogs
+    # tests/infra: private Slurm clusters (slurmdbd + MariaDB accounting),
+    # network namespaces with veth/bridges, an sshd login host
+    slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client
+    openssh-server openssh-client iproute2 iputils-ping util-linux socat
 )
 
 if [[ "${1:-}" == "--list" ]]; then

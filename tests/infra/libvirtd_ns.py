@@ -48,6 +48,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from tests.e2e import libvirtd as system_libvirtd
+from tests.infra.netns import delete_netns, netns_pids
 
 # private directory (under the base) -> where the daemons see it
 BIND_MOUNTS = {
@@ -252,9 +253,7 @@ class PrivateLibvirtd:
 
     def namespace_pids(self) -> list[int]:
         """Processes in our network namespace or our mount namespace (all of them ours)."""
-        pids = set()
-        r = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)
-        pids.update(int(p) for p in r.stdout.split() if p.isdigit())
+        pids = set(netns_pids(self.netns))
         if self.mount_ns:
             for entry in Path("/proc").iterdir():
                 if entry.name.isdigit() and _mount_ns(int(entry.name)) == self.mount_ns:
@@ -283,7 +282,7 @@ class PrivateLibvirtd:
         if self.virtlogd_pid is not None:
             system_libvirtd._stop_pid(self.virtlogd_pid, "virtlogd", timeout)
         self._kill_all()
-        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+        delete_netns(self.netns)
         if self._own_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -315,10 +314,7 @@ def reap_stale() -> list[str]:
         pid = _pid_of(entry.name)
         if not pid or Path(f"/proc/{pid}").exists():
             continue   # not ours, or its test process still runs
-        stale = PrivateLibvirtd.__new__(PrivateLibvirtd)
-        stale.netns, stale.mount_ns = entry.name, ""
-        stale._kill_all()
-        subprocess.run(["ip", "netns", "delete", entry.name], capture_output=True)
+        delete_netns(entry.name)   # kills what runs in it (its daemons, QEMU, dnsmasq), then deletes it
         shutil.rmtree(Path(tempfile.gettempdir()) / entry.name, ignore_errors=True)
         reaped.append(entry.name)
     return reaped
