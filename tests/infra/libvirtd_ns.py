@@ -92,8 +92,6 @@ class PrivateLibvirtd:
         self.virtlogd_pid: int | None = None
         self.mount_ns = ""
         self.started_seconds = 0.0
-        self._networks: list[str] = []
-        self._pools: list[str] = []
 
     # -- running things inside ---------------------------------------------------------------
     def command(self, argv: list[str]) -> list[str]:
@@ -184,17 +182,18 @@ class PrivateLibvirtd:
     # -- pools and networks ----------------------------------------------------------------
     def ensure_pool(self, name: str = "default") -> str:
         """An active ``dir`` pool under ``<base>/images``; returns its name."""
+        import libvirt
+
         conn = self.connect()
         try:
             self.pool_dir.mkdir(parents=True, exist_ok=True)
             with system_libvirtd.quiet_libvirt():
                 try:
                     pool = conn.storagePoolLookupByName(name)
-                except Exception:
+                except libvirt.libvirtError:
                     pool = conn.storagePoolDefineXML(
                         f"<pool type='dir'><name>{escape(name)}</name>"
                         f"<target><path>{escape(str(self.pool_dir))}</path></target></pool>", 0)
-                    self._pools.append(name)
             if not pool.isActive():
                 pool.create(0)
             return name
@@ -205,15 +204,16 @@ class PrivateLibvirtd:
         """An active NAT network with DHCP (bridge + dnsmasq inside the namespace); returns its name."""
         import ipaddress
 
+        import libvirt
+
         conn = self.connect()
         try:
             with system_libvirtd.quiet_libvirt():
                 try:
                     net = conn.networkLookupByName(name)
-                except Exception:
+                except libvirt.libvirtError:
                     xml = system_libvirtd.network_xml(name, ipaddress.ip_network(subnet), "nat")
                     net = conn.networkDefineXML(xml)
-                    self._networks.append(name)
             if not net.isActive():
                 net.create()
             return name
