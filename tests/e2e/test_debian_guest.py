@@ -35,7 +35,7 @@ pytestmark = [
 ]
 pytest.importorskip("libvirt", reason="e2e: pip install libvirt-python")
 
-BOOT_TIMEOUT = 900   # seconds to cloud-init's final stage (about 30-60 s alone under TCG; far more on a busy host)
+BOOT_TIMEOUT = 1800  # to cloud-init's final stage: 31 s idle (RUNS-HERE.md), 589 s seen here at load 12 on 2 cores
 TOKEN = f"{os.getpid() % 100000}"
 ADDRESS = "192.168.150.250"   # static, from the network-config; inside the test's namespace only
 
@@ -127,7 +127,7 @@ def test_debian_guest_boots_configures_and_answers_ssh(cm_process, tmp_path, pri
         ready = wait_console(cm_process, name, r"^cm-e2e: ready (\S+) token=(\d+)", BOOT_TIMEOUT)
         marker_seen = time.monotonic()
         assert ready.groups() == (name, TOKEN)   # the hostname from cm's meta-data, the file from the user-data
-        final = wait_console(cm_process, name, r"cm-e2e: cloud-init final after ([\d.]+) s", 60)
+        final = wait_console(cm_process, name, r"cm-e2e: cloud-init final after ([\d.]+) s", 300)
         print(f"cm vm boot returned (domain running): {running - boot_started:.1f} s; "
               f"console marker seen by `cm vm console`: {marker_seen - running:.1f} s after QEMU started; "
               f"guest uptime at cloud-init final: {float(final.group(1)):.1f} s")
