@@ -63,7 +63,7 @@ CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
 KEEP_MODULES = (
     "virtio_pci", "virtio_blk", "virtio_net", "virtio_rng", "virtio_balloon", "virtio_console",
     "ext4", "isofs", "sr_mod", "ahci", "ata_piix", "sd_mod", "loop", "squashfs", "overlay", "fuse",
-    "nfs", "nfsv3", "nfsv4", "nfsd", "binfmt_misc", "button", "evdev", "e1000", "bridge", "veth", "tun",
+    "nfs", "nfsv3", "nfsv4", "nfsd", "binfmt_misc", "autofs4", "button", "evdev", "e1000", "bridge", "veth", "tun",
     "crc32c_generic", "crc32c_intel", "sch_fq_codel", "af_packet", "rpcsec_gss_krb5",
 )
 # Modules the initramfs needs to mount /dev/vda.
