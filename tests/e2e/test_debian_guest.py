@@ -140,7 +140,7 @@ def test_debian_guest_boots_configures_and_answers_ssh(cm_process, tmp_path, pri
         assert answer.returncode == 0 and answer.stdout.strip() == name, answer.stderr
         arrived = ssh(daemon, key, "sudo cat /var/lib/cloud/instance/user-data.txt")
         assert arrived.returncode == 0 and arrived.stdout == USER_DATA, arrived.stderr
-        status = ssh(daemon, key, "cloud-init status --long; systemctl is-system-running || true")
+        status = ssh(daemon, key, "cloud-init status --long; systemctl is-system-running; systemctl --failed --no-legend")
         print(status.stdout.strip())
         assert "status: done" in status.stdout
     finally:
