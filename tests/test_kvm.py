@@ -637,7 +637,9 @@ NETWORK_CONFIG = "version: 2\nethernets:\n  eth0:\n    addresses: [10.1.0.5/24]\
 @pytest.mark.parametrize("extra", [USER_DATA, "#!/bin/sh\necho hi\n", "## template: jinja\n#cloud-config\n{}\n",
                                    "Content-Type: multipart/mixed; boundary=x\nMIME-Version: 1.0\n\n--x--\n"])
 def test_the_users_user_data_reaches_the_seed_byte_for_byte(extra):
-    data = seed.iso_bytes(seed.nocloud("id-1", "vm1", "alice", "ssh-ed25519 AAAA x", extra, NETWORK_CONFIG))
+    made = seed.nocloud("id-1", "vm1", "alice", "ssh-ed25519 AAAA x", extra, NETWORK_CONFIG)
+    data = seed.iso_bytes(made)
+    assert seed.iso_size(made) == len(data)   # what the test hypervisor records without building the ISO
     assert _iso_file(data, "user-data").decode() == extra
     vendor = yaml.safe_load(_iso_file(data, "vendor-data"))   # cm's settings, merged by cloud-init with lists joined
     assert vendor["merge_how"] == "list(append)+dict(no_replace,recurse_list)+str()"

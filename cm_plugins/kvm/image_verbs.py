@@ -19,8 +19,11 @@ class ImageVerbs:
     """Images in the cloud's storage pool (uses the provider's hv, _pool, _notice, _setting, _delete_volume)."""
 
     def _image(self, pool: libvirt.virStoragePool, name: str) -> Image:
-        found = images.in_pool(pool)
-        image = found.get(name) or next((i for i in found.values() if i.id == name), None)
+        image = images.named(pool, name)
+        found: dict[str, Image] = {}
+        if image is None:  # an id (a volume's path), or no such image: look through them all
+            found = images.in_pool(pool)
+            image = next((i for i in found.values() if i.id == name), None)
         if image is None:
             known = ", ".join(sorted(found)) or "none yet"
             raise NotFound(f"unknown image '{name}' on cloud '{self.name}' (images: {known}); "

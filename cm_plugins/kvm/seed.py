@@ -11,6 +11,7 @@ user-data, cm's cloud-config is the user-data.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,8 @@ def _parse_cloud_config(text: str) -> dict[str, Any]:
 
 
 def cloud_config_text(config: dict[str, Any]) -> str:
-    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: a tenth of the time, per VM booted
+    return "#cloud-config\n" + yaml.dump(config, Dumper=dumper, sort_keys=False, default_flow_style=False)
 
 
 MARKERS = ("#cloud-config", "#!", "#include", "#cloud-boothook", "#part-handler", "#upstart-job",
@@ -107,6 +109,17 @@ def nocloud(instance_id: str, hostname: str, user: str, public_key: str, extra: 
     check_user_data(extra)
     vendor = {**base_config(hostname, user, public_key), "merge_how": VENDOR_MERGE}
     return Seed(meta, extra, cloud_config_text(vendor), network_config)
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_size(sizes: tuple[int, ...]) -> int:
+    return len(iso_bytes(Seed(*("x" * size for size in sizes))))
+
+
+def iso_size(files: Seed) -> int:
+    """The size of the seed ISO iso_bytes() would make (it depends only on the files' sizes)."""
+    texts = (files.meta_data, files.user_data, files.vendor_data, files.network_config)
+    return _iso_size(tuple(len(text.encode()) for text in texts))
 
 
 def iso_bytes(seed: Seed) -> bytes:
