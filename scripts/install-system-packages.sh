@@ -22,6 +22,10 @@ PACKAGES=(
     dnsmasq-base iptables
     # the e2e test guest (busybox initramfs) and NoCloud seeds
     busybox-static cpio genisoimage cloud-init
+    # the Debian 12 test guest (tests/infra/guest_image.py): debootstrap
+    # builds its root tree, mkfs.ext4 -d and qemu-img make the disk
+    debootstrap
+    e2fsprogs
     # tests/infra: private Slurm clusters (slurmdbd + MariaDB accounting),
     # network namespaces with veth/bridges, an sshd login host
     slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client

@@ -8,6 +8,7 @@ see the same VMs, as on a real cloud.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -19,6 +20,7 @@ import yaml
 
 libvirt = pytest.importorskip("libvirt")
 
+from cm.errors import UsageError  # noqa: E402
 from cm_plugins.kvm import seed  # noqa: E402  (after the skip: needs libvirt-python)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +132,53 @@ def test_kernel_images_from_a_directory_or_a_spec(cm, tmp_path):
     assert booted[0]["state"] == "running"
     in_use = cm("image", "delete", "guest")
     assert in_use.code == 1 and "image 'guest' is in use by k1" in in_use.err
+
+
+def test_a_kernel_image_with_its_root_disk_boots_an_overlay_on_it(cm, cm_home, tmp_path):
+    guest = tmp_path / "debian12"
+    guest.mkdir()
+    kernel_file(guest / "vmlinuz")
+    (guest / "initrd.img").write_bytes(b"initrd" * 100)
+    qcow2_file(guest / "disk.qcow2", 3 << 30)
+    (guest / "cmdline").write_text("root=/dev/vda rw console=ttyS0 net.ifnames=0\n")
+    (guest / "build.json").write_text("{}")   # other files in the directory are left alone
+    assert cm("image", "add", "debian12", str(guest)).code == 0
+    spec = (f"kernel={guest / 'vmlinuz'},initrd={guest / 'initrd.img'},disk={guest / 'disk.qcow2'},"
+            "cmdline=root=/dev/vda rw console=ttyS0,115200")   # the command line keeps its commas
+    assert cm("image", "add", "deb2", spec).code == 0
+    listed = {i["name"]: i for i in rows(cm("image", "list", "--refresh", "-f", "json"))}
+    assert listed["debian12"]["format"] == listed["deb2"]["format"] == "kernel+initrd+disk"
+    assert listed["debian12"]["status"] == "active"
+    assert sorted(v.name() for v in node(cm_home).storagePoolLookupByName("default").listAllVolumes()
+                  if v.name().startswith("debian12.")) == \
+        ["debian12.cmdline", "debian12.disk", "debian12.initrd", "debian12.kernel"]
+    booted = rows(cm("vm", "boot", "--name", "d1", "--image", "debian12", "--flavor", "tiny", "-f", "json"))
+    assert booted[0]["state"] == "running"
+    conn = node(cm_home)
+    xml = conn.lookupByName("d1").XMLDesc(0)
+    assert "/debian12.kernel</kernel>" in xml and "/debian12.initrd</initrd>" in xml and "root=/dev/vda" in xml
+    disk = next(v for v in conn.storagePoolLookupByName("default").listAllVolumes() if v.name().startswith("d1-disk-"))
+    assert disk.name().endswith(".qcow2") and "/debian12.disk</path>" in disk.XMLDesc(0)
+    assert disk.info()[1] == 3 << 30   # the image's disk is larger than the flavor's 1 GiB
+    in_use = cm("image", "delete", "debian12")
+    assert in_use.code == 1 and "image 'debian12' is in use by d1" in in_use.err
+    assert cm("vm", "delete", "d1").code == 0 and cm("image", "delete", "debian12").code == 0
+    assert not [v for v in node(cm_home).storagePoolLookupByName("default").listVolumes() if "debian12" in v]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("kernel={k},disk={d}", "a kernel image is given as kernel=PATH,initrd=PATH[,disk=PATH][,cmdline=ARGS]"),
+    ("kernel={k},initrd={i},disk={i}", "give its initrd too"),   # checked as a disk: the initrd is no disk
+    ("kernel={k},initrd={i},root={d}", "a kernel image is given as kernel=PATH,initrd=PATH"),
+])
+def test_kernel_image_specs_that_are_refused(cm, tmp_path, spec, expected):
+    k, i, d = kernel_file(tmp_path / "vmlinuz"), tmp_path / "initrd", qcow2_file(tmp_path / "d.qcow2")
+    i.write_bytes(b"initrd")
+    words = spec.format(k=k, i=i, d=d)
+    if "disk={i}" in spec:
+        i.write_bytes(kernel_file(tmp_path / "k2").read_bytes())   # an "initrd" that is a kernel, given as disk
+    result = cm("image", "add", "x", words)
+    assert result.code == 2 and expected in one_line(result)
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -329,13 +378,21 @@ def test_no_stock_objects_under_other_names_or_on_remote_daemons(cm, cm_home, im
     assert "has no network 'default'; create it" in boot_failure(cm, "--name", "n1")
 
 
-def test_user_data_goes_into_the_seed(cm, tmp_path, image):
-    user_data = tmp_path / "user-data"
-    user_data.write_text("#cloud-config\npackages: [htop]\n")
-    assert cm("vm", "boot", "--name", "u1", "--user-data", str(user_data)).code == 0
-    user_data.write_text("#cloud-config\npackages: [htop\n")
-    assert boot_failure(cm, "--name", "u2", "--user-data", str(user_data)) == \
-        "failed: user-data is not valid YAML (line 3); fix the file given with --user-data"
+@pytest.mark.parametrize("option, good, bad, error", [
+    ("--user-data", "#cloud-config\npackages: [htop]\n", "#cloud-config\npackages: [htop\n",
+     "user-data is not valid YAML (line 3); fix the file given with --user-data"),
+    ("--network-config", "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n", "version: 7\n",
+     "network-config must be a YAML mapping with version: 1 or 2"),
+])
+def test_seed_files_from_boot_options(cm, tmp_path, image, option, good, bad, error):
+    path = tmp_path / "file"
+    path.write_text(good)
+    assert cm("vm", "boot", "--name", "s1", option, str(path)).code == 0
+    path.write_text(bad)
+    assert boot_failure(cm, "--name", "s2", option, str(path)) == f"failed: {error}"
+    missing = cm("vm", "boot", "--name", "s3", option, str(tmp_path / "nope"))
+    assert missing.code == 2
+    assert one_line(missing) == f"cm: cannot read {option[2:]} {tmp_path / 'nope'}: No such file or directory"
 
 
 # -- the lifecycle ----------------------------------------------------------------------------------
@@ -546,46 +603,75 @@ def test_vm_list_does_not_import_libvirt(cm_process):
 
 
 # -- the seed ----------------------------------------------------------------------------------------------
-def test_seed_iso_holds_nocloud_meta_data_and_user_data():
+def _iso_file(data: bytes, name: str) -> bytes | None:
     import io
 
     import pycdlib
 
-    data = seed.iso_bytes(seed.meta_data("id-1", "vm1"), seed.user_data("vm1", "alice", "ssh-ed25519 AAAA x"))
     iso = pycdlib.PyCdlib()
     iso.open_fp(io.BytesIO(data))
     assert iso.pvd.volume_identifier.strip() == b"cidata"
     out = io.BytesIO()
-    iso.get_file_from_iso_fp(out, rr_path="/meta-data")
-    assert out.getvalue().decode() == "instance-id: id-1\nlocal-hostname: vm1\n"
-    out = io.BytesIO()
-    iso.get_file_from_iso_fp(out, joliet_path="/user-data")
-    config = yaml.safe_load(out.getvalue())
+    try:
+        iso.get_file_from_iso_fp(out, rr_path="/" + name)
+    except pycdlib.pycdlibexception.PyCdlibInvalidInput:
+        return None   # no such file in the seed
+    return out.getvalue()
+
+
+def test_seed_iso_holds_nocloud_meta_data_and_user_data():
+    data = seed.iso_bytes(seed.nocloud("id-1", "vm1", "alice", "ssh-ed25519 AAAA x"))
+    assert _iso_file(data, "meta-data").decode() == "instance-id: id-1\nlocal-hostname: vm1\n"
+    config = yaml.safe_load(_iso_file(data, "user-data"))
     assert config["hostname"] == "vm1" and config["users"][1]["name"] == "alice"
     assert config["users"][1]["ssh_authorized_keys"] == ["ssh-ed25519 AAAA x"]
+    assert _iso_file(data, "vendor-data") is None and _iso_file(data, "network-config") is None
 
 
-@pytest.mark.parametrize("extra", ["", "#cloud-config\npackages: [htop]\nusers: [{name: bob}]\nruncmd: [[ls]]\n"])
-def test_generated_user_data_is_valid_cloud_config(tmp_path, extra):
+USER_DATA = ("#cloud-config\n# rendered by a launcher: comments, quoting and order are kept\n"
+             "write_files:\n- path: /etc/munge/munge.key\n  encoding: b64\n  content: AAAA\n  permissions: '0400'\n"
+             "packages: [htop]\nusers: [{name: bob}]\nruncmd: [[ls]]\n")
+NETWORK_CONFIG = "version: 2\nethernets:\n  eth0:\n    addresses: [10.1.0.5/24]\n"
+
+
+@pytest.mark.parametrize("extra", [USER_DATA, "#!/bin/sh\necho hi\n", "## template: jinja\n#cloud-config\n{}\n",
+                                   "Content-Type: multipart/mixed; boundary=x\nMIME-Version: 1.0\n\n--x--\n"])
+def test_the_users_user_data_reaches_the_seed_byte_for_byte(extra):
+    made = seed.nocloud("id-1", "vm1", "alice", "ssh-ed25519 AAAA x", extra, NETWORK_CONFIG)
+    data = seed.iso_bytes(made)
+    assert seed.iso_size(made) == len(data)   # what the test hypervisor records without building the ISO
+    assert _iso_file(data, "user-data").decode() == extra
+    vendor = yaml.safe_load(_iso_file(data, "vendor-data"))   # cm's settings, merged by cloud-init with lists joined
+    assert vendor["merge_how"] == "list(append)+dict(no_replace,recurse_list)+str()"
+    assert vendor["users"][1]["ssh_authorized_keys"] == ["ssh-ed25519 AAAA x"] and vendor["hostname"] == "vm1"
+    assert _iso_file(data, "network-config").decode() == NETWORK_CONFIG
+
+
+@pytest.mark.parametrize("extra", ["", USER_DATA])
+def test_generated_seed_is_valid_cloud_config(tmp_path, extra):
     if shutil.which("cloud-init") is None:
         pytest.skip("cloud-init is not installed (apt-get install cloud-init)")
-    text = seed.user_data("vm1", "alice", "ssh-ed25519 AAAA x", extra)
-    path = tmp_path / "user-data"
-    path.write_text(text)
-    proc = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Valid cloud-config" in proc.stdout
-    if extra:
-        config = yaml.safe_load(text)
-        assert config["packages"] == ["htop"] and [u if isinstance(u, str) else u["name"] for u in
-                                                   config["users"]] == ["default", "alice", "bob"]
+    made = seed.nocloud("id-1", "vm1", "alice", "ssh-ed25519 AAAA x", extra)
+    for text in filter(None, (made.user_data, made.vendor_data)):
+        path = tmp_path / "config"
+        path.write_text(text)
+        proc = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_a_script_user_data_becomes_a_second_mime_part():
-    text = seed.user_data("vm1", "alice", "", "#!/bin/sh\necho hi\n")
-    assert "Content-Type: multipart/mixed" in text
-    assert 'Content-Type: text/cloud-config; charset="utf-8"' in text
-    assert 'Content-Type: text/x-shellscript; charset="utf-8"' in text
+@pytest.mark.parametrize("text, error", [
+    ("echo hi\n", "user-data must start with #cloud-config, #!, #include or another cloud-init marker"),
+    ("#cloud-config\n- a list\n", "user-data: a #cloud-config must be a mapping of keys"),
+])
+def test_bad_user_data_is_refused(text, error):
+    with pytest.raises(UsageError, match=re.escape(error)):
+        seed.nocloud("id-1", "vm1", "alice", "", text)
+
+
+@pytest.mark.parametrize("text", ["eth0: [\n", "- 1\n", "version: 3\n", "network: 5\n"])
+def test_bad_network_config_is_refused(text):
+    with pytest.raises(UsageError, match="network-config"):
+        seed.nocloud("id-1", "vm1", "alice", "", "", text)
 
 
 # -- choosing kvm or qemu ----------------------------------------------------------------------------------

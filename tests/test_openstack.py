@@ -396,3 +396,12 @@ def test_cloud_list_shows_it_and_default_cloud_selects_it(cm, cloud):
     assert listed["fake"]["active"] == "*"
     assert listed["fake"]["where"].endswith("/identity/v3")
     assert json.loads(cm("vm", "list", "--refresh", "-f", "json").out) == []
+
+
+def test_boot_refuses_a_network_config_it_cannot_deliver(cm, cloud, tmp_path):
+    config = tmp_path / "network-config"
+    config.write_text("version: 2\n")
+    refused = cm("vm", "boot", "--name", "nc1", "--network-config", str(config))
+    assert refused.code == 2
+    assert one_line(refused.err) == "cm: --network-config is for kvm clouds (NoCloud seeds); cloud 'fake' is openstack"
+    assert "nc1" not in [vm["name"] for vm in rows(cm("vm", "list", "--refresh", "-f", "json"))]

@@ -68,7 +68,8 @@ def _check_known(ctx: Context, cloud: str, kind: str, value: str, dryrun: bool =
 
 def _template(ctx: Context, args: Namespace, cloud: str) -> BootSpec:
     """What every VM of this boot gets; each VM's spec adds its name."""
-    user_data = _user_data(args.user_data) if args.user_data else ""  # the user's own files first: no cloud asked
+    user_data = _read_text(args.user_data, "user-data")  # the user's own files first: no cloud asked
+    network_config = _read_text(getattr(args, "network_config", None), "network-config")
     key_name, public_key = resolve_key(ctx, cloud, args.key)
     image = ctx.value("image", cloud, args.image)
     flavor = ctx.value("flavor", cloud, args.flavor)
@@ -80,16 +81,20 @@ def _template(ctx: Context, args: Namespace, cloud: str) -> BootSpec:
     _check_known(ctx, cloud, "flavor", str(flavor), args.dryrun)
     return BootSpec(name="", image=str(image), flavor=str(flavor), key_name=key_name, public_key=public_key,
                     user=ctx.user(cloud), user_data=user_data, secgroups=list(args.secgroup),
-                    networks=list(args.network), public=args.public)
+                    networks=list(args.network), public=args.public,
+                    extra={"network_config": network_config} if network_config else {})
 
 
-def _user_data(path: str) -> str:
+def _read_text(path: str | None, what: str) -> str:
+    """A file the user gave (user-data, network-config); "" when none was given."""
+    if not path:
+        return ""
     try:
         return Path(path).read_text()
     except OSError as exc:
-        raise UsageError(f"cannot read user-data {path}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise UsageError(f"cannot use user-data {path}: it is not UTF-8 text "
+        raise UsageError(f"cannot use {what} {path}: it is not UTF-8 text "
                          f"(byte {exc.start} is 0x{exc.object[exc.start]:02x})") from exc
 
 
@@ -254,6 +259,8 @@ def boot_vms(ctx: Context, args: Namespace) -> int:
     timeout = ctx.timeout(cloud, args.timeout)  # a bad 'timeout' default stops the boot before any VM exists
     provider = ctx.provider(cloud)
     provider.require("create_vm")  # a dry run checks what the real boot checks
+    if template.extra.get("network_config") and provider.kind != "kvm":
+        raise UsageError(f"--network-config is for kvm clouds (NoCloud seeds); cloud '{cloud}' is {provider.kind}")
     if args.public:
         provider.require("assign_public_ip")
     if args.dryrun:

@@ -381,6 +381,7 @@ def add_boot_arguments(parser: ArgumentParser) -> None:
     completes(parser.add_argument("--key", help="ssh key: a key name or a public key file"), "key")
     completes(parser.add_argument("--group", help="put the VMs in this group (default: the 'group' default)"), "group")
     parser.add_argument("--user-data", metavar="FILE", help="cloud-init user-data file")
+    parser.add_argument("--network-config", metavar="FILE", help="cloud-init network-config file (kvm clouds)")
     parser.add_argument("--secgroup", action="append", default=[], help="security group (repeatable)")
     parser.add_argument("--network", action="append", default=[], help="network to attach (repeatable)")
     parser.add_argument("--public", action="store_true", help="allocate and attach a public (floating) IP")

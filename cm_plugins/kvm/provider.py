@@ -8,7 +8,7 @@ A kvm cloud in cm.yaml::
     network: default     # libvirt network for the VMs ("" for none)
     flavors: {small: {vcpus: 1, ram: 1024, disk: 10}}   # ram in MiB, disk in GiB (default: the shipped ones)
     domain_type: auto    # kvm, qemu (software emulation) or auto (kvm only where it works)
-    cmdline: console=ttyS0 panic=-1   # kernel command line of kernel+initrd images
+    cmdline: console=ttyS0 panic=-1   # kernel command line of kernel+initrd images that bring none
     shutdown_timeout: 60 # seconds `vm stop` waits for the guest to power off
     console_dir: ...     # where the hypervisor host keeps serial console logs
     console_source: auto # log (the log file), stream (attach for console_wait s) or auto
@@ -16,7 +16,14 @@ A kvm cloud in cm.yaml::
 
 `cm image add NAME PATH` takes a qcow2 or raw disk image file, or a kernel +
 initrd pair for direct kernel boot: ``kernel=KERNEL,initrd=INITRD`` or a
-directory holding one ``vmlinuz*``/``vmlinux*`` and one ``initrd*``/``initramfs*``.
+directory holding one ``vmlinuz*``/``vmlinux*`` and one ``initrd*``/``initramfs*``;
+either may add the root disk the kernel boots and its command line
+(``,disk=DISK,cmdline=root=/dev/vda rw console=ttyS0``, or a ``*.qcow2`` and
+a ``cmdline`` file in the directory).
+
+`cm vm boot --user-data FILE` puts FILE into the NoCloud seed unchanged
+(cm's own settings, the hostname and your key, go beside it as vendor-data),
+and ``--network-config FILE`` adds a NoCloud network-config.
 
 A local daemon (qemu:///system or qemu:///session) that lacks the pool or the
 network named ``default`` gets libvirt's stock one, once (see :mod:`stock`).
@@ -43,14 +50,14 @@ from cm.provider import VM, BootSpec, Flavor, Image, Provider
 from cm_plugins.kvm import console, images, seed, stock
 from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
+from cm_plugins.kvm.image_verbs import ImageVerbs
 
 GIB = 1 << 30
-DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
 UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
 
-class KvmProvider(Provider):
+class KvmProvider(ImageVerbs, Provider):
     """One libvirt hypervisor as a cm cloud."""
 
     kind = "kvm"
@@ -176,88 +183,6 @@ class KvmProvider(Provider):
             self._guest = guest_kind(conn, wanted, self.hv.is_local)
         return self._guest
 
-    # -- images -------------------------------------------------------------------------------
-    def _image(self, pool: libvirt.virStoragePool, name: str) -> Image:
-        image = images.named(pool, name)
-        if image is None:  # an id (a volume's path), or no such image: look through them all
-            found = images.in_pool(pool)
-            image = next((i for i in found.values() if i.id == name), None)
-        if image is None:
-            known = ", ".join(sorted(found)) or "none yet"
-            raise NotFound(f"unknown image '{name}' on cloud '{self.name}' (images: {known}); "
-                           f"add it with `cm image add {name} PATH` (a qcow2 or raw disk image file)")
-        if image.status != "active":
-            raise ProviderError(f"image '{name}' lacks its kernel or initrd volume; delete and add it again")
-        return image
-
-    def list_images(self) -> list[Image]:
-        with self.hv.use("list images") as conn:
-            pool = self._pool(conn)
-            if not self.hv.is_test:
-                try:
-                    pool.refresh(0)  # see files copied into the pool's directory by hand
-                except libvirt.libvirtError:
-                    pass  # busy (an upload is running): list what libvirt knows
-            return sorted(images.in_pool(pool).values(), key=lambda i: i.name)
-
-    def _no_data_notice(self) -> None:
-        self._notice(f"cm: cloud '{self.name}': libvirt's test hypervisor stores no disk data; "
-                     "images and seeds are recorded as volumes of their size, without contents")
-
-    def _store_file(self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, volume: str, path: Path,
-                    fmt: str, capacity: int) -> libvirt.virStorageVol:
-        """A new volume holding the file (the test hypervisor keeps no data: only its size)."""
-        if self.hv.is_test:
-            vol = pool.createXML(images.volume_xml(volume, capacity, fmt), 0)
-            self._no_data_notice()
-            return vol
-        size = path.stat().st_size
-        # Created raw and filled byte for byte; libvirt then reads the real format from the header.
-        vol = pool.createXML(images.volume_xml(volume, size, "raw", sparse=True), 0)
-        try:
-            images.upload(conn, vol, path)
-        except BaseException:
-            self._delete_volume(vol)
-            raise
-        return vol
-
-    def add_image(self, name: str, path: str) -> Image:
-        """Add a disk image file, or a kernel+initrd pair (kernel=K,initrd=I or a directory)."""
-        images.check_image_name(name)
-        source = images.parse_source(path)
-        with self.hv.use("add images", write=True) as conn:
-            pool = self._pool(conn)
-            taken = images.in_pool(pool)
-            if name in taken:
-                raise Conflict(f"image '{name}' already exists on cloud '{self.name}'; "
-                               f"delete it first (cm image delete {name})")
-            if isinstance(source, images.DiskFile):
-                self._store_file(conn, pool, name, source.path, source.format, source.virtual_size)
-            else:
-                kernel = self._store_file(conn, pool, name + images.KERNEL_SUFFIX, source.kernel, "raw",
-                                          source.kernel.stat().st_size)
-                try:
-                    self._store_file(conn, pool, name + images.INITRD_SUFFIX, source.initrd, "raw",
-                                     source.initrd.stat().st_size)
-                except BaseException:
-                    self._delete_volume(kernel)
-                    raise
-            if not self.hv.is_test:
-                pool.refresh(0)
-            return images.in_pool(pool)[name]
-
-    def delete_image(self, name: str) -> None:
-        with self.hv.use("delete images", write=True) as conn:
-            pool = self._pool(conn)
-            image = images.in_pool(pool).get(name)
-            if image is None:
-                raise NotFound(f"unknown image '{name}' on cloud '{self.name}' (see `cm image list --refresh`)")
-            users = images.users_of(conn, pool, image)
-            if users:
-                raise Conflict(f"image '{name}' is in use by {', '.join(sorted(users))}; delete those VMs first")
-            for volume in image.extra["volumes"]:
-                pool.storageVolLookupByName(volume).delete(0)
-
     # -- VMs --------------------------------------------------------------------------------------
     def _vm(self, dom: libvirt.virDomain) -> VM:
         return to_vm(dom, {"uri": self.hv.shown_uri})
@@ -290,24 +215,27 @@ class KvmProvider(Provider):
                              "give a .pub file with --key or add the key with `cm key add`")
 
     def _make_disk(self, pool: libvirt.virStoragePool, volume: str, image: Image, flavor: Flavor) -> str:
-        """The VM's disk: a qcow2 overlay on a disk image, or a blank raw disk for kernel images."""
-        capacity = max(flavor.disk * GIB, image.size if image.format != "kernel+initrd" else 0)
+        """The VM's disk: a qcow2 overlay on the image's disk, or a blank raw disk for kernel-only images."""
         if image.format == "kernel+initrd":
-            xml = images.volume_xml(volume, capacity, "raw", sparse=True)
+            xml = images.volume_xml(volume, flavor.disk * GIB, "raw", sparse=True)
         else:
-            xml = images.volume_xml(volume, capacity, "qcow2", sparse=True, backing=image.extra["path"],
-                                    backing_format=image.format or "raw")
+            kernel = image.format == "kernel+initrd+disk"
+            base, fmt = (image.extra["disk"], image.extra["disk_format"]) if kernel else \
+                (image.extra["path"], image.format)
+            backing_size = pool.storageVolLookupByName(Path(base).name).info()[1] if kernel else image.size
+            xml = images.volume_xml(volume, max(flavor.disk * GIB, backing_size), "qcow2", sparse=True,
+                                    backing=base, backing_format=fmt or "raw")
         pool.createXML(xml, 0)
         return volume
 
     def _make_seed(self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, volume: str, spec: BootSpec,
                    instance_id: str) -> str:
-        meta = seed.meta_data(instance_id, spec.name)
-        user = seed.user_data(spec.name, spec.user, spec.public_key, spec.user_data)
+        files = seed.nocloud(instance_id, spec.name, spec.user, spec.public_key, spec.user_data,
+                             str(spec.extra.get("network_config") or ""))
         if self.hv.is_test:  # the test hypervisor keeps no data: the volume's size is all there is
-            pool.createXML(images.volume_xml(volume, seed.iso_size(meta, user), "raw"), 0)
+            pool.createXML(images.volume_xml(volume, seed.iso_size(files), "raw"), 0)
             return volume
-        data = seed.iso_bytes(meta, user)
+        data = seed.iso_bytes(files)
         vol = pool.createXML(images.volume_xml(volume, len(data), "raw"), 0)
         images.upload_bytes(conn, vol, data)
         return volume
@@ -338,19 +266,20 @@ class KvmProvider(Provider):
             domain_type, arch = self._guest_kind(conn)
             instance_id = str(uuid.uuid4())
             short = instance_id[:8]
-            kernel = image.format == "kernel+initrd"
+            kernel = bool(image.extra.get("kernel"))
+            blank = image.format == "kernel+initrd"  # no disk of its own: the VM gets an empty raw one
             made: list[str] = []
             proceed()  # after a Ctrl-C, nothing new is created (cm.bulk)
             try:
-                made.append(self._make_disk(pool, f"{spec.name}-disk-{short}.{'img' if kernel else 'qcow2'}",
+                made.append(self._make_disk(pool, f"{spec.name}-disk-{short}.{'img' if blank else 'qcow2'}",
                                             image, flavor))
                 made.append(self._make_seed(conn, pool, f"{spec.name}-seed-{short}.iso", spec, instance_id))
                 dom = conn.defineXML(domain_xml(DomainSpec(
                     name=spec.name, uuid=instance_id, domain_type=domain_type, arch=arch, vcpus=flavor.vcpus,
                     ram_mib=flavor.ram, pool=pool.name(), disk_volume=made[0],
-                    disk_format="raw" if kernel else "qcow2", seed_volume=made[1], networks=networks,
+                    disk_format="raw" if blank else "qcow2", seed_volume=made[1], networks=networks,
                     kernel=image.extra.get("kernel", ""), initrd=image.extra.get("initrd", ""),
-                    cmdline=str(self._setting("cmdline", DEFAULT_CMDLINE)) if kernel else "",
+                    cmdline=self._cmdline(conn, image) if kernel else "",
                     console_log=self._console_log(spec.name, short),
                     metadata={"image": image.name, "flavor": flavor.name, "key": spec.key_name, "user": spec.user,
                               "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})))
@@ -505,7 +434,10 @@ class KvmProvider(Provider):
             path = console_log_path(ET.fromstring(dom.XMLDesc(0)))
             active = dom.isActive()
         source = str(self._setting("console_source", "auto"))
-        if path and self.hv.is_local and source in ("auto", "log"):
+        # virtlogd makes the log when the VM starts: a running VM without one here logs where we cannot
+        # see (a daemon in another mount namespace, with /var/log/libvirt of its own): attach instead
+        visible = path and (Path(path).exists() or not active or source == "log")
+        if visible and self.hv.is_local and source in ("auto", "log"):
             text = console.read_log(path)
             if text is not None:
                 return console.clean(text, lines)

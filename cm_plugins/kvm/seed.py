@@ -1,19 +1,37 @@
-"""The cloud-init NoCloud seed of a VM: meta-data and user-data on a small ISO labelled ``cidata``."""
+"""The cloud-init NoCloud seed of a VM: meta-data, user-data, vendor-data and network-config on a small
+ISO labelled ``cidata``.
+
+The user's user-data reaches the guest byte for byte (a launcher's rendered
+template, a script, a MIME multipart, a jinja template alike); cm's own
+cloud-config (hostname, the login user with the key) then goes in
+vendor-data, with a ``merge_how`` that makes cloud-init add its lists (users,
+ssh_authorized_keys) to the user's and keep the user's other keys.  Without
+user-data, cm's cloud-config is the user-data.
+"""
 
 from __future__ import annotations
 
 import functools
 import io
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from cm.errors import UsageError
 
-# Keys whose lists are joined rather than replaced when the user's cloud-config is merged.
-LIST_KEYS = ("users", "ssh_authorized_keys", "runcmd", "bootcmd", "packages", "write_files")
+# How cloud-init merges cm's vendor-data into the user's cloud-config: lists joined, the user's keys kept.
+VENDOR_MERGE = "list(append)+dict(no_replace,recurse_list)+str()"
+
+
+@dataclass
+class Seed:
+    """The files of a NoCloud seed ("" = left out)."""
+
+    meta_data: str
+    user_data: str
+    vendor_data: str = ""
+    network_config: str = ""
 
 
 def meta_data(instance_id: str, hostname: str) -> str:
@@ -46,69 +64,75 @@ def _parse_cloud_config(text: str) -> dict[str, Any]:
     return data
 
 
-def merge(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
-    """The user's cloud-config over cm's: their keys win; lists such as users are joined."""
-    merged = dict(ours)
-    for key, value in theirs.items():
-        if key in LIST_KEYS and isinstance(value, list) and isinstance(merged.get(key), list):
-            merged[key] = merged[key] + [v for v in value if v not in merged[key]]
-        else:
-            merged[key] = value
-    return merged
-
-
 def cloud_config_text(config: dict[str, Any]) -> str:
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: a tenth of the time, per VM booted
     return "#cloud-config\n" + yaml.dump(config, Dumper=dumper, sort_keys=False, default_flow_style=False)
 
 
-def _multipart(parts: list[tuple[str, str]]) -> str:
-    """A MIME multipart user-data: cloud-init runs each part by its content type."""
-    message = MIMEMultipart()
-    for subtype, text in parts:
-        message.attach(MIMEText(text, subtype, "utf-8"))
-    return message.as_string()
+MARKERS = ("#cloud-config", "#!", "#include", "#cloud-boothook", "#part-handler", "#upstart-job",
+           "## template: jinja", "Content-Type: multipart", "MIME-Version:")
 
 
-def _content_type(text: str) -> str:
+def check_user_data(text: str) -> None:
+    """Refuse user-data cloud-init would ignore or choke on (a cloud-config must be a YAML mapping)."""
     first = text.lstrip().split("\n", 1)[0]
-    for prefix, subtype in (("#!", "x-shellscript"), ("#include", "x-include-url"),
-                            ("#cloud-boothook", "cloud-boothook"), ("#part-handler", "part-handler"),
-                            ("#upstart-job", "upstart-job"), ("## template: jinja", "jinja2")):
-        if first.startswith(prefix):
-            return subtype
-    raise UsageError("user-data must start with #cloud-config, #!, #include or another cloud-init marker")
+    if not first.startswith(MARKERS):
+        raise UsageError("user-data must start with #cloud-config, #!, #include or another cloud-init marker")
+    if first.startswith("#cloud-config"):
+        _parse_cloud_config(text)
 
 
-def user_data(hostname: str, user: str, public_key: str, extra: str = "") -> str:
-    """cm's cloud-config merged with the user's: YAML when theirs is a cloud-config, else MIME parts."""
-    ours = base_config(hostname, user, public_key)
+def check_network_config(text: str) -> None:
+    """A NoCloud network-config is a YAML mapping (version 1 or 2)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError("network-config is not valid YAML; fix the file given with --network-config") from exc
+    network = data.get("network", data) if isinstance(data, dict) else None
+    if not isinstance(network, dict) or network.get("version") not in (1, 2):
+        raise UsageError("network-config must be a YAML mapping with version: 1 or 2")
+
+
+def user_data(hostname: str, user: str, public_key: str) -> str:
+    """cm's own cloud-config: the user-data of a VM booted without --user-data."""
+    return cloud_config_text(base_config(hostname, user, public_key))
+
+
+def nocloud(instance_id: str, hostname: str, user: str, public_key: str, extra: str = "",
+            network_config: str = "") -> Seed:
+    """The seed of a VM: the user's user-data unchanged, cm's settings beside it as vendor-data."""
+    meta = meta_data(instance_id, hostname)
+    if network_config:
+        check_network_config(network_config)
     if not extra.strip():
-        return cloud_config_text(ours)
-    if extra.lstrip().startswith("#cloud-config"):
-        return cloud_config_text(merge(ours, _parse_cloud_config(extra)))
-    if extra.lstrip().startswith("Content-Type: multipart"):
-        raise UsageError("user-data: a MIME multipart file cannot be merged; give a #cloud-config or a script")
-    return _multipart([("cloud-config", cloud_config_text(ours)), (_content_type(extra), extra)])
+        return Seed(meta, user_data(hostname, user, public_key), network_config=network_config)
+    check_user_data(extra)
+    vendor = {**base_config(hostname, user, public_key), "merge_how": VENDOR_MERGE}
+    return Seed(meta, extra, cloud_config_text(vendor), network_config)
 
 
 @functools.lru_cache(maxsize=64)
-def _iso_size(meta_bytes: int, user_bytes: int) -> int:
-    return len(iso_bytes("m" * meta_bytes, "u" * user_bytes))
+def _iso_size(sizes: tuple[int, ...]) -> int:
+    return len(iso_bytes(Seed(*("x" * size for size in sizes))))
 
 
-def iso_size(meta: str, user: str) -> int:
+def iso_size(files: Seed) -> int:
     """The size of the seed ISO iso_bytes() would make (it depends only on the files' sizes)."""
-    return _iso_size(len(meta.encode()), len(user.encode()))
+    texts = (files.meta_data, files.user_data, files.vendor_data, files.network_config)
+    return _iso_size(tuple(len(text.encode()) for text in texts))
 
 
-def iso_bytes(meta: str, user: str) -> bytes:
+def iso_bytes(seed: Seed) -> bytes:
     """A NoCloud seed ISO (label cidata; ISO 9660 with Rock Ridge and Joliet long names)."""
     import pycdlib  # imported here: only boots need it
 
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, vol_ident="cidata", joliet=3, rock_ridge="1.09")
-    for short, long_name, text in (("METADATA.;1", "meta-data", meta), ("USERDATA.;1", "user-data", user)):
+    files = (("METADATA.;1", "meta-data", seed.meta_data), ("USERDATA.;1", "user-data", seed.user_data),
+             ("VENDORDA.;1", "vendor-data", seed.vendor_data), ("NETWORKC.;1", "network-config", seed.network_config))
+    for short, long_name, text in files:
+        if not text and long_name not in ("meta-data", "user-data"):
+            continue
         data = text.encode()
         iso.add_fp(io.BytesIO(data), len(data), "/" + short, rr_name=long_name, joliet_path="/" + long_name)
     out = io.BytesIO()

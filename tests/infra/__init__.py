@@ -1,1 +1,2 @@
-"""Shared test machinery: network namespaces (netns), private Slurm clusters (slurm), an sshd login host (sshd)."""
+"""Shared test machinery: network namespaces (netns), private Slurm clusters (slurm), an sshd login host (sshd),
+a private libvirtd in namespaces (libvirtd_ns), a real Debian guest image (guest_image)."""
