@@ -136,6 +136,11 @@ class Provider:
             base = getattr(Provider, verb)
             base(self, *([None] * (base.__code__.co_argcount - 1)))  # the contract's default raises
 
+    @property
+    def simulated(self) -> bool:
+        """True where VMs are simulated and nothing really boots (libvirt's test hypervisor)."""
+        return False
+
     @classmethod
     def config_from_env(cls, environ: dict[str, str]) -> dict[str, Any]:
         """A cloud configuration built from environment variables (an openrc)."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins", "secgroup", "network",
-         "ip", "quota", "limits", "usage")
+         "ip", "quota", "limits", "usage", "cluster", "launcher", "slurm", "hadoop")
 
 Handler = Callable[..., Any]
 
