@@ -11,7 +11,6 @@ from cm.clusters.model import now_iso
 from cm.errors import NotFound
 
 KIND = "cluster"
-TAGS = ("cluster", "role")  # fields cm adds to a node's VM record
 
 
 def get(ctx: Any, cloud: str, name: str) -> dict[str, Any] | None:
