@@ -78,3 +78,116 @@ def test_slurm_launch_is_ready_with_outputs_then_list_show_nodes_timeline_and_de
     assert resources(cloud) == before
     assert cm("cluster", "list", "-f", "json").out.strip() == "[]"
     assert cm("vm", "list", "-f", "json").out.strip() == "[]"
+
+
+def user_recipe(cm_home, name: str, worker_message: str, *, replace: int = 1, extra: str = "") -> None:
+    """A launcher of the user's own: a head and N workers whose final_message the template decides."""
+    directory = cm_home / "launchers"
+    (directory / name).mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.yaml").write_text(f"""
+name: {name}
+description: test cluster
+replace: {replace}
+timeouts: {{boot: 60, configure: 60}}
+roles:
+  head: {{count: 1, user_data: {name}/head.j2}}
+  worker: {{count: n, needs: [head], user_data: {name}/worker.j2, ready: {{timeout: 30}}}}
+outputs: {{first_command: "echo {{{{ counts.worker }}}}"}}
+{extra}""")
+    (directory / name / "head.j2").write_text("#cloud-config\nfinal_message: \"{{ marker.ready }} head\"\n")
+    (directory / name / "worker.j2").write_text("#cloud-config\nfinal_message: \"" + worker_message + "\"\n")
+
+
+def test_a_node_that_fails_to_boot_is_replaced_and_the_cluster_still_gets_ready(cm, cloud):
+    cloud.fail_next_boot("No valid host was found.")  # the head is booted first: it fails once
+    launched = cm("slurm", "-n", "1", "--name", "c1", "-f", "json")
+    assert launched.code == 0, launched.err
+    assert "c1-head failed (went to ERROR: No valid host was found.); replacing it with c1-head-r1" in launched.err
+    assert [(n["name"], n["state"]) for n in rows(launched)] == [("c1-head", "failed"), ("c1-head-r1", "ready"),
+                                                                 ("c1-worker1", "ready")]
+    servers = {s["name"]: s for s in cloud.servers()}
+    assert sorted(servers) == ["c1-head-r1", "c1-worker1"]  # the failed VM was deleted at once
+    import base64
+
+    assert "SlurmctldHost=c1-head-r1(" in base64.b64decode(servers["c1-worker1"]["user_data"]).decode()
+    assert cm("cluster", "delete", "c1").code == 0
+    assert cloud.servers() == []
+
+
+def test_every_worker_failing_to_configure_fails_fast_naming_the_node_and_why(cm, cloud, cm_home):
+    import time
+
+    user_recipe(cm_home, "broken", "CM-FAILED: /dev/vdb not found", replace=0)
+    started = time.monotonic()
+    launched = cm("launcher", "run", "broken", "-n", "2", "--name", "b1")
+    assert launched.code == 1
+    assert time.monotonic() - started < 15  # not the 30 s readiness timeout
+    assert "cluster 'b1' is failed: every worker node failed: b1-worker" in launched.err
+    assert "failed to configure: /dev/vdb not found" in launched.err
+    shown = rows(cm("cluster", "show", "b1", "-f", "json"))[0]
+    assert shown["state"] == "failed"
+    # A failed cluster refuses a relaunch under its name, and delete cleans it up completely.
+    again = cm("launcher", "run", "broken", "-n", "2", "--name", "b1")
+    assert again.code == 2 and "cluster 'b1' already exists on cloud 'fake' and is failed" in one_line(again.err)
+    assert cm("cluster", "delete", "b1").code == 0
+    assert cloud.servers() == [] and cm("cluster", "list", "-f", "json").out.strip() == "[]"
+
+
+def test_a_worker_that_keeps_failing_leaves_the_cluster_degraded_naming_it(cm, cloud, cm_home):
+    message = "{% if node.name.endswith('2') %}CM-FAILED: slurmd crashed{% else %}{{ marker.ready }}{% endif %}"
+    user_recipe(cm_home, "flaky", message, replace=0)
+    launched = cm("launcher", "run", "flaky", "-n", "3", "--name", "f1")
+    assert launched.code == 1
+    assert "cluster 'f1' is degraded: f1-worker2 failed: failed to configure: slurmd crashed" in launched.err
+    nodes = rows(cm("cluster", "nodes", "f1", "-f", "json"))
+    assert {n["name"]: n["state"] for n in nodes} == {"f1-head": "ready", "f1-worker1": "ready",
+                                                      "f1-worker2": "failed", "f1-worker3": "ready"}
+    assert cm("cluster", "delete", "f1").code == 0
+    assert cloud.servers() == []
+
+
+def test_resize_adds_ready_workers_and_removes_the_newest(cm, cloud, cm_home):
+    user_recipe(cm_home, "plain", "{{ marker.ready }}", extra="resize: {role: worker}")
+    assert cm("launcher", "run", "plain", "-n", "1", "--name", "p1").code == 0
+    grown = cm("cluster", "resize", "p1", "+2", "-f", "json")
+    assert grown.code == 0, grown.err
+    assert [(n["name"], n["state"]) for n in rows(grown)] == [
+        ("p1-head", "ready"), ("p1-worker1", "ready"), ("p1-worker2", "ready"), ("p1-worker3", "ready")]
+    shown = rows(cm("cluster", "show", "p1", "-f", "json"))[0]
+    assert shown["nodes"] == "head=1, worker=3" and shown["outputs"]["first_command"] == "echo 3"
+    shrunk = cm("cluster", "resize", "p1", "-1")
+    assert shrunk.code == 0, shrunk.err
+    assert "removed p1-worker3" in shrunk.err
+    assert sorted(s["name"] for s in cloud.servers()) == ["p1-head", "p1-worker1", "p1-worker2"]
+    assert rows(cm("cluster", "show", "p1", "-f", "json"))[0]["nodes"] == "head=1, worker=2"
+    too_far = cm("cluster", "resize", "p1", "-2")
+    assert too_far.code == 2 and "cannot lose 2" in one_line(too_far.err)
+    assert cm("cluster", "resize", "p1", "0").code == 2
+    assert cm("cluster", "delete", "p1").code == 0 and cloud.servers() == []
+
+
+@pytest.mark.parametrize("words, message", [
+    (("launcher", "run", "nosuch", "-n", "2"), "unknown launcher 'nosuch' (known: "),
+    (("slurm", "-n", "0"), "-n must be between 1 and 1000 for launcher 'slurm', not 0"),
+    (("slurm",), "launcher 'slurm' needs -n N"),
+    (("slurm", "-n", "2", "--flavor", "worker=m9.huge"), "unknown flavor 'm9.huge' for role 'worker' on cloud 'fake'"),
+    (("slurm", "-n", "2", "--image", "head=nosuch"), "unknown image 'nosuch' for role 'head' on cloud 'fake'"),
+    (("slurm", "-n", "2", "--flavor", "gpu=m1.tiny"), "the launcher has no role 'gpu'"),
+    (("slurm", "-n", "2", "--param", "colour=red"), "launcher 'slurm' has no parameter 'colour'"),
+    (("slurm", "-n", "2", "--name", "a b"), "bad cluster name 'a b'"),
+])
+def test_bad_input_is_refused_in_one_line_before_any_vm_boots(cm, cloud, words, message):
+    result = cm(*words)
+    assert result.code == 2
+    assert message in one_line(result.err)
+    assert cloud.servers() == [] and cm("cluster", "list", "-f", "json").out.strip() == "[]"
+
+
+def test_dryrun_prints_nodes_and_each_roles_user_data_with_the_secret_masked_and_boots_nothing(cm, cloud):
+    planned = cm("slurm", "-n", "3", "--name", "d1", "--flavor", "worker=m1.small", "--dryrun")
+    assert planned.code == 0, planned.err
+    assert "d1-worker3" in planned.out and "m1.small" in planned.out
+    assert "--- user-data of role head (d1-head; secrets masked) ---" in planned.out
+    assert "--- user-data of role worker (d1-worker1; secrets masked) ---" in planned.out
+    assert 'content: "********"' in planned.out and "SLURMD_OPTIONS=\"-Z" in planned.out
+    assert cloud.servers() == [] and cm("cluster", "list", "-f", "json").out.strip() == "[]"

@@ -101,7 +101,8 @@ class Launch:
             base = node["replaces"] or node["name"]
             new = model.new_node(f"{base}-r{node['attempt'] + 1}", node["role"], node["attempt"] + 1, base)
             node["replaced_by"] = new["name"]
-            self.cluster["nodes"].append(new)
+            nodes = self.cluster["nodes"]
+            nodes.insert(nodes.index(node) + 1, new)  # beside the one it replaces: the head stays first
             self.ctx.warn(f"cm: {node['name']} failed ({why}); replacing it with {new['name']}")
 
     # -- watching -----------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def show_launcher(ctx: Any, args: Namespace) -> None:
 
 
 def run_launcher(ctx: Any, args: Namespace) -> int:
-    return launch(ctx, args, args.name)
+    return launch(ctx, args, args.launcher)
 
 
 def build(parser: ArgumentParser) -> None:
@@ -86,5 +86,5 @@ def build(parser: ArgumentParser) -> None:
     show.add_argument("name", metavar="NAME")
     add_format_options(show)
     run = verb(subs, "run", run_launcher, "launch a cluster from a launcher", EXAMPLE)
-    run.add_argument("name", metavar="NAME")
+    run.add_argument("launcher", metavar="NAME")
     add_launch_options(run)
