@@ -191,3 +191,48 @@ def test_dryrun_prints_nodes_and_each_roles_user_data_with_the_secret_masked_and
     assert "--- user-data of role worker (d1-worker1; secrets masked) ---" in planned.out
     assert 'content: "********"' in planned.out and "SLURMD_OPTIONS=\"-Z" in planned.out
     assert cloud.servers() == [] and cm("cluster", "list", "-f", "json").out.strip() == "[]"
+
+
+def _kill_mid_launch(cm, cloud, name: str) -> None:
+    """Start `cm slurm -n 2 --name NAME` as a process and kill -9 it once its VMs exist but are not ready."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cloud.set_build_delay(4)  # the head stays in BUILD: the launch is caught waiting for it
+    proc = subprocess.Popen([sys.executable, "-m", "cm.main", "slurm", "-n", "2", "--name", name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(s["name"] == f"{name}-head" for s in cloud.servers()):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert [s["name"] for s in cloud.servers()] == [f"{name}-head"]  # the workers wait for the head's address
+    cloud.set_build_delay(0.2)
+
+
+def test_a_launch_killed_with_kill_9_leaves_a_record_that_delete_cleans_up_completely(cm, cloud):
+    before = resources(cloud)
+    _kill_mid_launch(cm, cloud, "k1")
+    listed = rows(cm("cluster", "list", "-f", "json"))
+    assert [(c["name"], c["state"]) for c in listed] == [("k1", "launching")]
+    assert cm("cluster", "delete", "k1").code == 0
+    assert resources(cloud) == before
+    assert cm("cluster", "list", "-f", "json").out.strip() == "[]" and cm("vm", "list", "-f", "json").out.strip() == "[]"
+
+
+def test_launching_again_after_kill_9_resumes_without_booting_twice(cm, cloud):
+    _kill_mid_launch(cm, cloud, "k2")
+    again = cm("slurm", "-n", "2", "--name", "k2", "-f", "json")
+    assert again.code == 0, again.err
+    assert "resuming the interrupted launch of cluster 'k2'" in again.err
+    assert {n["state"] for n in rows(again)} == {"ready"}
+    assert sorted(s["name"] for s in cloud.servers()) == ["k2-head", "k2-worker1", "k2-worker2"]
+    different = cm("slurm", "-n", "3", "--name", "k2")
+    assert different.code == 2 and "already exists" in one_line(different.err)
+    assert cm("cluster", "delete", "k2").code == 0 and cloud.servers() == []

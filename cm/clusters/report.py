@@ -34,16 +34,18 @@ def show_plan(ctx: Any, args: Namespace, recipe: Any, cluster: dict[str, Any]) -
     rows = [{"name": n["name"], "role": n["role"], "image": cluster["images"][n["role"]],
              "flavor": cluster["flavors"][n["role"]],
              "public": plan.wants_public(provider, recipe.roles[n["role"]])} for n in cluster["nodes"]]
+    secrets = plan.masked(recipe)
+    texts = {}  # rendered first: a template error shows alone, not after half a plan
+    for role in recipe.roles:
+        first = next((n for n in cluster["nodes"] if n["role"] == role), None)
+        if first is not None:
+            texts[role] = (first["name"], plan.user_data(cluster, recipe, secrets, first, placeholder=True))
     ctx.emit(PLAN_COLUMNS, rows, args)
     if getattr(args, "format", None) in ("json", "yaml", "csv", "value"):
         return 0  # machine-readable output stays one document
-    secrets = plan.masked(recipe)
-    for role in recipe.roles:
-        first = next((n for n in cluster["nodes"] if n["role"] == role), None)
-        if first is None:
-            continue
-        ctx.say(f"\n--- user-data of role {role} ({first['name']}; secrets masked) ---")
-        ctx.say(plan.user_data(cluster, recipe, secrets, first, placeholder=True).rstrip())
+    for role, (name, text) in texts.items():
+        ctx.say(f"\n--- user-data of role {role} ({name}; secrets masked) ---")
+        ctx.say(text.rstrip())
     ctx.warn(f"would launch cluster '{cluster['name']}' ({len(rows)} nodes) on cloud '{cluster['cloud']}'")
     return 0
 

@@ -42,8 +42,19 @@ def render(recipe: Recipe, template: str, context: dict[str, Any]) -> str:
     try:
         return _environment(recipe.directory).get_template(template).render(**context)
     except jinja2.TemplateError as exc:
-        line = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
-        raise ConfigError(f"{recipe.directory / template}{line}: {exc.message or exc}") from None
+        line = getattr(exc, "lineno", None) or _template_line(exc, str(recipe.directory / template))
+        where = f" line {line}" if line else ""
+        raise ConfigError(f"{recipe.directory / template}{where}: {exc.message or exc}") from None
+
+
+def _template_line(exc: BaseException, path: str) -> int | None:
+    """The template's line a render-time error came from (Jinja2 puts template frames in the traceback)."""
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == path:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def render_string(recipe: Recipe, key: str, text: str, context: dict[str, Any]) -> str:
