@@ -33,13 +33,13 @@ def role_values(option: str, given: list[str], roles: list[str]) -> dict[str, st
 
 
 def key_values(given: list[str]) -> dict[str, str]:
-    out = {}
-    for item in given:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--param {item}: write KEY=VALUE")
-        out[key] = value
-    return out
+    """``--param K=V`` as a dict, parsed like `cm cloud add`'s settings."""
+    from cm.commands.cloud import _parse_settings
+
+    try:
+        return _parse_settings(given)
+    except UsageError as exc:
+        raise UsageError(f"--param: {exc}") from None
 
 
 def choose(ctx: Any, cloud: str, recipe: Recipe, option: str, given: dict[str, str]) -> dict[str, str]:
