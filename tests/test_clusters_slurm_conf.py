@@ -77,7 +77,7 @@ def test_the_rendered_slurm_conf_takes_dynamic_workers_and_lets_resize_drain_and
         assert _wait(lambda: subprocess.run(["scontrol", "ping"], env=env, capture_output=True,
                                             text=True).stdout.count("UP") > 0), (tmp / "slurmctld.log").read_text()
         # The worker's own command line, from the recipe's /etc/default/slurmd.
-        worker = (ROOT / "launchers/slurm/worker.yaml.j2".read_text())
+        worker = (ROOT / "launchers/slurm/worker.yaml.j2").read_text()
         options = re.search(r'SLURMD_OPTIONS="([^"]*)"', worker).group(1).split(" ", 2)
         assert options[:2] == ["-Z", "--conf"]
         subprocess.run(["slurmd", *options[:2], options[2], "-N", "w1"], env=env, check=True,
@@ -98,7 +98,7 @@ def test_the_rendered_slurm_conf_takes_dynamic_workers_and_lets_resize_drain_and
         # The resize hooks of the recipe: drain, nothing busy, delete; slurmctld keeps running.
         import yaml
 
-        hooks = yaml.safe_load(ROOT / "launchers/slurm.yaml".read_text())["resize"]
+        hooks = yaml.safe_load((ROOT / "launchers/slurm.yaml").read_text())["resize"]
         run = lambda step: subprocess.run(hooks[step].replace("{{ node }}", "w1"), shell=True, env=env,  # noqa: E731
                                           capture_output=True, text=True)
         assert run("drain").returncode == 0
