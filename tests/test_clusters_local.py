@@ -114,19 +114,12 @@ def test_launcher_list_and_show(cm):
 
 
 def _context(recipe_name: str, n: int = 2) -> tuple[object, dict]:
-    """A launched-looking cluster of the shipped recipe, with addresses and a real munge key."""
+    """A launched-looking cluster of the shipped recipe, with addresses."""
     from cm import recipes
-    from cm.clusters import model
+    from cm.clusters import plan
 
     recipe = recipes.load(recipes.shipped_dir() / f"{recipe_name}.yaml")
-    counts = recipe.counts(n)
-    cluster = model.new_cluster("c1", recipe.name, recipe.params({}), counts, {}, {}, "c1")
-    for wave in recipe.order():
-        for role in wave:
-            model.plan_nodes(cluster, role, counts[role], recipe.roles[role].get("count", 1) == 1)
-    for i, node in enumerate(cluster["nodes"]):
-        node["address"] = f"10.0.0.{10 + i}"
-    return recipe, cluster
+    return recipe, plan.offline(recipe, n)
 
 
 @pytest.mark.parametrize("recipe_name", ["slurm", "hadoop"])
@@ -186,3 +179,60 @@ def test_one_shot_vm_list_imports_no_cluster_machinery():
             " if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+
+
+def test_hadoop_config_files_render_on_their_own_as_xml_naming_the_head():
+    import xml.etree.ElementTree as ET
+
+    from cm.clusters import plan
+
+    recipe, cluster = _context("hadoop", 3)
+    files = recipe.render_files(plan.context(cluster, recipe, {}, None))
+    assert set(files) >= {"core-site.xml", "hdfs-site.xml", "yarn-site.xml", "mapred-site.xml"}
+    props = {}
+    for name in ("core-site.xml", "hdfs-site.xml", "yarn-site.xml", "mapred-site.xml"):
+        for prop in ET.fromstring(files[name]).iter("property"):
+            props[prop.findtext("name")] = prop.findtext("value").strip()
+    assert props["fs.defaultFS"] == "hdfs://10.0.0.10:9000"
+    assert props["yarn.resourcemanager.hostname"] == "10.0.0.10"
+    assert props["dfs.replication"] == "2" and props["mapreduce.framework.name"] == "yarn"
+
+
+def test_another_module_can_add_subcommands_to_cm_slurm_beside_its_launch_options(cm, monkeypatch, tmp_path):
+    import cm.commands.slurm as slurm
+    from cm.runner import build_parser
+
+    ext = tmp_path / "cm_test_burst.py"
+    ext.write_text("def add_subcommands(subs):\n"
+                   "    p = subs.add_parser('burst', help='burst to a cloud')\n"
+                   "    p.add_argument('--to')\n"
+                   "    p.set_defaults(run=lambda ctx, args: ctx.say(f'bursting to {args.to}'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(slurm, "EXTENSIONS", ("cm_test_burst",))
+    build_parser.cache_clear()
+    try:
+        burst = cm("slurm", "burst", "--to", "aws")
+        assert burst.code == 0 and burst.out.strip() == "bursting to aws"
+        plan = cm("slurm", "-n", "1", "--dryrun", "-f", "json")  # the launch options still work
+        assert plan.code == 2 and "unknown image 'cirros'" in plan.err  # (no image on the bare test cloud)
+    finally:
+        build_parser.cache_clear()
+
+
+def test_the_interactive_shell_and_scripts_launch_and_delete_clusters(local, tmp_path, capsys):
+    import io
+
+    from cm.context import Context
+    from cm.shell import Shell
+
+    app = Shell(Context())
+    app.stdout = out = io.StringIO()
+    app.onecmd_plus_hooks("slurm -n 1 --name sh1 -f json")
+    assert app.last_result == 0, capsys.readouterr().err
+    app.onecmd_plus_hooks("cluster list -f json")
+    assert '"name": "sh1"' in out.getvalue()
+    script = tmp_path / "clusters.cm"
+    script.write_text("# a cluster from a script\ncluster nodes sh1 -f json\ncluster delete sh1\ncluster list -f json\n")
+    ran = local(str(script))
+    assert ran.code == 0, ran.err
+    assert '"name": "sh1-worker1"' in ran.out and ran.out.rstrip().endswith("[]")

@@ -193,27 +193,27 @@ def test_dryrun_prints_nodes_and_each_roles_user_data_with_the_secret_masked_and
     assert cloud.servers() == [] and cm("cluster", "list", "-f", "json").out.strip() == "[]"
 
 
-def _kill_mid_launch(cm, cloud, name: str) -> None:
-    """Start `cm slurm -n 2 --name NAME` as a process and kill -9 it once its VMs exist but are not ready."""
+def _kill_mid_launch(cm, cloud, name: str, how: int = 9) -> tuple[int, str]:
+    """Start `cm slurm -n 2 --name NAME` as a process and signal it once its head exists but does not run yet."""
     import os
-    import signal
     import subprocess
     import sys
     import time
 
     cloud.set_build_delay(4)  # the head stays in BUILD: the launch is caught waiting for it
     proc = subprocess.Popen([sys.executable, "-m", "cm.main", "slurm", "-n", "2", "--name", name],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(s["name"] == f"{name}-head" for s in cloud.servers()):
             time.sleep(0.1)
         time.sleep(0.5)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.kill(proc.pid, how)
+        _, err = proc.communicate(timeout=30)
     assert [s["name"] for s in cloud.servers()] == [f"{name}-head"]  # the workers wait for the head's address
     cloud.set_build_delay(0.2)
+    return proc.returncode, err
 
 
 def test_a_launch_killed_with_kill_9_leaves_a_record_that_delete_cleans_up_completely(cm, cloud):
@@ -226,6 +226,21 @@ def test_a_launch_killed_with_kill_9_leaves_a_record_that_delete_cleans_up_compl
     assert cm("cluster", "list", "-f", "json").out.strip() == "[]" and cm("vm", "list", "-f", "json").out.strip() == "[]"
 
 
+def test_ctrl_c_stops_the_launch_at_once_keeps_the_record_and_delete_cleans_up(cm, cloud):
+    import signal
+
+    before = resources(cloud)
+    code, err = _kill_mid_launch(cm, cloud, "i1", signal.SIGINT)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    shown = rows(cm("cluster", "show", "i1", "-f", "json"))[0]
+    assert shown["state"] == "launching"
+    nodes = rows(cm("cluster", "nodes", "i1", "-f", "json"))
+    assert [(n["name"], n["state"]) for n in nodes] == [("i1-head", "created"), ("i1-worker1", "planned"),
+                                                        ("i1-worker2", "planned")]
+    assert cm("cluster", "delete", "i1").code == 0
+    assert resources(cloud) == before
+
+
 def test_launching_again_after_kill_9_resumes_without_booting_twice(cm, cloud):
     _kill_mid_launch(cm, cloud, "k2")
     again = cm("slurm", "-n", "2", "--name", "k2", "-f", "json")
@@ -236,3 +251,19 @@ def test_launching_again_after_kill_9_resumes_without_booting_twice(cm, cloud):
     different = cm("slurm", "-n", "3", "--name", "k2")
     assert different.code == 2 and "already exists" in one_line(different.err)
     assert cm("cluster", "delete", "k2").code == 0 and cloud.servers() == []
+
+
+def test_hadoop_launch_is_ready_and_outputs_its_web_uis(cm, cloud):
+    launched = cm("hadoop", "-n", "2", "--name", "h1", "--group", "myHadoop", "-f", "json")
+    assert launched.code == 0, launched.err
+    assert [(n["name"], n["state"]) for n in rows(launched)] == [("h1-head", "ready"), ("h1-worker1", "ready"),
+                                                                 ("h1-worker2", "ready")]
+    outputs = rows(cm("cluster", "show", "h1", "-f", "json"))[0]["outputs"]
+    public = outputs["login"]
+    assert outputs["namenode_ui"] == f"http://{public}:9870" and outputs["resourcemanager_ui"] == f"http://{public}:8088"
+    group = rows(cm("group", "list", "-f", "json"))
+    assert [g["name"] for g in group] == ["myHadoop"]
+    rules = rows(cm("secgroup", "show", "h1-cluster", "--refresh", "-f", "json"))[0]["rules"]
+    assert {"ingress tcp 22 0.0.0.0/0 IPv4", "ingress tcp 8088 0.0.0.0/0 IPv4", "ingress tcp 9870 0.0.0.0/0 IPv4",
+            "ingress any group:h1-cluster IPv4"} <= set(rules), rules
+    assert cm("cluster", "delete", "h1").code == 0 and cloud.servers() == []

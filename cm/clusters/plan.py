@@ -114,3 +114,18 @@ def boot_spec(template: BootSpec, cluster: dict[str, Any], node: dict[str, Any],
     return dataclasses.replace(template, name=node["name"], image=cluster["images"][role],
                                flavor=cluster["flavors"][role], user_data=text, public=public,
                                secgroups=list(cluster["made"]["secgroups"]))
+
+
+def offline(recipe: Recipe, n: int | None, name: str = "c1",
+            addresses: list[str] | None = None) -> dict[str, Any]:
+    """A cluster record of ``recipe`` as if launched, without a cloud: its nodes get ``addresses``
+    (default 10.0.0.10, .11 ...).  For rendering a recipe's files on their own, e.g. to run its
+    configuration on real daemons: ``recipe.render_files(context(offline(recipe, 2), recipe, {}, None))``."""
+    counts = recipe.counts(n)
+    cluster = model.new_cluster(name, recipe.name, recipe.params({}), counts, {}, {}, name)
+    for wave in recipe.order():
+        for role in wave:
+            model.plan_nodes(cluster, role, counts[role], recipe.roles[role].get("count", 1) == 1)
+    for i, node in enumerate(cluster["nodes"]):
+        node["address"] = addresses[i] if addresses and i < len(addresses) else f"10.0.0.{10 + i}"
+    return cluster

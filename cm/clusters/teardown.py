@@ -59,6 +59,23 @@ def _delete_made(ctx: Any, cloud: str, cluster: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _wait_gone(ctx: Any, cloud: str, names: list[str], timeout: float = 120) -> list[str]:
+    """Wait until the cloud lists none of ``names`` (a security group in use cannot be deleted)."""
+    provider = ctx.provider(cloud)
+    if not names:
+        return []
+    deadline = time.monotonic() + timeout
+    wanted = set(names)
+    while True:
+        left = sorted(wanted & {vm.name for vm in provider.list_vms()})
+        if not left:
+            return []
+        if time.monotonic() >= deadline:
+            return [f"{', '.join(left)} still listed {timeout:g} s after being deleted"]
+        if bulk.CANCELLED.wait(0.5):
+            raise KeyboardInterrupt
+
+
 def delete(ctx: Any, cloud: str, name: str) -> list[str]:
     """Remove everything the cluster made; the record goes only when nothing is left (else: what is)."""
     cluster = store.known(ctx, cloud, name)
@@ -68,7 +85,7 @@ def delete(ctx: Any, cloud: str, name: str) -> list[str]:
     targets = [n for n in cluster["nodes"] if n["state"] != model.NODE_DELETED]
     problems = delete_vms(ctx, cloud, cluster, targets) if targets else []
     if not problems:
-        problems = _delete_made(ctx, cloud, cluster)
+        problems = _wait_gone(ctx, cloud, [n["name"] for n in targets]) or _delete_made(ctx, cloud, cluster)
     if problems:
         cluster["reason"] = "; ".join(problems)
         store.save(ctx, cloud, cluster)

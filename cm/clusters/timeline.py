@@ -41,7 +41,7 @@ def chart(cluster: dict[str, Any], width: int = 50) -> str:
     end = max(float(r[p]) for r in table for p in PHASES if r[p] != "") or 1.0
     scale = width / end
     label = max(len(r["node"]) for r in table)
-    lines = [f"{cluster['name']}  (0 .. {end:.1f} s; - created, = running, # configured, * ready)"]
+    lines = [f"{cluster['name']}  (0 .. {end:.1f} s; from requested: - to created, = to running, # to configured, * to ready)"]
     for r in table:
         bar = [" "] * (width + 1)
         previous = float(r["requested"])
