@@ -21,12 +21,23 @@ NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "re
          "ip", "quota", "limits", "usage", "cluster", "launcher", "slurm", "hadoop")
 
 Handler = Callable[..., Any]
+# The keys `cm default` takes (plugins declare more through register_settings).
+SETTINGS = {"cloud": "the active cloud", "format": "output format: table, json, yaml, csv or value",
+            "image": "image new VMs boot", "flavor": "flavor new VMs get", "group": "group new VMs join",
+            "user": "prefix of generated VM names", "key": "ssh key name or .pub file",
+            "timeout": "seconds boot and wait wait", "login": "user `vm ssh` logs in as"}
 
 
 def register_commands(register: Callable[[str, str], None]) -> None:
     """Entry-point hook: the built-in nouns."""
     for noun in NOUNS:
         register(noun, f"cm.commands.{noun}")
+
+
+def register_settings(register: Callable[[str, str], None]) -> None:
+    """Entry-point hook: the default keys cm itself uses."""
+    for key, text in SETTINGS.items():
+        register(key, text)
 
 
 def subcommands(parser: argparse.ArgumentParser) -> Any:
@@ -86,15 +97,29 @@ def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[st
     from cm import inventory
     from cm.names import expand
 
+    from cm.errors import CmError, ProviderError
+    from cm.runner import report
+
     rows: list[dict[str, Any]] = []
-    for cloud in ctx.cloud_names(args):
-        rows += inventory.records(ctx, kind, cloud, args.refresh)
+    clouds = ctx.cloud_names(args)
+    failed: list[str] = []
+    for cloud in clouds:
+        try:
+            rows += inventory.records(ctx, kind, cloud, args.refresh)
+        except CmError as exc:
+            if len(clouds) == 1:
+                raise
+            report(ctx, exc)  # the others still answer: list them
+            failed.append(cloud)
     if args.names:
         wanted = set(expand(args.names))
         fields = ("name", *also_match)
         rows = [r for r in rows if r.get("name") in wanted or any(r.get(f) in wanted for f in fields[1:])]
     rows = sorted(rows, key=lambda r: (r.get("cloud", ""), str(r.get("name", ""))))
     ctx.emit(columns, [shape(r) for r in rows] if shape else rows, args)
+    if failed:
+        raise ProviderError(f"{len(failed)} of {len(clouds)} clouds did not answer ({', '.join(failed)}); "
+                            "listed the others")
 
 
 def show_record(ctx: Any, args: argparse.Namespace, kind: str) -> None:

@@ -40,18 +40,22 @@ def _names(ctx: Any, args: Namespace, cloud: str) -> list[str]:
     return names
 
 
-def _check_known(ctx: Any, cloud: str, kind: str, value: str) -> None:
+def _check_known(ctx: Any, cloud: str, kind: str, value: str, dryrun: bool = False) -> None:
     """Refuse an image or flavor the mirror knows the cloud lacks, before any VM is created.
 
-    Only when the mirror has that cloud's list (else the provider decides); a unique
-    beginning of a name counts, as OpenStack boots take one.
+    When the mirror has no list, the real boot leaves it to the provider, so a dry run asks the
+    cloud's list itself; a unique beginning of a name counts where the provider takes one.
     """
     known = [r for r in ctx.mirror.records(kind, cloud) if r.get("name")]
-    if not known or any(value in (r["name"], r.get("id")) for r in known):
+    listed = bool(known)  # an empty mirror list may just mean "never refreshed"
+    if not known and dryrun:
+        known = [inventory.as_record(i) for i in getattr(ctx.provider(cloud), inventory.FETCHERS[kind])()]
+        listed = True
+    if not listed or any(value in (r["name"], r.get("id")) for r in known):
         return
-    if sum(r["name"].startswith(value) for r in known) == 1:
+    if type(ctx.provider(cloud)).boot_matches_prefix and sum(r["name"].startswith(value) for r in known) == 1:
         return
-    names = ", ".join(sorted(r["name"] for r in known)[:8])
+    names = ", ".join(sorted(r["name"] for r in known)[:8]) or "none yet"
     hint = f"add it with `cm image add {value} PATH`" if kind == "image" else f"see `cm {kind} list --refresh`"
     raise UsageError(f"unknown {kind} '{value}' on cloud '{cloud}' (known: {names}); {hint}")
 
@@ -64,8 +68,8 @@ def _template(ctx: Any, args: Namespace, cloud: str) -> BootSpec:
         raise ConfigError(f"no image: give --image or set one with `cm default image=NAME --cloud {cloud}`")
     if not flavor:
         raise ConfigError(f"no flavor: give --flavor or set one with `cm default flavor=NAME --cloud {cloud}`")
-    _check_known(ctx, cloud, "image", str(image))
-    _check_known(ctx, cloud, "flavor", str(flavor))
+    _check_known(ctx, cloud, "image", str(image), args.dryrun)
+    _check_known(ctx, cloud, "flavor", str(flavor), args.dryrun)
     key_name, public_key = resolve_key(ctx, cloud, args.key)
     user_data = ""
     if args.user_data:
@@ -116,14 +120,14 @@ def boot_vms(ctx: Any, args: Namespace) -> int:
     names = _names(ctx, args, cloud)
     specs = {name: dataclasses.replace(template, name=name) for name in names}
     group = str(ctx.value("group", cloud, args.group) or "")
+    provider = ctx.provider(cloud)
+    provider.require("create_vm")  # a dry run checks what the real boot checks
+    if args.public:
+        provider.require("assign_public_ip")
     if args.dryrun:
         rows = [_row(cloud, None, spec, "would boot") for spec in specs.values()]
         ctx.emit(BOOT_COLUMNS, rows, args)
         return 0
-    provider = ctx.provider(cloud)
-    provider.require("create_vm")
-    if args.public:
-        provider.require("assign_public_ip")
     created: dict[str, VM] = {}
 
     def record(outcome: bulk.Outcome) -> None:

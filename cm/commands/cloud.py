@@ -75,6 +75,10 @@ def add_cloud(ctx, args: Namespace) -> None:
     if args.from_env:
         conf.update(provider_class(kind).config_from_env(dict(os.environ)))
     conf.update(_parse_settings(settings))
+    missing = provider_class(kind).missing_settings(conf)
+    if missing:
+        needs = "; and ".join(" or ".join(f"{key}=VALUE" for key in alternatives) for alternatives in missing)
+        raise UsageError(f"cloud add: a cloud of kind '{kind}' needs {needs}")
     path = ctx.config.add_cloud(args.name, conf)
     ctx.say(f"added cloud '{args.name}' ({kind}) in {path}; use it with `cm default cloud={args.name}`")
 
@@ -101,5 +105,8 @@ def build(parser: ArgumentParser) -> None:
                      help="the cloud's name, then its settings, e.g. uri=qemu:///system")
     add.add_argument("--kind", help="kvm, openstack, or a kind a plugin adds")
     add.add_argument("--from-env", action="store_true", help="import a sourced openrc's OS_* variables (OpenStack)")
-    remove = verb(subs, "remove", remove_cloud, "forget a cloud registered in cm.yaml")
+    remove = verb(subs, "remove", remove_cloud,
+                  "forget a cloud added with `cm cloud add`: deletes clouds.d/NAME.yaml and the cloud's records "
+                  "in the mirror (clouds written in cm.yaml or clouds.yaml are removed there)",
+                  example="cm cloud remove lab")
     completes(remove.add_argument("name", metavar="NAME"), "cloud")

@@ -12,16 +12,37 @@ from cm.output import FORMATS, add_format_options
 
 HELP = "Show and set defaults: `default KEY=VALUE [--cloud NAME]`, `default delete KEY`, `default cloud=NAME`."
 EXAMPLE = "cm default cloud=chameleon   # every later command acts on chameleon"
-USAGE = "default [list | KEY | KEY=VALUE ... | delete KEY ...] [--cloud NAME] [-f FORMAT]"
+USAGE = "[list | KEY | KEY=VALUE ... | delete KEY ...] [--cloud NAME] [-f FORMAT]"
 COLUMNS = ["key", "value", "cloud", "source"]
 
 
+def declared_keys(ctx) -> set[str]:
+    """Keys cm or a plugin declared, or the user's cm.yaml sets: the ones `cm default` accepts."""
+    from cm.plugins import registry
+
+    keys = set(registry().settings) | set(ctx.config.shipped.get("defaults") or {})
+    keys |= set(ctx.config.data.get("defaults") or {})
+    for conf in ctx.config.clouds().values():
+        keys |= set(conf.get("defaults") or {})
+    return keys
+
+
 def known_keys(ctx, cloud: str | None) -> list[str]:
+    """The keys worth showing: declared ones that have a value, and any set with `cm default`."""
     keys = set(ctx.config.shipped.get("defaults") or {}) | set(ctx.config.data.get("defaults") or {})
     keys |= {d["key"] for d in ctx.mirror.defaults()}
     if cloud:
         keys |= set((ctx.config.clouds().get(cloud) or {}).get("defaults") or {})
     return sorted(keys)
+
+
+def check_key(ctx, key: str) -> None:
+    """An undeclared key is a typo or a setting nothing reads: refuse it, listing the known ones."""
+    known = declared_keys(ctx)
+    if key not in known:
+        from cm.runner import suggest
+
+        raise UsageError(f"unknown default '{key}' (known: {', '.join(sorted(known))}){suggest(key.lower(), known)}")
 
 
 def _row(ctx, key: str, cloud: str | None) -> dict[str, Any]:
@@ -47,6 +68,7 @@ def show_defaults(ctx, args: Namespace, keys: list[str]) -> None:
 
 
 def _validate(ctx, key: str, value: str, cloud: str | None) -> Any:
+    check_key(ctx, key)
     if key == "cloud":
         if cloud:
             raise UsageError("the active cloud is global; drop --cloud")
@@ -104,16 +126,19 @@ def run_default(ctx, args: Namespace) -> int | None:
     if words and words[0] == "list":
         words = words[1:]
     if any("=" in w for w in words):
-        if not all("=" in w for w in words):
-            raise UsageError(f"usage: {USAGE}")
+        stray = [w for w in words if "=" not in w]
+        if stray:
+            raise UsageError(f"default: expected KEY=VALUE, got '{stray[0]}' (usage: cm default {USAGE})")
         set_defaults(ctx, args, words)
         return None
+    for key in words:
+        check_key(ctx, key)
     show_defaults(ctx, args, words)
     return None
 
 
 def build(parser: ArgumentParser) -> None:
-    parser.usage = USAGE
+    parser.usage = f"{parser.prog} {USAGE}"
     completes(parser.add_argument("words", nargs="*", metavar="ARG", help="list, KEY, KEY=VALUE, or delete KEY"),
               "setting")
     add_cloud_option(parser)

@@ -73,6 +73,8 @@ class OpenStackProvider(NetworkingMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
+    required_settings = (("auth_url", "cloud", "auth"),)  # where to log in, or a clouds.yaml cloud
+    boot_matches_prefix = True  # `--image cirros-0.6` boots cirros-0.6.2-x86_64-disk, as the openstack CLI does
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
