@@ -159,7 +159,8 @@ def test_resize_adds_ready_workers_and_removes_the_newest(cm, cloud, cm_home):
     assert shrunk.code == 0, shrunk.err
     assert "removed p1-worker3" in shrunk.err
     assert sorted(s["name"] for s in cloud.servers()) == ["p1-head", "p1-worker1", "p1-worker2"]
-    assert rows(cm("cluster", "show", "p1", "-f", "json"))[0]["nodes"] == "head=1, worker=2"
+    shown = rows(cm("cluster", "show", "p1", "-f", "json"))[0]
+    assert shown["nodes"] == "head=1, worker=2" and shown["outputs"]["first_command"] == "echo 2"
     too_far = cm("cluster", "resize", "p1", "-2")
     assert too_far.code == 2 and "cannot lose 2" in one_line(too_far.err)
     assert cm("cluster", "resize", "p1", "0").code == 2

@@ -190,12 +190,17 @@ class Launch:
         return self.cluster["state"]
 
     def outputs(self) -> None:
-        head = model.head(self.cluster)
-        ctx = plan.context(self.cluster, self.recipe, {}, None)
-        if head:
-            ctx["head"]["address"] = head.get("public") or head["address"]
-        self.cluster["outputs"] = {"login": ctx["head"].get("address", ""), **self.recipe.render_outputs(ctx)}
+        set_outputs(self.recipe, self.cluster)
         self.save()
+
+
+def set_outputs(recipe: Recipe, cluster: dict[str, Any]) -> None:
+    """What the user needs: the login address (public where there is one) and the recipe's outputs."""
+    head = model.head(cluster)
+    ctx = plan.context(cluster, recipe, {}, None)
+    if head:
+        ctx["head"]["address"] = head.get("public") or head["address"]
+    cluster["outputs"] = {"login": ctx["head"].get("address", ""), **recipe.render_outputs(ctx)}
 
 
 def interrupted_elsewhere(cluster: dict[str, Any]) -> bool:

@@ -157,6 +157,10 @@ def resize(ctx: Any, cloud: str, name: str, change: int, *, force: bool = False,
     problems = teardown.delete_vms(ctx, cloud, cluster, targets)
     teardown.unregister(ctx, cloud, cluster, recipe, [t for t in targets if t["state"] == model.NODE_DELETED])
     cluster["counts"][role] -= sum(t["state"] == model.NODE_DELETED for t in targets)
+    if cluster.get("outputs"):
+        from cm.clusters.launch import set_outputs
+
+        set_outputs(recipe, cluster)
     store.save(ctx, cloud, cluster)
     if problems:
         from cm.errors import ProviderError
