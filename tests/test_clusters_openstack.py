@@ -268,3 +268,17 @@ def test_hadoop_launch_is_ready_and_outputs_its_web_uis(cm, cloud):
     assert {"ingress tcp 22 0.0.0.0/0 IPv4", "ingress tcp 8088 0.0.0.0/0 IPv4", "ingress tcp 9870 0.0.0.0/0 IPv4",
             "ingress any group:h1-cluster IPv4"} <= set(rules), rules
     assert cm("cluster", "delete", "h1").code == 0 and cloud.servers() == []
+
+
+def test_a_node_never_ready_fails_at_the_timeout_and_is_replaced_once(cm, cloud, cm_home):
+    import time
+
+    user_recipe(cm_home, "silent", "cloud-init done, no marker", replace=1)
+    started = time.monotonic()
+    launched = cm("launcher", "run", "silent", "-n", "1", "--name", "q1", "--timeout", "1.5")
+    took = time.monotonic() - started
+    assert launched.code == 1
+    assert "q1-worker1 failed (not ready 1.5 s after it started running); replacing it with q1-worker1-r1" in launched.err
+    assert "every worker node failed: q1-worker1-r1 not ready 1.5 s after it started running" in launched.err
+    assert took < 12
+    assert cm("cluster", "delete", "q1").code == 0 and cloud.servers() == []

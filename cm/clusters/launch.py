@@ -27,13 +27,15 @@ CONSOLE_READERS = 16
 class Launch:
     """One run of the engine over a cluster record (a new launch, a resume or a resize)."""
 
-    def __init__(self, ctx: Any, cloud: str, recipe: Recipe, cluster: dict[str, Any], template: BootSpec) -> None:
+    def __init__(self, ctx: Any, cloud: str, recipe: Recipe, cluster: dict[str, Any], template: BootSpec,
+                 timeout: float | None = None) -> None:
         self.ctx, self.cloud, self.recipe, self.cluster, self.template = ctx, cloud, recipe, cluster, template
         self.provider: Provider = ctx.provider(cloud)
         self.secrets = store.secrets(ctx, cloud, cluster["name"], list(recipe.data.get("secrets", [])))
         timeouts = recipe.data.get("timeouts", {})
         self.boot_timeout = float(timeouts.get("boot", BOOT_TIMEOUT))
         self.configure_timeout = float(timeouts.get("configure", CONFIGURE_TIMEOUT))
+        self.timeout = timeout  # --timeout: every phase's limit, over the recipe's
         self.replace = int(recipe.data.get("replace", 1))
         self.vms: dict[str, dict[str, Any]] = {}  # VM records to write with the next save
         self.console_ok = True
@@ -122,8 +124,8 @@ class Launch:
                 self._keep_vm(node, vm)
                 if str(vm.state) == "running":
                     model.mark(node, "running")
-                elif now - node["times"]["requested"] > self.boot_timeout:
-                    self._failed(node, f"still {vm.state} after {self.boot_timeout:g} s")
+                elif now - node["times"]["requested"] > (self.timeout or self.boot_timeout):
+                    self._failed(node, f"still {vm.state} after {self.timeout or self.boot_timeout:g} s")
 
     def _read_console(self, node: dict[str, Any]) -> tuple[str, str]:
         marker = (self.recipe.roles[node["role"]].get("ready") or {}).get("marker", markers.READY)
@@ -151,8 +153,8 @@ class Launch:
                 model.mark(node, "configured")
             if seen == "ready":
                 model.mark(node, "ready")
-            timeout = float((self.recipe.roles[node["role"]].get("ready") or {}).get("timeout",
-                                                                                      self.configure_timeout))
+            timeout = self.timeout or float((self.recipe.roles[node["role"]].get("ready") or {}).get(
+                "timeout", self.configure_timeout))
             if node["state"] != "ready" and now - node["times"]["running"] > timeout:
                 self._failed(node, f"not ready {timeout:g} s after it started running")
 

@@ -32,6 +32,7 @@ class Request:
     group: str = ""
     dryrun: bool = False
     wait: bool = True
+    timeout: float | None = None  # seconds per phase, over the recipe's
     by_command: bool = False  # `cm slurm`: the recipe is found by its command name
 
 
@@ -101,7 +102,7 @@ def launch(ctx: Any, request: Request) -> tuple[dict[str, Any], Any]:
     cluster["simulated"] = provider.simulated
     store.save(ctx, request.cloud, cluster)
     ensure_secgroup(ctx, request.cloud, recipe, cluster)
-    engine = Launch(ctx, request.cloud, recipe, cluster, _template(ctx, request.cloud))
+    engine = Launch(ctx, request.cloud, recipe, cluster, _template(ctx, request.cloud), request.timeout)
     try:
         engine.run(wait=request.wait and not cluster["simulated"])
     finally:
@@ -130,7 +131,7 @@ def parse_change(text: str) -> int:
 
 
 def resize(ctx: Any, cloud: str, name: str, change: int, *, force: bool = False,
-           wait: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+           wait: bool = True, timeout: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Add nodes (booted and configured like at launch) or drain and remove them; returns (cluster, nodes)."""
     from cm.clusters import teardown
     from cm.clusters.launch import Launch, interrupted_elsewhere
@@ -146,7 +147,7 @@ def resize(ctx: Any, cloud: str, name: str, change: int, *, force: bool = False,
         cluster["counts"][role] += change
         cluster["state"] = "launching"
         store.save(ctx, cloud, cluster)
-        engine = Launch(ctx, cloud, recipe, cluster, _template(ctx, cloud))
+        engine = Launch(ctx, cloud, recipe, cluster, _template(ctx, cloud), timeout)
         try:
             engine.run(wait=wait and not cluster["simulated"])
         finally:

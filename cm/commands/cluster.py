@@ -80,7 +80,8 @@ def resize_cluster(ctx: Any, args: Namespace) -> int:
         ctx.say(f"would {'add' if change > 0 else 'drain and remove'} {abs(change)} {role} "
                 f"{'to' if change > 0 else 'from'} cluster '{args.name}' on {cloud}")
         return 0
-    cluster, changed = resize(ctx, cloud, args.name, change, force=args.force, wait=not args.no_wait)
+    cluster, changed = resize(ctx, cloud, args.name, change, force=args.force, wait=not args.no_wait,
+                               timeout=args.timeout)
     if change < 0:
         ctx.warn(f"removed {', '.join(n['name'] for n in changed)} from cluster '{args.name}'")
         return 0
@@ -157,7 +158,9 @@ def build(parser: ArgumentParser) -> None:
     resize.add_argument("name", metavar="NAME")
     resize.add_argument("change", metavar="+N|-N")
     resize.add_argument("--force", action="store_true", help="remove nodes even if they run jobs")
-    resize.add_argument("--no-wait", action="store_true", help="do not wait for new nodes to be ready")
+    from cm.commands.launcher import add_timeout_options
+
+    add_timeout_options(resize)
     add_cloud_option(resize, allow_all=True)
     add_dryrun_option(resize)
     add_format_options(resize)

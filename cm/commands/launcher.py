@@ -27,9 +27,15 @@ def add_launch_options(parser: ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a launcher parameter (see `cm launcher show NAME`); repeatable")
     parser.add_argument("--group", help="put the nodes in this group (default: the cluster's name)")
-    parser.add_argument("--no-wait", action="store_true", help="boot the nodes and return without waiting for readiness")
+    add_timeout_options(parser)
     add_dryrun_option(parser)
     add_format_options(parser)
+
+
+def add_timeout_options(parser: ArgumentParser) -> None:
+    parser.add_argument("--no-wait", action="store_true", help="boot the nodes and return without waiting for readiness")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="limit of each phase per node: boot, then readiness (default: the launcher's)")
 
 
 def launch(ctx: Any, args: Namespace, recipe: str, by_command: bool = False) -> int:
@@ -39,7 +45,8 @@ def launch(ctx: Any, args: Namespace, recipe: str, by_command: bool = False) -> 
 
     request = Request(recipe=recipe, cloud=ctx.cloud_name(args), n=args.n, name=args.name or "",
                       flavors=args.flavor, images=args.image, params=args.param, group=args.group or "",
-                      dryrun=args.dryrun, wait=not args.no_wait, by_command=by_command)
+                      dryrun=args.dryrun, wait=not args.no_wait, timeout=args.timeout,
+                      by_command=by_command)
     if args.dryrun:
         found, cluster, _ = prepare(ctx, request)
         return show_plan(ctx, args, found, cluster)

@@ -79,7 +79,7 @@ def test_slurm_two_workers_run_srun_then_resize_to_three_then_delete(cm_process,
     started = time.monotonic()
     try:
         launched = cm_process("slurm", "-n", "2", "--cloud", "lab", "--name", name, "--image", "debian12",
-                              "--flavor", "small", "-f", "json", timeout=LAUNCH_TIMEOUT)
+                              "--flavor", "small", "--timeout", "2400", "-f", "json", timeout=LAUNCH_TIMEOUT)
         took = time.monotonic() - started
         print(f"\n`cm slurm -n 2` to 2 idle nodes: {took:.1f} s")
         print(cm_process("cluster", "timeline", name, "--cloud", "lab").out)
@@ -92,7 +92,8 @@ def test_slurm_two_workers_run_srun_then_resize_to_three_then_delete(cm_process,
         assert answer.returncode == 0, answer.stderr
         assert sorted(answer.stdout.split()) == [f"{name}-worker1", f"{name}-worker2"]
 
-        grown = cm_process("cluster", "resize", name, "+1", "--cloud", "lab", "-f", "json", timeout=LAUNCH_TIMEOUT)
+        grown = cm_process("cluster", "resize", name, "+1", "--cloud", "lab", "--timeout", "2400", "-f", "json",
+                           timeout=LAUNCH_TIMEOUT)
         assert grown.code == 0, grown.err + "\n" + _consoles(cm_process, name)
         assert [n["name"] for n in json.loads(grown.out)][-1] == f"{name}-worker3"
         answer = on_head(daemon, key, head, "srun -N3 hostname")
