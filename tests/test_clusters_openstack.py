@@ -282,3 +282,14 @@ def test_a_node_never_ready_fails_at_the_timeout_and_is_replaced_once(cm, cloud,
     assert "every worker node failed: q1-worker1-r1 not ready 1.5 s after it started running" in launched.err
     assert took < 12
     assert cm("cluster", "delete", "q1").code == 0 and cloud.servers() == []
+
+
+def test_a_head_that_fails_after_its_workers_booted_fails_the_cluster_instead_of_stranding_them(cm, cloud, cm_home):
+    user_recipe(cm_home, "headless", "{{ marker.ready }}", replace=1)
+    (cm_home / "launchers" / "headless" / "head.j2").write_text("#cloud-config\nfinal_message: \"no marker\"\n")
+    launched = cm("launcher", "run", "headless", "-n", "1", "--name", "h2", "--timeout", "1.5")
+    assert launched.code == 1
+    assert "cluster 'h2' is failed: every head node failed: h2-head not ready 1.5 s after it started running" \
+        in launched.err
+    assert "replacing" not in launched.err  # its worker already has its address
+    assert cm("cluster", "delete", "h2").code == 0 and cloud.servers() == []

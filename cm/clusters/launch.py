@@ -99,13 +99,18 @@ class Launch:
                 node["deleted"] = True
             except CmError:
                 pass  # cm cluster delete tries again
-        if node["attempt"] < self.replace:
+        if node["attempt"] < self.replace and not self._depended_on(node):
             base = node["replaces"] or node["name"]
             new = model.new_node(f"{base}-r{node['attempt'] + 1}", node["role"], node["attempt"] + 1, base)
             node["replaced_by"] = new["name"]
             nodes = self.cluster["nodes"]
             nodes.insert(nodes.index(node) + 1, new)  # beside the one it replaces: the head stays first
             self.ctx.warn(f"cm: {node['name']} failed ({why}); replacing it with {new['name']}")
+
+    def _depended_on(self, node: dict[str, Any]) -> bool:
+        """True once nodes that were given this node's address have booted: a replacement would strand them."""
+        needers = [r for r, spec in self.recipe.roles.items() if node["role"] in spec.get("needs", [])]
+        return any(n["state"] != model.NODE_PLANNED for r in needers for n in model.live_nodes(self.cluster, r))
 
     # -- watching -----------------------------------------------------------------------------
     def _watch_cloud(self) -> None:
