@@ -40,7 +40,8 @@ def test_slurm_launch_is_ready_with_outputs_then_list_show_nodes_timeline_and_de
     data = {n: base64.b64decode(s["user_data"]).decode() for n, s in servers.items()}
     keys = {line.split('"')[1] for text in data.values() for line in text.splitlines() if "content: \"" in line}
     assert len(keys) == 1 and len(base64.b64decode(keys.pop())) == 1024
-    assert f"SlurmctldHost=c1-head({head['address']})" in data["c1-worker1"]
+    assert "SlurmctldHost=c1-head\n" in data["c1-worker1"] and data["c1-worker1"].count("SlurmctldHost") == 1
+    assert f"      {head['address']} c1-head\n" in data["c1-worker1"]  # the head's name, in the workers' /etc/hosts
     assert "munge" not in launched.out.lower() or "********" not in launched.out
 
     listed = rows(cm("cluster", "list", "-f", "json"))
@@ -109,7 +110,8 @@ def test_a_node_that_fails_to_boot_is_replaced_and_the_cluster_still_gets_ready(
     assert sorted(servers) == ["c1-head-r1", "c1-worker1"]  # the failed VM was deleted at once
     import base64
 
-    assert "SlurmctldHost=c1-head-r1(" in base64.b64decode(servers["c1-worker1"]["user_data"]).decode()
+    head = rows(launched)[1]["address"]
+    assert f"{head} c1-head-r1\n" in base64.b64decode(servers["c1-worker1"]["user_data"]).decode()
     assert cm("cluster", "delete", "c1").code == 0
     assert cloud.servers() == []
 
