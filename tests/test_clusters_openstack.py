@@ -305,3 +305,23 @@ def test_cluster_ssh_reaches_the_login_node(cm, cloud):
     unknown = cm("cluster", "ssh", "nosuch")
     assert unknown.code == 2 and "unknown cluster 'nosuch' on cloud 'fake'" in one_line(unknown.err)
     assert cm("cluster", "delete", "s1").code == 0
+
+
+def test_a_resume_takes_over_a_vm_created_after_its_record_was_last_written(cm, cloud):
+    """kill -9 between the create and its record: the node is `requested` in the mirror but exists."""
+    import json as _json
+
+    from cm.config import home
+
+    _kill_mid_launch(cm, cloud, "k3")
+    path = home() / "mirror.json"
+    data = _json.loads(path.read_text())
+    record = next(r for r in data["cluster"].values() if r["name"] == "k3")
+    head = record["nodes"][0]
+    head["state"], head["times"] = "requested", {"requested": head["times"]["requested"]}
+    path.write_text(_json.dumps(data))
+    again = cm("slurm", "-n", "2", "--name", "k3", "-f", "json")
+    assert again.code == 0, again.err
+    assert {n["state"] for n in rows(again)} == {"ready"}
+    assert sorted(s["name"] for s in cloud.servers()) == ["k3-head", "k3-worker1", "k3-worker2"]
+    assert cm("cluster", "delete", "k3").code == 0 and cloud.servers() == []

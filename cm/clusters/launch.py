@@ -233,11 +233,13 @@ def interrupted_elsewhere(cluster: dict[str, Any]) -> bool:
 
 
 def reconcile(provider: Any, cluster: dict[str, Any]) -> None:
-    """Before resuming: nodes requested but never created go back to planned."""
+    """Before resuming: nodes requested but never created go back to planned; those the cloud has are created."""
     names = {vm.name for vm in provider.list_vms()}
     for node in model.live_nodes(cluster):
         if node["state"] == "requested" and node["name"] not in names:
             node["state"], node["times"] = model.NODE_PLANNED, {}
+        elif node["state"] == "requested":  # created, but cm was stopped before it could note so
+            model.mark(node, "created")
 
 
 def ensure_secgroup(ctx: Any, cloud: str, recipe: Recipe, cluster: dict[str, Any]) -> None:
