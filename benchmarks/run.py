@@ -129,9 +129,9 @@ def bench_script(runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7, help="runs per timing (median is reported)")
-    parser.add_argument("--only", choices=["list", "mirror", "script", "boot"], action="append")
+    parser.add_argument("--only", choices=["list", "mirror", "script", "boot", "clusters"], action="append")
     args = parser.parse_args()
-    chosen = args.only or ["list", "mirror", "script", "boot"]
+    chosen = args.only or ["list", "mirror", "script", "boot", "clusters"]
     if "list" in chosen:
         bench_one_shot_list(args.runs)
     if "mirror" in chosen:
@@ -142,6 +142,10 @@ def main() -> None:
         from benchmarks.boot import bench_boot
 
         bench_boot()
+    if "clusters" in chosen:
+        from benchmarks.cluster_launch import bench_cluster_launch
+
+        bench_cluster_launch()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # listing from the mirror needs no provider contract
     from cm.context import Context
     from cm.provider import VM, Provider
 
+TAGS = ("cluster", "role")  # fields cm adds to VM records (cm.clusters.store)
 # kind -> the provider verb that lists it
 FETCHERS = {"vm": "list_vms", "image": "list_images", "flavor": "list_flavors", "key": "list_keys",
             "secgroup": "list_secgroups", "network": "list_networks", "ip": "list_floating_ips"}
@@ -32,6 +33,9 @@ def refresh(ctx: Context, cloud: str, kind: str) -> int:
     """
     records = [as_record(i) for i in getattr(ctx.provider(cloud), FETCHERS[kind])()]
     with ctx.mirror.transaction():
+        if kind == "vm":  # what cm itself tagged a VM with (its cluster and role) is not the cloud's to drop
+            tags = {r["name"]: {k: r[k] for k in TAGS if k in r} for r in ctx.mirror.records("vm", cloud)}
+            records = [{**tags.get(r["name"], {}), **r} for r in records]
         count = ctx.mirror.replace(kind, cloud, records)
         if kind == "vm":
             groups.keep_only(ctx, cloud, {r["name"] for r in records})

@@ -141,6 +141,11 @@ class Provider:
             base = getattr(Provider, verb)
             base(self, *([None] * (base.__code__.co_argcount - 1)))  # the contract's default raises
 
+    @property
+    def simulated(self) -> bool:
+        """True where VMs are simulated and nothing really boots (libvirt's test hypervisor)."""
+        return False
+
     @classmethod
     def missing_settings(cls, conf: dict[str, Any]) -> list[tuple[str, ...]]:
         """The entries of ``required_settings`` a new cloud's settings do not satisfy."""

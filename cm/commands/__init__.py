@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
     from cm.context import Context
 
 NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins", "secgroup", "network",
-         "ip", "quota", "limits", "usage")
+         "ip", "quota", "limits", "usage", "cluster", "launcher", "slurm", "hadoop")
 
 Handler = Callable[..., Any]
 # The keys `cm default` takes (plugins declare more through register_settings).

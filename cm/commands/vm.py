@@ -24,6 +24,7 @@ EXAMPLE = "cm vm boot --n 3 --image ubuntu-22.04 --flavor m1.small"
 
 COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips"]
 RESULT_COLUMNS = ["name", "cloud", "state", "result"]
+TAG_COLUMNS = ["cluster", "role"]  # set on cluster nodes (cm.clusters); shown when asked for with -c
 
 STATES = ("pending", "running", "stopped", "suspended", "paused", "rebooting", "error", "deleted", "unknown")
 # verb -> (provider method, the states the VM settles in, past tense for messages);
@@ -76,7 +77,8 @@ def add_targets(parser: ArgumentParser) -> None:
 
 
 def list_vms(ctx: Context, args: Namespace) -> None:
-    list_records(ctx, args, "vm", COLUMNS)
+    wanted = [*args.column, *args.sort_column]
+    list_records(ctx, args, "vm", COLUMNS + [c for c in TAG_COLUMNS if c in wanted])
 
 
 def boot(ctx: Context, args: Namespace) -> int:

@@ -81,6 +81,10 @@ class KvmProvider(ImageVerbs, Provider):
 
         return home()
 
+    @property
+    def simulated(self) -> bool:
+        return self.hv.is_test
+
     def _notice(self, text: str) -> None:
         if text not in self._said:
             self._said.add(text)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from .core import (Request, Router, add_next_link, iso, iso_naive, lookup, nova_error, now,
                    paginate)
+from .guest_console import final_message
 from .state import AZ, POWER, State, owned
 
 router = Router()
@@ -213,7 +214,9 @@ def _boot_log(st: State, s: dict[str, Any], t: float) -> list[str]:
         "256 SHA256:" + base64.b64encode(hashlib.sha256(s["id"].encode()).digest()).decode()[:43]
         + f" root@{s['hostname']} (ED25519)",
         "-----END SSH HOST KEY FINGERPRINTS-----",
-        f"[    4.500000] cloud-init[402]: Cloud-init v. 23.1.1 finished at {stamp}. Datasource DataSourceOpenStackLocal [net,ver=2].  Up 4.49 seconds",
+        "[    4.500000] cloud-init[402]: " + (final_message(s.get("user_data"), stamp, "4.49") or
+                                               f"Cloud-init v. 23.1.1 finished at {stamp}. Datasource "
+                                               "DataSourceOpenStackLocal [net,ver=2].  Up 4.49 seconds"),
         "",
         f"{s['hostname']} login: ",
     ]
