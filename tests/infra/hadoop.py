@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.infra.hadoop_jars import hadoop_home, lib_dir
+from tests.infra.hadoop_jars import hadoop_home, lib_dir, webapps_dir
 from tests.infra.netns import Host, Lab
 from tests.infra.procs import kill_tree, reap_stale, wait_for
 
@@ -60,6 +60,18 @@ log4j.appender.console.target=System.err
 log4j.appender.console.layout=org.apache.log4j.PatternLayout
 log4j.appender.console.layout.ConversionPattern=%d{HH:mm:ss,SSS} %p %c{2}: %m%n
 """
+
+# What a release's etc/hadoop holds besides the files the recipe writes over (the recipe copies its
+# files into the release's conf dir): the CapacityScheduler's one default queue.
+RELEASE_CONF = {"capacity-scheduler.xml": """<?xml version="1.0"?>
+<configuration>
+  <property><name>yarn.scheduler.capacity.maximum-am-resource-percent</name><value>0.5</value></property>
+  <property><name>yarn.scheduler.capacity.root.queues</name><value>default</value></property>
+  <property><name>yarn.scheduler.capacity.root.default.capacity</name><value>100</value></property>
+  <property><name>yarn.scheduler.capacity.root.default.maximum-capacity</name><value>100</value></property>
+  <property><name>yarn.scheduler.capacity.root.default.state</name><value>RUNNING</value></property>
+</configuration>
+""", "log4j.properties": LOG4J}
 
 
 def java_home() -> str:
@@ -127,10 +139,9 @@ class HadoopCluster:
         self.files = recipe.render_files(plan.context(cluster, recipe, {}, None))
         conf = self.conf_dir
         conf.mkdir(parents=True)
-        for fname, text in self.files.items():
+        for fname, text in {**RELEASE_CONF, **self.files}.items():
             if fname != "install.sh":
                 (conf / fname).write_text(text)
-        (conf / "log4j.properties").write_text(LOG4J)   # the test's logging, not the recipe's
 
     @property
     def conf_dir(self) -> Path:
@@ -154,7 +165,7 @@ class HadoopCluster:
                 "YARN_CONF_DIR": str(self.conf_dir), "HADOOP_LOG_DIR": "/var/log/hadoop"}
 
     def java_argv(self, main: str, args: list[str], heap: str = "256m", log: str = "client") -> list[str]:
-        classpath = f"{self.conf_dir}:{lib_dir(self.home)}/*"
+        classpath = f"{self.conf_dir}:{webapps_dir(self.home)}:{lib_dir(self.home)}/*"
         return [f"{java_home()}/bin/java", f"-Xmx{heap}", *JVM_FLAGS, *JAVA17_OPENS,
                 "-Dhadoop.log.dir=/var/log/hadoop", "-Dyarn.log.dir=/var/log/hadoop",
                 f"-Dhadoop.log.file={log}.log", f"-Dhadoop.home.dir={self.home}",

@@ -4,7 +4,9 @@
 lock, by ``mvn dependency:copy-dependencies`` on a generated pom, with Maven's strict checksum
 checks against Central's own .sha1 files) and laid out like a release's
 ``share/hadoop/common/lib`` (every jar there; ``share/hadoop/mapreduce`` points at it), so YARN's
-default container classpath finds them.  A SHA-256 manifest written at the build is checked on
+default container classpath finds them.  The NameNode's and DataNode's web apps are not in the
+hadoop-hdfs jar (a release ships them as share/hadoop/hdfs/webapps): they are unpacked there from
+the hadoop-hdfs tests jar, and that directory goes on the daemons' classpath.  A SHA-256 manifest written at the build is checked on
 every later use: a damaged cache is rebuilt, never run.
 """
 
@@ -23,7 +25,7 @@ CACHE = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache" / "cm-tests" / "hadoop
 ARTIFACTS = [
     "hadoop-common", "hadoop-hdfs", "hadoop-hdfs-client",
     "hadoop-yarn-server-resourcemanager", "hadoop-yarn-server-nodemanager",
-    "hadoop-yarn-server-web-proxy", "hadoop-yarn-client",
+    "hadoop-yarn-server-web-proxy", "hadoop-yarn-server-timelineservice", "hadoop-yarn-client",
     "hadoop-mapreduce-client-app", "hadoop-mapreduce-client-jobclient",
     "hadoop-mapreduce-client-shuffle", "hadoop-mapreduce-client-hs", "hadoop-mapreduce-examples",
 ]
@@ -51,20 +53,38 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def webapps_dir(home: Path) -> Path:
+    return home / "share" / "hadoop" / "hdfs"
+
+
+def cached_files(home: Path) -> list[Path]:
+    """The jars and the web apps' files, relative to ``home``."""
+    found = list(lib_dir(home).glob("*.jar")) + [p for p in webapps_dir(home).rglob("*") if p.is_file()]
+    return sorted(p.relative_to(home) for p in found)
+
+
 def write_manifest(home: Path) -> None:
-    lines = [f"{sha256(jar)}  {jar.name}" for jar in sorted(lib_dir(home).glob("*.jar"))]
+    lines = [f"{sha256(home / rel)}  {rel}" for rel in cached_files(home)]
     (home / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
 def intact(home: Path) -> bool:
-    """True when every jar the manifest lists is there with its recorded SHA-256 (and no other)."""
+    """True when every file the manifest lists is there with its recorded SHA-256 (and no other)."""
     manifest = home / MANIFEST
     if not manifest.exists():
         return False
     listed = dict(reversed(line.split("  ", 1)) for line in manifest.read_text().splitlines() if line)
-    have = {jar.name for jar in lib_dir(home).glob("*.jar")}
+    have = {str(rel) for rel in cached_files(home)}
     return bool(listed) and have == set(listed) and all(
-        sha256(lib_dir(home) / name) == digest for name, digest in listed.items())
+        sha256(home / rel) == digest for rel, digest in listed.items())
+
+
+def mvn(version: str, work: Path, *goal: str) -> None:
+    """Run one Maven goal on the generated pom, with the cache's own local repository."""
+    proc = subprocess.run(["mvn", "-B", "-q", "--strict-checksums", f"-Dmaven.repo.local={CACHE / 'm2'}",
+                           "-f", str(work / "pom.xml"), *goal], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mvn could not fetch Hadoop {version}: {(proc.stdout + proc.stderr)[-2000:]}")
 
 
 def build(version: str, home: Path) -> None:
@@ -73,13 +93,9 @@ def build(version: str, home: Path) -> None:
     try:
         (work / "pom.xml").write_text(pom(version))
         out = lib_dir(work / "home")
-        proc = subprocess.run(
-            ["mvn", "-B", "-q", "--strict-checksums", f"-Dmaven.repo.local={CACHE / 'm2'}",
-             "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={out}"],
-            capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mvn could not fetch Hadoop {version}: {(proc.stdout + proc.stderr)[-2000:]}")
+        mvn(version, work, "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={out}")
+        mvn(version, work, "dependency:unpack", f"-Dartifact=org.apache.hadoop:hadoop-hdfs:{version}:jar:tests",
+            "-Dmdep.unpack.includes=webapps/**", f"-DoutputDirectory={webapps_dir(work / 'home')}")
         (out.parent.parent / "mapreduce").symlink_to("common/lib")
         (work / "home" / "etc" / "hadoop").mkdir(parents=True)
         write_manifest(work / "home")
