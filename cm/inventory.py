@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # listing from the mirror needs no provider contract
     from cm.context import Context
     from cm.provider import VM, Provider
 
-# kind -> the provider verb that lists it
 TAGS = ("cluster", "role")  # fields cm adds to VM records (cm.clusters.store)
+# kind -> the provider verb that lists it
 FETCHERS = {"vm": "list_vms", "image": "list_images", "flavor": "list_flavors", "key": "list_keys",
             "secgroup": "list_secgroups", "network": "list_networks", "ip": "list_floating_ips"}
 

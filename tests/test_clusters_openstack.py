@@ -234,7 +234,7 @@ def test_ctrl_c_stops_the_launch_at_once_keeps_the_record_and_delete_cleans_up(c
 
     before = resources(cloud)
     code, err = _kill_mid_launch(cm, cloud, "i1", signal.SIGINT)
-    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert code == 130 and "interrupted" in err and "Traceback" not in err, (code, err)
     shown = rows(cm("cluster", "show", "i1", "-f", "json"))[0]
     assert shown["state"] == "launching"
     nodes = rows(cm("cluster", "nodes", "i1", "-f", "json"))
@@ -295,3 +295,13 @@ def test_a_head_that_fails_after_its_workers_booted_fails_the_cluster_instead_of
         in launched.err
     assert "replacing" not in launched.err  # its worker already has its address
     assert cm("cluster", "delete", "h2").code == 0 and cloud.servers() == []
+
+
+def test_cluster_ssh_reaches_the_login_node(cm, cloud):
+    assert cm("slurm", "-n", "1", "--name", "s1").code == 0
+    login = rows(cm("cluster", "show", "s1", "-f", "json"))[0]["login"]
+    shown = cm("cluster", "ssh", "s1", "--command", "sinfo", "--dryrun")  # (no guest answers ssh here)
+    assert shown.code == 0 and shown.out.strip() == f"ssh -o StrictHostKeyChecking=accept-new root@{login} sinfo"
+    unknown = cm("cluster", "ssh", "nosuch")
+    assert unknown.code == 2 and "unknown cluster 'nosuch' on cloud 'fake'" in one_line(unknown.err)
+    assert cm("cluster", "delete", "s1").code == 0

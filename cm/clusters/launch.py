@@ -86,8 +86,16 @@ class Launch:
         finally:
             self.save()
         for outcome in outcomes:
-            if not outcome.ok:
-                self._failed(by_name[outcome.name], f"could not be created: {outcome.message}")
+            node = by_name[outcome.name]
+            if outcome.message == bulk.NOT_STARTED:
+                node["state"], node["times"] = model.NODE_PLANNED, {}  # never sent: a resume boots it
+            elif outcome.interrupted:
+                pass  # abandoned in flight: it may exist; delete and resume look for it by name
+            elif not outcome.ok:
+                self._failed(node, f"could not be created: {outcome.message}")
+        if outcomes.interrupted:
+            self.save()
+            raise KeyboardInterrupt
 
     # -- failures -----------------------------------------------------------------------------
     def _failed(self, node: dict[str, Any], why: str) -> None:
@@ -186,8 +194,8 @@ class Launch:
                     self.save()
                     if state != "launching" or not wait or not self.console_ok:
                         break
-                    if not self._bootable() and bulk.CANCELLED.wait(interval):
-                        raise KeyboardInterrupt
+                    if not self._bootable():
+                        time.sleep(interval)  # Ctrl-C lands here as KeyboardInterrupt: the record is saved below
                     interval = min(interval * 1.4, 1.0)
             finally:
                 self.cluster["pid"] = 0

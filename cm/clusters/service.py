@@ -171,7 +171,7 @@ def resize(ctx: Any, cloud: str, name: str, change: int, *, force: bool = False,
 
 
 def _join_group(ctx: Any, cloud: str, cluster: dict[str, Any]) -> None:
-    from cm.commands.group import add_members
+    from cm.groups import add_members
 
     names = [n["name"] for n in model.live_nodes(cluster) if n["state"] != model.NODE_PLANNED]
     if names and cluster.get("group"):

@@ -51,7 +51,7 @@ def forget(ctx: Any, cloud: str, cluster: dict[str, Any]) -> None:
         ctx.mirror.remove("vm", cloud, names)
         ctx.mirror.remove(KIND, cloud, [cluster["name"]])
         if cluster.get("group"):
-            from cm.commands.group import keep_only
+            from cm.groups import keep_only
 
             keep_only(ctx, cloud, {r["name"] for r in ctx.mirror.records("vm", cloud)})
     path = secrets_path(ctx, cloud, cluster["name"])

@@ -25,6 +25,14 @@ def delete_vms(ctx: Any, cloud: str, cluster: dict[str, Any], nodes: list[dict[s
 
     outcomes = bulk.run_each([n["name"] for n in nodes], delete, "delete")
     failed = {o.name: o.message for o in outcomes if not o.ok}
+    _record_deleted(ctx, cloud, cluster, nodes, failed)
+    if outcomes.interrupted:  # what was deleted is recorded: a second delete finishes the rest
+        raise KeyboardInterrupt
+    return [f"{name}: {why}" for name, why in failed.items()]
+
+
+def _record_deleted(ctx: Any, cloud: str, cluster: dict[str, Any], nodes: list[dict[str, Any]],
+                    failed: dict[str, str]) -> None:
     for node in nodes:
         if node["name"] not in failed:
             node["state"] = model.NODE_DELETED
@@ -32,7 +40,6 @@ def delete_vms(ctx: Any, cloud: str, cluster: dict[str, Any], nodes: list[dict[s
     with ctx.mirror.transaction():
         ctx.mirror.remove("vm", cloud, [n["name"] for n in nodes if n["name"] not in failed])
         store.save(ctx, cloud, cluster)
-    return [f"{name}: {why}" for name, why in failed.items()]
 
 
 def _delete_made(ctx: Any, cloud: str, cluster: dict[str, Any]) -> list[str]:
@@ -72,8 +79,7 @@ def _wait_gone(ctx: Any, cloud: str, names: list[str], timeout: float = 120) -> 
             return []
         if time.monotonic() >= deadline:
             return [f"{', '.join(left)} still listed {timeout:g} s after being deleted"]
-        if bulk.CANCELLED.wait(0.5):
-            raise KeyboardInterrupt
+        time.sleep(0.5)
 
 
 def delete(ctx: Any, cloud: str, name: str) -> list[str]:
