@@ -13,10 +13,12 @@ The cluster record comes from ``cm.clusters.plan.offline`` (as a launch of ``cm 
 would plan it: nodes ``c1-head``, ``c1-worker1``...); each node is a Lab host of that name whose
 address becomes the node's address, and ``Recipe.render_files`` renders core-site, hdfs-site,
 yarn-site, mapred-site, hadoop-env.sh and spark-defaults.conf from that record, unchanged, into
-one HADOOP_CONF_DIR.  The head runs NameNode (formatted first) and ResourceManager; each
-worker a DataNode and NodeManager, started as ``java -cp CONF:HADOOP_HOME/.../*`` with the
-``--add-opens`` flags Java 17 needs, from the jars ``tests.infra.hadoop_jars`` fetched (the
-recipe's ``hadoop_version``).  Each daemon sees its own private dir bind-mounted over /var/lib
+``PREFIX/hadoop/etc/hadoop`` (``--param prefix`` is the test's temp dir; ``PREFIX/hadoop/share``
+is the cached jars ``tests.infra.hadoop_jars`` fetched for the recipe's ``hadoop_version``, as
+the recipe's install.sh would unpack a release).  The head runs NameNode (formatted first) and
+ResourceManager; each worker a DataNode and NodeManager, started as Hadoop's scripts do: the
+recipe's hadoop-env.sh sourced (JAVA_HOME, HADOOP_HOME, HADOOP_OPTS with the ``--add-opens``
+Java 17 needs), then ``java $HADOOP_OPTS -cp CONF:... MAIN``.  Each daemon sees its own private dir bind-mounted over /var/lib
 and /var/log (its own mount namespace), so the recipe's paths (/var/lib/hadoop/name, .../data)
 are used as rendered.  Default ports are fine: every node has its own network namespace.
 
@@ -40,11 +42,10 @@ from tests.infra.netns import Host, Lab
 from tests.infra.procs import kill_tree, reap_stale, wait_for
 
 HADOOP_TIMEOUT = 300.0
-JAVA17_OPENS = [f"--add-opens=java.base/{pkg}=ALL-UNNAMED" for pkg in (
-    "java.lang", "java.lang.reflect", "java.io", "java.net", "java.nio", "java.util",
-    "java.util.concurrent", "java.util.concurrent.atomic", "java.util.regex", "java.security",
-    "sun.nio.ch", "sun.nio.cs", "sun.security.action", "sun.security.util", "sun.net.dns",
-    "sun.net.util")]
+# What Hadoop's scripts export from HADOOP_HOME (NodeManagers pass these on to containers).
+SCRIPT_EXPORTS = ("export HADOOP_COMMON_HOME=$HADOOP_HOME HADOOP_HDFS_HOME=$HADOOP_HOME "
+                  "HADOOP_YARN_HOME=$HADOOP_HOME HADOOP_MAPRED_HOME=$HADOOP_HOME "
+                  "YARN_CONF_DIR=$HADOOP_CONF_DIR JAVA_HOME HADOOP_HOME HADOOP_CONF_DIR HADOOP_LOG_DIR")
 # Small JVMs: 2 shared cores.  C1 only and serial GC start faster and cost less CPU.
 JVM_FLAGS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k"]
 DAEMONS = {
@@ -74,21 +75,17 @@ RELEASE_CONF = {"capacity-scheduler.xml": """<?xml version="1.0"?>
 """, "log4j.properties": LOG4J}
 
 
-def java_home() -> str:
-    """JAVA_HOME as the recipe's hadoop-env.sh derives it: two levels above the real `java`."""
-    java = shutil.which("java")
-    if not java:
-        raise RuntimeError("no java on PATH (Hadoop needs Java 11 or 17)")
-    return str(Path(os.path.realpath(java)).parent.parent)
-
-
-def recipe_cluster(workers: int, name: str = "c1"):
-    """The shipped Hadoop recipe and a cluster record of it, planned as ``cm hadoop -n WORKERS``."""
+def recipe_cluster(workers: int, name: str = "c1", prefix: Path | None = None):
+    """The shipped Hadoop recipe and a cluster record of it, planned as ``cm hadoop -n WORKERS
+    [--param prefix=PREFIX]``."""
     from cm import recipes
     from cm.clusters import plan
 
     recipe = recipes.load(recipes.shipped_dir() / "hadoop.yaml")
-    return recipe, plan.offline(recipe, workers, name)
+    cluster = plan.offline(recipe, workers, name)
+    if prefix:
+        cluster["params"] = recipe.params({"prefix": str(prefix)})
+    return recipe, cluster
 
 
 class HadoopCluster:
@@ -110,12 +107,13 @@ class HadoopCluster:
     def start(self) -> "HadoopCluster":
         """Fetch the jars, render the recipe for the lab's nodes, start the daemons, wait until ready."""
         reap_stale(self.prefix, "hadoop")
-        recipe, cluster = recipe_cluster(self.workers, self.name)
-        t0 = time.monotonic()
-        self.home = hadoop_home(str(cluster["params"]["hadoop_version"]))
-        self.timings["fetch"] = time.monotonic() - t0
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-hadoop-"))
+        recipe, cluster = recipe_cluster(self.workers, self.name, self.tmp / "opt")
         try:
+            t0 = time.monotonic()
+            self.home = hadoop_home(str(cluster["params"]["hadoop_version"]))
+            self.timings["fetch"] = time.monotonic() - t0
+            self.install()
             t0 = time.monotonic()
             self.lab.start()
             self.place_nodes(recipe, cluster)
@@ -138,15 +136,24 @@ class HadoopCluster:
             self.roles[node["name"]] = node["role"]
         self.files = recipe.render_files(plan.context(cluster, recipe, {}, None))
         conf = self.conf_dir
-        conf.mkdir(parents=True)
         for fname, text in {**RELEASE_CONF, **self.files}.items():
             if fname != "install.sh":
                 (conf / fname).write_text(text)
 
+    def install(self) -> None:
+        """PREFIX/hadoop as the recipe's install.sh leaves it: the release's share/ (the cached jars)
+        and an etc/hadoop that the recipe's files are copied into."""
+        (self.install_dir / "etc" / "hadoop").mkdir(parents=True)
+        (self.install_dir / "share").symlink_to(self.home / "share")
+
+    @property
+    def install_dir(self) -> Path:
+        assert self.tmp is not None
+        return self.tmp / "opt" / "hadoop"
+
     @property
     def conf_dir(self) -> Path:
-        assert self.tmp is not None
-        return self.tmp / "conf"
+        return self.install_dir / "etc" / "hadoop"
 
     @property
     def head(self) -> Host:
@@ -156,46 +163,42 @@ class HadoopCluster:
     def worker_hosts(self) -> list[Host]:
         return [h for n, h in self.hosts.items() if self.roles[n] == "worker"]
 
-    def env(self) -> dict[str, str]:
-        """What Hadoop's scripts export for daemons and clients (NodeManagers pass these to containers)."""
-        home = str(self.home)
-        return {**os.environ, "JAVA_HOME": java_home(), "HADOOP_HOME": home,
-                "HADOOP_COMMON_HOME": home, "HADOOP_HDFS_HOME": home, "HADOOP_YARN_HOME": home,
-                "HADOOP_MAPRED_HOME": home, "HADOOP_CONF_DIR": str(self.conf_dir),
-                "YARN_CONF_DIR": str(self.conf_dir), "HADOOP_LOG_DIR": "/var/log/hadoop"}
-
     def java_argv(self, main: str, args: list[str], heap: str = "256m", log: str = "client") -> list[str]:
-        classpath = f"{self.conf_dir}:{webapps_dir(self.home)}:{lib_dir(self.home)}/*"
-        return [f"{java_home()}/bin/java", f"-Xmx{heap}", *JVM_FLAGS, *JAVA17_OPENS,
-                "-Dhadoop.log.dir=/var/log/hadoop", "-Dyarn.log.dir=/var/log/hadoop",
-                f"-Dhadoop.log.file={log}.log", f"-Dhadoop.home.dir={self.home}",
-                "-Djava.net.preferIPv4Stack=true", "-cp", classpath, main, *args]
+        """A `java` command line as Hadoop's scripts build it (HADOOP_OPTS comes from hadoop-env.sh)."""
+        home = self.install_dir
+        classpath = f"{self.conf_dir}:{webapps_dir(home)}:{lib_dir(home)}/*"
+        return [f"-Xmx{heap}", *JVM_FLAGS, "-Dhadoop.log.dir=/var/log/hadoop",
+                "-Dyarn.log.dir=/var/log/hadoop", f"-Dhadoop.log.file={log}.log",
+                f"-Dhadoop.home.dir={home}", "-Djava.net.preferIPv4Stack=true", "-cp", classpath,
+                main, *args]
 
     def node_dir(self, node: str) -> Path:
         assert self.tmp is not None
         return self.tmp / "nodes" / node
 
-    def private_argv(self, node: str, argv: list[str]) -> list[str]:
-        """``argv`` with this node's own dirs bind-mounted over /var/lib and /var/log."""
+    def private_argv(self, node: str, java_args: list[str]) -> list[str]:
+        """Java with ``java_args`` on ``node``, in the environment the recipe's hadoop-env.sh sets
+        (as Hadoop's scripts source it), with the node's own dirs over /var/lib and /var/log."""
         base = self.node_dir(node)
         for sub in ("lib", "log/hadoop"):
             (base / sub).mkdir(parents=True, exist_ok=True)
-        script = f'mount --bind {base}/lib /var/lib && mount --bind {base}/log /var/log && exec "$@"'
-        return ["sh", "-c", script, "sh", *argv]
+        script = (f"mount --bind {base}/lib /var/lib && mount --bind {base}/log /var/log && "
+                  f". {self.conf_dir}/hadoop-env.sh && {SCRIPT_EXPORTS} && "
+                  'exec "$JAVA_HOME/bin/java" $HADOOP_OPTS "$@"')
+        return ["sh", "-c", script, "sh", *java_args]
 
     def spawn(self, node: str, daemon: str) -> None:
         """Start one daemon on ``node``; its output goes to NODE_DIR/DAEMON.out."""
         main, heap = DAEMONS[daemon]
         argv = self.private_argv(node, self.java_argv(main, [], heap, daemon))
         with open(self.node_dir(node) / f"{daemon}.out", "wb") as out:
-            self.procs[f"{node}/{daemon}"] = self.hosts[node].popen(
-                argv, env=self.env(), stdout=out, stderr=subprocess.STDOUT)
+            self.procs[f"{node}/{daemon}"] = self.hosts[node].popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
     def start_daemons(self) -> None:
         head = self.head.name
         fmt = self.hosts[head].run(self.private_argv(head, self.java_argv(
             DAEMONS["namenode"][0], ["-format", "-nonInteractive", "-force"], log="format")),
-            env=self.env(), timeout=self.timeout)
+            timeout=self.timeout)
         if fmt.returncode != 0:
             raise RuntimeError(f"hdfs namenode -format failed: {fmt.stderr[-3000:]}")
         for node, role in self.roles.items():
@@ -235,8 +238,8 @@ class HadoopCluster:
     def java(self, main: str, args: list[str], check: bool = True, timeout: float | None = None,
              heap: str = "256m", extra_cp: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run a Hadoop client class on the head (as `hdfs dfs`, `yarn node`, `hadoop jar` would)."""
-        argv = self.java_argv(main, args, heap)
-        proc = self.head.run(argv, env=self.env(), timeout=timeout or self.timeout)
+        argv = self.private_argv(self.head.name, self.java_argv(main, args, heap))
+        proc = self.head.run(argv, timeout=timeout or self.timeout)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{main} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         return proc
@@ -247,8 +250,10 @@ class HadoopCluster:
 
     def run_on_head(self, argv: list[str], env: dict[str, str] | None = None,
                     timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        """Any command on the head with the cluster's Hadoop environment (e.g. spark-submit)."""
-        return self.head.run(argv, env={**self.env(), **(env or {})}, timeout=timeout or self.timeout)
+        """Any command on the head in the environment of the recipe's hadoop-env.sh (e.g. spark-submit)."""
+        script = f'. {self.conf_dir}/hadoop-env.sh && {SCRIPT_EXPORTS} && exec "$@"'
+        return self.head.run(["sh", "-c", script, "sh", *argv], env={**os.environ, **(env or {})},
+                             timeout=timeout or self.timeout)
 
     # -- teardown -----------------------------------------------------------------------------
     def stop(self) -> None:
