@@ -26,6 +26,9 @@ PACKAGES=(
     # network namespaces with veth/bridges, an sshd login host
     slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client
     openssh-server openssh-client iproute2 iputils-ping util-linux socat
+    # tests/infra/hadoop: real Hadoop daemons from Maven Central's jars (mvn
+    # fetches them, Java 17 runs them and pyspark's Spark)
+    maven openjdk-17-jre-headless
 )
 
 if [[ "${1:-}" == "--list" ]]; then

@@ -32,6 +32,11 @@ ARTIFACTS = [
 MANIFEST = "SHA256SUMS"
 
 
+def cache_dir() -> Path:
+    """The cache (``CM_TESTS_HADOOP_CACHE`` overrides it, e.g. for a cold-cache benchmark)."""
+    return Path(os.environ.get("CM_TESTS_HADOOP_CACHE") or CACHE)
+
+
 def pom(version: str) -> str:
     """A pom whose runtime dependency closure is Hadoop ``version``'s daemons, clients and examples."""
     deps = "".join(f"<dependency><groupId>org.apache.hadoop</groupId><artifactId>{a}</artifactId>"
@@ -81,7 +86,7 @@ def intact(home: Path) -> bool:
 
 def mvn(version: str, work: Path, *goal: str) -> None:
     """Run one Maven goal on the generated pom, with the cache's own local repository."""
-    proc = subprocess.run(["mvn", "-B", "-q", "--strict-checksums", f"-Dmaven.repo.local={CACHE / 'm2'}",
+    proc = subprocess.run(["mvn", "-B", "-q", "--strict-checksums", f"-Dmaven.repo.local={cache_dir() / 'm2'}",
                            "-f", str(work / "pom.xml"), *goal], capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"mvn could not fetch Hadoop {version}: {(proc.stdout + proc.stderr)[-2000:]}")
@@ -107,9 +112,10 @@ def build(version: str, home: Path) -> None:
 
 def hadoop_home(version: str) -> Path:
     """The cached HADOOP_HOME of ``version``, fetched from Maven Central when missing or damaged."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    home = CACHE / f"hadoop-{version}"
-    with open(CACHE / ".lock", "w") as lock:
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    home = cache / f"hadoop-{version}"
+    with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # concurrent test runs: one builds, the others wait
         if not intact(home):
             build(version, home)
