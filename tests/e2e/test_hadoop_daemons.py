@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.infra.hadoop import HadoopCluster
+from tests.infra.netns import list_netns
 from tests.infra.hadoop_jobs import SPARK_APP, known_input, mapreduce_wordcount, spark_wordcount
 
 pytestmark = [
@@ -34,6 +36,20 @@ def hadoop(tmp_path_factory):
         cluster.hdfs(["-mkdir", "-p", "/in"])
         cluster.hdfs(["-put", *map(str, files), "/in/"])
         yield cluster, counts
+    # stopped: no namespace, no process, no temp dir of this cluster is left
+    assert not list_netns("hadoop-e2e")
+    assert not processes_naming(str(cluster.tmp)) and not cluster.tmp.exists()
+
+
+def processes_naming(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_recipe_configuration_runs_hdfs_on_every_worker(hadoop):
@@ -61,5 +77,5 @@ def test_spark_wordcount_on_yarn(hadoop, tmp_path):
     assert spark_wordcount(cluster, "/in", tmp_path) == counts
     print(f"\nhadoop: Spark wordcount on YARN {time.monotonic() - started:.1f} s")
     apps = cluster.java("org.apache.hadoop.yarn.client.cli.ApplicationCLI",
-                        ["-list", "-appStates", "FINISHED"]).stdout
+                        ["application", "-list", "-appStates", "FINISHED"]).stdout
     assert any(SPARK_APP in line and "SPARK" in line and "SUCCEEDED" in line for line in apps.splitlines()), apps
