@@ -1,1 +1,1 @@
-"""Shared test machinery: network namespaces (netns), private Slurm clusters (slurm), an sshd login host (sshd)."""
+"""Shared test machinery: network namespaces (netns), private Slurm clusters (slurm), an sshd login host (sshd), real Hadoop daemons running cm's Hadoop recipe (hadoop, hadoop_jars, hadoop_jobs)."""
