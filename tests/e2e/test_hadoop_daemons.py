@@ -9,6 +9,7 @@ Run with ``-s`` to see the timings.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -61,6 +62,17 @@ def test_recipe_configuration_runs_hdfs_on_every_worker(hadoop):
     assert all(f"Name: {h.addr}:9866 ({h.name})" in report for h in cluster.worker_hosts)
     listing = cluster.hdfs(["-ls", "/in"]).stdout
     assert "/in/part0.txt" in listing and "/in/part1.txt" in listing
+
+
+def test_recipe_outputs_web_uis_answer(hadoop):
+    cluster, _ = hadoop
+    namenode, resourcemanager = cluster.outputs["namenode_ui"], cluster.outputs["resourcemanager_ui"]
+    assert namenode == f"http://{cluster.head.addr}:9870"
+    state = json.loads(cluster.http_get(f"{namenode}/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState"))
+    assert state["beans"][0]["NumLiveDataNodes"] == 2
+    assert "Hadoop" in cluster.http_get(f"{namenode}/dfshealth.html")
+    metrics = json.loads(cluster.http_get(f"{resourcemanager}/ws/v1/cluster/metrics"))
+    assert metrics["clusterMetrics"]["activeNodes"] == 2
 
 
 def test_mapreduce_wordcount_on_yarn(hadoop):

@@ -99,6 +99,7 @@ class HadoopCluster:
         self.hosts: dict[str, Host] = {}
         self.roles: dict[str, str] = {}
         self.files: dict[str, str] = {}
+        self.outputs: dict[str, str] = {}
         self.tmp: Path | None = None
         self.home: Path | None = None
         self.timings: dict[str, float] = {}
@@ -134,7 +135,9 @@ class HadoopCluster:
             node["address"] = host.addr
             self.hosts[node["name"]] = host
             self.roles[node["name"]] = node["role"]
-        self.files = recipe.render_files(plan.context(cluster, recipe, {}, None))
+        context = plan.context(cluster, recipe, {}, None)
+        self.files = recipe.render_files(context)
+        self.outputs = recipe.render_outputs(context)
         conf = self.conf_dir
         for fname, text in {**RELEASE_CONF, **self.files}.items():
             if fname != "install.sh":
@@ -247,6 +250,14 @@ class HadoopCluster:
     def hdfs(self, args: list[str], **kw) -> subprocess.CompletedProcess[str]:
         """`hdfs dfs ARGS` on the head."""
         return self.java("org.apache.hadoop.fs.FsShell", args, **kw)
+
+    def http_get(self, url: str) -> str:
+        """GET ``url`` from inside the head's namespace (the lab's addresses live only there)."""
+        code = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())"
+        proc = self.head.run(["python3", "-c", code, url], timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"GET {url}: {proc.stderr.strip()[-500:]}")
+        return proc.stdout
 
     def run_on_head(self, argv: list[str], env: dict[str, str] | None = None,
                     timeout: float | None = None) -> subprocess.CompletedProcess[str]:
