@@ -253,7 +253,8 @@ class HadoopCluster:
 
     def http_get(self, url: str) -> str:
         """GET ``url`` from inside the head's namespace (the lab's addresses live only there)."""
-        code = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())"
+        code = ("import sys, urllib.request; "
+                "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())")
         proc = self.head.run(["python3", "-c", code, url], timeout=60)
         if proc.returncode != 0:
             raise RuntimeError(f"GET {url}: {proc.stderr.strip()[-500:]}")

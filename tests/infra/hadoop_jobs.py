@@ -19,7 +19,8 @@ from tests.infra.hadoop import HadoopCluster
 from tests.infra.hadoop_jars import jar
 
 WORDS = ["cloud", "mesh", "yarn", "hdfs", "spark", "node"]
-# Spark wants at least 450 MB of heap. Rounded up to YARN's minimum allocation for the scheduler; the JVMs' heaps stay small.
+# Rounded up to YARN's minimum allocation for the scheduler; the JVMs' heaps stay small
+# (Spark's driver and executors need at least 450 MB).
 MR_SMALL = ["-Dmapreduce.map.memory.mb=512", "-Dmapreduce.map.java.opts=-Xmx200m",
             "-Dmapreduce.reduce.memory.mb=512", "-Dmapreduce.reduce.java.opts=-Xmx200m",
             "-Dyarn.app.mapreduce.am.resource.mb=512", "-Dyarn.app.mapreduce.am.command-opts=-Xmx256m"]
