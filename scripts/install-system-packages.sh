@@ -37,6 +37,9 @@ PACKAGES=(
     # building Apptainer from its Go module source for the tests (seccomp, cryptsetup headers)
     libseccomp-dev
     libcryptsetup-dev
+    # tests/infra/hadoop: real Hadoop daemons from Maven Central's jars (mvn
+    # fetches them, Java 17 runs them and pyspark's Spark)
+    maven openjdk-17-jre-headless
 )
 
 if [[ "${1:-}" == "--list" ]]; then
