@@ -4,3 +4,8 @@
 def register_providers(register):
     """Entry-point hook: the comet provider."""
     register("comet", "cm_plugins.comet.provider:CometProvider")
+
+
+def register_commands(register):
+    """Entry-point hook: the `comet` noun."""
+    register("comet", "cm.commands.comet")
