@@ -126,7 +126,7 @@ class Authenticator:
             when = float(stamp)
         except ValueError:
             raise ApiError(401, "timestamp must be unix seconds") from None
-        if abs(time.time() - when) > self.service.settings.timestamp_window:
+        if not abs(time.time() - when) <= self.service.settings.timestamp_window:  # also refuses nan
             raise ApiError(401, "Timestamp is outside the allowed window.")
         if not NONCE.match(nonce):
             raise ApiError(401, "Nonce check failed.")

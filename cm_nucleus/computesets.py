@@ -227,6 +227,8 @@ def event(service: Service, cs_id: int, secret: str, what: str, job: str, nodes:
         if job and cs.job_id and job != cs.job_id:
             raise ApiError(409, f"computeset {cs_id} belongs to job {cs.job_id}, not {job}")
         if what == "started":
+            if cs.state == "running":
+                return {"id": cs.id, "state": cs.state}  # the reconciler saw the job run first
             if cs.state != "submitted":
                 raise ApiError(409, f"computeset {cs_id} is {cs.state}")
             try:

@@ -76,6 +76,8 @@ def _act(service: Service, node: Node, action: str) -> None:
             service.power_on(node)
         elif action == "poweroff":
             service.power_off(node)
+        elif node.power != "active" or not node.domain:
+            raise bad("The VM is not running")
         else:
             getattr(service.hv, action)(service.uri(node), node.domain or service.domain_name(node))
             if action == "shutdown":

@@ -119,7 +119,8 @@ def holder_script(callback: str, secret: str) -> str:
     return f"""#!/bin/sh
 # a Nucleus computeset: its virtual nodes run while this job runs
 cb() {{
-    curl -fsS -m 60 -o /dev/null -X POST -H "X-Callback-Secret: {secret}" \\
+    # retried while the service restarts (connection refused, 5xx), not when it refuses the job
+    curl -fsS -m 60 --retry 60 --retry-delay 1 --retry-connrefused -o /dev/null -X POST -H "X-Callback-Secret: {secret}" \\
         --data-urlencode "event=$1" --data-urlencode "job=$SLURM_JOB_ID" \\
         --data-urlencode "nodes=$SLURM_JOB_NODELIST" "{callback}"
 }}
