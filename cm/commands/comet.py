@@ -20,6 +20,8 @@ STATUS_COLUMNS = ["name", "type", "state", "computeset", "computeset_state"]
 CLUSTER_COLUMNS = ["name", "frontend", "frontend_state", "nodes", "running", "computes", "allocations"]
 SET_COLUMNS = ["id", "cluster", "account", "state", "walltime", "start_time", "nodes", "hosts", "reservation", "job_id"]
 ACTIVE = ("created", "submitted", "running", "ending")
+DONE = {"poweron": "powered on", "poweroff": "powered off", "reboot": "rebooted", "reset": "reset",
+        "shutdown": "shut down"}
 STATES = ("created", "submitted", "running", "ending", "completed", "failed", "cancelled")
 
 
@@ -261,7 +263,7 @@ def power(ctx, args: Namespace) -> int:
         ctx.say(f"would {action} {collect(names)} of {args.cluster}")
         return 0
     outcomes = bulk.run_each(names, lambda n: provider.power(args.cluster, n, action), action)
-    return bulk.report(ctx, cloud, outcomes, action, args)
+    return bulk.report(ctx, cloud, outcomes, DONE[action], args)
 
 
 # -- nodes, consoles, ISOs, reservations ---------------------------------------------------------------
