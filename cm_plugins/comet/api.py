@@ -134,7 +134,12 @@ class Nucleus:
         if status in (200, 201, 204, 303):
             if status in (204, 303) or not response.content:
                 return None
-            return response.json()
+            if "json" not in response.headers.get("Content-Type", ""):
+                return response.text
+            try:
+                return response.json()
+            except ValueError:
+                raise ProviderError(f"{what}: the endpoint answered malformed JSON") from None
         text = message(response)
         if status in USERPASS_MESSAGES and not self.signed and text.lower() in ("", "not found."):
             text = USERPASS_MESSAGES[status]

@@ -189,9 +189,7 @@ class CometProvider(Provider):
         return self.api.redirect(path, f"console of {node or cluster}")
 
     def console_text(self, link: str) -> str:
-        response = self.api._send("GET", link, {}, params={"format": "text"})
-        self.api.check(response, "console")
-        return response.text
+        return str(self.api.check(self.api._send("GET", link, {}, params={"format": "text"}), "console") or "")
 
     # -- computesets ------------------------------------------------------------------------------
     def computesets(self, states: list[str] | None = None) -> list[dict[str, Any]]:

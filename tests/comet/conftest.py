@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,20 +35,29 @@ def cancel_all(slurm: SlurmCluster) -> None:
 
 
 @pytest.fixture
-def test_hosts(tmp_path: Path) -> dict[str, str]:
+def private_dir():
+    """A temp dir of this helper's own: pytest's shared basetemp is pruned by concurrent runs on this machine."""
+    path = Path(tempfile.mkdtemp(prefix="cm-comet-"))
+    path.chmod(0o755)  # libvirtd's virtlogd (root) writes console logs here
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def test_hosts(private_dir: Path) -> dict[str, str]:
     """Each Slurm node's hypervisor: its own instance of libvirt's test driver in the service's process."""
     hosts = {}
     for name in ("n1", "n2", "n3"):
-        node = tmp_path / f"{name}.xml"
+        node = private_dir / f"{name}.xml"
         node.write_text("<node></node>\n")
         hosts[name] = f"test://{node}"
     return hosts
 
 
 @pytest.fixture
-def nucleus(tmp_path: Path, slurm: SlurmCluster, test_hosts: dict[str, str]):
+def nucleus(private_dir: Path, slurm: SlurmCluster, test_hosts: dict[str, str]):
     """The service on loopback with a fresh database, stopped after the test (and its jobs cancelled)."""
-    config = write_config(tmp_path / "service", SERVICE_PORT, slurm.client_env, test_hosts)
+    config = write_config(private_dir / "service", SERVICE_PORT, slurm.client_env, test_hosts)
     service = Nucleus(config, SERVICE_PORT).start()
     yield service
     service.stop()

@@ -24,12 +24,12 @@ def accounted():
 
 
 @pytest.fixture
-def service(tmp_path: Path, accounted: SlurmCluster):
+def service(private_dir: Path, accounted: SlurmCluster):
     hosts = {}
     for name in ("n1", "n2"):
-        (tmp_path / f"{name}.xml").write_text("<node></node>\n")
-        hosts[name] = f"test://{tmp_path / name}.xml"
-    config = write_config(tmp_path / "service", SERVICE_PORT, accounted.client_env, hosts,
+        (private_dir / f"{name}.xml").write_text("<node></node>\n")
+        hosts[name] = f"test://{private_dir / name}.xml"
+    config = write_config(private_dir / "service", SERVICE_PORT, accounted.client_env, hosts,
                           computes="vm-vc1-[0-1]", compute_hosts="n[1-2]")
     nucleus = Nucleus(config, SERVICE_PORT).start()
     yield nucleus

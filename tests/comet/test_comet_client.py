@@ -100,6 +100,7 @@ def test_generic_vm_commands_power_the_frontend(cm, comet):
     link = cm("comet", "console", "--link", "vc1")
     assert link.code == 0 and link.out.startswith(f"{comet.base}/console/")
     assert requests.get(link.out.strip(), timeout=30).status_code == 200
+    assert cm("comet", "console", "vc1").code == 0  # the test hypervisor's guests print nothing
     off = cm("comet", "power", "off", "vc1")
     assert off.code == 0 and "poweroff: frontend of vc1" in off.out
     assert _json(cm("comet", "node", "info", "vc1", "-f", "json"))["state"] == "shutoff"
