@@ -144,3 +144,21 @@ def test_a_one_minute_walltime_ends_by_itself(cm, world):
     assert not _running(conn, f"vc1-c{TOKEN}vm-0")
     assert cs["job_id"] not in squeue(slurm)
     assert "JobState=TIMEOUT" in slurm.run(["scontrol", "-o", "show", "job", cs["job_id"]]).stdout
+
+
+def test_after_kill_9_no_guest_runs_without_its_job(cm, world):
+    """The service dies; the job is cancelled meanwhile; the restarted service powers the orphaned guest off."""
+    conn, slurm, service = world["conn"], world["slurm"], world["service"]
+    assert cm("cloud", "add", "comet", "--kind", "comet", f"base_url={service.base}", "username=alice",
+              f"password={PASSWORDS['alice']}").code == 0
+    cs = _json(cm("comet", "start", "vc1", f"c{TOKEN}vm-1", "--walltime", "20m", "--cloud", "comet", "-f", "json"))[0]
+    domain = f"vc1-c{TOKEN}vm-1"
+    assert cs["state"] == "running" and _running(conn, domain)
+    service.kill9()
+    slurm.run(["scancel", cs["job_id"]])
+    wait_until("the job gone", lambda: cs["job_id"] not in squeue(slurm), 60)
+    assert _running(conn, domain)  # nobody was there to power it off
+    service.start()
+    wait_until("the orphaned guest powered off", lambda: not _running(conn, domain), 60)
+    final = _json(cm("comet", "computeset", str(cs["id"]), "--cloud", "comet", "-f", "json"))
+    assert final["state"] == "cancelled"
