@@ -90,7 +90,8 @@ def write_private(path: Path, text: str) -> None:
     """Write atomically, readable by the owner only (the file may hold secrets)."""
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The pid in the name lets a later run tell an orphan (its writer was killed) from a write in progress.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -101,6 +102,42 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# Temporary files of atomic writes: .NAME.PID.tmp (the mirror) or .NAME.PID.RANDOM.tmp (write_private).
+_TEMPORARY = re.compile(r"^\..+\.(\d+)(?:\.[^.]+)?\.tmp$")
+ORPHAN_AGE = 3600.0  # seconds after which a temporary file is an orphan even if its pid was reused
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
+
+
+def sweep_temporaries(directory: Path) -> None:
+    """Delete temporary files that writers killed mid-write (kill -9, power loss) left behind."""
+    import time
+
+    now = time.time()
+    for folder in (directory, *(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink())):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY.match(entry.name)
+            if not match or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                if not _alive(int(match.group(1))) or now - entry.stat().st_mtime > ORPHAN_AGE:
+                    os.unlink(entry.path)
+            except (OSError, ValueError):
+                pass  # gone already, or not ours to delete
 
 
 def is_secret(key: str) -> bool:
@@ -124,6 +161,15 @@ def redact(value: Any) -> Any:
     if isinstance(value, str) and "@" in value:
         return mask_url(value)
     return value
+
+
+def _drop_stale_caches(directory: Path) -> None:
+    """Parsed copies of clouds.d files deleted by hand: they may hold a password."""
+    cache = directory / ".cache"
+    if cache.is_dir():
+        for path in cache.glob("cloud-*.json"):
+            if not (directory / "clouds.d" / f"{path.stem.removeprefix('cloud-')}.yaml").exists():
+                path.unlink(missing_ok=True)
 
 
 # Plugins may contribute clouds found elsewhere (OpenStack's clouds.yaml).
@@ -158,6 +204,9 @@ class Config:
         shipped_path = defaults_dir() / CONFIG_NAME
         if not path.exists():
             write_private(path, shipped_path.read_text())
+        else:
+            sweep_temporaries(directory)
+            _drop_stale_caches(directory)
         data = read_yaml_cached(path, directory / ".cm.yaml.cache")
         _check_shape(path, data)
         return cls(path, data, read_yaml_cached(shipped_path, directory / ".shipped.yaml.cache"))
@@ -192,12 +241,15 @@ class Config:
         found: dict[str, dict[str, Any]] = {}
         if self.added_dir.is_dir():
             for path in sorted(self.added_dir.glob("*.yaml")):
-                cache = self.path.parent / ".cache" / f"cloud-{path.stem}.json"
+                cache = self._cache_of(path.stem)
                 cache.parent.mkdir(mode=0o700, exist_ok=True)
                 conf = read_yaml_cached(path, cache)
                 _check_shape(path, {"clouds": {path.stem: conf}})
                 found[path.stem] = {**conf, "source": "cloud add"}
         return found
+
+    def _cache_of(self, name: str) -> Path:
+        return self.path.parent / ".cache" / f"cloud-{name}.json"
 
     def clouds(self) -> dict[str, dict[str, Any]]:
         """Every cloud: cm.yaml's entries win over added ones, which win over discovered ones."""
@@ -236,6 +288,7 @@ class Config:
         path = self.added_dir / f"{name}.yaml"
         if path.is_file():
             path.unlink()
+            self._cache_of(name).unlink(missing_ok=True)  # the parsed copy holds its password too
             return
         if name in (self.data.get("clouds") or {}):
             raise ConfigError(f"cloud '{name}' is defined in {self.path}; remove it there")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from argparse import Namespace
+from collections.abc import Iterable
 from pathlib import Path
 
 from cm.context import Context
-from cm.errors import EXIT_USAGE, CmError
-from cm.runner import parse_global, run_script, run_words
+from cm.errors import CmError
+from cm.runner import parse_global, read_script, report, run_script, run_words, script_lines
 
 USAGE = """usage: cm [--debug] [--keep-going] [--echo] [COMMAND ... | SCRIPT | --file SCRIPT]
 
@@ -33,14 +34,26 @@ def _looks_like_script(words: list[str]) -> bool:
 
 def run_file(ctx: Context, path: str, opts: Namespace) -> int:
     try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not a command
-    except OSError as exc:
-        ctx.warn(f"cm: cannot read script {path}: {exc.strerror}")
-        return EXIT_USAGE
-    except UnicodeDecodeError:
-        ctx.warn(f"cm: cannot read script {path}: it is not UTF-8 text")
-        return EXIT_USAGE
+        lines = read_script(path)
+    except CmError as exc:
+        report(ctx, exc)
+        return exc.exit_code
     return run_script(ctx, lines, path, keep_going=opts.keep_going, debug=opts.debug, echo=opts.echo)
+
+
+def run_stdin(ctx: Context, opts: Namespace) -> int:
+    """Commands on stdin: a redirected file is checked whole first, as a script file is; a pipe
+    runs line by line as the lines come (and stops at one that is not UTF-8)."""
+    import stat
+
+    lines: Iterable[str] = script_lines(sys.stdin.buffer, "<stdin>")
+    if stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
+        try:
+            lines = list(lines)
+        except CmError as exc:
+            report(ctx, exc)
+            return exc.exit_code
+    return run_script(ctx, lines, "<stdin>", keep_going=opts.keep_going, debug=opts.debug, echo=opts.echo)
 
 
 def run(argv: list[str]) -> int:
@@ -67,7 +80,7 @@ def run(argv: list[str]) -> int:
                 except CmError as exc:  # e.g. an unusable CM_HOME, before the prompt
                     print(f"cm: {exc}", file=sys.stderr)
                     return exc.exit_code
-            return run_script(ctx, sys.stdin, "<stdin>", keep_going=opts.keep_going, debug=opts.debug)
+            return run_stdin(ctx, opts)
         if words[0] in ("-h", "--help") and len(words) == 1:
             print(USAGE, end="")
             return 0
@@ -79,6 +92,9 @@ def run(argv: list[str]) -> int:
 
 
 def main() -> None:
+    if sys.stdout is None:  # `cm ... >&-`: nowhere to put results, so do nothing
+        print("cm: standard output is closed; nothing was done (redirect it instead, e.g. >/dev/null)", file=sys.stderr)
+        sys.exit(2)  # usage: nothing was done
     try:
         code = run(sys.argv[1:])
         sys.stdout.flush()

@@ -1,6 +1,6 @@
 """Plugins: cloud kinds and command nouns found through the ``cm.plugins`` entry-point group.
 
-A plugin is a module named by an entry point.  It may define two hooks, each
+A plugin is a module named by an entry point.  It may define these hooks, each
 taking a ``register`` callback (the llm/datasette style):
 
 ``register_providers(register)``
@@ -9,6 +9,9 @@ taking a ``register`` callback (the llm/datasette style):
 ``register_commands(register)``
     ``register(noun, "package.module")`` adds a noun of the shell; the module
     defines ``HELP`` and ``build(parser)`` (see :mod:`cm.commands`).
+``register_settings(register)``
+    ``register(key, help)`` declares a key `cm default KEY=VALUE` accepts
+    (cm refuses keys nobody declared, so a typo is caught).
 ``register_clouds(register)``
     ``register(source)`` adds a function returning ``{name: cloud config}`` for
     clouds configured outside cm.yaml (OpenStack's clouds.yaml).
@@ -56,6 +59,7 @@ class Registry:
         self.providers: dict[str, str] = {}  # kind -> "module:Class"
         self.nouns: dict[str, str] = {}  # noun -> module
         self.cloud_sources: list[Callable[[], dict[str, Any]]] = []
+        self.settings: dict[str, str] = {}  # default key -> what it is
 
     @property
     def failed(self) -> list[Plugin]:
@@ -137,6 +141,8 @@ def _load_one(plugin: Plugin, registry: Registry) -> None:
         module.register_providers(add_provider)
     if hasattr(module, "register_commands"):
         module.register_commands(add_noun)
+    if hasattr(module, "register_settings"):
+        module.register_settings(registry.settings.__setitem__)
     if hasattr(module, "register_clouds"):
         module.register_clouds(registry.cloud_sources.append)
 

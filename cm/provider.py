@@ -103,7 +103,7 @@ class BootSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_NOT_VERBS = {"close", "config_from_env", "verbs", "require"}
+_NOT_VERBS = {"close", "config_from_env", "verbs", "require", "missing_settings"}
 
 
 class Provider:
@@ -113,6 +113,11 @@ class Provider:
     # Why this cloud cannot do a verb, by the verb's words ("assign public IPs"),
     # for a better one-line error than "cannot" alone; the verb stays unimplemented.
     unsupported_why: ClassVar[dict[str, str]] = {}
+    # Whether a boot's --image/--flavor may be a unique beginning of a name (OpenStack) or must be
+    # exact (kvm): `vm boot --dryrun` checks by the same rule the real boot uses.
+    boot_matches_prefix: ClassVar[bool] = False
+    # Settings `cm cloud add` insists on: each entry lists alternatives, one of which must be given.
+    required_settings: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
@@ -135,6 +140,11 @@ class Provider:
         if verb not in type(self).verbs():
             base = getattr(Provider, verb)
             base(self, *([None] * (base.__code__.co_argcount - 1)))  # the contract's default raises
+
+    @classmethod
+    def missing_settings(cls, conf: dict[str, Any]) -> list[tuple[str, ...]]:
+        """The entries of ``required_settings`` a new cloud's settings do not satisfy."""
+        return [alternatives for alternatives in cls.required_settings if not any(conf.get(k) for k in alternatives)]
 
     @classmethod
     def config_from_env(cls, environ: dict[str, str]) -> dict[str, Any]:

@@ -11,13 +11,13 @@ import argparse
 import importlib
 import re
 from argparse import Namespace
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from types import ModuleType
 from typing import Any, NoReturn
 
 from cm.context import Context
-from cm.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CmError, UsageError
+from cm.errors import EXIT_FAILED, EXIT_OK, CmError, UsageError
 
 EXIT_INTERRUPTED = 130
 # $name or ${name} (a name starts with a letter or _), and $$ for a literal dollar.
@@ -83,8 +83,10 @@ def usage_message(prog: str, message: str) -> str:
     match = _INVALID_CHOICE.search(message)
     if match:
         choices = re.findall(r"'([^']*)'", match.group(2))
-        message = f"invalid choice: '{match.group(1)}' (choose from {', '.join(choices)}){suggest(match.group(1), choices)}"
-    return f"{prog}: {message}"
+        option = re.match(r"argument (-[^:]*): ", message)  # which option was wrong (a subcommand needs no name)
+        message = (f"{option.group(0) if option else ''}invalid choice: '{match.group(1)}' "
+                   f"(choose from {', '.join(choices)}){suggest(match.group(1), choices)}")
+    return f"{prog.removeprefix('cm ')}: {message}"
 
 
 class CmParser(IntermixedParsing, argparse.ArgumentParser):
@@ -115,7 +117,8 @@ def build_parser(noun: str, parser_class: type[argparse.ArgumentParser] = CmPars
     module = noun_module(noun)
     example = getattr(module, "EXAMPLE", "")
     formatter = getattr(parser_class, "raw_formatter", argparse.RawDescriptionHelpFormatter)
-    parser = parser_class(prog=noun, description=module.HELP,
+    prog = getattr(parser_class, "prog_prefix", "cm ") + noun  # usage lines read as what the user types
+    parser = parser_class(prog=prog, description=module.HELP,
                           epilog=f"example:\n  {example}" if example else None, formatter_class=formatter)
     module.build(parser)
     for sub in _subparsers(parser):  # examples keep their line breaks at every level
@@ -151,13 +154,20 @@ def expand_variables(text: str, variables: dict[str, str], strict: bool = True) 
     return _VAR.sub(replace, text) if "$" in text else text
 
 
+def report(ctx: Context, exc: CmError) -> None:
+    """An error as the one line the user sees; names and values in it cannot drive the terminal."""
+    from cm.table import harmless
+
+    ctx.warn(f"cm: {harmless(str(exc))}")
+
+
 def execute(ctx: Context, args: Namespace, debug: bool = False) -> int:
     """Run a parsed command; turn every error into one line and an exit code."""
     try:
         code = args.run(ctx, args)
         return EXIT_OK if code is None else int(code)
     except CmError as exc:
-        ctx.warn(f"cm: {exc}")
+        report(ctx, exc)
         return exc.exit_code
     except KeyboardInterrupt:
         ctx.warn("cm: interrupted; the mirror keeps what was done before the interrupt")
@@ -169,7 +179,9 @@ def execute(ctx: Context, args: Namespace, debug: bool = False) -> int:
             import traceback
 
             ctx.warn(traceback.format_exc().rstrip())
-        ctx.warn(f"cm: {type(exc).__name__}: {exc} (run `cm --debug ...` for details)")
+        from cm.table import harmless
+
+        ctx.warn(f"cm: {type(exc).__name__}: {harmless(str(exc))} (run `cm --debug ...` for details)")
         return EXIT_FAILED
 
 
@@ -192,12 +204,28 @@ def show_help(ctx: Context, words: list[str]) -> int:
     return EXIT_OK
 
 
+def expand_words(ctx: Context, words: list[str]) -> list[str]:
+    """Each word's $variables, expanded once: a value is never split again nor read as | or #."""
+    if not any("$" in w for w in words):
+        return words
+    variables = ctx.mirror.variables()
+    return [expand_variables(w, variables) for w in words]
+
+
+def split_line(line: str) -> list[str]:
+    """A command line's words, quotes removed and a # comment dropped (before any $variable expands)."""
+    import shlex
+
+    try:
+        return shlex.split(line, comments=True)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse the line: {exc}") from None
+
+
 def run_words(ctx: Context, words: list[str], debug: bool = False) -> int:
     """Run one command given as words: split, with variables not yet expanded (each is, once)."""
     try:
-        if any("$" in w for w in words):
-            variables = ctx.mirror.variables()
-            words = [expand_variables(w, variables) for w in words]
+        words = expand_words(ctx, words)
         if not words:
             return EXIT_OK
         if words[0] in ("help", "-h", "--help"):
@@ -210,7 +238,7 @@ def run_words(ctx: Context, words: list[str], debug: bool = False) -> int:
         except SystemExit as exc:  # --help printed its text
             return int(exc.code or 0)
     except CmError as exc:
-        ctx.warn(f"cm: {exc}")
+        report(ctx, exc)
         return exc.exit_code
     return execute(ctx, args, debug)
 
@@ -226,20 +254,41 @@ def run_line(ctx: Context, line: str, debug: bool = False) -> int:
 
             command = expand_variables(line[1:], ctx.mirror.variables(), strict=False)
             return subprocess.run(command, shell=True).returncode
-        import shlex
-
-        words = shlex.split(line, comments=True)  # variables expand per word, after comments are gone
+        words = split_line(line)  # variables expand per word, after comments are gone
         redirect = next((w for w in words if w in (">", ">>", "|", "<")), None)
         if redirect:
             raise UsageError(f"'{redirect}' works in the interactive shell only; in a script use a !shell line "
                              "or run `cm ...` from bash")
     except CmError as exc:
-        ctx.warn(f"cm: {exc}")
+        report(ctx, exc)
         return exc.exit_code
-    except ValueError as exc:
-        ctx.warn(f"cm: cannot parse the line: {exc}")
-        return EXIT_USAGE
     return run_words(ctx, words, debug)
+
+
+def script_lines(data: Iterable[bytes], source: str) -> Iterator[str]:
+    """The one reader of scripts, files and stdin alike: lines end only at a newline (so a U+2028
+    inside a line neither splits it nor shifts line numbers), a BOM before the first is dropped,
+    and bytes that are not UTF-8 are refused, naming the line."""
+    for number, raw in enumerate(data, start=1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"cannot read script {source}: line {number} is not UTF-8 text") from None
+        yield text.removesuffix("\n").removesuffix("\r")
+
+
+def read_script(path: str) -> list[str]:
+    """A script file's lines, all checked before the first one runs."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read script {path}: {exc.strerror}") from None
+    import io
+
+    return list(script_lines(io.BytesIO(data), path))
 
 
 def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: bool = False,
@@ -252,26 +301,37 @@ def run_script(ctx: Context, lines: Iterable[str], source: str, *, keep_going: b
     failures = 0
     last = EXIT_OK
     in_comment = False
-    for number, line in enumerate(lines, start=1):
-        if line.strip() in ("quit", "exit"):
-            break
-        if echo and line.strip():
-            comment = line.lstrip().startswith("#")
-            ctx.say(("" if in_comment or number == 1 else "\n") + line.rstrip() if comment else f"cm> {line.strip()}")
-            in_comment = comment
-        code = run_line(ctx, line, debug)
-        if code == EXIT_OK:
-            continue
-        failures += 1
-        last = code
-        where = f"{source}:{number}"
-        if not keep_going:
-            ctx.warn(f"cm: {where}: stopped at `{line.strip()}` (exit {code})")
-            return code
-        ctx.warn(f"cm: {where}: `{line.strip()}` failed (exit {code}); going on")
+    try:
+        for number, line in enumerate(lines, start=1):
+            code = _script_line(ctx, number, line, echo, in_comment, debug)
+            in_comment = echo and line.lstrip().startswith("#") if line.strip() else in_comment
+            if code is None:
+                break
+            if code == EXIT_OK:
+                continue
+            failures += 1
+            last = code
+            where = f"{source}:{number}"
+            if not keep_going:
+                ctx.warn(f"cm: {where}: stopped at `{line.strip()}` (exit {code})")
+                return code
+            ctx.warn(f"cm: {where}: `{line.strip()}` failed (exit {code}); going on")
+    except CmError as exc:  # stdin turned out not to be text: what ran stays done
+        report(ctx, exc)
+        return exc.exit_code
     if failures:
         ctx.warn(f"cm: {source}: {failures} line(s) failed")
     return last if failures else EXIT_OK
+
+
+def _script_line(ctx: Context, number: int, line: str, echo: bool, in_comment: bool, debug: bool) -> int | None:
+    """Run one script line (shown first with ``echo``); None at quit or exit."""
+    if line.strip() in ("quit", "exit"):
+        return None
+    if echo and line.strip():
+        comment = line.lstrip().startswith("#")
+        ctx.say(("" if in_comment or number == 1 else "\n") + line.rstrip() if comment else f"cm> {line.strip()}")
+    return run_line(ctx, line, debug)
 
 
 def parse_global(argv: list[str]) -> tuple[Namespace, list[str]]:

@@ -14,6 +14,7 @@ from cmd2.completion import Choices
 from cmd2.rich_utils import RawDescriptionCmd2HelpFormatter
 
 from cm import runner
+from cm.config import mask_url
 from cm.context import Context
 from cm.errors import CmError, UsageError
 
@@ -28,6 +29,7 @@ class ShellParser(runner.IntermixedParsing, Cmd2ArgumentParser):
     """cmd2's parser, but a usage error is one line and the shell keeps running."""
 
     raw_formatter = RawDescriptionCmd2HelpFormatter
+    prog_prefix = ""  # at the cm prompt commands are typed without `cm`
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(runner.usage_message(self.prog, message))
@@ -50,8 +52,9 @@ def _attach_completion(parser: argparse.ArgumentParser) -> None:
 
 
 def _provider_for(what: str):  # type: ignore[no-untyped-def]
-    def provide(app: "Shell") -> Choices:
-        return Choices.from_values(app.known_names(what))
+    def provide(app: "Shell", arg_tokens: dict[str, list[str]]) -> Choices:
+        cloud = (arg_tokens.get("cloud") or [None])[0]  # `vm stop --cloud lab <Tab>`: lab's VMs
+        return Choices.from_values(app.known_names(what, cloud))
 
     return provide
 
@@ -77,6 +80,27 @@ def command_set(noun: str) -> CommandSet[Any]:
     return cls()
 
 
+class _ExpandingStatements(cmd2.parsing.StatementParser):
+    """cmd2's line parser, but a command's words come as in scripts: split with # comments dropped,
+    then each word's $variables expanded once (a value is never split again nor read as | or #)."""
+
+    def __init__(self, ctx: Context, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ctx = ctx
+
+    def get_command_arg_list(self, command_name: str, to_parse: cmd2.Statement | str,
+                             preserve_quotes: bool) -> tuple[cmd2.Statement, list[str]]:
+        statement, words = super().get_command_arg_list(command_name, to_parse, preserve_quotes)
+        if preserve_quotes:
+            return statement, words
+        return statement, runner.expand_words(self.ctx, runner.split_line(statement.args))
+
+
+# cmd2's own commands cm does not document (they run editors, Python, shell scripts, macros).
+CMD2_COMMANDS = ("alias", "edit", "history", "ipy", "macro", "py", "run_pyscript", "run_script", "_relative_run_script",
+                 "set", "shell", "shortcuts")
+
+
 class Shell(cmd2.Cmd):
     """`cm` with no arguments: the prompt shows the active cloud."""
 
@@ -85,17 +109,20 @@ class Shell(cmd2.Cmd):
 
         history = str(ctx.home / "history")
         super().__init__(allow_cli_args=False, auto_load_commands=False, persistent_history_file=history,
-                         command_sets=[command_set(noun) for noun in sorted(registry().nouns)], **kwargs)
+                         command_sets=[command_set(noun) for noun in sorted(registry().nouns)],
+                         shortcuts={"?": "help"}, **kwargs)  # `!` lines are cm's own (onecmd_plus_hooks)
         self.ctx = ctx
+        for name in CMD2_COMMANDS:  # not callable: not commands at all (`edit` is an unknown command)
+            setattr(self, f"do_{name}", None)
+        parser = self.statement_parser
+        self.statement_parser = _ExpandingStatements(ctx, terminators=parser.terminators,
+                                                     multiline_commands=parser.multiline_commands,
+                                                     shortcuts=dict(parser.shortcuts))
         self.debug = debug
         ctx.out = self.poutput
         ctx.err = self.perror
         ctx.interactive = True
         self.intro = "cm: a multi-cloud shell. Type `help` for commands, `help vm boot` for one, `quit` to leave."
-        self.register_postparsing_hook(self._expand_variables)
-        # cmd2's own scripting and macro commands are not part of cm; keep help about cm.
-        self.hidden_commands += ["alias", "macro", "run_pyscript", "run_script", "edit", "set", "shortcuts",
-                                 "ipy", "py"]
         self._update_prompt()
 
     # -- running commands ------------------------------------------------------------
@@ -103,19 +130,17 @@ class Shell(cmd2.Cmd):
         code = runner.execute(self.ctx, args, self.debug)
         self.last_result = code
 
-    def _expand_variables(self, data: cmd2.plugin.PostparsingData) -> cmd2.plugin.PostparsingData:
-        """$name expands as in scripts; on !shell lines only cm's own variables do."""
-        raw = data.statement.raw
-        if "$" in raw:
-            shell_line = raw.lstrip().startswith(("!", "shell "))
-            expanded = runner.expand_variables(raw, self.ctx.mirror.variables(), strict=not shell_line)
-            data.statement = self.statement_parser.parse(expanded)
-        return data
+    def onecmd_plus_hooks(self, line: str, **kwargs: Any) -> bool:
+        """A `!shell` line runs exactly as in a script; everything else through cmd2."""
+        if line.lstrip().startswith("!"):
+            self.last_result = runner.run_line(self.ctx, line, self.debug)
+            return False
+        return super().onecmd_plus_hooks(line, **kwargs)
 
     def pexcept(self, exception: BaseException, **kwargs: Any) -> None:
         """Errors are one line; tracebacks only with --debug."""
         if isinstance(exception, CmError):
-            self.perror(f"cm: {exception}")
+            runner.report(self.ctx, exception)
             self.last_result = exception.exit_code
         elif self.debug:
             super().pexcept(exception, **kwargs)
@@ -135,9 +160,9 @@ class Shell(cmd2.Cmd):
         return stop
 
     def _forget_secrets(self, statement: cmd2.Statement | str) -> None:
-        """A line that typed a password (cloud add ... password=...) is not kept in the history."""
+        """A line that typed a password (password=..., or one in a URL: qemu+ssh://me:PW@host) is not kept."""
         raw = statement.raw if isinstance(statement, cmd2.Statement) else statement
-        if _SECRET_SETTING.search(raw) and len(self.history) and self.history[-1].statement.raw == raw:
+        if (_SECRET_SETTING.search(raw) or mask_url(raw) != raw) and len(self.history) and self.history[-1].statement.raw == raw:
             self.history.pop()
 
     def _persist_history(self) -> None:
@@ -156,20 +181,26 @@ class Shell(cmd2.Cmd):
         self.prompt = f"cm ({cloud})> "
 
     # -- completion ---------------------------------------------------------------------
-    def known_names(self, what: str) -> list[str]:
-        """Names for tab completion: clouds from the config, the rest from the mirror."""
+    def known_names(self, what: str, cloud: str | None = None) -> list[str]:
+        """Names for tab completion: clouds from the config, the rest from the mirror (of ``cloud``,
+        else the active cloud; ``all``: every cloud)."""
         try:
             if what == "cloud":
                 return sorted(self.ctx.config.clouds())
             if what == "setting":  # `default cloud=<Tab>`: verbs, KEY=, and cloud=NAME
-                from cm.commands.default import known_keys
+                from cm.commands.default import declared_keys
 
-                keys = known_keys(self.ctx, None)
+                keys = sorted(declared_keys(self.ctx))
                 return ["list", "delete", *(f"{k}=" for k in keys), *(f"cloud={c}" for c in self.ctx.config.clouds())]
             if what not in MIRROR_KINDS:
                 return []
-            scope = "" if what == "group" else self.ctx.active_cloud()
-            return sorted({str(r["name"]) for r in self.ctx.mirror.records(what, scope)})
+            if what == "group":
+                scopes = [""]
+            elif cloud == "all":
+                scopes = sorted(self.ctx.config.clouds())
+            else:
+                scopes = [cloud or self.ctx.active_cloud()]
+            return sorted({str(r["name"]) for scope in scopes for r in self.ctx.mirror.records(what, scope)})
         except CmError:
             return []
 

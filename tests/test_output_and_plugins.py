@@ -157,7 +157,7 @@ def test_a_provider_lists_the_verbs_it_implements(cm):
 def test_fast_table_draws_exactly_what_tabulate_draws():
     import tabulate
 
-    from cm.output import _grid
+    from cm.table import grid as _grid
 
     columns = ["name", "state", "ips"]
     table = [["vm-1", "running", "10.0.0.1, 10.0.0.2"], ["a-much-longer-name", "", "x"]]

@@ -232,6 +232,6 @@ def test_scripts_stop_at_quit_refuse_redirection_and_bad_encodings(cm, tmp_path)
     assert result.code == 2 and "works in the interactive shell only" in result.err
     script.write_bytes(b"\xff\xfe bad\n")
     result = cm(str(script))
-    assert result.code == 2 and result.err.strip() == f"cm: cannot read script {script}: it is not UTF-8 text"
+    assert result.code == 2 and result.err.strip() == f"cm: cannot read script {script}: line 1 is not UTF-8 text"
     script.write_bytes("\ufeffvar c=3\n".encode())
     assert cm(str(script)).code == 0  # a byte-order mark is not part of the first command

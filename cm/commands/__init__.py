@@ -15,18 +15,32 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins", "secgroup", "network",
          "ip", "quota", "limits", "usage")
 
 Handler = Callable[..., Any]
+# The keys `cm default` takes (plugins declare more through register_settings).
+SETTINGS = {"cloud": "the active cloud", "format": "output format: table, json, yaml, csv or value",
+            "image": "image new VMs boot", "flavor": "flavor new VMs get", "group": "group new VMs join",
+            "user": "prefix of generated VM names", "key": "ssh key name or .pub file",
+            "timeout": "seconds boot and wait wait", "login": "user `vm ssh` logs in as"}
 
 
 def register_commands(register: Callable[[str, str], None]) -> None:
     """Entry-point hook: the built-in nouns."""
     for noun in NOUNS:
         register(noun, f"cm.commands.{noun}")
+
+
+def register_settings(register: Callable[[str, str], None]) -> None:
+    """Entry-point hook: the default keys cm itself uses."""
+    for key, text in SETTINGS.items():
+        register(key, text)
 
 
 def subcommands(parser: argparse.ArgumentParser) -> Any:
@@ -75,7 +89,7 @@ def add_list_options(parser: argparse.ArgumentParser, what: str) -> None:
     add_format_options(parser)
 
 
-def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[str], *,
+def list_records(ctx: Context, args: argparse.Namespace, kind: str, columns: list[str], *,
                  shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  also_match: tuple[str, ...] = ()) -> None:
     """List ``kind`` records from the mirror (after a refresh if asked), filtered by name.
@@ -86,18 +100,32 @@ def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[st
     from cm import inventory
     from cm.names import expand
 
+    from cm.errors import CmError, ProviderError
+    from cm.runner import report
+
     rows: list[dict[str, Any]] = []
-    for cloud in ctx.cloud_names(args):
-        rows += inventory.records(ctx, kind, cloud, args.refresh)
+    clouds = ctx.cloud_names(args)
+    failed: list[str] = []
+    for cloud in clouds:
+        try:
+            rows += inventory.records(ctx, kind, cloud, args.refresh)
+        except CmError as exc:
+            if len(clouds) == 1:
+                raise
+            report(ctx, exc)  # the others still answer: list them
+            failed.append(cloud)
     if args.names:
         wanted = set(expand(args.names))
         fields = ("name", *also_match)
         rows = [r for r in rows if r.get("name") in wanted or any(r.get(f) in wanted for f in fields[1:])]
     rows = sorted(rows, key=lambda r: (r.get("cloud", ""), str(r.get("name", ""))))
     ctx.emit(columns, [shape(r) for r in rows] if shape else rows, args)
+    if failed:
+        raise ProviderError(f"{len(failed)} of {len(clouds)} clouds did not answer ({', '.join(failed)}); "
+                            "listed the others")
 
 
-def show_record(ctx: Any, args: argparse.Namespace, kind: str) -> None:
+def show_record(ctx: Context, args: argparse.Namespace, kind: str) -> None:
     """Show one ``kind`` record by name (or id) from the mirror."""
     from cm import inventory
     from cm.errors import NotFound

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.commands import completes, subcommands, verb
 from cm.config import mask_url, redact
 from cm.errors import UsageError
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "List, show, add and remove clouds (kvm, openstack, and kinds from plugins)."
 EXAMPLE = "cm cloud add lab --kind kvm uri=qemu+ssh://me@lab/system pool=default"
@@ -26,7 +29,7 @@ def _where(conf: dict[str, Any]) -> str:
     return ""
 
 
-def list_clouds(ctx, args: Namespace) -> None:
+def list_clouds(ctx: Context, args: Namespace) -> None:
     active = ctx.active_cloud()
     rows = [{"name": name, "kind": conf.get("kind", ""), "active": "*" if name == active else "",
              "source": conf.get("source", "plugin"), "where": _where(conf)}
@@ -34,7 +37,7 @@ def list_clouds(ctx, args: Namespace) -> None:
     ctx.emit(["name", "kind", "active", "source", "where"], rows, args)
 
 
-def show_cloud(ctx, args: Namespace) -> None:
+def show_cloud(ctx: Context, args: Namespace) -> None:
     """The cloud's settings (secrets masked) and what its kind can do."""
     from cm.errors import CmError
     from cm.plugins import provider_class
@@ -58,7 +61,7 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
     return settings
 
 
-def add_cloud(ctx, args: Namespace) -> None:
+def add_cloud(ctx: Context, args: Namespace) -> None:
     from cm.plugins import provider_class, registry
 
     args.name, settings = args.words[0], args.words[1:]
@@ -75,11 +78,15 @@ def add_cloud(ctx, args: Namespace) -> None:
     if args.from_env:
         conf.update(provider_class(kind).config_from_env(dict(os.environ)))
     conf.update(_parse_settings(settings))
+    missing = provider_class(kind).missing_settings(conf)
+    if missing:
+        needs = "; and ".join(" or ".join(f"{key}=VALUE" for key in alternatives) for alternatives in missing)
+        raise UsageError(f"cloud add: a cloud of kind '{kind}' needs {needs}")
     path = ctx.config.add_cloud(args.name, conf)
     ctx.say(f"added cloud '{args.name}' ({kind}) in {path}; use it with `cm default cloud={args.name}`")
 
 
-def remove_cloud(ctx, args: Namespace) -> None:
+def remove_cloud(ctx: Context, args: Namespace) -> None:
     if args.name == ctx.active_cloud():
         raise UsageError(f"'{args.name}' is the active cloud; switch with `cm default cloud=NAME` first")
     ctx.config.remove_cloud(args.name)
@@ -101,5 +108,8 @@ def build(parser: ArgumentParser) -> None:
                      help="the cloud's name, then its settings, e.g. uri=qemu:///system")
     add.add_argument("--kind", help="kvm, openstack, or a kind a plugin adds")
     add.add_argument("--from-env", action="store_true", help="import a sourced openrc's OS_* variables (OpenStack)")
-    remove = verb(subs, "remove", remove_cloud, "forget a cloud registered in cm.yaml")
+    remove = verb(subs, "remove", remove_cloud,
+                  "forget a cloud added with `cm cloud add`: deletes clouds.d/NAME.yaml and the cloud's records "
+                  "in the mirror (clouds written in cm.yaml or clouds.yaml are removed there)",
+                  example="cm cloud remove lab")
     completes(remove.add_argument("name", metavar="NAME"), "cloud")

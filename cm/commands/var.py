@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import re
 from argparse import ArgumentParser, Namespace
+from typing import TYPE_CHECKING
 
+from cm.config import MASK, is_secret
 from cm.errors import UsageError
 from cm.output import add_format_options
 
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
+
 HELP = "Set, list and delete variables; $NAME expands in every command and script line."
 EXAMPLE = "cm var img=ubuntu-22.04; cm vm boot --image $img"
-USAGE = "var [list | NAME | NAME=VALUE ... | delete NAME ...] [-f FORMAT]"
+USAGE = "[list | NAME | NAME=VALUE ... | delete NAME ...] [-f FORMAT]"
 _NAME = re.compile(r"^[A-Za-z_]\w*$")  # what $name can expand
 
 
-def run_var(ctx, args: Namespace) -> None:
+def _shown(name: str, value: str) -> str:
+    """A value as cm prints it: masked when the name looks secret (os_password, api_token...)."""
+    return MASK if is_secret(name) and value else value
+
+
+def _row(name: str, value: str) -> dict[str, str]:
+    return {"name": name, "value": _shown(name, value)}
+
+
+def run_var(ctx: Context, args: Namespace) -> None:
     words = list(args.words)
     if not words or words == ["list"]:
-        rows = [{"name": k, "value": v} for k, v in sorted(ctx.mirror.variables().items())]
+        rows = [_row(k, v) for k, v in sorted(ctx.mirror.variables().items())]
         ctx.emit(["name", "value"], rows, args)
     elif words[0] == "delete":
         if len(words) < 2:
@@ -32,18 +46,19 @@ def run_var(ctx, args: Namespace) -> None:
             if not _NAME.match(name):
                 raise UsageError(f"bad variable name '{name}': a letter or _, then letters, digits and _")
             ctx.mirror.set_variable(name, value)
-            ctx.say(f"{name}={value}")
+            ctx.say(f"{name}={_shown(name, value)}")
     elif len(words) == 1:
         variables = ctx.mirror.variables()
         if words[0] not in variables:
             raise UsageError(f"unknown variable '{words[0]}'")
-        ctx.emit(["name", "value"], [{"name": words[0], "value": variables[words[0]]}], args)
+        ctx.emit(["name", "value"], [_row(words[0], variables[words[0]])], args)
     else:
-        raise UsageError(f"usage: {USAGE}")
+        stray = next(w for w in words if "=" not in w)
+        raise UsageError(f"var: expected NAME=VALUE, got '{stray}' (usage: cm var {USAGE})")
 
 
 def build(parser: ArgumentParser) -> None:
-    parser.usage = USAGE
+    parser.usage = f"{parser.prog} {USAGE}"
     parser.add_argument("words", nargs="*", metavar="ARG", help="list, NAME, NAME=VALUE, or delete NAME")
     add_format_options(parser)
     parser.set_defaults(run=run_var)

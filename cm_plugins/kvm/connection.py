@@ -143,11 +143,12 @@ class Hypervisor:
     """A cloud's libvirt: one shared connection, or a persistent test node opened per use."""
 
     def __init__(self, cloud: str, config: dict[str, Any], home: Callable[[], Path],
-                 notice: Callable[[str], None]) -> None:
+                 notice: Callable[[str], None], announce: Callable[[str], None] | None = None) -> None:
         self.cloud = cloud
         self.config = config
         self.home = home  # asked on first use: the shell may set the provider's state_dir after creating it
-        self.notice = notice
+        self.notice = notice  # said once ever
+        self.announce = announce or stderr_notice  # said each time it applies
         self.uri = ""  # resolved on first use
         self.node: TestNode | None = None
         self._conn: libvirt.virConnect | None = None
@@ -174,11 +175,34 @@ class Hypervisor:
         return TestNode(node_path(self.home(), self.cloud), str(self.config.get("pool") or "default"),
                         str(self.config.get("network") or ""), seed=seed, demo_image=demo_image)
 
-    def _fallback(self, exc: libvirt.libvirtError) -> None:
-        self.node = self._test_node("test:///default", demo_image=True)
-        self.notice(f"cm: cloud '{self.cloud}': no libvirt daemon at {SYSTEM_URI} ({first_line(exc)}); "
-                    "using libvirt's test hypervisor instead: VMs are simulated and nothing really boots "
-                    f"(state kept in {self.node.path})")
+    def _auto(self) -> None:
+        """``uri: auto``: the system daemon if one answers, else the test hypervisor; say which
+        whenever it is not the one this cloud used last time (a daemon came or went)."""
+        try:
+            self._conn = libvirt.open(SYSTEM_URI)
+            why = ""
+        except libvirt.libvirtError as exc:
+            self.node = self._test_node("test:///default", demo_image=True)
+            why = first_line(exc)
+        marker = self.home() / "kvm-test" / f"{self.cloud}.auto-uri"
+        used = "test" if self.node else SYSTEM_URI
+        try:
+            last = marker.read_text().strip()
+        except OSError:
+            last = ""
+        if last == used:
+            return
+        if self.node:
+            self.announce(f"cm: cloud '{self.cloud}': no libvirt daemon at {SYSTEM_URI} ({why}); using libvirt's "
+                          "test hypervisor instead: VMs are simulated and nothing really boots "
+                          f"(state kept in {self.node.path})")
+        else:
+            before = f"; the test hypervisor's VMs stay in {node_path(self.home(), self.cloud)}" if last else ""
+            self.announce(f"cm: cloud '{self.cloud}': using the libvirt daemon at {SYSTEM_URI}{before}")
+        from cm.config import write_private
+
+        marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(marker, used + "\n")
 
     def resolve(self) -> str:
         """The URI in use; ``auto`` becomes the system daemon or the test hypervisor."""
@@ -187,10 +211,7 @@ class Hypervisor:
                 return self.uri
             wanted = str(self.config.get("uri") or "auto")
             if wanted == "auto":
-                try:
-                    self._conn = libvirt.open(SYSTEM_URI)
-                except libvirt.libvirtError as exc:
-                    self._fallback(exc)
+                self._auto()
             elif wanted.startswith("test:"):
                 self.node = self._test_node(wanted, demo_image=False)
             else:

@@ -53,6 +53,7 @@ class KvmProvider(Provider):
     """One libvirt hypervisor as a cm cloud."""
 
     kind = "kvm"
+    required_settings = (("uri",),)  # without one, a remote lab would silently be this machine's libvirt
     unsupported_why = {"assign public IPs": "VMs get addresses on the libvirt network only",
                        "release public IPs": "VMs get addresses on the libvirt network only"}
 

@@ -6,6 +6,8 @@ the provider imports only when an OpenStack cloud is used.
 Faults: a dropped connection and a 5xx/429 answer are retried by keystoneauth
 itself (``connect_retries``, ``status_code_retries`` with exponential backoff
 from 0.5 s); a clouds.yaml entry may set its own values for these keys.
+A refused connection is not retried: nothing listens at that address, and
+seconds of backoff before saying so help nobody.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from keystoneauth1 import session as ks_session
 from openstack import exceptions as os_exc
 
 from cm.config import MASK, is_secret
-from cm.errors import AuthError, CmError, ConfigError, Conflict, NotFound, ProviderError, QuotaExceeded
+from cm.errors import AuthError, CmError, ConfigError, Conflict, NotFound, ProviderError, QuotaExceeded, Throttled
 
 # Retries applied unless the cloud's own config says otherwise.
 RETRY_DEFAULTS: dict[str, Any] = {
@@ -60,13 +62,40 @@ def _quiet_sdk() -> None:
 _quiet_sdk()
 
 
+def _refused(exc: BaseException) -> bool:
+    """The error (or one it came from) is a refused TCP connection."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or "[Errno 111]" in str(current):
+            return True
+        current = current.__cause__ or current.__context__ or next(
+            (a for a in getattr(current, "args", ()) if isinstance(a, BaseException)), None)
+    return False
+
+
+class _PoolAdapter(ks_session.TCPKeepAliveAdapter):
+    """The connection pool; a refused connection leaves as an error keystoneauth does not retry."""
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        import requests
+
+        try:
+            return super().send(*args, **kwargs)
+        except requests.exceptions.ConnectionError as exc:
+            if _refused(exc):  # a plain RequestException: keystoneauth reports it at once
+                raise requests.exceptions.RequestException(f"Connection refused: {exc}") from exc
+            raise
+
+
 class _Session(ks_session.Session):
     """keystoneauth's Session, pooling enough connections for parallel boots."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        adapter = ks_session.TCPKeepAliveAdapter(pool_maxsize=POOL_SIZE, tls_ciphers=self.tls_ciphers,
-                                                 tls_min_version=self.tls_min_version)
+        adapter = _PoolAdapter(pool_maxsize=POOL_SIZE, tls_ciphers=self.tls_ciphers,
+                               tls_min_version=self.tls_min_version)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
 
@@ -219,6 +248,8 @@ def translate(exc: BaseException, cloud: str, doing: str, secrets: Iterable[str]
     if status is not None:
         if status in (403, 409, 413) and _QUOTA.search(detail):
             return QuotaExceeded(f"{what}: quota exceeded: {detail}")
+        if status == 429:
+            return Throttled(f"{what}: the cloud asks to slow down (HTTP 429, retried): {detail}")
         if status == 404:
             return NotFound(f"{what}: not found: {detail}")
         if status == 409:
