@@ -200,7 +200,7 @@ def start(ctx, args: Namespace) -> int:
 
 def _wait(ctx, provider, cs: dict[str, Any], states: set[str], timeout: float) -> dict[str, Any]:
     """Poll the computeset until it reaches ``states`` (or a final one); the timeout is a failure."""
-    from cm.bulk import CANCELLED, waiting
+    from cm.bulk import pause, waiting
 
     deadline = time.monotonic() + timeout
     final = {"completed", "failed", "cancelled"}
@@ -209,8 +209,7 @@ def _wait(ctx, provider, cs: dict[str, Any], states: set[str], timeout: float) -
             if time.monotonic() > deadline:
                 raise ProviderError(f"computeset {cs['id']} is still {cs['state']} after {timeout:g} s "
                                     f"(its Slurm job {cs.get('job_id')} may be queued; see `cm comet computeset`)")
-            if CANCELLED.wait(0.25):
-                break
+            pause(0.25)
             cs = provider.computeset(cs["id"])
     if cs["state"] == "failed":
         ctx.warn(f"computeset {cs['id']} failed: {cs.get('message') or 'see the service log'}")

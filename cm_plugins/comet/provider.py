@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from cm.bulk import proceed
 from cm.errors import AuthError, ConfigError, NotFound, ProviderError
 from cm.provider import VM, Provider, State
 
@@ -149,6 +150,7 @@ class CometProvider(Provider):
     def power(self, cluster: str, node: str | None, action: str) -> None:
         """PUT the action (poweron, poweroff, reboot, reset, shutdown) on the frontend (node None) or a compute."""
         path = f"cluster/{cluster}/frontend/{action}" if node is None else f"cluster/{cluster}/compute/{node}/{action}"
+        proceed()  # a Ctrl-C before this point leaves the node as it was
         self.api.put(path, f"{action} {node or cluster + ' frontend'}")
 
     def _power_vm(self, name: str, action: str) -> None:
@@ -181,6 +183,7 @@ class CometProvider(Provider):
         return self.api.get(path, f"node {node or cluster}")
 
     def rename_node(self, cluster: str, old: str, new: str) -> None:
+        proceed()
         self.api.check(self.api.request("POST", f"cluster/{cluster}/compute/{old}/rename", json={"name": new}),
                        f"rename {old}")
 
@@ -225,6 +228,7 @@ class CometProvider(Provider):
 
     def attach_iso(self, iso: str, cluster: str, node: str | None) -> None:
         path = f"cluster/{cluster}/frontend/attach_iso" if node is None else f"cluster/{cluster}/compute/{node}/attach_iso"
+        proceed()
         self.api.put(path, f"{'attach' if iso else 'detach'} ISO on {node or cluster}", iso_name=iso)
 
     def reservations(self) -> list[dict[str, Any]]:
