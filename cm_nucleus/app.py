@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -73,8 +74,26 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     app.state.service = service
     _handlers(app)
 
-    def user(request: Request) -> str:
-        return auth.user(request.headers)
+    async def user(request: Request) -> str:
+        known = auth.known_token(request.headers)  # most requests: no thread, no query
+        return known or await run_in_threadpool(auth.user, request.headers)
+
+    listings: dict[tuple[Any, ...], bytes] = {}
+    building = asyncio.Lock()
+
+    async def cached(key: tuple[Any, ...], build) -> Response:
+        """A listing as JSON, rebuilt only after a computeset or node changed (50 clients polling cost one build)."""
+        body = listings.get((service.store.version, *key))
+        if body is None:
+            async with building:  # the others wait for this build instead of each doing their own
+                version = service.store.version
+                body = listings.get((version, *key))
+                if body is None:
+                    body = json.dumps(await run_in_threadpool(build)).encode()
+                    if len(listings) > 256:
+                        listings.clear()
+                    listings[(version, *key)] = body
+        return Response(body, media_type="application/json")
 
     top = APIRouter(prefix=base)
     v1 = APIRouter(prefix=f"{base}/{API_VERSION}", dependencies=[Depends(user)])
@@ -130,12 +149,12 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         return [{"name": a} for a in service.user(me).allocations]
 
     @v1.get("/cluster/")
-    def cluster_list(me: str = Depends(user)) -> list[dict[str, Any]]:
-        return nodes.clusters(service, me)
+    async def cluster_list(me: str = Depends(user)) -> Response:
+        return await cached((me, "clusters"), lambda: nodes.clusters(service, me))
 
     @v1.get("/cluster/{name}/")
-    def cluster_one(name: str, me: str = Depends(user)) -> dict[str, Any]:
-        return nodes.cluster(service, name, me)
+    async def cluster_one(name: str, me: str = Depends(user)) -> Response:
+        return await cached((me, "cluster", name), lambda: nodes.cluster(service, name, me))
 
     @v1.get("/cluster/{name}/frontend/")
     def frontend_info(name: str, me: str = Depends(user)) -> dict[str, Any]:
@@ -180,8 +199,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         return Response(status_code=204)
 
     @v1.get("/computeset/")
-    def computeset_list(request: Request, me: str = Depends(user)) -> list[dict[str, Any]]:
-        return computesets.listing(service, me, request.query_params.getlist("state"))
+    async def computeset_list(request: Request, me: str = Depends(user)) -> Response:
+        states = tuple(request.query_params.getlist("state"))
+        return await cached((me, "computesets", states), lambda: computesets.listing(service, me, list(states)))
 
     @v1.post("/computeset/", status_code=201, openapi_extra=BODY_SCHEMA)
     async def computeset_create(request: Request, me: str = Depends(user)) -> Response:
@@ -285,4 +305,4 @@ def serve(config: str, port: int | None = None, log_level: str = "info") -> None
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                server_header=False)
+                server_header=False, backlog=2048)

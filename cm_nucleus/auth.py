@@ -83,6 +83,17 @@ class Authenticator:
         with self._lock:
             self._tokens.pop(digest, None)
 
+    def known_token(self, headers) -> str | None:
+        """The user of a valid token already in memory, else None (then ``user`` decides, off the event loop)."""
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "token" or headers.get("x-api-key"):
+            return None
+        with self._lock:
+            hit = self._tokens.get(_digest(value.strip()))
+        if hit and hit[0] in self.service.settings.users and time.time() - hit[1] <= self.service.settings.token_ttl:
+            return hit[0]
+        return None
+
     def _token_user(self, token: str) -> str:
         digest = _digest(token)
         with self._lock:

@@ -7,6 +7,7 @@ database, upgrades an older one through ``MIGRATIONS`` and refuses a newer one.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -141,6 +142,23 @@ class Store:
         event.listen(self.engine, "connect", _pragmas)
         _migrate(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Bumped by every commit that changed a computeset or a node: cached listings older than it are stale.
+        self.version = 0
+        self._version_lock = threading.Lock()
+        event.listen(self.sessions, "before_flush", self._note_change)
+        event.listen(self.sessions, "after_commit", self._bump)
+
+    @staticmethod
+    def _note_change(session: Session, _context: Any, _instances: Any) -> None:
+        # session.dirty also holds rows set to the value they had (the reconciler does that): not a change
+        dirty = [o for o in session.dirty if session.is_modified(o)]
+        if any(isinstance(o, (ComputeSet, Node)) for o in (*session.new, *dirty, *session.deleted)):
+            session.info["changed"] = True
+
+    def _bump(self, session: Session) -> None:
+        if session.info.pop("changed", False):
+            with self._version_lock:  # after the commit: a listing built from now on sees the change
+                self.version += 1
 
     @contextmanager
     def session(self) -> Iterator[Session]:
