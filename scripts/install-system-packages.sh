@@ -26,6 +26,8 @@ PACKAGES=(
     # network namespaces with veth/bridges, an sshd login host
     slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client
     openssh-server openssh-client iproute2 iputils-ping util-linux socat
+    # comet: a computeset's Slurm job script calls the Nucleus service back with curl
+    curl
 )
 
 if [[ "${1:-}" == "--list" ]]; then
