@@ -144,13 +144,23 @@ def _allocation(ctx, data: dict[str, Any], given: str | None) -> str:
     if not sys.stdin.isatty():
         raise UsageError(f"cluster {data['name']} has several allocations ({', '.join(mine)}): give --allocation")
     for number, name in enumerate(mine, 1):
-        ctx.say(f"  {number}) {name}")
-    answer = input(f"allocation to charge (1-{len(mine)}): ").strip()
+        ctx.warn(f"  {number}) {name}")
+    answer = _ask(f"allocation to charge on {data['name']} (1-{len(mine)}): ")
     if answer.isdigit() and 1 <= int(answer) <= len(mine):
         return mine[int(answer) - 1]
     if answer in mine:
         return answer
     raise UsageError(f"no allocation '{answer}'")
+
+
+def _ask(prompt: str) -> str:
+    """One answer from the terminal; the question goes to stderr so stdout stays the command's output."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:
+        raise UsageError("no answer (end of input)")
+    return answer.strip()
 
 
 def _free_check(data: dict[str, Any], names: list[str], count: int | None) -> None:
@@ -303,7 +313,7 @@ def node_rename(ctx, args: Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError("renaming asks first; give --yes in scripts")
-        if input(f"rename {collect(old)} to {collect(new)} on {args.cluster}? [y/N] ").strip().lower() not in ("y", "yes"):
+        if _ask(f"rename {collect(old)} to {collect(new)} on {args.cluster}? [y/N] ").lower() not in ("y", "yes"):
             ctx.warn("nothing renamed")
             return 1
     outcomes: list[bulk.Outcome] = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import requests
 import yaml
@@ -89,6 +91,34 @@ def test_several_allocations_are_refused_in_scripts_and_chosen_with_the_option(c
     assert cs["account"] == "xyz202"
     wrong = cm("comet", "start", "vc1", "--count", "1", "--allocation", "nope", "--cloud", "comet-bob")
     assert wrong.code == 2 and "not one of cluster vc1's" in wrong.err
+
+
+def test_several_allocations_are_asked_for_at_a_terminal(cm, comet, slurm):
+    assert cm("cloud", "add", "comet-bob", "--kind", "comet", f"base_url={comet.base}", "username=bob",
+              f"password={PASSWORDS['bob']}").code == 0
+    terminal, typed = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cm.main", "comet", "start", "vc1", "--count", "1", "--cloud",
+                                 "comet-bob", "--no-wait", "-f", "json"], stdin=typed, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        os.write(terminal, b"2\n")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(typed)
+    assert proc.returncode == 0, err
+    assert "1) abc101" in err and "2) xyz202" in err and "allocation to charge on vc1 (1-2):" in err
+    assert json.loads(out)[0]["account"] == "xyz202"
+
+
+def test_a_script_of_comet_commands(cm_process, comet, tmp_path):
+    script = tmp_path / "session.cm"
+    script.write_text("# a comet session\ncomet cluster -f value -c name\n"
+                      "comet start vc1 vm-vc1-3 --walltime 15m -f value -c nodes -c state\n"
+                      "comet computeset -f value -c nodes\n")
+    result = cm_process(str(script))
+    assert result.code == 0, result.err
+    assert result.out.split() == ["vc1", "vm-vc1-3", "running", "vm-vc1-3"]
 
 
 def test_generic_vm_commands_power_the_frontend(cm, comet):
