@@ -35,18 +35,20 @@ def _provider(ctx, args: Namespace):  # type: ignore[no-untyped-def]
 
 
 def _remember(ctx, cloud: str, clusters: list[dict[str, Any]], whole: bool = True) -> None:
-    """What the endpoint said goes into the mirror: nodes as VMs, clusters as comet_cluster records."""
+    """What the endpoint said goes into the mirror: nodes as VMs, clusters as comet_cluster summaries."""
     from cm.inventory import as_record
-    from cm_plugins.comet.provider import node_rows
+    from cm_plugins.comet.provider import cluster_summary, node_rows
 
     vms = [as_record(ctx.provider(cloud)._vm(row)) for c in clusters for row in node_rows(c)]
     with ctx.mirror.transaction():
         if whole:
             ctx.mirror.replace("vm", cloud, vms)
-            ctx.mirror.replace("comet_cluster", cloud, [{"name": c["name"], **c} for c in clusters])
+            ctx.mirror.replace("comet_cluster", cloud, [cluster_summary(c) for c in clusters])
         else:
             for vm in vms:
                 ctx.mirror.put("vm", cloud, vm)
+            for c in clusters:
+                ctx.mirror.put("comet_cluster", cloud, cluster_summary(c))
 
 
 def _set_row(cs: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,18 @@ def node_rows(cluster: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def cluster_summary(cluster: dict[str, Any]) -> dict[str, Any]:
+    from cm.names import collect
+
+    computes = cluster.get("computes") or []
+    return {"name": cluster["name"], "kind": "comet", "frontend": cluster["frontend"]["name"],
+            "frontend_state": cluster["frontend"].get("state", ""),
+            "computes": collect([n["name"] for n in computes]) if computes else "", "nodes": len(computes),
+            "running": sum(n.get("state") == "active" for n in computes),
+            "computesets": sorted({n["active_computeset"] for n in computes if n.get("active_computeset")}),
+            "allocations": cluster.get("allocations") or [], "description": cluster.get("description", "")}
+
+
 class CometProvider(Provider):
     kind = "comet"
     unsupported_why = {"boot VMs": "its nodes are fixed; start a computeset with `cm comet start`",
@@ -115,18 +127,8 @@ class CometProvider(Provider):
         return self.api.get(f"cluster/{name}/", f"cluster {name}")
 
     def list_clusters(self) -> list[dict[str, Any]]:
-        """One summary row per virtual cluster (for `cm cluster list`)."""
-        from cm.names import collect
-
-        rows = []
-        for c in self.clusters():
-            computes = c.get("computes") or []
-            rows.append({"name": c["name"], "kind": "comet", "frontend": c["frontend"]["name"],
-                         "frontend_state": c["frontend"].get("state", ""),
-                         "computes": collect([n["name"] for n in computes]) if computes else "",
-                         "nodes": len(computes), "running": sum(n.get("state") == "active" for n in computes),
-                         "allocations": c.get("allocations") or [], "description": c.get("description", "")})
-        return rows
+        """One summary row per virtual cluster (for `cm cluster list`; the mirror keeps them as 'comet_cluster')."""
+        return [cluster_summary(c) for c in self.clusters()]
 
     def _vm(self, row: dict[str, Any]) -> VM:
         extra = {k: row[k] for k in ("cluster", "type", "host", "computeset", "cpus", "memory", "iso") if row.get(k)}

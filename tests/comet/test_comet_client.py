@@ -30,8 +30,16 @@ def test_clusters_and_nodes_show_and_land_in_the_mirror(cm, comet):
     assert {v["name"]: v["state"] for v in vms} == {n: "stopped" for n in
                                                   ["vc1", "vm-vc1-0", "vm-vc1-1", "vm-vc1-2", "vm-vc1-3"]}
     assert provider_clusters(cm) == ["vc1"]
+    assert [c["name"] for c in mirrored_clusters()] == ["vc1"]
     long = cm("comet", "ll")
     assert long.code == 0 and "vm-vc1-3" in long.out and "frontend" in long.out
+
+
+def mirrored_clusters() -> list[dict]:
+    """What `cm cluster list` can show offline: the mirror's comet_cluster records."""
+    from cm.context import Context
+
+    return Context().mirror.records("comet_cluster", "comet")
 
 
 def provider_clusters(cm) -> list[str]:
