@@ -26,12 +26,12 @@ def slurm():
 
 def cancel_all(slurm: SlurmCluster) -> None:
     """Cancel every job and wait until the queue is empty (COMPLETING ones included)."""
-    from tests.comet.nucleus import wait_until
+    from tests.comet.nucleus import wait_for
 
     jobs = slurm.run(["squeue", "-h", "-o", "%i"]).stdout.split()
     if jobs:
         slurm.run(["scancel", *jobs])
-    wait_until("an empty Slurm queue", lambda: not slurm.run(["squeue", "-h", "-o", "%i"]).stdout.strip(), 60)
+    wait_for("an empty Slurm queue", lambda: not slurm.run(["squeue", "-h", "-o", "%i"]).stdout.strip(), 60)
 
 
 @pytest.fixture

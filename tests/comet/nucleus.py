@@ -13,6 +13,8 @@ from typing import Any
 import requests
 import yaml
 
+from tests.infra.procs import wait_for  # noqa: F401  (re-exported for the comet tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
 
@@ -101,14 +103,3 @@ class Nucleus:
                                  timeout=30)
         response.raise_for_status()
         return response.json()["key"]
-
-
-def wait_until(what: str, check, timeout: float = 60, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)

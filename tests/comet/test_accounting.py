@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.comet.conftest import cancel_all, squeue
-from tests.comet.nucleus import Nucleus, wait_until, write_config
+from tests.comet.nucleus import Nucleus, wait_for, write_config
 from tests.infra.slurm import SlurmCluster
 
 SERVICE_PORT = 23503
@@ -45,14 +45,14 @@ def test_usage_of_a_computeset_appears_in_sacct(cm, service, accounted):
     cs = json.loads(result.out)[0]
     assert cs["state"] == "running"
     assert cm("comet", "terminate", str(cs["id"]), "--cloud", "comet").code == 0
-    wait_until("job gone", lambda: cs["job_id"] not in squeue(accounted) or None, 60)
+    wait_for("job gone", lambda: cs["job_id"] not in squeue(accounted) or None, 60)
 
     def usage() -> str:
         out = accounted.run(["sacct", "-A", "abc101", "-X", "-n", "-P", "-o", "JobID,Account,State,NNodes"]).stdout
         return next((line for line in out.splitlines() if line.startswith(cs["job_id"] + "|")
                      and "RUNNING" not in line), "")
 
-    line = wait_until("the job in sacct -A abc101", usage, 60)
+    line = wait_for("the job in sacct -A abc101", usage, 60)
     job_id, account, state, nodes = line.split("|")
     assert account == "abc101" and state.startswith("CANCELLED") and nodes == "2"
 

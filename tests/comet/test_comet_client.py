@@ -68,9 +68,9 @@ def test_start_computeset_runs_nodes_then_terminate_ends_the_job(cm, comet, slur
     assert len(squeue(slurm)) == 1
     ended = cm("comet", "terminate", str(started["id"]), "-f", "json")
     assert ended.code == 0 and _json(ended)[0]["state"] == "ending"
-    from tests.comet.nucleus import wait_until
+    from tests.comet.nucleus import wait_for
 
-    wait_until("cancelled", lambda: _json(cm("comet", "computeset", str(started["id"]), "-f", "json"))["state"]
+    wait_for("cancelled", lambda: _json(cm("comet", "computeset", str(started["id"]), "-f", "json"))["state"]
                == "cancelled", 60)
     assert started["job_id"] not in squeue(slurm)
     assert _json(cm("comet", "computeset", "--state", "all", "-f", "json"))[0]["state"] == "cancelled"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.comet.conftest import cancel_all, squeue
-from tests.comet.nucleus import PASSWORDS, Nucleus, wait_until, write_config
+from tests.comet.nucleus import PASSWORDS, Nucleus, wait_for, write_config
 from tests.e2e import guest, libvirtd
 from tests.infra.slurm import SlurmCluster
 
@@ -110,24 +110,24 @@ def test_computeset_boots_real_guests_and_terminate_ends_them(cm, world):
     assert all(_running(conn, f"vc1-{n}") for n in names)
     for name in names:  # each console shows its guest booting and ready
         try:
-            wait_until(f"{name} ready on its console",
+            wait_for(f"{name} ready on its console",
                        lambda n=name: "cm-guest: ready" in cm("comet", "console", "vc1", n).out, BOOT_TIMEOUT, 2)
-        except AssertionError:
+        except TimeoutError:
             shown = cm("comet", "console", "vc1", name)
             logs = {p.name: p.stat().st_size for p in (service.config.parent / "state" / "consoles").iterdir()}
             raise AssertionError(f"console of {name}: {shown.code} {shown.out[-500:]!r} {shown.err!r}; logs {logs}")
         assert "cm-guest: hostname=comet-node" in cm("comet", "console", "vc1", name).out
     assert cm("comet", "terminate", str(cs["id"])).code == 0
-    wait_until("the job gone from squeue", lambda: cs["job_id"] not in squeue(slurm), 60)
+    wait_for("the job gone from squeue", lambda: cs["job_id"] not in squeue(slurm), 60)
     assert not any(_running(conn, f"vc1-{n}") for n in names)
-    wait_until("cancelled", lambda: _json(cm("comet", "computeset", str(cs["id"]), "-f", "json"))["state"]
+    wait_for("cancelled", lambda: _json(cm("comet", "computeset", str(cs["id"]), "-f", "json"))["state"]
                == "cancelled", 60)
 
     def usage() -> str:
         out = slurm.run(["sacct", "-A", "abc101", "-X", "-n", "-P", "-o", "JobID,Account,State,NNodes"]).stdout
         return next((ln for ln in out.splitlines() if ln.startswith(cs["job_id"] + "|") and "RUNNING" not in ln), "")
 
-    job_id, account, state, nodes = wait_until("usage in sacct -A abc101", usage, 60).split("|")
+    job_id, account, state, nodes = wait_for("usage in sacct -A abc101", usage, 60).split("|")
     assert account == "abc101" and state.startswith("CANCELLED") and nodes == "2"
 
 
@@ -137,7 +137,7 @@ def test_a_one_minute_walltime_ends_by_itself(cm, world):
               f"password={PASSWORDS['alice']}").code == 0
     cs = _json(cm("comet", "start", "vc1", f"c{TOKEN}vm-0", "--walltime", "1m", "--cloud", "comet", "-f", "json"))[0]
     assert cs["state"] == "running" and _running(conn, f"vc1-c{TOKEN}vm-0")
-    done = wait_until("the walltime to end the computeset",
+    done = wait_for("the walltime to end the computeset",
                       lambda: (c := _json(cm("comet", "computeset", str(cs["id"]), "--cloud", "comet", "-f",
                                              "json")))["state"] in ("completed", "failed", "cancelled") and c, 240, 3)
     assert done["state"] == "completed"
@@ -156,9 +156,9 @@ def test_after_kill_9_no_guest_runs_without_its_job(cm, world):
     assert cs["state"] == "running" and _running(conn, domain)
     service.kill9()
     slurm.run(["scancel", cs["job_id"]])
-    wait_until("the job gone", lambda: cs["job_id"] not in squeue(slurm), 60)
+    wait_for("the job gone", lambda: cs["job_id"] not in squeue(slurm), 60)
     assert _running(conn, domain)  # nobody was there to power it off
     service.start()
-    wait_until("the orphaned guest powered off", lambda: not _running(conn, domain), 60)
+    wait_for("the orphaned guest powered off", lambda: not _running(conn, domain), 60)
     final = _json(cm("comet", "computeset", str(cs["id"]), "--cloud", "comet", "-f", "json"))
     assert final["state"] == "cancelled"

@@ -10,7 +10,7 @@ import requests
 
 from cm_plugins.comet.api import signed_headers
 from tests.comet.conftest import squeue
-from tests.comet.nucleus import PASSWORDS, wait_until
+from tests.comet.nucleus import PASSWORDS, wait_for
 
 
 def _get(nucleus, path, token, **kw):
@@ -23,7 +23,7 @@ def _start(nucleus, token, **body):
 
 
 def _wait_state(nucleus, token, cs_id, states, timeout=60):
-    return wait_until(f"computeset {cs_id} in {states}",
+    return wait_for(f"computeset {cs_id} in {states}",
                       lambda: (cs := _get(nucleus, f"computeset/{cs_id}/", token).json())["state"] in states and cs,
                       timeout)
 
@@ -96,7 +96,7 @@ def test_computeset_is_a_slurm_job_that_powers_nodes_on_and_off(nucleus, slurm):
                          headers={"Authorization": f"Token {token}"}, timeout=30)
     assert ended.status_code == 200 and ended.json()["state"] == "ending"
     assert _wait_state(nucleus, token, cs["id"], {"cancelled"})["state"] == "cancelled"
-    assert wait_until("job gone", lambda: cs["job_id"] not in squeue(slurm) or None, 30) is True
+    assert wait_for("job gone", lambda: cs["job_id"] not in squeue(slurm) or None, 30) is True
     cluster = _get(nucleus, "cluster/vc1/", token).json()
     assert all(c["state"] == "shutoff" and c["active_computeset"] is None for c in cluster["computes"])
 
@@ -213,10 +213,10 @@ def test_state_survives_kill_9_and_agrees_with_slurm_after_restart(nucleus, slur
     keep = _wait_state(nucleus, token, _start(nucleus, token, computes="vm-vc1-0").json()["id"], {"running"})
     lost = _wait_state(nucleus, token, _start(nucleus, token, computes="vm-vc1-1").json()["id"], {"running"})
     queued = _start(nucleus, token, computes="vm-vc1-[2-3]").json()  # 2 hosts, one is free: it waits
-    assert wait_until("job pending", lambda: squeue(slurm).get(queued["job_id"]) == "PENDING", 30)
+    assert wait_for("job pending", lambda: squeue(slurm).get(queued["job_id"]) == "PENDING", 30)
     nucleus.kill9()  # the test hypervisors die with it: every domain is gone
     slurm.run(["scancel", lost["job_id"]])  # this job ends while the service is down, and the queued one starts
-    wait_until("queued job running", lambda: squeue(slurm).get(queued["job_id"]) == "RUNNING", 60)
+    wait_for("queued job running", lambda: squeue(slurm).get(queued["job_id"]) == "RUNNING", 60)
     assert lost["job_id"] not in squeue(slurm)
     nucleus.start()
     token = nucleus.token()
