@@ -63,11 +63,18 @@ def cluster(service: Service, name: str, user: str) -> dict[str, Any]:
 
 
 def node_info(service: Service, cluster: str, name: str | None, user: str) -> dict[str, Any]:
+    """One node, its power state asked of libvirt now (a guest may have powered itself off)."""
     service.cluster(cluster, user)
-    with service.store.session() as s:
+    with service.lock, service.store.session() as s:
+        node = service.frontend(s, cluster) if name is None else service.node(s, cluster, name)
+        if node.domain:
+            try:
+                node.power = service.hv.state(service.uri(node), node.domain)
+            except HypervisorError:
+                pass  # the hypervisor does not answer: show what was seen last
         if name is None:
-            return frontend_json(service, service.frontend(s, cluster))
-        return compute_json(service, service.node(s, cluster, name), service.busy(s, cluster))
+            return frontend_json(service, node)
+        return compute_json(service, node, service.busy(s, cluster))
 
 
 def _act(service: Service, node: Node, action: str) -> None:

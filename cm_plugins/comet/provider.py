@@ -140,7 +140,10 @@ class CometProvider(Provider):
         return [self._vm(row) for c in self.clusters() for row in node_rows(c)]
 
     def get_vm(self, name: str) -> VM:
-        return self._vm(self._row(name))
+        """The node with its live power state (what `vm stop` waits on)."""
+        row = self._row(name)
+        live = self.node_info(row["cluster"], None if row["type"] == "frontend" else name)
+        return self._vm({**row, "state": live.get("state", row["state"])})
 
     def _row(self, name: str) -> dict[str, Any]:
         for cluster in self.clusters():

@@ -30,6 +30,7 @@ def test_clusters_and_nodes_show_and_land_in_the_mirror(cm, comet):
     assert {v["name"]: v["state"] for v in vms} == {n: "stopped" for n in
                                                   ["vc1", "vm-vc1-0", "vm-vc1-1", "vm-vc1-2", "vm-vc1-3"]}
     assert provider_clusters(cm) == ["vc1"]
+    assert cm("refresh", "--cloud", "comet").code == 0  # kinds a comet cloud lacks are skipped
     assert [c["name"] for c in mirrored_clusters()] == ["vc1"]
     long = cm("comet", "ll")
     assert long.code == 0 and "vm-vc1-3" in long.out and "frontend" in long.out
@@ -139,6 +140,9 @@ def test_generic_vm_commands_power_the_frontend(cm, comet):
     assert link.code == 0 and link.out.startswith(f"{comet.base}/console/")
     assert requests.get(link.out.strip(), timeout=30).status_code == 200
     assert cm("comet", "console", "vc1").code == 0  # the test hypervisor's guests print nothing
+    stopped = cm("vm", "stop", "vc1", "-f", "json")
+    assert stopped.code == 0 and _json(stopped)[0]["state"] == "stopped"
+    assert cm("comet", "power", "on", "vc1").code == 0
     off = cm("comet", "power", "off", "vc1")
     assert off.code == 0 and "poweroff: frontend of vc1" in off.out
     assert _json(cm("comet", "node", "info", "vc1", "-f", "json"))["state"] == "shutoff"
