@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from cm_nucleus.core import ACTIVE_STATES, JOB_PREFIX, ApiError, Service, bad, log
 from cm_nucleus.hypervisor import HypervisorError
-from cm_nucleus.slurm import ACTIVE, FINAL, SlurmError, holder_script
+from cm_nucleus.slurm import FINAL, SlurmError, holder_script
 from cm_nucleus.store import ComputeSet, Node
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -220,6 +220,7 @@ def event(service: Service, cs_id: int, secret: str, what: str, job: str, nodes:
 
     import hostlist
 
+    failure = ""
     with service.lock, service.store.session() as s:
         cs = s.get(ComputeSet, cs_id)
         if cs is None or not hmac.compare_digest(cs.secret, secret or ""):
@@ -236,14 +237,16 @@ def event(service: Service, cs_id: int, secret: str, what: str, job: str, nodes:
             except hostlist.BadHostlist:
                 raise bad(f"malformed hostlist '{nodes}'") from None
             start_nodes(service, s, cs, given)
-            if cs.state != "running":
-                raise ApiError(409, cs.message)
+            failure = "" if cs.state == "running" else cs.message
         elif what == "ending":
             if cs.state in ("submitted", "running"):
                 end(service, s, cs)
         else:
             raise bad(f"unknown event '{what}'")
-        return {"id": cs.id, "state": cs.state}
+        answer = {"id": cs.id, "state": cs.state}
+    if failure:  # after the commit: the failed state is kept, and the job's script gives up
+        raise ApiError(409, failure)
+    return answer
 
 
 def end(service: Service, s: Session, cs: ComputeSet) -> None:

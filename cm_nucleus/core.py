@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -78,5 +77,3 @@ def squeue(slurm: SlurmCluster) -> dict[str, str]:
     out = slurm.run(["squeue", "-h", "-o", "%i %T"]).stdout
     return dict(line.split() for line in out.splitlines() if line.strip())
 
-
-__all__ = ["cancel_all", "squeue", "subprocess"]

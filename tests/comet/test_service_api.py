@@ -231,3 +231,21 @@ def test_state_survives_kill_9_and_agrees_with_slurm_after_restart(nucleus, slur
     assert nodes["vm-vc1-1"]["active_computeset"] is None
     ids = [cs["id"] for cs in _get(nucleus, "computeset/", token).json()]
     assert ids == [keep["id"], lost["id"], queued["id"]]
+
+
+def test_a_node_that_cannot_power_on_fails_the_computeset_and_ends_its_job(private_dir, slurm, test_hosts):
+    from tests.comet.nucleus import Nucleus, write_config
+
+    broken = {**test_hosts, "n3": f"test://{private_dir}/missing/n3.xml"}  # libvirt cannot open it
+    config = write_config(private_dir / "broken", 23507, slurm.client_env, broken)
+    nucleus = Nucleus(config, 23507).start()
+    try:
+        token = nucleus.token()
+        created = _start(nucleus, token, computes="vm-vc1-[0-2]")  # three nodes need all three hosts
+        failed = _wait_state(nucleus, token, created.json()["id"], {"failed"})
+        assert "n3.xml" in failed["message"]
+        wait_for("the job ended", lambda: failed["job_id"] not in squeue(slurm), 60)
+        nodes = _get(nucleus, "cluster/vc1/", token).json()["computes"]
+        assert all(n["state"] == "shutoff" and n["active_computeset"] is None for n in nodes)
+    finally:
+        nucleus.stop()
