@@ -209,35 +209,17 @@ class Mirror:
         self.put_many(kind, cloud, [record])
 
     def put_many(self, kind: str, cloud: str, records: Iterable[dict[str, Any]]) -> None:
-        """Insert or update records of ``cloud``, each the one with its id, else the one with its name.
+        """Insert or update records of ``cloud``: each the one with its id, else the one(s) with its name.
 
         Two VMs of one name (the cloud allows it) keep a record each; a record found by
-        name only (a VM recreated behind cm's back, a placeholder) is replaced.  One pass
-        over the table for all records: a 200-VM boot stores 200 records at once.
+        name only (a VM recreated behind cm's back, a placeholder) is replaced.  Each
+        record costs the same however big the table is (cm.record_index).
         """
+        from cm import record_index
+
         with self._records.transaction():
-            table = self._records.changing().setdefault(kind, {})
-            by_id: dict[str, str] = {}
-            by_name: dict[str, list[str]] = {}
-            for key, doc in table.items():
-                if doc.get("cloud") == cloud:
-                    if doc.get("id"):
-                        by_id[doc["id"]] = key
-                    by_name.setdefault(doc.get("name", ""), []).append(key)
-            next_key = max(map(int, table), default=0) + 1
             for record in records:
-                doc = {**record, "cloud": cloud, "kind": kind, "_schema": SCHEMA}
-                key = by_id.get(doc.get("id") or "")
-                if key is not None and key in table:
-                    table[key] = {**table[key], **doc}
-                    continue
-                for old in by_name.pop(doc["name"], []):
-                    by_id.pop(table.pop(old, {}).get("id") or "", None)
-                key, next_key = str(next_key), next_key + 1
-                table[key] = doc
-                by_name.setdefault(doc["name"], []).append(key)
-                if doc.get("id"):
-                    by_id[doc["id"]] = key
+                record_index.upsert(self._records, kind, {**record, "cloud": cloud, "kind": kind, "_schema": SCHEMA})
 
     def remove(self, kind: str, cloud: str, names: Iterable[str]) -> None:
         wanted = set(names)

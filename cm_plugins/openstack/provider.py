@@ -24,6 +24,7 @@ from cm.errors import CmError, Conflict, NotFound, ProviderError, UsageError
 from cm.names import ambiguous
 from cm.provider import VM, BootSpec, Flavor, Image, Key, Provider, State
 from cm_plugins.openstack import convert
+from cm_plugins.openstack.images import ImagesMixin
 from cm_plugins.openstack.networking import NetworkingMixin
 from cm_plugins.openstack.polling import PollTimeout, poll
 from cm_plugins.openstack.session import connect, secrets_of, translate, translated
@@ -61,7 +62,7 @@ def exact(name: str) -> str:
     return "^" + REGEX_SPECIAL.sub(r"\\\1", name) + "$"
 
 
-class OpenStackProvider(NetworkingMixin, Provider):
+class OpenStackProvider(NetworkingMixin, ImagesMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
