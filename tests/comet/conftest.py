@@ -59,8 +59,8 @@ def nucleus(private_dir: Path, slurm: SlurmCluster, test_hosts: dict[str, str]):
     config = write_config(private_dir / "service", SERVICE_PORT, slurm.client_env, test_hosts)
     service = Nucleus(config, SERVICE_PORT).start()
     yield service
+    cancel_all(slurm)  # first, while the service answers the jobs' last callbacks (else they retry until killed)
     service.stop()
-    cancel_all(slurm)
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ def service(private_dir: Path, accounted: SlurmCluster):
                           computes="vm-vc1-[0-1]", compute_hosts="n[1-2]")
     nucleus = Nucleus(config, SERVICE_PORT).start()
     yield nucleus
-    nucleus.stop()
     cancel_all(accounted)
+    nucleus.stop()
 
 
 def test_usage_of_a_computeset_appears_in_sacct(cm, service, accounted):

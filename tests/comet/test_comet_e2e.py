@@ -72,10 +72,10 @@ def world():
         service = Nucleus(config, SERVICE_PORT).start()
         yield {"conn": conn, "slurm": slurm, "service": service, "seed": seed}
     finally:
-        if service:
-            service.stop()
         if slurm.procs:
             cancel_all(slurm)
+        if service:
+            service.stop()
         slurm.stop()
         for dom in conn.listAllDomains():
             if f"c{TOKEN}vm-" in dom.name() and dom.isActive():
