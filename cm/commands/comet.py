@@ -245,6 +245,8 @@ def power(ctx, args: Namespace) -> int:
     cloud, provider = _provider(ctx, args)
     action = POWER[args.action]
     target = args.target
+    if args.count is not None and action != "poweron":
+        raise UsageError("--count starts a computeset: only with `power on`")
     if target is None and args.count is None:
         if args.dryrun:
             ctx.say(f"would {action} the frontend of {args.cluster}")
@@ -256,7 +258,9 @@ def power(ctx, args: Namespace) -> int:
         cs_action = {"poweron": None, "poweroff": "poweroff", "shutdown": "shutdown"}.get(action, action)
         if cs_action is None:
             raise UsageError("a computeset starts with `cm comet start`; `power on` takes NODES or --count")
-        if not args.dryrun:
+        if args.dryrun:
+            ctx.say(f"would {cs_action} computeset {target} on {cloud}")
+        else:
             ctx.emit(SET_COLUMNS, [_set_row(provider.computeset_action(int(target), cs_action))], args)
         return 0
     names = expand([target]) if target else []
@@ -266,7 +270,6 @@ def power(ctx, args: Namespace) -> int:
                                                                    for n in names)):
         args.nodes = [target] if target else []
         return start(ctx, args)  # `power on CLUSTER NODES` is the older spelling of start
-    _free_check(data, [], None)
     unknown = [n for n in names if n not in computes]
     if unknown:
         raise NotFound(f"cluster {args.cluster} has no node {collect(unknown)}")
