@@ -175,6 +175,19 @@ def load(path: str | Path, port: int | None = None) -> Settings:
         raise SettingsError(f"{path}: not valid YAML") from exc
     if not isinstance(raw, dict):
         raise SettingsError(f"{path}: expected a mapping")
+    try:
+        return _settings(path, raw, port)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a value of the wrong shape somewhere
+        raise SettingsError(f"{path}: malformed configuration ({type(exc).__name__}: {exc})") from exc
+
+
+def _settings(path: Path, raw: dict[str, Any], port: int | None) -> Settings:
+    for key in ("listen", "slurm", "hosts", "users", "clusters"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise SettingsError(f"{path}: '{key}' must be a mapping")
+    for name, conf in (raw.get("clusters") or {}).items():
+        if not isinstance(conf, dict) or not isinstance(conf.get("frontend"), dict):
+            raise SettingsError(f"{path}: clusters.{name} must be a mapping with a 'frontend' mapping")
     base = path.parent
     state_dir = Path(raw.get("state_dir") or base / "nucleus-state")
     listen = raw.get("listen") or {}

@@ -74,3 +74,15 @@ def test_no_request_gets_a_500(nucleus):
                     assert answer.text and len(answer.text) < 2000
     assert count > 300 and {400, 401, 404} <= set(seen), seen
     assert "internal error" not in nucleus.log_text() and "Traceback" not in nucleus.log_text()
+
+
+def test_a_bad_configuration_is_one_line_and_exit_2(cm, tmp_path):
+    cases = {"clusters: {x: 1}\n": "clusters.x must be a mapping",
+             "listen: {port: abc}\n": "malformed configuration",
+             "users: {alice: {password: plain}}\n": "never a clear password",
+             "users: {alice: {password_hash: md5abc}}\n": "must be an argon2 hash"}
+    for text, message in cases.items():
+        path = tmp_path / "nucleus.yaml"
+        path.write_text(text)
+        result = cm("comet", "serve", "--config", str(path))
+        assert result.code == 2 and message in result.err and len(result.err.strip().splitlines()) == 1, result.err
