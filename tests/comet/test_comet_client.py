@@ -238,3 +238,19 @@ def test_expired_token_is_renewed_once_and_bad_passwords_are_one_line(cm, comet,
     gone = cm("comet", "cluster", "--cloud", "gone")
     assert gone.code == 1 and gone.err.startswith("cm: cannot reach http://127.0.0.1:23999/nucleus")
     assert len(gone.err.strip().splitlines()) == 1
+
+
+def test_the_interactive_shell_runs_comet_commands(cm, comet, capsys):
+    import io
+
+    from cm.context import Context
+    from cm.shell import Shell
+
+    out = io.StringIO()
+    app = Shell(Context(interactive=True))
+    app.stdout = out
+    assert app.prompt == "cm (comet)> "
+    app.onecmd_plus_hooks("comet cluster -f json")
+    assert [c["name"] for c in json.loads(out.getvalue())] == ["vc1"]
+    app.onecmd_plus_hooks("comet start vc1 --walltime 3x --count 1")
+    assert app.last_result == 2 and "bad walltime '3x'" in capsys.readouterr().err
