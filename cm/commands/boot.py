@@ -122,6 +122,14 @@ def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], timeout: float) 
     return failures
 
 
+def _refuse_unsupported(ctx: Context, cloud: str) -> None:
+    """A cloud that cannot boot VMs (a batch system) says so in one line before any default is looked up."""
+    from cm.plugins import provider_class
+
+    if "create_vm" not in provider_class(ctx.config.cloud(cloud)["kind"]).verbs():
+        ctx.provider(cloud).require("create_vm")
+
+
 class Boot:
     """One `vm boot`: what was created, what failed, and what an interrupt left open."""
 
@@ -214,6 +222,7 @@ class Boot:
 def boot_vms(ctx: Context, args: Namespace) -> int:
     check_columns(BOOT_COLUMNS, args)
     cloud = ctx.cloud_name(args)
+    _refuse_unsupported(ctx, cloud)
     template = _template(ctx, args, cloud)  # first: a bad image or flavor must not use up names
     names = _names(ctx, args, cloud)
     specs = {name: dataclasses.replace(template, name=name) for name in names}
