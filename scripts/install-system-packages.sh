@@ -40,6 +40,8 @@ PACKAGES=(
     # tests/infra/hadoop: real Hadoop daemons from Maven Central's jars (mvn
     # fetches them, Java 17 runs them and pyspark's Spark)
     maven openjdk-17-jre-headless
+    # comet: a computeset's Slurm job script calls the Nucleus service back with curl
+    curl
 )
 
 if [[ "${1:-}" == "--list" ]]; then

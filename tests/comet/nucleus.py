@@ -1,0 +1,105 @@
+"""The Nucleus service for tests: its configuration, and `cm comet serve` as a real process on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from tests.infra.procs import wait_for  # noqa: F401  (re-exported for the comet tests)
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
+
+
+def write_config(directory: Path, port: int, slurm_env: dict[str, str], hosts: dict[str, str], *,
+                 computes: str = "vm-vc1-[0-3]", compute_hosts: str = "n[1-3]", frontend_host: str = "n1",
+                 domain_xml: Path | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """A service configuration: users alice (abc101) and bob (abc101, xyz202), clusters vc1 and vc2."""
+    from cm_nucleus.auth import hash_password
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vc1: dict[str, Any] = {"description": "test cluster", "project": "abc101", "vlan": 101,
+                           "allocations": ["abc101", "xyz202"],
+                           "frontend": {"name": "vc1", "host": frontend_host, "cpus": 1, "memory": 128,
+                                        "pub_ip": "127.0.0.1"},
+                           "computes": [{"name": computes, "hosts": compute_hosts, "cpus": 1, "memory": 128}]}
+    if domain_xml:
+        vc1["domain_xml"] = str(domain_xml)
+    config = {
+        "state_dir": str(directory / "state"),
+        "listen": {"host": "127.0.0.1", "port": port},
+        "slurm": {"conf": slurm_env["SLURM_CONF"]},
+        "reconcile_interval": 5,
+        "hosts": hosts,
+        "users": {"alice": {"password_hash": hash_password(PASSWORDS["alice"]), "email": "alice@example.org",
+                            "allocations": ["abc101"]},
+                  "bob": {"password_hash": hash_password(PASSWORDS["bob"]), "email": "bob@example.org",
+                          "allocations": ["abc101", "xyz202"]}},
+        "clusters": {"vc1": vc1,
+                     "vc2": {"allocations": ["xyz202"], "frontend": {"name": "vc2", "host": frontend_host},
+                             "computes": [{"name": "vm-vc2-0", "hosts": compute_hosts}]}},
+        **(extra or {}),
+    }
+    path = directory / "nucleus.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Nucleus:
+    """`cm comet serve --config FILE` in its own process; stopped (or killed) by pid."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.config, self.port = config, port
+        self.base = f"http://127.0.0.1:{port}/nucleus"
+        self.proc: subprocess.Popen | None = None
+        self.log = config.parent / "service.log"
+
+    def start(self, timeout: float = 60) -> "Nucleus":
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cm.main", "comet", "serve", "--config",
+                                          str(self.config)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the service exited ({self.proc.returncode}):\n{self.log_text()}")
+            try:
+                if requests.get(f"{self.base}/openapi.json", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the service did not answer in {timeout:g} s:\n{self.log_text()}")
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def token(self, user: str = "alice") -> str:
+        response = requests.post(f"{self.base}/rest-auth/login/", json={"username": user, "password": PASSWORDS[user]},
+                                 timeout=30)
+        response.raise_for_status()
+        return response.json()["key"]

@@ -1,0 +1,251 @@
+"""The Nucleus service over HTTP on loopback: auth, computesets as real Slurm jobs, refusals, restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+
+import requests
+
+from cm_plugins.comet.api import signed_headers
+from tests.comet.conftest import squeue
+from tests.comet.nucleus import PASSWORDS, wait_for
+
+
+def _get(nucleus, path, token, **kw):
+    return requests.get(f"{nucleus.base}/v1/{path}", headers={"Authorization": f"Token {token}"}, timeout=30, **kw)
+
+
+def _start(nucleus, token, **body):
+    return requests.post(f"{nucleus.base}/v1/computeset/", headers={"Authorization": f"Token {token}"},
+                         json={"cluster": "vc1", "walltime_mins": "30", **body}, timeout=60)
+
+
+def _wait_state(nucleus, token, cs_id, states, timeout=60):
+    return wait_for(f"computeset {cs_id} in {states}",
+                      lambda: (cs := _get(nucleus, f"computeset/{cs_id}/", token).json())["state"] in states and cs,
+                      timeout)
+
+
+def _nothing_changed(nucleus, token, slurm):
+    assert _get(nucleus, "computeset/", token, params={"state": ["created", "submitted", "running"]}).json() == []
+    assert squeue(slurm) == {}
+
+
+def test_login_logout_and_tokens(nucleus):
+    bad = requests.post(f"{nucleus.base}/rest-auth/login/", json={"username": "alice", "password": "nope"}, timeout=30)
+    assert bad.status_code == 401 and "Invalid username/password" in bad.json()["detail"]
+    token = nucleus.token()
+    assert _get(nucleus, "cluster/", token).status_code == 200
+    assert requests.post(f"{nucleus.base}/rest-auth/logout/", headers={"Authorization": f"Token {token}"},
+                         timeout=30).status_code == 200
+    gone = _get(nucleus, "cluster/", token)
+    assert gone.status_code == 401 and gone.json() == {"detail": "Invalid token."}
+    assert requests.get(f"{nucleus.base}/v1/cluster/", timeout=30).status_code == 401
+
+
+def test_password_is_stored_hashed_only(nucleus):
+    text = nucleus.config.read_text() + nucleus.log_text()
+    db = (nucleus.config.parent / "state" / "nucleus.db").read_bytes()
+    for password in PASSWORDS.values():
+        assert password not in text and password.encode() not in db
+    assert "$argon2id$" in nucleus.config.read_text()
+    assert (nucleus.config.parent / "state" / "nucleus.db").stat().st_mode & 0o077 == 0
+
+
+def test_getkey_then_signed_requests_refuse_replays_and_old_timestamps(nucleus):
+    url = f"{nucleus.base}/getkey"
+    assert requests.get(url, auth=("alice", PASSWORDS["alice"]), timeout=30).status_code == 415
+    assert requests.get(url, headers={"Accept": "application/json"}, timeout=30).status_code == 401
+    key = requests.get(url, auth=("alice", PASSWORDS["alice"]), headers={"Accept": "application/json"},
+                       timeout=30).json()
+    assert key["key_name"] == "alice@example.org" and len(key["key"]) == 24
+    headers = signed_headers(key["key_name"], key["key"])
+    assert requests.get(f"{nucleus.base}/v1/cluster/", headers=headers, timeout=30).status_code == 200
+    replay = requests.get(f"{nucleus.base}/v1/cluster/", headers=headers, timeout=30)
+    assert replay.status_code == 401 and replay.json()["detail"] == "Nonce check failed."
+    old = signed_headers(key["key_name"], key["key"], now=time.time() - 31 * 60)
+    expired = requests.get(f"{nucleus.base}/v1/cluster/", headers=old, timeout=30)
+    assert expired.status_code == 401 and "Timestamp" in expired.json()["detail"]
+    wrong = signed_headers(key["key_name"], "x" * 24)
+    assert requests.get(f"{nucleus.base}/v1/cluster/", headers=wrong, timeout=30).json()["detail"] == \
+        "Signature check failed."
+    # the replay was refused before any effect, so a fresh nonce still works
+    assert requests.get(f"{nucleus.base}/v1/cluster/", headers=signed_headers(key["key_name"], key["key"]),
+                        timeout=30).status_code == 200
+
+
+def test_computeset_is_a_slurm_job_that_powers_nodes_on_and_off(nucleus, slurm):
+    token = nucleus.token()
+    created = _start(nucleus, token, count="2", walltime_mins="45")
+    assert created.status_code == 201
+    assert created.headers["Location"] == f"{nucleus.base}/v1/computeset/{created.json()['id']}/"
+    cs = _wait_state(nucleus, token, created.json()["id"], {"running"})
+    assert squeue(slurm) == {cs["job_id"]: "RUNNING"}
+    job = slurm.run(["scontrol", "-o", "show", "job", cs["job_id"]]).stdout
+    assert "TimeLimit=00:45:00" in job and "Account=abc101" in job
+    hosts = {c["host"] for c in cs["computes"]}
+    assert len(hosts) == 2 and hosts <= {"n1", "n2", "n3"}
+    cluster = _get(nucleus, "cluster/vc1/", token).json()
+    running = {c["name"]: c for c in cluster["computes"] if c["state"] == "active"}
+    assert set(running) == {c["name"] for c in cs["computes"]}
+    assert all(c["active_computeset"] == cs["id"] and c["active_computeset_state"] == "running"
+               for c in running.values())
+    ended = requests.put(f"{nucleus.base}/v1/computeset/{cs['id']}/shutdown",
+                         headers={"Authorization": f"Token {token}"}, timeout=30)
+    assert ended.status_code == 200 and ended.json()["state"] == "ending"
+    assert _wait_state(nucleus, token, cs["id"], {"cancelled"})["state"] == "cancelled"
+    assert wait_for("job gone", lambda: cs["job_id"] not in squeue(slurm) or None, 30) is True
+    cluster = _get(nucleus, "cluster/vc1/", token).json()
+    assert all(c["state"] == "shutoff" and c["active_computeset"] is None for c in cluster["computes"])
+
+
+def test_bad_requests_get_the_api_codes_and_change_nothing(nucleus, slurm):
+    token = nucleus.token()
+    auth = {"Authorization": f"Token {token}"}
+    cases = [
+        ({"cluster": "nosuch", "count": "1"}, 404, "not found"),
+        ({"cluster": "vc2", "count": "1"}, 404, "not found"),  # alice has no allocation on vc2
+        ({"count": "1", "cluster": "vc1", "walltime_mins": "0"}, 400, "walltime_mins must be between"),
+        ({"count": "1", "cluster": "vc1", "walltime_mins": "2h"}, 400, "whole number of minutes"),
+        ({"count": "9", "cluster": "vc1"}, 400, "There are 4 nodes available"),
+        ({"count": "0", "cluster": "vc1"}, 400, "There are 4 nodes available"),
+        ({"computes": "vm-vc1-[7-8]", "cluster": "vc1"}, 400, "Unknown compute nodes: vm-vc1-[7-8]"),
+        ({"computes": "vm-vc1-[0-", "cluster": "vc1"}, 400, "malformed hostlist"),
+        ({"count": "1", "cluster": "vc1", "allocation": "zzz999"}, 400, "Allocation zzz999 does not belong"),
+        ({"count": "1", "cluster": "vc1", "allocation": "xyz202"}, 403, "may not charge"),
+        ({"count": "1", "cluster": "vc1", "reservation": "bad name;"}, 400, "bad reservation name"),
+    ]
+    for body, status, text in cases:
+        answer = requests.post(f"{nucleus.base}/v1/computeset/", headers=auth, json=body, timeout=30)
+        message = answer.json() if status == 400 else answer.json()["detail"]
+        assert answer.status_code == status and text in message, (body, answer.status_code, answer.text)
+    malformed = requests.post(f"{nucleus.base}/v1/computeset/", headers={**auth, "Content-Type": "application/json"},
+                              data=b'{"cluster": "vc1", "count": ', timeout=30)
+    assert malformed.status_code == 400 and malformed.json().startswith("Malformed JSON")
+    _nothing_changed(nucleus, token, slurm)
+    # busy nodes: the second request for a node already in a computeset is refused
+    first = _start(nucleus, token, computes="vm-vc1-[0-1]")
+    assert first.status_code == 201
+    busy = _start(nucleus, token, computes="vm-vc1-1")
+    assert busy.status_code == 400 and "vm-vc1-1 are in an active computeset" in busy.json()
+    assert len(squeue(slurm)) == 1
+    bob = nucleus.token("bob")
+    several = requests.post(f"{nucleus.base}/v1/computeset/", headers={"Authorization": f"Token {bob}"},
+                            json={"cluster": "vc1", "count": "1"}, timeout=30)
+    assert several.status_code == 400 and several.json() == "Please specify the allocation"
+    assert len(squeue(slurm)) == 1
+
+
+def test_compute_power_needs_an_active_computeset_and_frontend_power_works(nucleus):
+    token = nucleus.token()
+    auth = {"Authorization": f"Token {token}"}
+    refused = requests.put(f"{nucleus.base}/v1/cluster/vc1/compute/vm-vc1-0/poweron", headers=auth, timeout=30)
+    assert refused.status_code == 400 and refused.json() == "Compute is not a member of an active computeset"
+    assert requests.put(f"{nucleus.base}/v1/cluster/vc1/frontend/poweron", headers=auth, timeout=30).status_code == 204
+    assert _get(nucleus, "cluster/vc1/frontend/", token).json()["state"] == "active"
+    for action in ("reboot", "reset", "poweroff"):
+        assert requests.put(f"{nucleus.base}/v1/cluster/vc1/frontend/{action}", headers=auth,
+                            timeout=30).status_code == 204
+    assert _get(nucleus, "cluster/vc1/frontend/", token).json()["state"] == "shutoff"
+    assert requests.put(f"{nucleus.base}/v1/cluster/vc1/frontend/explode", headers=auth, timeout=30).status_code == 404
+
+
+def test_consoles_answer_303_to_a_one_time_link(nucleus):
+    token = nucleus.token()
+    auth = {"Authorization": f"Token {token}"}
+    off = requests.get(f"{nucleus.base}/v1/cluster/vc1/frontend/console/", headers=auth, allow_redirects=False,
+                       timeout=30)
+    assert off.status_code == 400 and off.json() == "The VM is not running"
+    requests.put(f"{nucleus.base}/v1/cluster/vc1/frontend/poweron", headers=auth, timeout=30)
+    link = requests.get(f"{nucleus.base}/v1/cluster/vc1/frontend/console/", headers=auth, allow_redirects=False,
+                        timeout=30)
+    assert link.status_code == 303 and link.headers["Location"].startswith(f"{nucleus.base}/console/")
+    page = requests.get(link.headers["Location"], timeout=30)
+    assert page.status_code == 200 and "<h1>vc1</h1>" in page.text
+    assert requests.get(f"{nucleus.base}/console/forged", timeout=30).status_code == 404
+
+
+def test_iso_upload_checks_md5_and_attach_detach(nucleus):
+    token = nucleus.token()
+    auth = {"Authorization": f"Token {token}"}
+    data = b"not really an ISO, but bytes all the same\n" * 100
+    url = f"{nucleus.base}/v1/image"
+    missing = requests.post(url, headers=auth, files={"file": ("boot.iso", io.BytesIO(data))}, timeout=30)
+    assert missing.status_code == 400 and missing.json() == "md5 was not provided"
+    wrong = requests.post(url, headers={**auth, "md5": "0" * 32}, files={"file": ("boot.iso", io.BytesIO(data))},
+                          timeout=30)
+    assert wrong.status_code == 400 and wrong.json() == "md5 does not match the file"
+    assert _get(nucleus, "image", token).json() == []
+    good = requests.post(url, headers={**auth, "md5": hashlib.md5(data).hexdigest()},
+                         files={"file": ("boot.iso", io.BytesIO(data))}, timeout=30)
+    assert good.status_code == 204
+    assert _get(nucleus, "image", token).json() == ["public/boot.iso"]
+    attach = f"{nucleus.base}/v1/cluster/vc1/frontend/attach_iso"
+    assert requests.put(attach, headers=auth, params={"iso_name": "public/boot.iso"}, timeout=30).status_code == 204
+    assert _get(nucleus, "cluster/vc1/frontend/", token).json()["iso"] == "public/boot.iso"
+    assert requests.put(attach, headers=auth, params={"iso_name": "public/nope.iso"}, timeout=30).status_code == 400
+    assert requests.put(attach, headers=auth, timeout=30).status_code == 400
+    assert requests.put(attach, headers=auth, params={"iso_name": ""}, timeout=30).status_code == 204
+    assert _get(nucleus, "cluster/vc1/frontend/", token).json()["iso"] == ""
+
+
+def test_rename_checks_the_name(nucleus):
+    token = nucleus.token()
+    url = f"{nucleus.base}/v1/cluster/vc1/compute/vm-vc1-0/rename"
+    auth = {"Authorization": f"Token {token}"}
+    assert requests.post(url, headers=auth, json={"name": "bad name"}, timeout=30).status_code == 400
+    assert requests.post(url, headers=auth, json={"name": "vm-vc1-1"}, timeout=30).status_code == 400
+    assert requests.post(url, headers=auth, json={"name": "node-a"}, timeout=30).status_code == 204
+    names = [c["name"] for c in _get(nucleus, "cluster/vc1/", token).json()["computes"]]
+    assert "node-a" in names and "vm-vc1-0" not in names
+
+
+def test_openapi_is_published(nucleus):
+    spec = requests.get(f"{nucleus.base}/openapi.json", timeout=30).json()
+    assert "/nucleus/v1/computeset/" in spec["paths"] and "/nucleus/rest-auth/login/" in spec["paths"]
+    assert requests.get(f"{nucleus.base}/docs/", timeout=30).status_code == 200
+
+
+def test_state_survives_kill_9_and_agrees_with_slurm_after_restart(nucleus, slurm):
+    token = nucleus.token()
+    keep = _wait_state(nucleus, token, _start(nucleus, token, computes="vm-vc1-0").json()["id"], {"running"})
+    lost = _wait_state(nucleus, token, _start(nucleus, token, computes="vm-vc1-1").json()["id"], {"running"})
+    queued = _start(nucleus, token, computes="vm-vc1-[2-3]").json()  # 2 hosts, one is free: it waits
+    assert wait_for("job pending", lambda: squeue(slurm).get(queued["job_id"]) == "PENDING", 30)
+    nucleus.kill9()  # the test hypervisors die with it: every domain is gone
+    slurm.run(["scancel", lost["job_id"]])  # this job ends while the service is down, and the queued one starts
+    wait_for("queued job running", lambda: squeue(slurm).get(queued["job_id"]) == "RUNNING", 60)
+    assert lost["job_id"] not in squeue(slurm)
+    nucleus.start()
+    token = nucleus.token()
+    assert _wait_state(nucleus, token, lost["id"], {"cancelled", "completed"}, 30)
+    started = _wait_state(nucleus, token, queued["id"], {"running"}, 30)
+    assert all(c["state"] == "active" for c in started["computes"])
+    again = _get(nucleus, f"computeset/{keep['id']}/", token).json()
+    assert again["state"] == "running" and again["job_id"] in squeue(slurm)
+    # the job that still runs got its node back; the ended one's node is off
+    nodes = {c["name"]: c for c in _get(nucleus, "cluster/vc1/", token).json()["computes"]}
+    assert nodes["vm-vc1-0"]["state"] == "active" and nodes["vm-vc1-1"]["state"] == "shutoff"
+    assert nodes["vm-vc1-1"]["active_computeset"] is None
+    ids = [cs["id"] for cs in _get(nucleus, "computeset/", token).json()]
+    assert ids == [keep["id"], lost["id"], queued["id"]]
+
+
+def test_a_node_that_cannot_power_on_fails_the_computeset_and_ends_its_job(private_dir, slurm, test_hosts):
+    from tests.comet.nucleus import Nucleus, write_config
+
+    broken = {**test_hosts, "n3": f"test://{private_dir}/missing/n3.xml"}  # libvirt cannot open it
+    config = write_config(private_dir / "broken", 23507, slurm.client_env, broken)
+    nucleus = Nucleus(config, 23507).start()
+    try:
+        token = nucleus.token()
+        created = _start(nucleus, token, computes="vm-vc1-[0-2]")  # three nodes need all three hosts
+        failed = _wait_state(nucleus, token, created.json()["id"], {"failed"})
+        assert "n3.xml" in failed["message"]
+        wait_for("the job ended", lambda: failed["job_id"] not in squeue(slurm), 60)
+        nodes = _get(nucleus, "cluster/vc1/", token).json()["computes"]
+        assert all(n["state"] == "shutoff" and n["active_computeset"] is None for n in nodes)
+    finally:
+        nucleus.stop()
