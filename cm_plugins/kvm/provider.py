@@ -42,6 +42,7 @@ from cm.provider import VM, BootSpec, Flavor, Image, Provider
 from cm_plugins.kvm import console, images, seed, stock
 from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
+from cm_plugins.kvm.stats import StatsVerbs
 
 GIB = 1 << 30
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
@@ -49,7 +50,7 @@ UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_
                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
 
-class KvmProvider(Provider):
+class KvmProvider(StatsVerbs, Provider):
     """One libvirt hypervisor as a cm cloud."""
 
     kind = "kvm"
