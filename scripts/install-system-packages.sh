@@ -22,6 +22,10 @@ PACKAGES=(
     dnsmasq-base iptables
     # the e2e test guest (busybox initramfs) and NoCloud seeds
     busybox-static cpio genisoimage cloud-init
+    # tests/infra: private Slurm clusters (slurmdbd + MariaDB accounting),
+    # network namespaces with veth/bridges, an sshd login host
+    slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client
+    openssh-server openssh-client iproute2 iputils-ping util-linux socat
 )
 
 if [[ "${1:-}" == "--list" ]]; then

@@ -1,0 +1,1 @@
+"""Shared test machinery: network namespaces (netns), private Slurm clusters (slurm), an sshd login host (sshd)."""
