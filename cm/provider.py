@@ -371,7 +371,7 @@ class VMStats(Record):
     vcpus: int = 1  # CPUs the VM has now (host: logical CPUs)
     cpu_ns: int = 0  # CPU time used, all vCPUs together
     vcpu_ns: list[int] = field(default_factory=list)  # per vCPU
-    steal_ns: int = 0  # time runnable vCPUs waited for the host to run them
+    steal_ns: int = 0  # time runnable vCPUs waited for a host CPU (libvirt's vcpu delay, /proc/stat steal)
     iowait_ns: int = 0  # idle time with I/O outstanding (from /proc/stat: hosts, guests over ssh)
     mem_total_kib: int = 0
     mem_used_kib: int = 0  # in use by the guest (balloon: available - usable), else the host process's RSS

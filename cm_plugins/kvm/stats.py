@@ -46,7 +46,8 @@ def from_record(name: str, record: dict[str, Any], when: float, host: str) -> VM
         name=name, time=when, vcpus=vcpus, cpu_ns=int(record.get("cpu.time", 0)),
         vcpu_ns=[int(record.get(f"vcpu.{i}.time", 0)) for i in range(int(record.get("vcpu.maximum", vcpus)))
                  if record.get(f"vcpu.{i}.state", 1) == 1][:vcpus],
-        steal_ns=sum(int(record.get(f"vcpu.{i}.wait", 0)) for i in range(int(record.get("vcpu.maximum", vcpus)))),
+        steal_ns=sum(int(record.get(f"vcpu.{i}.delay", record.get(f"vcpu.{i}.wait", 0)))
+                     for i in range(int(record.get("vcpu.maximum", vcpus)))),
         mem_total_kib=total, mem_used_kib=used, mem_max_kib=maximum,
         disk_rd_bytes=_sum(record, "block", ("rd.bytes",)), disk_wr_bytes=_sum(record, "block", ("wr.bytes",)),
         disk_time_ns=_sum(record, "block", ("rd.times", "wr.times", "fl.times")),
