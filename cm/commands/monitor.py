@@ -233,8 +233,8 @@ def tune(ctx, args: Namespace) -> int:
     finally:
         store.close()
     changes = tuning.suggest(ctx, args, run, verdict)
-    failed = tuning.apply(ctx, args, changes) if args.apply else False
-    ctx.emit(tuning.COLUMNS, changes, args)
+    failed = tuning.apply(ctx, args, changes) if args.apply or args.dryrun else False
+    ctx.emit(tuning.COLUMNS, [{k: v for k, v in row.items() if not k.startswith("_")} for row in changes], args)
     return 1 if failed else 0
 
 

@@ -51,7 +51,8 @@ def from_record(name: str, record: dict[str, Any], when: float, host: str) -> VM
         mem_total_kib=total, mem_used_kib=used, mem_max_kib=maximum,
         disk_rd_bytes=_sum(record, "block", ("rd.bytes",)), disk_wr_bytes=_sum(record, "block", ("wr.bytes",)),
         disk_time_ns=_sum(record, "block", ("rd.times", "wr.times", "fl.times")),
-        net_rx_bytes=_sum(record, "net", ("rx.bytes",)), net_tx_bytes=_sum(record, "net", ("tx.bytes",)), host=host)
+        net_rx_bytes=_sum(record, "net", ("rx.bytes",)), net_tx_bytes=_sum(record, "net", ("tx.bytes",)), host=host,
+        extra={"balloon_kib": int(record.get("balloon.current", 0))})
 
 
 def _by_calls(dom: libvirt.virDomain, when: float, host: str) -> VMStats:
