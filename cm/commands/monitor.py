@@ -216,7 +216,7 @@ def check(ctx, args: Namespace) -> int:
 
     store = _store(ctx)
     try:
-        verdict = profiles.check(store, args.run)
+        verdict = profiles.check(store, args.run_name)
     finally:
         store.close()
     ctx.emit_one(verdict, args)
@@ -228,8 +228,8 @@ def tune(ctx, args: Namespace) -> int:
 
     store = _store(ctx)
     try:
-        verdict = profiles.check(store, args.run)
-        run = store.runs([args.run])[0]
+        verdict = profiles.check(store, args.run_name)
+        run = store.runs([args.run_name])[0]
     finally:
         store.close()
     changes = tuning.suggest(ctx, args, run, verdict)
@@ -296,11 +296,11 @@ def build(parser: ArgumentParser) -> None:
     add_format_options(p)
     p = verb(subs, "check", check, "nearest profile, whether the run deviates, and its bottleneck",
              "cm monitor check train-2")
-    p.add_argument("run", metavar="RUN")
+    p.add_argument("run_name", metavar="RUN")
     add_format_options(p)
     p = verb(subs, "tune", tune, "the change that addresses a run's bottleneck; --apply makes it",
              "cm monitor tune train-2 --apply")
-    p.add_argument("run", metavar="RUN")
+    p.add_argument("run_name", metavar="RUN")
     p.add_argument("--apply", action="store_true", help="make the change on the running VMs (kvm)")
     p.add_argument("--dryrun", action="store_true", help="say what --apply would do")
     add_cloud_option(p)

@@ -2,7 +2,7 @@
 
 A resource's pressure: CPU demand (busy + waiting for a host CPU, of the VM's
 vCPUs), memory in use, disk requests in flight (1 = always one outstanding),
-network rate against the busiest run learnt.  Pressures alone do not compare
+network rate against the busiest run learnt (on a log scale: rates span decades).  Pressures alone do not compare
 across resources (under emulation every I/O also costs CPU), so each is
 measured against the learnt runs: the bottleneck is the resource on which the
 run stands out most, by at least one standard deviation.
@@ -14,13 +14,13 @@ import math
 from typing import Any
 
 RESOURCES = ("cpu", "memory", "disk", "network")
-STANDS_OUT = 1.0  # standard deviations above the learnt runs
+STANDS_OUT = 0.75  # standard deviations above the learnt runs
 MIN_SPREAD = 0.05
 
 
 def pressures(features: dict[str, Any], net_peak: float) -> dict[str, float]:
     return {"cpu": features["demand"], "memory": features["mem"], "disk": min(1.0, features["disk_busy"]),
-            "network": min(1.0, features["net_rate"] / max(net_peak, 1.0))}
+            "network": min(1.0, math.log10(1 + features["net_rate"]) / max(math.log10(1 + net_peak), 1.0))}
 
 
 def reference(described: list[dict[str, Any]]) -> dict[str, Any]:
