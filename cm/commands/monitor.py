@@ -127,6 +127,8 @@ def show(ctx, args: Namespace) -> None:
 def export(ctx, args: Namespace) -> None:
     from cm.monitoring import export as exporter, targets
 
+    if args.format == "parquet" and not args.output:
+        raise UsageError("--format parquet needs --output FILE")
     since = time.time() - seconds(args.since, "--since") if args.since else 0
     store = _store(ctx)
     try:

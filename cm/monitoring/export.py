@@ -30,8 +30,6 @@ def write(rows: Iterable[tuple[Any, ...]], fmt: str, output: str | None) -> str 
             writer.writerow(HEADER)
             writer.writerows(_plain(r) for r in rows)
             return None if output else buffer.getvalue().rstrip("\n")
-    if not output:
-        raise UsageError("--format parquet needs --output FILE")
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -1,0 +1,205 @@
+"""`cm monitor` plumbing on libvirt's test hypervisor (made-up statistics) and on synthetic samples.
+
+The detection on real guests is in tests/e2e/test_monitor_e2e.py; here: the
+detached collector's life (start, status, stop, kill -9), the store (WAL,
+retention), show/export, bad input, profiles and bottlenecks on samples whose
+truth is known, `tune --apply` through the provider contract, the ssh reader
+against a real sshd, and Slurm jobs joined to samples on a real Slurm.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_kvm import qcow2_file
+
+VMS = ["mon1", "mon2", "mon3"]
+
+
+@pytest.fixture
+def vms(cm, tmp_path: Path) -> list[str]:
+    assert cm("image", "add", "cirros", str(qcow2_file(tmp_path / "cirros.qcow2"))).code == 0
+    result = cm("vm", "boot", "--name", "mon[1-3]")
+    assert result.code == 0, result.err
+    return VMS
+
+
+@pytest.fixture
+def collector(cm, cm_process, cm_home: Path, vms):
+    """A collector started as from bash, sampling every 0.2 s; stopped (by pid) after the test."""
+    result = cm_process("monitor", "start", "mon[1-3]", "--interval", "0.2s")
+    assert result.code == 0, result.err
+    pid = int((cm_home / "monitor" / "collector.pid").read_text())
+    yield pid
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def samples(cm_home: Path) -> int:
+    db = sqlite3.connect(cm_home / "monitor" / "samples.db")
+    try:
+        return db.execute("SELECT count(*) FROM sample").fetchone()[0]
+    finally:
+        db.close()
+
+
+def wait_for_samples(cm_home: Path, count: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            have = samples(cm_home)
+        except sqlite3.OperationalError:
+            have = 0
+        if have >= count:
+            return have
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} samples after {timeout} s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.err, result.err
+    return lines[0]
+
+
+# -- the collector's life -----------------------------------------------------------------------
+def test_the_collector_outlives_the_command_and_stops_cleanly(cm, cm_process, cm_home, collector):
+    assert alive(collector)  # `cm monitor start` returned; its collector runs on
+    wait_for_samples(cm_home, 6)
+    status = json.loads(cm("monitor", "status", "-f", "json").out)
+    assert status["running"] is True and status["pid"] == collector
+    assert status["targets"] == "local: mon1,mon2,mon3" and status["samples"] >= 6
+    again = cm_process("monitor", "start", "mon1")
+    assert again.code == 1 and "already runs" in one_error_line(again)
+    stopped = cm_process("monitor", "stop")
+    assert stopped.code == 0 and f"collector stopped (pid {collector})" in stopped.out
+    assert not alive(collector) and not (cm_home / "monitor" / "collector.pid").exists()
+    assert "collector stopped" in (cm_home / "monitor" / "collector.log").read_text()
+    assert json.loads(cm("monitor", "status", "-f", "json").out)["running"] is False
+    assert "no collector runs" in cm("monitor", "stop").out
+
+
+def test_kill_9_loses_at_most_the_sample_in_flight(cm, cm_process, cm_home, collector):
+    wait_for_samples(cm_home, 9)
+    os.kill(collector, signal.SIGKILL)
+    while alive(collector):
+        time.sleep(0.05)
+    db = sqlite3.connect(cm_home / "monitor" / "samples.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # every committed round is whole: each VM has the same number of samples, give or take none
+    counts = [c for (c,) in db.execute("SELECT count(*) FROM sample GROUP BY node")]
+    db.close()
+    assert len(counts) == 3 and len(set(counts)) == 1, counts
+    status = json.loads(cm("monitor", "status", "-f", "json").out)
+    assert status["running"] is False  # the stale pid file names a dead process
+    restarted = cm_process("monitor", "start", "mon[1-3]", "--interval", "0.2s")
+    assert restarted.code == 0, restarted.err
+    pid = int((cm_home / "monitor" / "collector.pid").read_text())
+    wait_for_samples(cm_home, sum(counts) + 3)
+    os.kill(pid, signal.SIGTERM)
+
+
+def test_retention_prunes_old_samples(cm, cm_process, cm_home, vms):
+    from cm.monitoring.sample import Sample
+    from cm.monitoring.store import Store, path_in
+
+    store = Store(path_in(cm_home))
+    node = store.node_id("mon1", "vm", "local")
+    old = int((time.time() - 7200) * 1000)
+    store.add((node, Sample(old + i * 1000, 1, 500, b"\x32", 0, 0, 1, 2, 3, 4, 5, 6, 7)) for i in range(10))
+    store.close()
+    assert samples(cm_home) == 10
+    result = cm_process("monitor", "start", "mon1", "--interval", "0.2s", "--retention", "1h")
+    assert result.code == 0, result.err
+    pid = int((cm_home / "monitor" / "collector.pid").read_text())
+    try:
+        deadline = time.monotonic() + 20
+        db = sqlite3.connect(cm_home / "monitor" / "samples.db")
+        while db.execute("SELECT count(*) FROM sample WHERE t < ?", (old + 20000,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "old samples were not pruned"
+            time.sleep(0.1)
+        db.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+# -- looking at samples -------------------------------------------------------------------------
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_show_draws_a_terminal_dashboard_and_a_png(cm, cm_home, collector, tmp_path):
+    wait_for_samples(cm_home, 12)
+    table = cm("monitor", "show", "--since", "1m")
+    assert table.code == 0, table.err
+    for name in [*VMS, "all"]:
+        assert name in table.out
+    rows = json.loads(cm("monitor", "show", "mon[1-2]", "--since", "1m", "-f", "json").out)
+    assert [r["node"] for r in rows] == ["mon1", "mon2", "all"]
+    assert rows[0]["samples"] >= 3 and rows[0]["cpu mean/peak"].endswith("%")
+    png = tmp_path / "dash.png"
+    drawn = cm("monitor", "show", "mon1", "--png", str(png))
+    assert drawn.code == 0 and f"dashboard written to {png}" in drawn.err
+    assert png_size(png) == (1200, 900)
+    from PIL import Image
+
+    assert len(Image.open(png).convert("RGB").getcolors(1 << 20)) > 20
+
+
+def test_export_csv_and_parquet(cm, cm_home, collector, tmp_path):
+    wait_for_samples(cm_home, 9)
+    os.kill(collector, signal.SIGTERM)
+    while alive(collector):
+        time.sleep(0.05)
+    out = cm("monitor", "export", "mon[1-3]")
+    rows = list(csv.DictReader(io.StringIO(out.out)))
+    assert len(rows) == samples(cm_home) and {r["node"] for r in rows} == set(VMS)
+    assert rows[0]["kind"] == "vm" and int(rows[0]["t"]) > 1_600_000_000_000 and rows[0]["vcpu"]
+    target = tmp_path / "s.parquet"
+    assert cm("monitor", "export", "--format", "parquet", "-o", str(target)).code == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(target)
+    assert table.num_rows == len(rows) and table.column_names[:4] == ["node", "kind", "t", "ncpu"]
+
+
+@pytest.mark.parametrize("words, expected", [
+    (("monitor", "start", "--interval", "0"), "bad interval '0'"),
+    (("monitor", "start", "--retention", "soon"), "bad retention 'soon'"),
+    (("monitor", "start", "nosuch"), "unknown VM 'nosuch'"),
+    (("monitor", "show", "--since=5 minutes"), "bad --since '5 minutes'"),
+    (("monitor", "show", "nosuch"), "no samples of nosuch"),
+    (("monitor", "check", "nosuch"), "no profiles learnt yet"),
+    (("monitor", "profile", "list"), "no profiles learnt yet"),
+    (("monitor", "profile", "learn", "nosuch"), "unknown run 'nosuch'"),
+    (("monitor", "export", "--format", "parquet"), "--format parquet needs --output FILE"),
+    (("monitor", "run", "add", "r1"), "give the run's NODES"),
+    (("monitor", "run", "delete", "r1"), "unknown run 'r1'"),
+    (("monitor", "run", "add", "j", "--job", "12; rm"), "bad Slurm job id"),
+])
+def test_bad_input_is_one_line_and_exit_2(cm, vms, words, expected):
+    result = cm(*words)
+    assert result.code == 2, (result.out, result.err)
+    assert expected in one_error_line(result)
