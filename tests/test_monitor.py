@@ -203,3 +203,122 @@ def test_bad_input_is_one_line_and_exit_2(cm, vms, words, expected):
     result = cm(*words)
     assert result.code == 2, (result.out, result.err)
     assert expected in one_error_line(result)
+
+
+# -- profiles, bottlenecks and tuning on samples whose truth is known -----------------------------
+# (cpu, steal, mem %, disk B/s, disk requests in flight, net B/s) per kind: what each workload looks like
+KINDS = {
+    "cpu": (950, 20, 20, 0, 0, 200),
+    "disk": (250, 100, 20, 40_000_000, 600, 200),
+    "mem": (100, 20, 96, 0, 0, 200),
+    "net": (300, 50, 20, 0, 0, 8_000_000),
+    "starved": (250, 700, 20, 0, 0, 200),  # wants its CPU, waits for the host's
+}
+
+
+def synthetic_run(store, name: str, node: str, kind: str, start: int, seed: int, host_cpu: int = 300) -> None:
+    """Thirty 1-s samples of ``node`` doing ``kind`` (with a little noise), its host beside it, and the run."""
+    import random
+
+    from cm.monitoring.sample import Sample
+
+    rnd = random.Random(seed)
+    cpu, steal, mem, disk, busy, net = KINDS[kind]
+    vm = store.node_id(node, "vm", "local", host="hv1")
+    host = store.node_id("hv1", "host")
+
+    def noisy(value: float) -> int:
+        return max(0, int(value * rnd.uniform(0.9, 1.1)))
+
+    rows = []
+    for i in range(30):
+        t = start + i * 1000
+        rows.append((vm, Sample(t, 1, min(1000, noisy(cpu)), bytes([min(100, cpu // 10)]), noisy(steal), 0,
+                                noisy(mem * 2000), 200_000, noisy(disk / 2), noisy(disk / 2), noisy(busy),
+                                noisy(net / 2), noisy(net / 2))))
+        rows.append((host, Sample(t, 2, host_cpu, b"\x1e\x1e", 0, 0, 4_000_000, 16_000_000, 1000, 1000, 10, 0, 0)))
+    store.add(rows)
+    store.save_run({"name": name, "nodes": [node], "start": start, "end": start + 29_000, "label": kind})
+
+
+@pytest.fixture
+def learnt(cm, cm_home, vms):
+    from cm.monitoring.store import Store, path_in
+
+    store = Store(path_in(cm_home))
+    start = int((time.time() - 3600) * 1000)
+    for i, kind in enumerate(k for k in KINDS for _ in range(3)):
+        if kind != "starved":
+            synthetic_run(store, f"{kind}-{i % 3 + 1}", "mon1", kind, start + i * 40_000, seed=i)
+    synthetic_run(store, "starved-1", "mon2", "starved", start + 20 * 40_000, seed=99, host_cpu=1000)
+    synthetic_run(store, "disk-slow", "mon3", "disk", start + 21 * 40_000, seed=98)
+    store.db.execute("UPDATE sample SET disk_rd = disk_rd / 100, disk_wr = disk_wr / 100, disk_busy = 1000 "
+                     "WHERE node = (SELECT id FROM node WHERE name = 'mon3')")
+    store.close()
+    result = cm("monitor", "profile", "learn", *(f"{k}-{i}" for k in ("cpu", "disk", "mem", "net") for i in (1, 2, 3)),
+                "-f", "json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def check(cm, run: str) -> dict:
+    result = cm("monitor", "check", run, "-f", "json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_profiles_group_runs_by_kind_and_check_names_the_bottleneck(cm, learnt):
+    assert sorted(p["profile"] for p in learnt) == ["cpu-bound", "disk-bound", "memory-bound", "network-bound"]
+    for profile in learnt:
+        assert {run.rsplit("-", 1)[0] for run in profile["runs"].split(", ")} == {profile["profile"].split("-")[0]
+                                                                                    .replace("memory", "mem")
+                                                                                    .replace("network", "net")}
+    listed = json.loads(cm("monitor", "profile", "list", "-f", "json").out)
+    assert listed == learnt  # stored
+    for run, resource in (("cpu-2", "cpu"), ("disk-1", "disk"), ("mem-3", "memory"), ("net-1", "network")):
+        verdict = check(cm, run)
+        assert (verdict["bottleneck"], verdict["level"], verdict["deviates"]) == (resource, "vm", False), verdict
+
+
+def test_a_vm_starved_by_its_host_is_a_host_bottleneck_and_tune_says_move_it(cm, learnt):
+    verdict = check(cm, "starved-1")
+    assert (verdict["bottleneck"], verdict["level"]) == ("cpu", "host"), verdict
+    assert "waited for a host CPU" in verdict["why"] and verdict["host_cpu"] == "100%"
+    rows = json.loads(cm("monitor", "tune", "starved-1", "--apply", "-f", "json").out)
+    assert rows[0]["node"] == "mon2" and "no `vm migrate` verb" in rows[0]["change"]
+    assert rows[0]["result"].startswith("not applied")
+
+
+def test_a_slow_disk_deviates_from_its_profile(cm, learnt):
+    verdict = check(cm, "disk-slow")
+    assert verdict["profile"] == "disk-bound" and verdict["deviates"] is True, verdict
+    assert verdict["distance"] > verdict["threshold"]
+    assert (verdict["bottleneck"], verdict["level"]) == ("disk", "vm")
+    assert "disk" in verdict["deviation"]
+
+
+def test_tune_adds_a_vcpu_only_up_to_the_vms_maximum(cm, learnt):
+    suggested = json.loads(cm("monitor", "tune", "cpu-1", "-f", "json").out)
+    assert suggested == [{"node": "mon1", "bottleneck": "cpu", "level": "vm", "change": "add a vCPU: 1 -> 2",
+                          "result": "suggested"}]
+    dry = json.loads(cm("monitor", "tune", "cpu-1", "--dryrun", "-f", "json").out)
+    assert dry[0]["result"] == "would call set_vm_vcpus(mon1, 2)"
+    applied = cm("monitor", "tune", "cpu-1", "--apply", "-f", "json")
+    assert applied.code == 1  # the small flavor's VM has 1 vCPU at most: the cloud refuses, cm says why
+    assert "at most 1 vCPUs" in json.loads(applied.out)[0]["result"]
+
+
+def test_learning_needs_scikit_learn_only_and_says_so(cm, learnt, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    result = cm("monitor", "profile", "learn")
+    assert result.code == 2 and "pip install 'cm[monitor]'" in one_error_line(result)
+    assert check(cm, "cpu-1")["bottleneck"] == "cpu"  # checking uses the stored model alone
