@@ -322,3 +322,37 @@ def test_learning_needs_scikit_learn_only_and_says_so(cm, learnt, monkeypatch):
     result = cm("monitor", "profile", "learn")
     assert result.code == 2 and "pip install 'cm[monitor]'" in one_error_line(result)
     assert check(cm, "cpu-1")["bottleneck"] == "cpu"  # checking uses the stored model alone
+
+
+# -- guests read over ssh (clouds whose hypervisor cm cannot reach) ------------------------------
+def test_a_guest_is_read_over_ssh_through_one_kept_connection(tmp_path):
+    from cm.monitoring.sample import between
+    from cm.monitoring.sources import close_masters, read_over_ssh, ssh_command
+    from tests.infra.sshd import LoginHost
+
+    with LoginHost("monitor-ssh", port=24010) as login:
+        import tempfile
+
+        control = Path(tempfile.mkdtemp(prefix="cm-mon-"))  # short: a socket path must fit in 108 bytes
+        command = ssh_command(login.alias, "root", control, ["-F", str(login.ssh_config)])
+        first = read_over_ssh("guest", command)
+        assert len(list(control.iterdir())) == 1  # the master connection, reused by the next reading
+        time.sleep(0.5)
+        second = read_over_ssh("guest", command)
+        close_masters(control)
+        assert not list(control.iterdir())
+        control.rmdir()
+    local = Path("/proc/meminfo").read_text().split()[1]  # the "guest" is this machine, through sshd
+    assert first.mem_total_kib == int(local) and first.vcpus == os.cpu_count()
+    assert second.cpu_ns >= first.cpu_ns and second.net_rx_bytes >= first.net_rx_bytes
+    sample = between(first, second)
+    assert sample is not None and 0 <= sample.cpu <= 1000 and len(sample.vcpu) == os.cpu_count()
+
+
+def test_an_unreachable_guest_is_one_clear_error(tmp_path):
+    from cm.errors import CmError
+    from cm.monitoring.sources import read_over_ssh, ssh_command
+
+    command = ssh_command("127.0.0.1", "root", tmp_path, ["-p", "24011", "-o", "UserKnownHostsFile=/dev/null"])
+    with pytest.raises(CmError, match="ssh to g1 failed: .*(refused|closed)"):
+        read_over_ssh("g1", command)

@@ -38,10 +38,9 @@ class Collector:
         self.store = Store(path_in(self.home))
         self.stop = threading.Event()
         self.last: dict[tuple[str, str, str], VMStats] = {}
-        from cm.monitoring.sources import CloudSource
+        from cm.monitoring.sources import CloudSource, control_dir
 
-        control = self.home / "monitor" / "ssh"
-        control.mkdir(mode=0o700, parents=True, exist_ok=True)
+        control = control_dir(self.home)
         self.sources = [CloudSource(self.ctx, cloud, names, control, self._say)
                         for cloud, names in settings["targets"].items()]
 

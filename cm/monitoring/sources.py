@@ -7,6 +7,7 @@ reads its /proc counters; the physical host is then out of sight.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -83,3 +84,11 @@ class CloudSource:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+            close_masters(self.control_dir)
+
+
+def close_masters(control_dir: Path) -> None:
+    """End the ssh master connections kept open between samples."""
+    for socket in Path(control_dir).iterdir():
+        subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "cm-monitor"], capture_output=True,
+                       timeout=SSH_TIMEOUT, stdin=subprocess.DEVNULL)
