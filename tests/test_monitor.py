@@ -195,7 +195,7 @@ def test_export_csv_and_parquet(cm, cm_home, collector, tmp_path):
     (("monitor", "profile", "list"), "no profiles learnt yet"),
     (("monitor", "profile", "learn", "nosuch"), "unknown run 'nosuch'"),
     (("monitor", "export", "--format", "parquet"), "--format parquet needs --output FILE"),
-    (("monitor", "run", "add", "r1"), "give the run's NODES"),
+    (("monitor", "run", "add", "r1"), "give the run's NAME and NODES"),
     (("monitor", "run", "delete", "r1"), "unknown run 'r1'"),
     (("monitor", "run", "add", "j", "--job", "12; rm"), "bad Slurm job id"),
 ])
@@ -356,3 +356,34 @@ def test_an_unreachable_guest_is_one_clear_error(tmp_path):
     command = ssh_command("127.0.0.1", "root", tmp_path, ["-p", "24011", "-o", "UserKnownHostsFile=/dev/null"])
     with pytest.raises(CmError, match="ssh to g1 failed: .*(refused|closed)"):
         read_over_ssh("g1", command)
+
+
+# -- Slurm jobs joined to the samples of their nodes ------------------------------------------------
+def test_a_slurm_job_becomes_a_run_on_the_nodes_it_ran_on(cm, cm_process, cm_home, tmp_path, monkeypatch):
+    from tests.infra.slurm import SlurmCluster
+
+    assert cm("image", "add", "cirros", str(qcow2_file(tmp_path / "cirros.qcow2"))).code == 0
+    assert cm("vm", "boot", "--name", "n[1-2]").code == 0  # VMs named like the Slurm nodes
+    with SlurmCluster("monitor-sl", 24020, nodes=2, accounting=True) as slurm:
+        monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+        started = cm_process("monitor", "start", "n[1-2]", "--interval", "0.2s")
+        assert started.code == 0, started.err
+        pid = int((cm_home / "monitor" / "collector.pid").read_text())
+        try:
+            wait_for_samples(cm_home, 4)
+            job = slurm.run(["sbatch", "--parsable", "-N2", "--wrap", "srun sleep 2"]).stdout.strip()
+            deadline = time.monotonic() + 120
+            while "COMPLETED" not in slurm.run(["sacct", "-j", job, "-X", "-n", "-o", "State"]).stdout:
+                assert time.monotonic() < deadline, slurm.run(["sacct", "-j", job]).stdout
+                time.sleep(0.5)
+            result = cm("monitor", "run", "add", "--job", job, "-f", "json")
+        finally:
+            os.kill(pid, signal.SIGTERM)
+    assert result.code == 0, result.err
+    run = json.loads(result.out)
+    assert run["name"] == f"job-{job}" and run["source"] == f"slurm:{job}" and run["nodes"] == "n[1-2]"
+    assert run["metrics"]["state"] == "COMPLETED" and run["metrics"]["alloc_cpus"] == "2"
+    assert 2 <= run["seconds"] <= 60
+    assert run["samples"] >= 2 * run["seconds"]  # both nodes' samples over the job's time, at 5 a second
+    listed = json.loads(cm("monitor", "run", "list", "-f", "json").out)
+    assert [r["name"] for r in listed] == [f"job-{job}"]

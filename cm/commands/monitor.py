@@ -155,8 +155,8 @@ def run_add(ctx, args: Namespace) -> None:
         if args.job:
             run = runs.from_slurm(args.job, args.name)
         else:
-            if not args.nodes:
-                raise UsageError("give the run's NODES (a hostlist) or --job JOBID")
+            if not args.name or not args.nodes:
+                raise UsageError("give the run's NAME and NODES (a hostlist), or --job JOBID")
             from cm.names import expand
 
             start, end = _window(args)
@@ -165,7 +165,8 @@ def run_add(ctx, args: Namespace) -> None:
         run["label"] = args.label or ""
         run["name"] = args.name or run["name"]
         store.save_run(run)
-        ctx.emit_one(runs.display(run), args)
+        joined = sum(len(store.samples(n["id"], run["start"], run["end"])) for n in store.nodes(run["nodes"]))
+        ctx.emit_one({**runs.display(run), "samples": joined}, args)
     finally:
         store.close()
 
@@ -277,7 +278,7 @@ def build(parser: ArgumentParser) -> None:
     run = verb(subs, "run", None, "runs: a Slurm job or a time window on nodes, to learn from and check")
     runs = subcommands(run)
     p = verb(runs, "add", run_add, "record a run", "cm monitor run add train-1 node[01-04] --since 20m --label cpu")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the run's name (default for a job: job-JOBID)")
     p.add_argument("nodes", nargs="?", metavar="NODES", help="the run's nodes (a hostlist)")
     p.add_argument("--job", metavar="JOBID", help="a Slurm job: its nodes and times from sacct (sstat while it runs)")
     p.add_argument("--label", help="what you know the run was (kept for your reference)")

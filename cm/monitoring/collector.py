@@ -38,10 +38,9 @@ class Collector:
         self.store = Store(path_in(self.home))
         self.stop = threading.Event()
         self.last: dict[tuple[str, str, str], VMStats] = {}
-        from cm.monitoring.sources import CloudSource, control_dir
+        from cm.monitoring.sources import CloudSource
 
-        control = control_dir(self.home)
-        self.sources = [CloudSource(self.ctx, cloud, names, control, self._say)
+        self.sources = [CloudSource(self.ctx, cloud, names, self.home, self._say)
                         for cloud, names in settings["targets"].items()]
 
     def _say(self, text: str) -> None:

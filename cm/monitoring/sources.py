@@ -21,6 +21,19 @@ from cm.provider import VMStats
 SSH_TIMEOUT = 10
 
 
+def control_dir(home: Path) -> Path:
+    """A short private directory for ssh's control sockets (a socket's path must fit in 108 bytes)."""
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:10]
+    path = Path(tempfile.gettempdir()) / f"cm-ssh-{os.getuid()}-{tag}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.stat().st_uid != os.getuid() or path.stat().st_mode & 0o077:
+        raise CmError(f"{path} is not a private directory of yours; remove it")
+    return path
+
+
 def ssh_command(address: str, login: str, control_dir: Path, options: list[str]) -> list[str]:
     """The ssh command line that prints a guest's /proc counters, reusing one connection per guest."""
     return ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=5",
@@ -38,15 +51,14 @@ def read_over_ssh(name: str, command: list[str]) -> VMStats:
 class CloudSource:
     """The VMs of one cloud: through the provider where it reads statistics, else over ssh."""
 
-    def __init__(self, ctx: Any, cloud: str, names: list[str], control_dir: Path,
-                 warn: Callable[[str], None]) -> None:
+    def __init__(self, ctx: Any, cloud: str, names: list[str], home: Path, warn: Callable[[str], None]) -> None:
         self.ctx, self.cloud, self.names = ctx, cloud, names
-        self.control_dir = control_dir
         self.warn = warn
         self.provider = ctx.provider(cloud)
         self.by_hypervisor = "vm_stats" in type(self.provider).verbs()
         self.sees_host = "host_stats" in type(self.provider).verbs()
-        self._pool = ThreadPoolExecutor(max_workers=8) if not self.by_hypervisor else None
+        self.control_dir = None if self.by_hypervisor else control_dir(home)
+        self._pool = None if self.by_hypervisor else ThreadPoolExecutor(max_workers=8)
         self._failed: set[str] = set()
 
     def read(self) -> tuple[list[VMStats], VMStats | None]:
@@ -70,6 +82,7 @@ class CloudSource:
             return None
         conf = self.ctx.config.cloud(self.cloud)
         login = str(self.ctx.value("login", self.cloud) or "root")
+        assert self.control_dir is not None
         command = ssh_command(addresses[0], login, self.control_dir, [str(o) for o in conf.get("ssh_options") or []])
         try:
             stats = read_over_ssh(name, command)
@@ -84,7 +97,9 @@ class CloudSource:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if self.control_dir is not None:
             close_masters(self.control_dir)
+            self.control_dir.rmdir()
 
 
 def close_masters(control_dir: Path) -> None:
