@@ -82,58 +82,52 @@ def _window(args: Namespace) -> tuple[float, float]:
     return end - seconds(args.since, "--since"), end
 
 
-def _series(ctx, args: Namespace, start: float, end: float) -> list[Any]:
-    """The stored nodes the command means (with the hosts their VMs ran on) and their samples."""
+def _nodes(ctx, args: Namespace, store) -> list[dict[str, Any]]:
+    """The stored nodes the command means, with the hosts their VMs ran on."""
     from cm.monitoring import targets
-    from cm.monitoring.dashboard import Series
 
-    store = _store(ctx)
-    try:
-        wanted = targets.stored_names(ctx, args)
-        nodes = store.nodes(wanted or None)
-        if wanted:
-            missing = sorted(set(wanted) - {n["name"] for n in nodes})
-            if missing:
-                raise NotFound(f"no samples of {', '.join(missing)} (is it monitored? see `cm monitor status`)")
-            hosts = {n["host"] for n in nodes if n["host"]}
-            nodes += [n for n in store.nodes(hosts, kind="host") if n not in nodes]
-        found = []
-        for node in nodes:
-            series = Series(node["name"], node["kind"])
-            for sample in store.samples(node["id"], int(start * 1000), int(end * 1000)):
-                series.add(sample)
-            if series.times:
-                found.append(series)
-    finally:
-        store.close()
-    if not found:
-        raise NotFound(f"no samples in the last {args.since} (is the collector running? see `cm monitor status`)")
-    return found
+    wanted = targets.stored_names(ctx, args)
+    nodes = store.nodes(wanted or None)
+    if wanted:
+        missing = sorted(set(wanted) - {n["name"] for n in nodes})
+        if missing:
+            raise NotFound(f"no samples of {', '.join(missing)} (is it monitored? see `cm monitor status`)")
+        hosts = {n["host"] for n in nodes if n["host"]}
+        nodes += [n for n in store.nodes(hosts, kind="host") if n not in nodes]
+    return nodes
 
 
 def show(ctx, args: Namespace) -> None:
     from cm.monitoring import dashboard
 
     start, end = _window(args)
-    nodes = _series(ctx, args, start, end)
+    store = _store(ctx)
+    try:
+        nodes = _nodes(ctx, args, store)
+        series = [s for s in (dashboard.load(store, n, start, end, dashboard.WIDTH) for n in nodes) if s]
+        if not series:
+            raise NotFound(f"no samples in the last {args.since} (is the collector running? see `cm monitor status`)")
+        if args.png:
+            detail = [s for s in (dashboard.load(store, n, start, end, dashboard.PNG_BINS) for n in nodes) if s]
+    finally:
+        store.close()
     if args.png:
         title = f"{' '.join(args.targets) or 'all nodes'}: {time.strftime('%H:%M:%S', time.localtime(start))}" \
                 f" - {time.strftime('%H:%M:%S', time.localtime(end))}"
-        dashboard.png(nodes, start, end, args.png, title)
+        dashboard.png(detail, args.png, title)
         ctx.warn(f"dashboard written to {args.png}")
-    ctx.emit(dashboard.COLUMNS, dashboard.rows(nodes, start, end), args)
+    ctx.emit(dashboard.COLUMNS, dashboard.rows(series), args)
 
 
 def export(ctx, args: Namespace) -> None:
-    from cm.monitoring import export as exporter, targets
+    from cm.monitoring import export as exporter
 
     if args.format == "parquet" and not args.output:
         raise UsageError("--format parquet needs --output FILE")
     since = time.time() - seconds(args.since, "--since") if args.since else 0
     store = _store(ctx)
     try:
-        wanted = targets.stored_names(ctx, args)
-        nodes = store.nodes(wanted or None)
+        nodes = _nodes(ctx, args, store)
         if not nodes:
             raise NotFound("no samples to export (see `cm monitor status`)")
         rows = store.iter_rows([n["id"] for n in nodes], int(since * 1000))

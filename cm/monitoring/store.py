@@ -88,6 +88,23 @@ class Store:
                                "ORDER BY t", (node, since_ms, until)).fetchall()
         return [Sample(*r) for r in rows]
 
+    def binned(self, node: int, since_ms: int, until_ms: int, bins: int) -> list[tuple[int, float, float, float, float]]:
+        """(bin, cpu %, memory %, disk B/s, net B/s) means of ``bins`` equal slices of the window (SQLite aggregates)."""
+        span = max(1, until_ms - since_ms)
+        return self.db.execute(
+            f"SELECT min({bins - 1}, (t - ?) * {bins} / ?) AS bin, avg(cpu) / 10.0, "
+            "avg(CASE WHEN mem_total > 0 THEN mem_used * 100.0 / mem_total ELSE 0 END), avg(disk_rd + disk_wr), "
+            "avg(net_rx + net_tx) FROM sample WHERE node = ? AND t >= ? AND t <= ? GROUP BY bin ORDER BY bin",
+            (since_ms, span, node, since_ms, until_ms)).fetchall()
+
+    def summary(self, node: int, since_ms: int, until_ms: int) -> tuple[Any, ...]:
+        """(samples, then mean and peak of cpu %, memory %, disk B/s, net B/s) over the window."""
+        mem = "CASE WHEN mem_total > 0 THEN mem_used * 100.0 / mem_total ELSE 0 END"
+        return self.db.execute(
+            f"SELECT count(*), avg(cpu) / 10.0, max(cpu) / 10.0, avg({mem}), max({mem}), avg(disk_rd + disk_wr), "
+            "max(disk_rd + disk_wr), avg(net_rx + net_tx), max(net_rx + net_tx) FROM sample "
+            "WHERE node = ? AND t >= ? AND t <= ?", (node, since_ms, until_ms)).fetchone()
+
     def iter_rows(self, node_ids: list[int], since_ms: int = 0) -> Iterator[tuple[Any, ...]]:
         """(node name, kind, *sample columns) rows for export, in time order per node."""
         marks = ", ".join("?" * len(node_ids))
