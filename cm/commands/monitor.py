@@ -58,8 +58,7 @@ def status(ctx, args: Namespace) -> None:
 
     pid = daemon.running_pid(ctx.home)
     conf = daemon.settings(ctx.home)
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         last = store.last_time()
         record = {"running": pid is not None, "pid": pid or "", "interval": conf.get("interval", ""),
                   "retention": conf.get("retention", ""),
@@ -67,8 +66,6 @@ def status(ctx, args: Namespace) -> None:
                   "samples": store.count(), "nodes": len(store.nodes()),
                   "last_sample": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last / 1000)) if last else "",
                   "store": str(store.path), "store_size": _size(store.path)}
-    finally:
-        store.close()
     ctx.emit_one(record, args)
 
 
@@ -101,16 +98,13 @@ def show(ctx, args: Namespace) -> None:
     from cm.monitoring import dashboard
 
     start, end = _window(args)
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         nodes = _nodes(ctx, args, store)
         series = [s for s in (dashboard.load(store, n, start, end, dashboard.WIDTH) for n in nodes) if s]
         if not series:
             raise NotFound(f"no samples in the last {args.since} (is the collector running? see `cm monitor status`)")
         if args.png:
             detail = [s for s in (dashboard.load(store, n, start, end, dashboard.PNG_BINS) for n in nodes) if s]
-    finally:
-        store.close()
     if args.png:
         title = f"{' '.join(args.targets) or 'all nodes'}: {time.strftime('%H:%M:%S', time.localtime(start))}" \
                 f" - {time.strftime('%H:%M:%S', time.localtime(end))}"
@@ -125,15 +119,12 @@ def export(ctx, args: Namespace) -> None:
     if args.format == "parquet" and not args.output:
         raise UsageError("--format parquet needs --output FILE")
     since = time.time() - seconds(args.since, "--since") if args.since else 0
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         nodes = _nodes(ctx, args, store)
         if not nodes:
             raise NotFound("no samples to export (see `cm monitor status`)")
         rows = store.iter_rows([n["id"] for n in nodes], int(since * 1000))
         text = exporter.write(rows, args.format, args.output)
-    finally:
-        store.close()
     if text is not None:
         ctx.out(text)
     else:
@@ -144,8 +135,7 @@ def export(ctx, args: Namespace) -> None:
 def run_add(ctx, args: Namespace) -> None:
     from cm.monitoring import runs
 
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         if args.job:
             run = runs.from_slurm(args.job, args.name)
         else:
@@ -161,61 +151,44 @@ def run_add(ctx, args: Namespace) -> None:
         store.save_run(run)
         joined = sum(len(store.samples(n["id"], run["start"], run["end"])) for n in store.nodes(run["nodes"]))
         ctx.emit_one({**runs.display(run), "samples": joined}, args)
-    finally:
-        store.close()
 
 
 def run_list(ctx, args: Namespace) -> None:
     from cm.monitoring import runs
 
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         ctx.emit(runs.COLUMNS, [runs.display(r) for r in store.runs()], args)
-    finally:
-        store.close()
 
 
 def run_delete(ctx, args: Namespace) -> None:
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         if not store.delete_run(args.name):
             raise NotFound(f"unknown run '{args.name}' (see `cm monitor run list`)")
-    finally:
-        store.close()
     ctx.say(f"run {args.name} deleted")
 
 
 def profile_learn(ctx, args: Namespace) -> None:
     from cm.monitoring import profiles
 
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         model = profiles.learn(store, args.runs or None, k=args.k)
         store.save_model(model)
-    finally:
-        store.close()
     ctx.emit(profiles.PROFILE_COLUMNS, profiles.profile_rows(model), args)
 
 
 def profile_list(ctx, args: Namespace) -> None:
     from cm.monitoring import profiles
 
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         model = profiles.stored(store)
-    finally:
-        store.close()
     ctx.emit(profiles.PROFILE_COLUMNS, profiles.profile_rows(model), args)
 
 
 def check(ctx, args: Namespace) -> int:
     from cm.monitoring import profiles
 
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         verdict = profiles.check(store, args.run_name)
-    finally:
-        store.close()
     ctx.emit_one(verdict, args)
     return 0
 
@@ -223,12 +196,9 @@ def check(ctx, args: Namespace) -> int:
 def tune(ctx, args: Namespace) -> int:
     from cm.monitoring import profiles, tuning
 
-    store = _store(ctx)
-    try:
+    with _store(ctx) as store:
         verdict = profiles.check(store, args.run_name)
         run = store.runs([args.run_name])[0]
-    finally:
-        store.close()
     changes = tuning.suggest(ctx, args, run, verdict)
     failed = tuning.apply(ctx, args, changes) if args.apply or args.dryrun else False
     ctx.emit(tuning.COLUMNS, [{k: v for k, v in row.items() if not k.startswith("_")} for row in changes], args)

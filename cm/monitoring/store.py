@@ -52,6 +52,12 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
     # -- nodes and samples --------------------------------------------------------------------
     def node_id(self, name: str, kind: str = "vm", cloud: str = "", host: str = "") -> int:
         key = (name, kind, cloud)

@@ -18,7 +18,6 @@ import os
 import shutil
 import struct
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ pytestmark = [
 ]
 libvirt = pytest.importorskip("libvirt")
 pytest.importorskip("sklearn")
+libvirtd_ns = pytest.importorskip("tests.infra.libvirtd_ns", reason="e2e: the private libvirtd (helper guest's) is missing")
 
 WINDOW = 10.0  # seconds per run
 REPEATS = 3
@@ -57,11 +57,9 @@ def cm_ok(cm_process, *words: str) -> str:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
     """The private libvirtd with the five guests running their workloads; stopped (nothing left) after."""
-    from tests.infra.libvirtd_ns import PrivateLibvirtd
-
     cache = Path(os.environ.get("CM_E2E_CACHE", Path.home() / ".cache" / "cm-e2e"))
     kernel, initrd = workloads.build(cache)
-    daemon = PrivateLibvirtd("monitor")
+    daemon = libvirtd_ns.PrivateLibvirtd("monitor")
     daemon.start()
     try:
         daemon.ensure_pool()

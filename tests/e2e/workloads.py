@@ -22,8 +22,6 @@ import gzip
 import hashlib
 import json
 import os
-import stat
-import subprocess
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
