@@ -143,6 +143,25 @@ def test_retention_prunes_old_samples(cm, cm_process, cm_home, vms):
         os.kill(pid, signal.SIGTERM)
 
 
+def test_a_cluster_name_means_its_live_nodes(cm, cm_process, cm_home, vms):
+    from cm.mirror import Mirror
+
+    # A cluster record as `cm cluster` keeps it in the mirror: its nodes, one of them failed.
+    Mirror(cm_home / "mirror.json").put("cluster", "local", {
+        "name": "hpc", "state": "degraded",
+        "nodes": [{"name": "mon1", "role": "head", "state": "ready"}, {"name": "mon2", "role": "worker", "state": "ready"},
+                  {"name": "mon3", "role": "worker", "state": "failed"}]})
+    result = cm_process("monitor", "start", "hpc", "--interval", "0.2s")
+    assert result.code == 0 and "2 VM(s) on cloud 'local'" in result.out, result.err
+    pid = int((cm_home / "monitor" / "collector.pid").read_text())
+    try:
+        wait_for_samples(cm_home, 4)
+        rows = json.loads(cm("monitor", "show", "hpc", "-f", "json").out)
+        assert [r["node"] for r in rows] == ["mon1", "mon2", "all"]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
 # -- looking at samples -------------------------------------------------------------------------
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
