@@ -47,7 +47,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
         self.db.executescript(SCHEMA)
-        self._nodes: dict[tuple[str, str, str], int] = {}
+        self._nodes: dict[tuple[str, str, str], tuple[int, str]] = {}  # -> (id, host)
 
     def close(self) -> None:
         self.db.close()
@@ -61,15 +61,14 @@ class Store:
     # -- nodes and samples --------------------------------------------------------------------
     def node_id(self, name: str, kind: str = "vm", cloud: str = "", host: str = "") -> int:
         key = (name, kind, cloud)
-        if key not in self._nodes:
+        known = self._nodes.get(key)
+        if known is None or (host and known[1] != host):  # new, or its VM moved to another host
             self.db.execute("INSERT INTO node (name, kind, cloud, host) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT (name, kind, cloud) DO UPDATE SET host = excluded.host "
                             "WHERE excluded.host != ''", (name, kind, cloud, host))
-            row = self.db.execute("SELECT id FROM node WHERE name = ? AND kind = ? AND cloud = ?", key).fetchone()
-            self._nodes[key] = row[0]
-        elif host:
-            self.db.execute("UPDATE node SET host = ? WHERE id = ? AND host != ?", (host, self._nodes[key], host))
-        return self._nodes[key]
+            row = self.db.execute("SELECT id, host FROM node WHERE name = ? AND kind = ? AND cloud = ?", key).fetchone()
+            known = self._nodes[key] = (row[0], row[1])
+        return known[0]
 
     def add(self, rows: Iterable[tuple[int, Sample]]) -> int:
         """Store one round of (node id, sample) in one transaction; return how many."""
