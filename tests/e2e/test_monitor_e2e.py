@@ -209,3 +209,26 @@ def test_tune_of_the_cpu_run_matches_where_the_bottleneck_is(monitored, lab):
     else:
         dom = lab["conn"].lookupByName("mon-cpu")
         assert out[0]["result"] == "done: 2 vCPUs" and dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 2
+
+
+def test_vcpu_hot_add_through_the_contract_and_the_samples_follow(monitored, lab):
+    from cm_plugins.kvm.provider import KvmProvider
+
+    provider = KvmProvider("lab", {"uri": lab["daemon"].uri, "pool": "default", "network": "default"})
+    provider.state_dir = monitored["home"]
+    try:
+        assert provider.set_vm_vcpus("mon-cpu", 2) == 2
+        from cm.errors import Conflict
+
+        with pytest.raises(Conflict, match="at most 2 vCPUs"):
+            provider.set_vm_vcpus("mon-cpu", 3)
+        deadline = time.monotonic() + 60
+        while provider.vm_stats(["mon-cpu"])[0].vcpus != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    finally:
+        provider.close()
+    time.sleep(3)  # a few samples after the change
+    out = monitored["cm"]("monitor", "export", "mon-cpu", "--since", "3s").stdout
+    rows = [r for r in csv.DictReader(io.StringIO(out)) if r["node"] == "mon-cpu"]
+    assert rows and rows[-1]["ncpu"] == "2" and len(rows[-1]["vcpu"].split(";")) == 2
