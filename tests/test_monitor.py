@@ -406,3 +406,10 @@ def test_a_slurm_job_becomes_a_run_on_the_nodes_it_ran_on(cm, cm_process, cm_hom
     assert run["samples"] >= 2 * run["seconds"]  # both nodes' samples over the job's time, at 5 a second
     listed = json.loads(cm("monitor", "run", "list", "-f", "json").out)
     assert [r["name"] for r in listed] == [f"job-{job}"]
+
+
+def test_runs_all_of_one_kind_still_name_the_saturated_resource(cm, learnt):
+    assert cm("monitor", "profile", "learn", "mem-1", "mem-2", "mem-3").code == 0
+    verdict = check(cm, "mem-2")
+    assert (verdict["profile"], verdict["bottleneck"], verdict["level"]) == ("memory-bound", "memory", "vm"), verdict
+    assert len(json.loads(cm("monitor", "profile", "list", "-f", "json").out)) == 1  # no split of noise

@@ -5,7 +5,8 @@ vCPUs), memory in use, disk requests in flight (1 = always one outstanding),
 network rate against the busiest run learnt (on a log scale: rates span decades).  Pressures alone do not compare
 across resources (under emulation every I/O also costs CPU), so each is
 measured against the learnt runs: the bottleneck is the resource on which the
-run stands out most, by at least one standard deviation.
+run stands out most (by STANDS_OUT standard deviations); on a resource where
+the learnt runs all look alike, a pressure of SATURATED or more stands out.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 
 RESOURCES = ("cpu", "memory", "disk", "network")
 STANDS_OUT = 0.75  # standard deviations above the learnt runs
-MIN_SPREAD = 0.05
+UNIFORM = 0.05  # learnt runs closer than this on a resource tell nothing about it
+SATURATED = 0.8
+NET_FLOOR = 1e6  # B/s: runs that all move less than this are not network-bound however alike they are
 
 
 def pressures(features: dict[str, Any], net_peak: float) -> dict[str, float]:
@@ -25,7 +28,7 @@ def pressures(features: dict[str, Any], net_peak: float) -> dict[str, float]:
 
 def reference(described: list[dict[str, Any]]) -> dict[str, Any]:
     """What the learnt runs' pressures look like: the yardstick of :func:`find`."""
-    net_peak = max(f["net_rate"] for f in described)
+    net_peak = max([NET_FLOOR] + [f["net_rate"] for f in described])
     values = [pressures(f, net_peak) for f in described]
     mean = {r: sum(v[r] for v in values) / len(values) for r in RESOURCES}
     std = {r: math.sqrt(sum((v[r] - mean[r]) ** 2 for v in values) / len(values)) for r in RESOURCES}
@@ -50,10 +53,18 @@ def _level(resource: str, f: dict[str, Any]) -> tuple[str, str]:
     return "vm", f"{f['net_rate']:.0f} B/s through its NICs"
 
 
+def _score(pressure: float, mean: float, std: float) -> float:
+    """How far the run stands out on a resource: against the learnt runs where they vary on it; where they all
+    look alike (one kind of run learnt), against saturation itself (SATURATED and above stands out)."""
+    if std >= UNIFORM:
+        return (pressure - mean) / std
+    return (pressure - SATURATED) / UNIFORM + STANDS_OUT
+
+
 def find(features: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     """``bottleneck`` (a resource or none), ``level`` (vm, host) and ``why``, from the run's features."""
     pressure = pressures(features, ref["net_peak"])
-    scores = {r: (pressure[r] - ref["mean"][r]) / max(ref["std"][r], MIN_SPREAD) for r in RESOURCES}
+    scores = {r: _score(pressure[r], ref["mean"][r], ref["std"][r]) for r in RESOURCES}
     top = max(scores, key=lambda r: scores[r])
     shown = ", ".join(f"{r} {pressure[r]:.2f}" for r in RESOURCES)
     if scores[top] < STANDS_OUT:

@@ -1,6 +1,8 @@
 """Workload profiles: runs grouped by their standardized features with scikit-learn's KMeans.
 
-The number of profiles is the one with the best silhouette (or ``--k``).  Each
+The number of profiles is the one with the best silhouette, one if no split
+reaches MIN_SILHOUETTE (or ``--k``); a profile is named for its members' usual
+bottleneck.  Each
 profile keeps its centre and the spread of its members per feature; a run is
 compared with its nearest profile by a diagonal Mahalanobis distance, and it
 deviates when that distance is beyond the profile's threshold: the larger of
@@ -17,7 +19,8 @@ from typing import Any
 from cm.errors import NotFound, UsageError
 from cm.monitoring import bottleneck, features as feats
 
-SPREAD_FLOOR = 0.25  # standardized units: a profile of near-identical runs still tolerates noise
+SPREAD_FLOOR = 0.25
+MIN_SILHOUETTE = 0.5  # standardized units: a profile of near-identical runs still tolerates noise
 PROFILE_COLUMNS = ["profile", "runs", "size", "cpu", "demand", "mem", "disk", "disk_busy", "net", "threshold"]
 
 
@@ -40,15 +43,16 @@ def _choose_k(Z: Any, wanted: int | None, KMeans: Any, silhouette_score: Any) ->
             raise UsageError(f"--k must be between 1 and the number of runs ({n})")
         model = KMeans(n_clusters=wanted, n_init=10, random_state=0).fit(Z)
         return wanted, None, model.labels_
-    best: tuple[int, float | None, Any] = (1, None, [0] * n)
+    found: tuple[int, float | None, Any] = (1, None, [0] * n)
     for k in range(2, min(8, n - 1) + 1):
         model = KMeans(n_clusters=k, n_init=10, random_state=0).fit(Z)
         if len(set(model.labels_)) < 2:
             continue
         score = float(silhouette_score(Z, model.labels_))
-        if best[1] is None or score > best[1]:
-            best = (k, score, model.labels_)
-    return best
+        if found[1] is None or score > found[1]:
+            found = (k, score, model.labels_)
+    # A weak best split is noise cut in two: one profile then.
+    return found if found[1] is not None and found[1] >= MIN_SILHOUETTE else (1, found[1], [0] * n)
 
 
 def _distance(z: list[float], center: list[float], spread: list[float]) -> float:
@@ -81,21 +85,21 @@ def learn(store: Any, names: list[str] | None, k: int | None = None) -> dict[str
         profiles.append({"center": center.tolist(), "spread": spread.tolist(), "raw": raw.tolist(),
                          "threshold": max(floor, 1.5 * farthest),
                          "runs": [r["name"] for r, l in zip(runs, labels) if int(l) == label]})
-    _name(profiles)
+    reference = bottleneck.reference(described)
+    _name(profiles, {r["name"]: bottleneck.find(f, reference)["bottleneck"] for r, f in zip(runs, described)})
     return {"features": list(feats.VECTOR), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
-            "k": chosen, "silhouette": silhouette, "profiles": profiles,
-            "pressure": bottleneck.reference(described)}
+            "k": chosen, "silhouette": silhouette, "profiles": profiles, "pressure": reference}
 
 
-def _name(profiles: list[dict[str, Any]]) -> None:
-    """Name each profile for what stands out in its centre: cpu-bound, disk-bound, ... or light."""
-    kinds = {"demand": "cpu", "mem": "memory", "disk_busy": "disk", "net_log": "network"}
-    taken: dict[str, int] = {}
+def _name(profiles: list[dict[str, Any]], bottlenecks: dict[str, str]) -> None:
+    """Name each profile for its members' usual bottleneck: cpu-bound, disk-bound, ... or light."""
+    from collections import Counter
+
+    taken: Counter[str] = Counter()
     for profile in profiles:
-        center = dict(zip(feats.VECTOR, profile["center"]))
-        key = max(kinds, key=lambda k: center[k])
-        base = f"{kinds[key]}-bound" if center[key] > 0.5 else "light"
-        taken[base] = taken.get(base, 0) + 1
+        usual = Counter(bottlenecks[run] for run in profile["runs"]).most_common(1)[0][0]
+        base = "light" if usual == "none" else f"{usual}-bound"
+        taken[base] += 1
         profile["name"] = base if taken[base] == 1 else f"{base}-{taken[base]}"
 
 

@@ -8,7 +8,7 @@ the guest is destroyed:
 
 ``cm.work=cpu``   a busy loop on every online CPU (hot-added CPUs come online and get one);
 ``cm.work=disk``  direct-I/O writes and reads of the raw data disk ``/dev/vda``;
-``cm.work=mem``   fills a tmpfs until about 20 MiB stay available, then idles;
+``cm.work=mem``   fills a tmpfs until 40 MiB stay free (closer, and the guest's OOM killer panics it), then idles;
 ``cm.work=send``  streams zeros with nc to ``cm.peer`` port 5000 (``cm.ip`` on eth0);
 ``cm.work=recv``  accepts those streams (``cm.ip`` on eth0);
 ``cm.work=idle``  nothing.
@@ -59,8 +59,8 @@ disk) (while :; do
           dd if=/dev/zero of=/dev/vda bs=256k count=64 oflag=direct 2>/dev/null
           dd if=/dev/vda of=/dev/null bs=256k count=64 iflag=direct 2>/dev/null
       done) & ;;
-mem)  avail=$(sed -n 's/^MemAvailable: *\([0-9]*\).*/\1/p' /proc/meminfo)
-      dd if=/dev/zero of=/dev/shm/fill bs=1M count=$((avail / 1024 - 20)) 2>/dev/null ;;
+mem)  free=$(sed -n 's/^MemFree: *\([0-9]*\).*/\1/p' /proc/meminfo)
+      dd if=/dev/zero of=/dev/shm/fill bs=1M count=$((free / 1024 - 40)) 2>/dev/null ;;
 send) (while :; do
           ping -c 1 -W 1 "$cm_peer" >/dev/null 2>&1 || continue
           dd if=/dev/zero bs=64k count=100000 2>/dev/null | nc "$cm_peer" 5000
