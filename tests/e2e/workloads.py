@@ -59,8 +59,10 @@ disk) (while :; do
           dd if=/dev/zero of=/dev/vda bs=256k count=64 oflag=direct 2>/dev/null
           dd if=/dev/vda of=/dev/null bs=256k count=64 iflag=direct 2>/dev/null
       done) & ;;
-mem)  free=$(sed -n 's/^MemFree: *\([0-9]*\).*/\1/p' /proc/meminfo)
-      dd if=/dev/zero of=/dev/shm/fill bs=1M count=$((free / 1024 - 40)) 2>/dev/null ;;
+mem)  meminfo() { sed -n "s/^$1: *\([0-9]*\).*/\1/p" /proc/meminfo; }
+      last=0   # the balloon takes its share after boot: wait until the guest's memory stops shrinking
+      while [ "$(meminfo MemTotal)" != "$last" ]; do last=$(meminfo MemTotal); sleep 2; done
+      dd if=/dev/zero of=/dev/shm/fill bs=1M count=$(($(meminfo MemFree) / 1024 - 40)) 2>/dev/null ;;
 send) (while :; do
           ping -c 1 -W 1 "$cm_peer" >/dev/null 2>&1 || continue
           dd if=/dev/zero bs=64k count=100000 2>/dev/null | nc "$cm_peer" 5000
