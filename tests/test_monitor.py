@@ -210,6 +210,7 @@ def test_export_csv_and_parquet(cm, cm_home, collector, tmp_path):
     (("monitor", "start", "nosuch"), "unknown VM 'nosuch'"),
     (("monitor", "show", "--since=5 minutes"), "bad --since '5 minutes'"),
     (("monitor", "show", "nosuch"), "no samples of nosuch"),
+    (("monitor", "show", "--since", "1m", "--until", "2m"), "--since 1m must reach further back than --until 2m"),
     (("monitor", "check", "nosuch"), "no profiles learnt yet"),
     (("monitor", "profile", "list"), "no profiles learnt yet"),
     (("monitor", "profile", "learn", "nosuch"), "unknown run 'nosuch'"),
@@ -413,3 +414,11 @@ def test_runs_all_of_one_kind_still_name_the_saturated_resource(cm, learnt):
     verdict = check(cm, "mem-2")
     assert (verdict["profile"], verdict["bottleneck"], verdict["level"]) == ("memory-bound", "memory", "vm"), verdict
     assert len(json.loads(cm("monitor", "profile", "list", "-f", "json").out)) == 1  # no split of noise
+
+
+def test_a_run_is_the_window_asked_for(cm, vms):
+    result = cm("monitor", "run", "add", "w1", "mon[1-2]", "--since", "90s", "--until", "30s", "--label", "x", "-f", "json")
+    assert result.code == 0, result.err
+    run = json.loads(result.out)
+    assert run["seconds"] == 60 and run["nodes"] == "mon[1-2]" and run["label"] == "x" and run["samples"] == 0
+    assert cm("monitor", "run", "delete", "w1").out.strip() == "run w1 deleted"

@@ -75,8 +75,13 @@ def _size(path) -> int:
 
 # -- looking ------------------------------------------------------------------------------------
 def _window(args: Namespace) -> tuple[float, float]:
-    end = time.time() - (seconds(args.until, "--until") if getattr(args, "until", None) else 0)
-    return end - seconds(args.since, "--since"), end
+    """(start, end) epoch seconds: from --since ago to --until ago (default now)."""
+    now = time.time()
+    start = now - seconds(args.since, "--since")
+    end = now - (seconds(args.until, "--until") if getattr(args, "until", None) else 0)
+    if start >= end:
+        raise UsageError(f"--since {args.since} must reach further back than --until {args.until}")
+    return start, end
 
 
 def _nodes(ctx, args: Namespace, store) -> list[dict[str, Any]]:
