@@ -79,10 +79,22 @@ def _by_calls(dom: libvirt.virDomain, when: float, host: str) -> VMStats:
     return from_record(dom.name(), record, when, host)
 
 
+_hostnames: dict[int, str] = {}
+
+
+def _hostname(conn: libvirt.virConnect) -> str:
+    """The hypervisor's name, asked once per connection (an RPC each round otherwise)."""
+    key = id(conn)
+    if key not in _hostnames:
+        _hostnames.clear()  # one live connection at a time: forget the old ones' names
+        _hostnames[key] = conn.getHostname()
+    return _hostnames[key]
+
+
 def read_domains(conn: libvirt.virConnect, names: list[str], test: bool) -> list[VMStats]:
     """Counters of the running domains among ``names``."""
     wanted = set(names)
-    host = conn.getHostname()
+    host = _hostname(conn)
     when = time.time()
     found = []
     for dom, record in conn.getAllDomainStats(STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE):
@@ -96,7 +108,7 @@ def read_domains(conn: libvirt.virConnect, names: list[str], test: bool) -> list
 
 def read_host(conn: libvirt.virConnect, local: bool) -> VMStats:
     """The hypervisor host: CPU and memory through libvirt (remote hosts too), disks and NICs from /proc here."""
-    name = conn.getHostname()
+    name = _hostname(conn)
     if local:
         from cm.monitoring.procfs import read_local
 
