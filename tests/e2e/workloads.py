@@ -28,15 +28,11 @@ from xml.sax.saxutils import escape, quoteattr
 
 from tests.e2e import guest
 
-INIT = r"""#!/bin/sh
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /dev/shm /tmp /run
-mount -t devpts devpts /dev/pts
+# The base guest's first lines (PATH, /proc, /sys, /dev, quiet console), then this guest's own.
+PREAMBLE = guest.INIT[:guest.INIT.index("say()")]
+INIT = PREAMBLE + r"""
+mkdir -p /dev/shm
 mount -t tmpfs -o size=95% tmpfs /dev/shm
-echo 4 > /proc/sys/kernel/printk
 say() { echo "cm-guest: $*" > /dev/console; }
 for m in $(cat /etc/modules) virtio_balloon; do insmod "/lib/modules/$m.ko" 2>/dev/null; done
 for w in $(cat /proc/cmdline); do
