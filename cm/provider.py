@@ -279,6 +279,23 @@ class Provider:
     def detach_floating_ip(self, address: str) -> FloatingIP:
         raise self._unsupported("detach floating IPs")
 
+    # -- monitoring and live tuning ------------------------------------------------------------------
+    def vm_stats(self, names: list[str]) -> list[VMStats]:
+        """Cumulative counters of each running VM of ``names``, read by the hypervisor (others left out)."""
+        raise self._unsupported("read VM statistics")
+
+    def host_stats(self) -> VMStats:
+        """Cumulative counters of the physical host the cloud's VMs run on, where cm can read them."""
+        raise self._unsupported("read host statistics")
+
+    def set_vm_vcpus(self, name: str, count: int) -> int:
+        """Give a running VM ``count`` vCPUs (hot-add); return the count it has now."""
+        raise self._unsupported("change vCPUs of running VMs")
+
+    def set_vm_memory(self, name: str, mib: int) -> int:
+        """Set a running VM's memory through its balloon; return the MiB it has now."""
+        raise self._unsupported("change memory of running VMs")
+
     # -- quotas, limits, usage ------------------------------------------------------------------------
     def quotas(self) -> list[dict[str, Any]]:
         """One dict per resource: ``{"service", "resource", "limit", "used"}`` (-1 = unlimited)."""
@@ -344,4 +361,30 @@ class FloatingIP(Record):
     vm: str = ""  # the VM it is attached to, "" if free
     fixed_ip: str = ""
     network: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VMStats(Record):
+    """Cumulative counters of one VM (or host) read at ``time``; rates come from two readings.
+
+    A counter a source cannot read stays 0; ``mem_total_kib`` 0 means memory is unknown.
+    """
+
+    name: str
+    time: float  # epoch seconds of the reading
+    vcpus: int = 1  # CPUs the VM has now (host: logical CPUs)
+    cpu_ns: int = 0  # CPU time used, all vCPUs together
+    vcpu_ns: list[int] = field(default_factory=list)  # per vCPU
+    steal_ns: int = 0  # time runnable vCPUs waited for a host CPU (libvirt's vcpu delay, /proc/stat steal)
+    iowait_ns: int = 0  # idle time with I/O outstanding (from /proc/stat: hosts, guests over ssh)
+    mem_total_kib: int = 0
+    mem_used_kib: int = 0  # in use by the guest (balloon: available - usable), else the host process's RSS
+    mem_max_kib: int = 0  # the most the balloon may give it
+    disk_rd_bytes: int = 0
+    disk_wr_bytes: int = 0
+    disk_time_ns: int = 0  # time I/O requests were in flight (busy time)
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+    host: str = ""  # the physical host it runs on, where known
     extra: dict[str, Any] = field(default_factory=dict)

@@ -21,14 +21,15 @@ if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
     from cm.context import Context
 
 NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins", "secgroup", "network",
-         "ip", "quota", "limits", "usage", "cluster", "launcher", "slurm", "hadoop")
+         "ip", "quota", "limits", "usage", "cluster", "launcher", "slurm", "hadoop", "monitor")
 
 Handler = Callable[..., Any]
 # The keys `cm default` takes (plugins declare more through register_settings).
 SETTINGS = {"cloud": "the active cloud", "format": "output format: table, json, yaml, csv or value",
             "image": "image new VMs boot", "flavor": "flavor new VMs get", "group": "group new VMs join",
             "user": "prefix of generated VM names", "key": "ssh key name or .pub file",
-            "timeout": "seconds boot and wait wait", "login": "user `vm ssh` logs in as"}
+            "timeout": "seconds boot and wait wait", "login": "user `vm ssh` logs in as",
+            "monitor_retention": "how long `cm monitor` keeps samples (7d, 12h, ...)"}
 
 
 def register_commands(register: Callable[[str, str], None]) -> None:

@@ -51,13 +51,14 @@ from cm_plugins.kvm import console, images, seed, stock
 from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
 from cm_plugins.kvm.image_verbs import ImageVerbs
+from cm_plugins.kvm.stats import StatsVerbs
 
 GIB = 1 << 30
 UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
 
-class KvmProvider(ImageVerbs, Provider):
+class KvmProvider(ImageVerbs, StatsVerbs, Provider):
     """One libvirt hypervisor as a cm cloud."""
 
     kind = "kvm"

@@ -1,0 +1,186 @@
+"""Benchmarks of `cm monitor` (run on demand: `python benchmarks/monitor.py [--real]`).
+
+1. Collector overhead, 20 VMs sampled every second: the collector process's CPU
+   time (user + system, from /proc) over a measured span, as a share of one core.
+   On libvirt's test hypervisor by default (in-process driver: its cost lands in
+   the collector); with ``--real``, on real idle TCG guests of a private libvirtd
+   (needs root; the daemon's own CPU is reported beside the collector's).
+2. Storage per VM-hour: an hour of 1-s samples of 20 VMs (plus their host)
+   written round by round as the collector does, file size per VM-hour.
+3. `cm monitor show` of a 20-node cluster over one hour of samples (synthesized),
+   one-shot wall time against `cm monitor status` on the same store (the
+   baseline: start-up plus opening the store), and with ``--png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from cm.monitoring.sample import Sample  # noqa: E402
+from cm.monitoring.store import Store, path_in  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def env_for(home: Path) -> dict[str, str]:
+    return {**os.environ, "CM_HOME": str(home), "PYTHONPATH": str(ROOT)}
+
+
+def cm(home: Path, *words: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "cm.main", *words], env=env_for(home), capture_output=True,
+                          text=True, cwd=tempfile.gettempdir())
+    if check and done.returncode != 0:
+        raise SystemExit(f"cm {' '.join(words)} failed: {done.stderr}")
+    return done
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def collector_share(home: Path, targets: str, span: float, cloud: str = "local",
+                    others: list[int] = ()) -> tuple[float, list[float], int]:
+    """(collector CPU share of one core, each other pid's share, samples stored) over ``span`` seconds."""
+    cm(home, "monitor", "start", targets, "--interval", "1s", "--cloud", cloud)
+    pid = int((home / "monitor" / "collector.pid").read_text())
+    time.sleep(3)  # past start-up (imports, first connection)
+    before, others_before, t0 = cpu_seconds(pid), [cpu_seconds(p) for p in others], time.monotonic()
+    time.sleep(span)
+    after, others_after, t1 = cpu_seconds(pid), [cpu_seconds(p) for p in others], time.monotonic()
+    cm(home, "monitor", "stop")
+    store = Store(path_in(home))
+    stored = store.count()
+    store.close()
+    return (after - before) / (t1 - t0), [(a - b) / (t1 - t0) for a, b in zip(others_after, others_before)], stored
+
+
+def test_hypervisor_home(vms: int) -> Path:
+    home = Path(tempfile.mkdtemp(prefix="cm-bench-mon-"))
+    cm(home, "default", "cloud=local")
+    config = (home / "cm.yaml").read_text().replace("uri: auto", "uri: test:///default")
+    (home / "cm.yaml").write_text(config)
+    image = home / "img.qcow2"
+    import struct
+
+    header = b"QFI\xfb" + struct.pack(">IQIIQ", 3, 0, 0, 16, 1 << 30)
+    image.write_bytes(header + bytes(512 - len(header)))
+    cm(home, "image", "add", "cirros", str(image))
+    cm(home, "vm", "boot", "--name", f"node[01-{vms:02d}]")
+    return home
+
+
+def bench_overhead_test_hypervisor(vms: int, span: float) -> None:
+    home = test_hypervisor_home(vms)
+    try:
+        share, _, stored = collector_share(home, f"node[01-{vms:02d}]", span)
+        print(f"collector, {vms} VMs every 1 s, libvirt test hypervisor: {share:.2%} of one core "
+              f"(target <= 2%); {stored} samples in {span:.0f} s")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def bench_overhead_real(vms: int, span: float) -> None:
+    from tests.e2e import workloads
+    from tests.infra.libvirtd_ns import PrivateLibvirtd
+
+    kernel, initrd = workloads.build(Path.home() / ".cache" / "cm-e2e")
+    home = Path(tempfile.mkdtemp(prefix="cm-bench-mon-"))
+    with PrivateLibvirtd("monbench") as daemon:
+        daemon.ensure_pool()
+        conn = daemon.connect()
+        for i in range(1, vms + 1):
+            name = f"idle{i:02d}"
+            disk = workloads.data_disk(daemon.pool_dir / f"{name}.img", 8)
+            conn.defineXML(workloads.domain_xml(name, kernel, initrd, "idle", disk,
+                                                f"/var/log/libvirt/qemu/{name}-console.log", memory_mib=128,
+                                                max_memory_mib=128)).create()
+        for i in range(1, vms + 1):
+            workloads.wait_started(daemon.console_dir / f"idle{i:02d}-console.log", timeout=600)
+        cm(home, "cloud", "add", "lab", "--kind", "kvm", *daemon.cloud_settings())
+        cm(home, "refresh", "vm", "--cloud", "lab")
+        share, (daemon_share,), stored = collector_share(home, f"idle[01-{vms:02d}]", span, "lab",
+                                                         [daemon.libvirtd.pid])
+        print(f"collector, {vms} real idle TCG guests every 1 s: {share:.2%} of one core (target <= 2% for 20); "
+              f"libvirtd meanwhile {daemon_share:.2%}; {stored} samples in {span:.0f} s")
+        conn.close()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def synthesize(home: Path, vms: int, seconds: int) -> Path:
+    """An hour of 1-s samples of ``vms`` VMs and their host, stored round by round like the collector."""
+    store = Store(path_in(home))
+    rnd = random.Random(1)
+    nodes = [store.node_id(f"node{i:02d}", "vm", "local", host="hv1") for i in range(1, vms + 1)]
+    host = store.node_id("hv1", "host")
+    start = int((time.time() - seconds) * 1000)
+    for s in range(seconds):
+        t = start + s * 1000
+        rows = [(n, Sample(t, 2, rnd.randint(0, 1000), bytes([rnd.randint(0, 100), rnd.randint(0, 100)]),
+                           rnd.randint(0, 50), 0, rnd.randint(200_000, 900_000), 1_000_000,
+                           rnd.randint(0, 50_000_000), rnd.randint(0, 50_000_000), rnd.randint(0, 2000),
+                           rnd.randint(0, 10_000_000), rnd.randint(0, 10_000_000))) for n in nodes]
+        rows.append((host, Sample(t, 2, rnd.randint(0, 1000), b"\x10\x20", 0, 10, 8_000_000, 16_000_000,
+                                  rnd.randint(0, 9 ** 8), rnd.randint(0, 9 ** 8), 300, 1000, 1000)))
+        store.add(rows)
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    return path_in(home)
+
+
+def bench_storage_and_show(vms: int, runs: int) -> None:
+    home = Path(tempfile.mkdtemp(prefix="cm-bench-mon-"))
+    try:
+        begun = time.perf_counter()
+        db = synthesize(home, vms, 3600)
+        took = time.perf_counter() - begun
+        size = db.stat().st_size
+        print(f"storage: {size / (vms + 1) / 1024:.0f} KiB per VM-hour of 1-s samples ({size / 2**20:.1f} MiB for "
+              f"{vms} VMs + host, one hour; written round by round in {took:.1f} s = {took / 3600 * 1000:.2f} ms "
+              "per round)")
+        names = f"node[01-{vms:02d}]"
+
+        def wall(*words: str) -> float:
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                cm(home, *words)
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+
+        baseline = wall("monitor", "status")
+        show = wall("monitor", "show", names, "--since", "1h")
+        png = wall("monitor", "show", names, "--since", "1h", "--png", str(home / "d.png"))
+        print(f"`cm monitor show {names} --since 1h` ({vms * 3600} samples + host): {show:.2f} s (target <= 1 s); "
+              f"baseline `cm monitor status` {baseline:.2f} s, ratio {show / baseline:.1f}x; with --png {png:.2f} s")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real", type=int, default=0, metavar="N", help="also measure N real idle TCG guests")
+    parser.add_argument("--span", type=float, default=20.0, help="seconds the collector is measured")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    bench_overhead_test_hypervisor(20, args.span)
+    if args.real:
+        bench_overhead_real(args.real, args.span)
+    bench_storage_and_show(20, args.runs)
+
+
+if __name__ == "__main__":
+    main()
