@@ -39,7 +39,7 @@ import libvirt
 
 from cm.errors import ConfigError, Conflict, NotFound, ProviderError, Unsupported, UsageError
 from cm.provider import VM, BootSpec, Flavor, Image, Provider
-from cm_plugins.kvm import console, images, seed, stock
+from cm_plugins.kvm import checkpoint, console, images, seed, stock
 from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
 
@@ -164,6 +164,9 @@ class KvmProvider(Provider):
         try:
             return conn.lookupByName(name)
         except libvirt.libvirtError:
+            moved = checkpoint.elsewhere(self, name) if not self.hv.is_test else None
+            if moved is not None:  # migrated to another host of this cloud
+                return moved
             raise NotFound(f"no VM '{name}' on cloud '{self.name}' (see `cm vm list --refresh`)") from None
 
     def _guest_kind(self, conn: libvirt.virConnect) -> tuple[str, str]:
@@ -256,12 +259,13 @@ class KvmProvider(Provider):
 
     # -- VMs --------------------------------------------------------------------------------------
     def _vm(self, dom: libvirt.virDomain) -> VM:
-        return to_vm(dom, {"uri": self.hv.shown_uri})
+        host = checkpoint.host_of(self, dom) if self.config.get("hosts") else ""
+        return to_vm(dom, {"uri": self.hv.shown_uri, **({"host": host} if host else {})})
 
     def list_vms(self) -> list[VM]:
         with self.hv.use("list VMs") as conn:
             vms = []
-            for dom in conn.listAllDomains():
+            for dom in conn.listAllDomains() + (checkpoint.other_domains(self) if not self.hv.is_test else []):
                 try:
                     vms.append(self._vm(dom))
                 except libvirt.libvirtError as exc:
@@ -479,6 +483,15 @@ class KvmProvider(Provider):
                 raise Conflict(f"{old} is running; libvirt renames only stopped VMs: `cm vm stop {old}` first")
             dom.rename(new, 0)
             return self._vm(self._domain(conn, new))
+
+    def save_vm(self, name: str) -> None:
+        checkpoint.save(self, name)
+
+    def restore_vm(self, name: str) -> None:
+        checkpoint.restore(self, name)
+
+    def migrate_vm(self, name: str, host: str) -> VM:
+        return checkpoint.migrate(self, name, host)
 
     def console_log(self, name: str, lines: int = 0) -> str:
         """The serial console: virtlogd's log file, or (remote, unreadable) a few seconds of the live stream."""
