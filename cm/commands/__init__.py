@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins", "secgroup", "network",
-         "ip", "quota", "limits", "usage")
+         "ip", "quota", "limits", "usage", "slurm")
 
 Handler = Callable[..., Any]
 # The keys `cm default` takes (plugins declare more through register_settings).
