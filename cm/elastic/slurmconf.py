@@ -40,7 +40,7 @@ class SlurmConf:
 
     @property
     def has_block(self) -> bool:
-        return any(line.strip() == BEGIN for line in self.lines)
+        return any(line.strip().startswith(BEGIN) for line in self.lines)
 
 
 def read(path: Path) -> SlurmConf:
