@@ -8,6 +8,7 @@ its VMs can move between::
     hosts:
       h1: qemu:///system                          # the cloud's own uri is one of them
       h2: {uri: qemu+tcp://10.0.0.2/system, migrate_uri: tcp://10.0.0.2}
+      h3: {uri: qemu+ssh://lab/system, tunnelled: true}   # memory through libvirtd's own connection
     migrate_storage: copy                         # copy (disks copied) or shared (same paths on every host)
 
 `cm vm migrate NAME --to h2` moves a running VM live (peer to peer) and a stopped one
@@ -35,8 +36,8 @@ STORAGE = {"copy": libvirt.VIR_MIGRATE_NON_SHARED_DISK, "shared": libvirt.VIR_MI
 
 
 # -- hosts ----------------------------------------------------------------------------------------
-def hosts(provider: KvmProvider) -> dict[str, dict[str, str]]:
-    """The cloud's hosts by name: ``{"uri": ..., "migrate_uri": ...}`` (empty if it lists none)."""
+def hosts(provider: KvmProvider) -> dict[str, dict[str, Any]]:
+    """The cloud's hosts by name: ``{"uri", "migrate_uri", "tunnelled"}`` (empty if it lists none)."""
     raw = provider.config.get("hosts") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"cloud '{provider.name}': hosts must map host names to libvirt URIs")
@@ -45,7 +46,8 @@ def hosts(provider: KvmProvider) -> dict[str, dict[str, str]]:
         entry = {"uri": value} if isinstance(value, str) else dict(value or {})
         if not entry.get("uri"):
             raise ConfigError(f"cloud '{provider.name}': host '{name}' needs a libvirt uri")
-        found[str(name)] = {"uri": str(entry["uri"]), "migrate_uri": str(entry.get("migrate_uri") or "")}
+        found[str(name)] = {"uri": str(entry["uri"]), "migrate_uri": str(entry.get("migrate_uri") or ""),
+                            "tunnelled": bool(entry.get("tunnelled"))}
     return found
 
 
@@ -133,7 +135,7 @@ def restore(provider: KvmProvider, name: str) -> None:
 
 
 # -- migration ----------------------------------------------------------------------------------------
-def _destination(provider: KvmProvider, host: str) -> dict[str, str]:
+def _destination(provider: KvmProvider, host: str) -> dict[str, Any]:
     known = hosts(provider)
     if host not in known:
         listed = ", ".join(sorted(known)) or "none: list them under hosts: for this cloud in cm.yaml"
@@ -158,7 +160,8 @@ def migrate(provider: KvmProvider, name: str, host: str) -> VM:
         params: dict[str, Any] = {}
         if live and target["migrate_uri"]:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = target["migrate_uri"]
-        flags = (LIVE | STORAGE[storage]) if live else OFFLINE
+        tunnel = libvirt.VIR_MIGRATE_TUNNELLED if target["tunnelled"] else 0
+        flags = (LIVE | tunnel | STORAGE[storage]) if live else OFFLINE
         try:
             dom.migrateToURI3(target["uri"], params, flags)
         except libvirt.libvirtError as exc:
