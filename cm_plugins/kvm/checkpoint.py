@@ -143,6 +143,16 @@ def _destination(provider: KvmProvider, host: str) -> dict[str, Any]:
     return known[host]
 
 
+def _refresh_pools(provider: KvmProvider, uri: str) -> None:
+    """Shared storage: let the destination see volumes made since it last looked (the VM's disk and seed)."""
+    conn = provider.hv._live() if uri == provider.hv.resolve() else _connection(provider, uri)
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        try:
+            pool.refresh(0)
+        except libvirt.libvirtError:
+            pass  # busy: the migration says what it misses
+
+
 def migrate(provider: KvmProvider, name: str, host: str) -> VM:
     """Move the VM to ``host``: live (peer to peer) while it runs, offline when it is stopped."""
     target = _destination(provider, host)
@@ -160,6 +170,8 @@ def migrate(provider: KvmProvider, name: str, host: str) -> VM:
         params: dict[str, Any] = {}
         if live and target["migrate_uri"]:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = target["migrate_uri"]
+        if storage == "shared":
+            _refresh_pools(provider, target["uri"])
         tunnel = libvirt.VIR_MIGRATE_TUNNELLED if target["tunnelled"] else 0
         flags = (LIVE | tunnel | STORAGE[storage]) if live else OFFLINE
         try:
