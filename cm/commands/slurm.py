@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 from argparse import ArgumentParser
 
-HELP = "Slurm clusters: grow them with cloud VMs (burst)."
+HELP = "Slurm clusters: grow them with cloud VMs (burst), backfill them with VMs that are checkpointed (backfill)."
 EXAMPLE = "cm slurm burst enable /etc/slurm/slurm.conf --cloud kvm --max 4"
 
 # Modules adding subcommands to `cm slurm` (each defines add_subcommands(subs)).
-EXTENSIONS: tuple[str, ...] = ("cm.commands.slurm_burst",)
+EXTENSIONS: tuple[str, ...] = ("cm.commands.slurm_burst", "cm.commands.slurm_backfill")
 
 
 def build(parser: ArgumentParser) -> None:

@@ -38,8 +38,8 @@ def cluster_of(ctx: Any, target: str) -> tuple[str, Path]:
     raise NotFound(f"no slurm.conf at {target} and no cluster '{target}' with bursting enabled")
 
 
-def _program(home: Path, cluster: str, verb: str, conf: Path) -> Path:
-    """A wrapper slurmctld runs (with a bare environment and stdin closed): `cm slurm burst VERB`."""
+def _program(home: Path, cluster: str, verb: str, conf: Path, noun: str = "burst") -> Path:
+    """A wrapper slurmctld runs (with a bare environment and stdin closed): `cm slurm NOUN VERB`."""
     import cm
 
     where = state.directory(home, cluster)
@@ -48,9 +48,9 @@ def _program(home: Path, cluster: str, verb: str, conf: Path) -> Path:
     env = {"CM_HOME": str(home), "SLURM_CONF": str(conf), "PYTHONPATH": str(Path(cm.__file__).parent.parent),
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     words = ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "cm.main",
-             "slurm", "burst", verb, cluster]
-    path.write_text(f"#!/bin/sh\n# written by `cm slurm burst enable`: slurmctld runs it with a hostlist\n"
-                    f"exec {shlex.join(words)} \"$1\" < /dev/null >> {shlex.quote(str(where / 'programs.log'))} 2>&1\n")
+             "slurm", noun, verb, cluster]
+    path.write_text(f"#!/bin/sh\n# written by `cm slurm {noun} enable`: slurmctld runs it\n"
+                    f"exec {shlex.join(words)} \"$@\" < /dev/null >> {shlex.quote(str(where / 'programs.log'))} 2>&1\n")
     path.chmod(0o700)
     return path
 

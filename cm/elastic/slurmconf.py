@@ -2,7 +2,7 @@
 
 cm never edits a line it did not write: settings it must change are commented out with
 ``#cm-burst-was# `` in front (so `cm slurm burst disable` restores them exactly), and its
-own lines sit between ``# BEGIN cm burst`` and ``# END cm burst``.
+own lines sit between ``# BEGIN cm burst`` and ``# END cm burst`` (``backfill`` likewise).
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ from cm.errors import UsageError
 
 BEGIN, END = "# BEGIN cm burst", "# END cm burst"
 WAS = "#cm-burst-was# "
+
+
+def markers(block: str) -> tuple[str, str, str]:
+    """(begin, end, was) of cm's block named ``block`` (burst or backfill)."""
+    return f"# BEGIN cm {block}", f"# END cm {block}", f"#cm-{block}-was# "
 # Settings whose value is a comma list cm adds to instead of replacing.
 LISTS = ("CommunicationParameters", "SlurmctldParameters", "PrivateData")
 _KEY = re.compile(r"^\s*([A-Za-z]+)\s*=\s*(.*?)\s*$")
@@ -40,7 +45,10 @@ class SlurmConf:
 
     @property
     def has_block(self) -> bool:
-        return any(line.strip().startswith(BEGIN) for line in self.lines)
+        return self.has("burst")
+
+    def has(self, block: str) -> bool:
+        return any(line.strip().startswith(markers(block)[0]) for line in self.lines)
 
 
 def read(path: Path) -> SlurmConf:
@@ -81,37 +89,39 @@ def block_settings(conf: SlurmConf, wanted: dict[str, str]) -> dict[str, str]:
     return merged
 
 
-def with_block(conf: SlurmConf, settings: dict[str, str], lines: list[str], note: str) -> str:
+def with_block(conf: SlurmConf, settings: dict[str, str], lines: list[str], note: str, block: str = "burst") -> str:
     """The file's text with cm's block (``settings`` then ``lines``) in place of any earlier one;
     settings the file had are commented out so that removing the block restores them."""
-    body = _without_block(conf.lines)
+    begin, end, was = markers(block)
+    body = _without_block(conf.lines, block)
     keys = {k.lower() for k in settings}
     out = []
     for line in body:
         match = _KEY.match(line.split("#", 1)[0]) if not line.lstrip().startswith("#") else None
         if match and match.group(1).lower() in keys:
-            out.append(WAS + line)
+            out.append(was + line)
         else:
             out.append(line)
-    block = [f"{BEGIN} ({note}; `cm slurm burst disable` removes it)",
-             *(f"{k}={v}" for k, v in settings.items()), *lines, END]
-    return "\n".join(out + block) + "\n"
+    text = [f"{begin} ({note}; `cm slurm {block} disable` removes it)",
+            *(f"{k}={v}" for k, v in settings.items()), *lines, end]
+    return "\n".join(out + text) + "\n"
 
 
-def without_block(conf: SlurmConf) -> str:
+def without_block(conf: SlurmConf, block: str = "burst") -> str:
     """The file as it was before cm wrote its block."""
-    return "\n".join(_without_block(conf.lines)) + "\n"
+    return "\n".join(_without_block(conf.lines, block)) + "\n"
 
 
-def _without_block(lines: list[str]) -> list[str]:
+def _without_block(lines: list[str], block: str) -> list[str]:
+    begin, end, was = markers(block)
     out, inside = [], False
     for line in lines:
-        if line.strip().startswith(BEGIN):
+        if line.strip().startswith(begin):
             inside = True
-        elif line.strip() == END:
+        elif line.strip() == end:
             inside = False
         elif not inside:
-            out.append(line[len(WAS):] if line.startswith(WAS) else line)
+            out.append(line[len(was):] if line.startswith(was) else line)
     return out
 
 

@@ -112,6 +112,7 @@ def write_cloud(cm_home: Path, daemon: PrivateLibvirtd) -> None:
     settings = dict(word.split("=", 1) for word in daemon.cloud_settings())
     config.setdefault("clouds", {})[CLOUD] = {
         "kind": "kvm", **settings, "cmdline": "console=ttyS0 panic=-1 quiet",
+        "hosts": {"n1": settings["uri"]},   # the static node n1 and the VMs share this machine
         "flavors": {"node": {"vcpus": 1, "ram": 256, "disk": 1}, "big": {"vcpus": 1, "ram": 1024, "disk": 1}}}
     config["clouds"]["local"]["uri"] = "test:///default"
     path.write_text(yaml.safe_dump(config))

@@ -142,6 +142,50 @@ def test_a_vm_that_cannot_boot_leaves_the_node_down_the_job_requeued_and_nothing
         lab.slurm.run(["scancel", job])
 
 
+def test_backfill_checkpoints_the_virtual_node_while_a_job_needs_its_host(lab):
+    """A low-priority job counts in virtual node cloud1; a job for n1 (the same host) makes cm
+    suspend it and save its VM; when that job ends the VM is restored and the count carries on."""
+    import subprocess
+    import threading
+
+    cluster = lab.slurm.cluster_name
+    if not (lab.cm_home / "elastic" / cluster / "state.json").exists():
+        enable(lab)
+    shown = json.loads(ok(lab.cm("slurm", "backfill", "enable", str(lab.slurm.conf), "--virtual-partition", "cloud",
+                                 "--max-pause", "900", "-f", "json")))
+    assert shown["slurmd_timeout"] == 900
+    assert f"PrologSlurmctld={shown['prolog']}" in lab.slurm.conf.read_text()
+
+    lines: list[tuple[float, str]] = []
+    low = subprocess.Popen(lab.slurm.ns_host.wrap(
+        ["srun", "-p", "cloud", "-w", "cloud1", "sh", "-c",
+         "i=0; while [ $i -lt 25 ]; do i=$((i+1)); echo $i; sleep 1; done"]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lab.slurm.env, cwd=lab.slurm.tmp)
+    reader = threading.Thread(target=lambda: [lines.append((time.monotonic(), ln.strip())) for ln in low.stdout])
+    reader.start()
+    try:
+        wait("the low-priority job to count to 3", lambda: len(lines) >= 3, timeout=JOB_TIMEOUT)
+        high_started = time.monotonic()
+        high = lab.slurm.run(["srun", "-p", "debug", "-w", "n1", "sh", "-c", "echo high; sleep 6"], timeout=300)
+        assert high.returncode == 0 and high.stdout.strip() == "high", high.stderr
+        high_took = time.monotonic() - high_started
+        assert low.wait(timeout=300) == 0, low.stderr.read()
+    finally:
+        if low.poll() is None:
+            low.kill()
+        reader.join(timeout=10)
+    counts = [int(text) for _, text in lines if text.isdigit()]
+    assert counts == list(range(1, 26)), counts   # every second once: paused, never restarted
+    gap = max(b[0] - a[0] for a, b in zip(lines, lines[1:]))
+    assert gap >= 6, f"the low-priority job never paused (largest gap {gap:.1f} s)"
+    log = (lab.cm_home / "elastic" / cluster / "actions.log").read_text()
+    assert re.search(r"backfill prolog job \d+ \(debug\) on n1: suspended job \d+ on cloud1", log), log
+    assert "saved VM" in log and "restored VM" in log and re.search(r"resumed job \d+ on cloud1", log)
+    rows = json.loads(ok(lab.cm("slurm", "backfill", "status", str(lab.slurm.conf), "-f", "json")))
+    assert rows[0]["what"].startswith("policy:") and any("restored VM" in r["what"] for r in rows)
+    print(f"\nhigh-priority job took {high_took:.1f} s with the checkpoint; low job's largest pause {gap:.1f} s")
+
+
 def test_disable_restores_the_static_configuration(lab):
     before_nodes = ok(lab.slurm.run(["sinfo", "-h", "-N", "-o", "%N"])).split()
     assert "cloud1" in before_nodes
