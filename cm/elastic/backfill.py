@@ -49,7 +49,8 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
     old = "\n".join(conf.lines) + "\n"
     slurmconf.write(path, text)
     try:
-        controller(st).scontrol("reconfigure")
+        # slurmctld 22.05 keeps running its old PrologSlurmctld after `scontrol reconfigure` (measured): restart
+        controller(st).restart(st.get("restart_command") or f"slurmctld -f {path}")
     except CmError:
         slurmconf.write(path, old)
         raise
@@ -86,9 +87,10 @@ def prolog(ctx: Any, cluster: str, environ: dict[str, str] | None = None) -> lis
     st = state.load(home, cluster)
     policy = st.get("backfill")
     job, partition = env.get("SLURM_JOB_ID", ""), env.get("SLURM_JOB_PARTITION", "")
-    if not policy or partition == policy["partition"] or not env.get("SLURM_JOB_NODELIST"):
+    nodelist = env.get("SLURM_JOB_NODELIST", "")
+    if not policy or partition == policy["partition"] or not nodelist:
         return []
-    hosts = {policy["host_map"].get(n, n) for n in expand([env["SLURM_JOB_NODELIST"]])}
+    hosts = {policy["host_map"].get(n, n) for n in expand([nodelist])}
     ctl = controller(st)
     provider = ctx.provider(st["cloud"])
     done = []
@@ -103,8 +105,8 @@ def prolog(ctx: Any, cluster: str, environ: dict[str, str] | None = None) -> lis
         done.append(f"saved VM {entry['vm']} of {node}")
         with state.changing(home, cluster) as now:
             now["backfill"]["saved"].setdefault(job, []).append({"node": node, "vm": entry["vm"], "jobs": jobs})
-    for line in done:
-        state.log(home, cluster, f"backfill prolog job {job} ({partition}) on {env['SLURM_JOB_NODELIST']}: {line}")
+    for line in done or [f"no virtual node runs on host {', '.join(sorted(hosts))}"]:
+        state.log(home, cluster, f"backfill prolog job {job} ({partition}) on {nodelist}: {line}")
     return done
 
 

@@ -71,10 +71,18 @@ def _others(provider: KvmProvider) -> dict[str, str]:
 
 def host_of(provider: KvmProvider, dom: libvirt.virDomain) -> str:
     """The name of the host ``dom`` is on ("" when the cloud lists no hosts)."""
-    try:
-        uri = dom.connect().getURI()
-    except libvirt.libvirtError:
-        return ""
+    conn = dom.connect()
+    # libvirt may spell a URI differently from cm.yaml: know our own connections by identity first
+    known = {id(c): uri for uri, c in provider.__dict__.get("_host_conns", {}).items()}
+    if conn is provider.hv.__dict__.get("_conn"):
+        uri = provider.hv.uri
+    elif id(conn) in known:
+        uri = known[id(conn)]
+    else:
+        try:
+            uri = conn.getURI()
+        except libvirt.libvirtError:
+            return ""
     for name, h in hosts(provider).items():
         if h["uri"] == uri:
             return name

@@ -174,6 +174,8 @@ def test_backfill_checkpoints_the_virtual_node_while_a_job_needs_its_host(lab):
         if low.poll() is None:
             low.kill()
         reader.join(timeout=10)
+    where = lab.cm_home / "elastic" / cluster
+    print((where / "actions.log").read_text()[-3000:], (where / "programs.log").read_text()[-3000:])
     counts = [int(text) for _, text in lines if text.isdigit()]
     assert counts == list(range(1, 26)), counts   # every second once: paused, never restarted
     gap = max(b[0] - a[0] for a, b in zip(lines, lines[1:]))
