@@ -144,3 +144,41 @@ def test_resume_file_jobs_by_node(tmp_path):
     path.write_text('{"all_nodes": "c[1-3]", "jobs": [{"job_id": 7, "nodes": "c[1-2]"}, {"job_id": 9, "nodes": "c3"}]}')
     assert jobs_by_node({"SLURM_RESUME_FILE": str(path)}) == {"c1": ["7"], "c2": ["7"], "c3": ["9"]}
     assert jobs_by_node({}) == {}
+
+
+def test_backfill_needs_the_burst_partition_and_good_host_maps(cm, conf, key, image, cm_home):
+    import json
+
+    result = cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "cloud")
+    assert result.code == 2 and "bursting is not enabled for cluster 'lab'" in one_line(result)
+    from cm.elastic import state
+
+    with state.changing(cm_home, "lab", {"partition": "cloud", "conf": str(conf), "nodes": {}}):
+        pass
+    result = cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "low")
+    assert result.code == 2 and "partition 'low' is not the cloud partition of cluster 'lab' ('cloud')" in \
+        one_line(result)
+    result = cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "cloud", "--host-map", "n1")
+    assert result.code == 2 and "bad --host-map entry 'n1'" in one_line(result)
+    result = cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "cloud", "--dryrun")
+    assert result.code == 0, result.err
+    assert "PrologSlurmctld=" in result.out and "SlurmdTimeout=3600" in result.out
+    assert "# BEGIN cm backfill" in result.out and conf.read_text() == STATIC
+    result = cm("slurm", "backfill", "status", str(conf))
+    assert result.code == 2 and "backfill is not enabled for cluster 'lab'" in one_line(result)
+    assert json.loads((cm_home / "elastic" / "lab" / "state.json").read_text())["partition"] == "cloud"
+
+
+def test_the_prolog_ignores_jobs_of_the_virtual_partition(cm_home, conf):
+    from cm.elastic import backfill, state
+
+    with state.changing(cm_home, "lab", {"partition": "cloud", "conf": str(conf), "nodes": {},
+                                         "backfill": {"partition": "cloud", "host_map": {}, "saved": {}}}):
+        pass
+
+    class Ctx:
+        home = cm_home
+
+    env = {"SLURM_JOB_ID": "5", "SLURM_JOB_PARTITION": "cloud", "SLURM_JOB_NODELIST": "cloud1"}
+    assert backfill.prolog(Ctx(), "lab", env) == []
+    assert backfill.epilog(Ctx(), "lab", {"SLURM_JOB_ID": "5"}) == []
