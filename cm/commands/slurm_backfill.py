@@ -12,11 +12,10 @@ from cm.output import add_format_options
 
 
 def enable(ctx: Any, args: Namespace) -> None:
+    from cm.commands.slurm_burst import show_done
     from cm.elastic.backfill import enable as run
 
-    done = run(ctx, args)
-    if done:
-        ctx.emit_one(done, args)
+    show_done(ctx, args, run(ctx, args))
 
 
 def status(ctx: Any, args: Namespace) -> None:

@@ -16,12 +16,16 @@ from cm.output import add_format_options
 STATUS_COLUMNS = ["node", "slurm_state", "vm", "cloud", "address", "node_hours", "reason"]
 
 
+def show_done(ctx: Any, args: Namespace, done: dict[str, Any]) -> None:
+    """What a change did, as one record (nothing after a --dryrun, which printed the file)."""
+    if done:
+        ctx.emit_one(done, args)
+
+
 def enable(ctx: Any, args: Namespace) -> None:
     from cm.elastic.burst import enable as run
 
-    done = run(ctx, args)
-    if done:
-        ctx.emit_one(done, args)
+    show_done(ctx, args, run(ctx, args))
 
 
 def status(ctx: Any, args: Namespace) -> None:
@@ -33,9 +37,7 @@ def status(ctx: Any, args: Namespace) -> None:
 def disable(ctx: Any, args: Namespace) -> None:
     from cm.elastic.burst import disable as run
 
-    done = run(ctx, args.cluster, args.timeout, args.dryrun)
-    if done:
-        ctx.emit_one(done, args)
+    show_done(ctx, args, run(ctx, args.cluster, args.timeout, args.dryrun))
 
 
 def power(action: str):

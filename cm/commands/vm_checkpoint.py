@@ -17,41 +17,9 @@ CHECKPOINT: dict[str, tuple[str, set[str], str]] = {
 }
 
 
-def checkpoint(verb_name: str) -> Callable[[Any, Namespace], int]:
-    """The handler of `vm save` or `vm restore`: every target in parallel, a result per VM."""
-    method, settled, done = CHECKPOINT[verb_name]
-
-    def handler(ctx: Any, args: Namespace) -> int:
-        from cm import bulk, inventory
-        from cm.commands.vm import _targets
-
-        check_columns(RESULT_COLUMNS, args)
-        cloud = ctx.cloud_name(args)
-        names = _targets(ctx, args, cloud)
-        if args.dryrun:
-            for name in names:
-                ctx.say(f"would {verb_name} {name} on {cloud}")
-            return 0
-        provider = ctx.provider(cloud)
-        provider.require(method)
-        timeout = ctx.timeout(cloud, args.timeout)
-
-        def act(name: str) -> Any:
-            getattr(provider, method)(name)
-            return None if args.no_wait else inventory.wait_for(provider, name, settled, timeout, interval=0.1)
-
-        def record(outcome: bulk.Outcome) -> None:
-            if outcome.value is not None:
-                inventory.store_vm(ctx, cloud, outcome.value)
-
-        return bulk.report(ctx, cloud, bulk.run_each(names, act, verb_name, record), done, args, state=True)
-
-    handler.__doc__ = f"{verb_name.capitalize()} VMs."
-    return handler
-
-
-def migrate(ctx: Any, args: Namespace) -> int:
-    """Move VMs to another host of their cloud: live while they run, offline when stopped."""
+def _each_vm(ctx: Any, args: Namespace, label: str, method: str, done: str,
+             act: Callable[[Any, str], Any]) -> int:
+    """Run ``act(provider, name)`` on every target VM in parallel; a result row per VM, a summary."""
     from cm import bulk, inventory
     from cm.commands.vm import _targets
 
@@ -60,16 +28,42 @@ def migrate(ctx: Any, args: Namespace) -> int:
     names = _targets(ctx, args, cloud)
     if args.dryrun:
         for name in names:
-            ctx.say(f"would migrate {name} to host {args.to} on {cloud}")
+            ctx.say(f"would {label} {name} on {cloud}")
         return 0
     provider = ctx.provider(cloud)
-    provider.require("migrate_vm")
+    provider.require(method)
 
     def record(outcome: bulk.Outcome) -> None:
-        inventory.store_vm(ctx, cloud, outcome.value)
+        if outcome.value is not None:
+            inventory.store_vm(ctx, cloud, outcome.value)
 
-    outcomes = bulk.run_each(names, lambda name: provider.migrate_vm(name, args.to), "migrate", record)
-    return bulk.report(ctx, cloud, outcomes, f"migrated to {args.to}", args, state=True)
+    outcomes = bulk.run_each(names, lambda name: act(provider, name), label.split()[0], record)
+    return bulk.report(ctx, cloud, outcomes, done, args, state=True)
+
+
+def checkpoint(verb_name: str) -> Callable[[Any, Namespace], int]:
+    """The handler of `vm save` or `vm restore`: waits until each VM settles unless --no-wait."""
+    method, settled, done = CHECKPOINT[verb_name]
+
+    def handler(ctx: Any, args: Namespace) -> int:
+        from cm import inventory
+
+        timeout = ctx.timeout(ctx.cloud_name(args), args.timeout)
+
+        def act(provider: Any, name: str) -> Any:
+            getattr(provider, method)(name)
+            return None if args.no_wait else inventory.wait_for(provider, name, settled, timeout, interval=0.1)
+
+        return _each_vm(ctx, args, verb_name, method, done, act)
+
+    handler.__doc__ = f"{verb_name.capitalize()} VMs."
+    return handler
+
+
+def migrate(ctx: Any, args: Namespace) -> int:
+    """Move VMs to another host of their cloud: live while they run, offline when stopped."""
+    return _each_vm(ctx, args, f"migrate to host {args.to}", "migrate_vm", f"migrated to {args.to}",
+                    lambda provider, name: provider.migrate_vm(name, args.to))
 
 
 def add_checkpoint_verbs(subs: Any) -> None:

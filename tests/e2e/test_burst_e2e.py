@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra.procs import wait_for
 from tests.e2e.elastic_lab import CLOUD, GATEWAY, ElasticLab, NsHost, NsSlurm, write_cloud
 
 pytestmark = [
@@ -63,15 +64,8 @@ def enable(lab: ElasticLab, *extra: str) -> str:
                      "--munge-key", str(key), "--restart-command", f"slurmctld -f {lab.slurm.conf}", *extra))
 
 
-def wait(what: str, check, timeout: float = 180, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+def wait(what: str, check, timeout: float = 180):
+    return wait_for(what, check, timeout, interval=1.0)
 
 
 def status(lab: ElasticLab) -> dict[str, dict]:
