@@ -10,6 +10,7 @@ its VMs can move between::
       h2: {uri: qemu+tcp://10.0.0.2/system, migrate_uri: tcp://10.0.0.2}
       h3: {uri: qemu+ssh://lab/system, tunnelled: true}   # memory through libvirtd's own connection
     migrate_storage: copy                         # copy (disks copied) or shared (same paths on every host)
+    migrate_max_downtime: 100                     # ms the guest may stand still at the switch-over
 
 `cm vm migrate NAME --to h2` moves a running VM live (peer to peer) and a stopped one
 offline (its definition only).  A VM on another host is still found by every verb.
@@ -161,6 +162,18 @@ def _refresh_pools(provider: KvmProvider, uri: str) -> None:
             pass  # busy: the migration says what it misses
 
 
+def _limit_downtime(provider: KvmProvider, dom: libvirt.virDomain) -> None:
+    """Ask QEMU to switch over only when the last pass fits in ``migrate_max_downtime`` ms (libvirt's default: 300)."""
+    try:
+        limit = int(provider.config.get("migrate_max_downtime") or 100)
+    except (TypeError, ValueError):
+        raise ConfigError(f"cloud '{provider.name}': migrate_max_downtime must be a number of milliseconds") from None
+    try:
+        dom.migrateSetMaxDowntime(limit, 0)
+    except libvirt.libvirtError:
+        pass  # an older libvirt accepts it only during a migration: its default applies
+
+
 def migrate(provider: KvmProvider, name: str, host: str) -> VM:
     """Move the VM to ``host``: live (peer to peer) while it runs, offline when it is stopped."""
     target = _destination(provider, host)
@@ -180,6 +193,8 @@ def migrate(provider: KvmProvider, name: str, host: str) -> VM:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = target["migrate_uri"]
         if storage == "shared":
             _refresh_pools(provider, target["uri"])
+        if live:
+            _limit_downtime(provider, dom)
         tunnel = libvirt.VIR_MIGRATE_TUNNELLED if target["tunnelled"] else 0
         flags = (LIVE | tunnel | STORAGE[storage]) if live else OFFLINE
         try:
