@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from argparse import Namespace
 from collections.abc import Callable, Sequence
@@ -16,6 +17,14 @@ if TYPE_CHECKING:  # the contract pulls in dataclasses/inspect: not needed to li
     from cm.provider import Provider
 
 Writer = Callable[[str], None]
+
+
+def parse_seconds(value: Any) -> float:
+    """A number of seconds, finite and not negative (nan, inf and -1 would wait forever or never)."""
+    seconds = float(value)
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a number of seconds: {value!r}")
+    return seconds
 
 
 def _stdout(text: str) -> None:
@@ -85,11 +94,12 @@ class Context:
 
     def timeout(self, cloud: str | None, explicit: float | None = None) -> float:
         """Seconds to wait for a cloud: --timeout, else the 'timeout' default (0 means do not wait)."""
-        value = self.value("timeout", cloud, explicit)
+        value, source = self.setting("timeout", cloud, explicit)
         try:
-            return 600.0 if value is None else float(value)
+            return 600.0 if value is None else parse_seconds(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"the 'timeout' default must be a number of seconds, not '{value}'") from exc
+            raise ConfigError(f"the 'timeout' setting ({source}) must be a number of seconds (0 or more), "
+                              f"not '{value}'") from exc
 
     def active_cloud(self) -> str:
         name = self.value("cloud")

@@ -55,6 +55,10 @@ class QuotaExceeded(ProviderError):
     """The cloud's quota does not allow the operation."""
 
 
+class Throttled(ProviderError):
+    """The cloud asked to slow down (HTTP 429): try again later with fewer calls at once."""
+
+
 class Conflict(ProviderError):
     """The operation conflicts with the resource's state (name taken, wrong state)."""
 

@@ -92,6 +92,9 @@ def run(argv: list[str]) -> int:
 
 
 def main() -> None:
+    if sys.stdout is None:  # `cm ... >&-`: nowhere to put results, so do nothing
+        print("cm: standard output is closed; nothing was done (redirect it instead, e.g. >/dev/null)", file=sys.stderr)
+        sys.exit(2)  # usage: nothing was done
     try:
         code = run(sys.argv[1:])
         sys.stdout.flush()

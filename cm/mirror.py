@@ -163,6 +163,13 @@ class JsonStore:
                 finally:
                     self._pending = None
 
+    def changing(self) -> dict[str, Any]:
+        """The open transaction's copy, to change in place (TinyDB's queries cost O(n) per record); it is written."""
+        if self._pending is None:
+            raise RuntimeError("changing() outside a transaction")
+        self._dirty = True
+        return self._pending
+
     def current(self) -> dict[str, Any]:
         """The data as it stands: the open transaction's copy, else the file."""
         return self._pending if self._pending is not None else self._read_file()
@@ -198,17 +205,34 @@ class Mirror:
         return None
 
     def put(self, kind: str, cloud: str, record: dict[str, Any]) -> None:
-        """Insert or update the record named ``record['name']`` in ``cloud``."""
-        doc = {**record, "cloud": cloud, "kind": kind, "_schema": SCHEMA}
-        q = _query()
-        with self._records.transaction() as db:
-            self._records.table(db, kind).upsert(doc, (q.cloud == cloud) & (q.name == doc["name"]))
+        """Insert or update one record of ``cloud`` (see put_many)."""
+        self.put_many(kind, cloud, [record])
+
+    def put_many(self, kind: str, cloud: str, records: Iterable[dict[str, Any]]) -> None:
+        """Insert or update records of ``cloud``: each the one with its id, else the one(s) with its name.
+
+        Two VMs of one name (the cloud allows it) keep a record each; a record found by
+        name only (a VM recreated behind cm's back, a placeholder) is replaced.  Each
+        record costs the same however big the table is (cm.record_index).
+        """
+        from cm import record_index
+
+        with self._records.transaction():
+            for record in records:
+                record_index.upsert(self._records, kind, {**record, "cloud": cloud, "kind": kind, "_schema": SCHEMA})
 
     def remove(self, kind: str, cloud: str, names: Iterable[str]) -> None:
         wanted = set(names)
         q = _query()
         with self._records.transaction() as db:
             self._records.table(db, kind).remove((q.cloud == cloud) & q.name.one_of(list(wanted)))
+
+    def remove_ids(self, kind: str, cloud: str, ids: Iterable[str]) -> None:
+        """Remove records by id (one of several VMs that share a name)."""
+        wanted = [i for i in ids if i]
+        q = _query()
+        with self._records.transaction() as db:
+            self._records.table(db, kind).remove((q.cloud == cloud) & q.id.one_of(wanted))
 
     def replace(self, kind: str, cloud: str, records: Iterable[dict[str, Any]]) -> int:
         """Make the mirror's ``kind`` records of ``cloud`` exactly ``records`` (a refresh)."""

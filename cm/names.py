@@ -32,6 +32,7 @@ def generated(user: str, numbers: Iterable[int]) -> list[str]:
 
 
 MAX_NAMES = 10_000  # more VMs than any one command should make or touch
+MAX_NAME_LENGTH = 255  # what OpenStack and file systems take
 _BAD_NAME = re.compile(r"[\s,\[\]$]")
 
 
@@ -46,7 +47,26 @@ def collect(names: list[str]) -> str:
 
 
 def check_name(name: str, what: str = "VM name") -> str:
-    """A name cm can address later: not empty, no spaces, commas, brackets or $."""
+    """A name cm can address later: not empty, not too long, no spaces, commas, brackets or $."""
+    check_length(name, what)
     if not name or _BAD_NAME.search(name):
         raise UsageError(f"bad {what} '{name}': use letters, digits, '-', '_' and '.' (no spaces, ',', '[', ']' or '$')")
     return name
+
+
+def check_length(name: str, what: str) -> str:
+    """A name of at most MAX_NAME_LENGTH characters (longer ones no cloud or file system takes)."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise UsageError(f"bad {what} '{shorten(name)}': {len(name)} characters, at most {MAX_NAME_LENGTH}")
+    return name
+
+
+def shorten(text: str, width: int = 40) -> str:
+    """``text`` cut to ``width`` characters for a one-line message."""
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def ambiguous(name: str, cloud: str, ids: list[str]) -> str:
+    """The message every verb gives for a name several VMs share: how to pick one by its id."""
+    return (f"{len(ids)} VMs on cloud '{cloud}' are named '{name}' (ids {', '.join(ids)}); "
+            f"name one by its id instead (e.g. `cm vm show {ids[0]}`)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,24 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return str(value)
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """Valid JSON always: nan and inf (which JSON lacks) are written as the strings "nan" and "inf"."""
+    try:
+        return json.dumps(value, default=str, indent=indent, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), default=str, indent=indent)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -111,7 +130,7 @@ def render(columns: Sequence[str], rows: list[dict[str, Any]], fmt: str = "table
         # on a 10,000-VM list; this stays valid, readable JSON.
         if not data:
             return "[]"
-        return "[\n" + ",\n".join("  " + json.dumps(r, default=str) for r in data) + "\n]"
+        return "[\n" + ",\n".join("  " + to_json(r) for r in data) + "\n]"
     if fmt == "yaml":
         import yaml
 
@@ -127,7 +146,7 @@ def render_one(record: dict[str, Any], fmt: str = "table", *, wanted: Sequence[s
     if fmt == "table":
         return render_table(["Field", "Value"], [{"Field": k, "Value": _cell(v)} for k, v in data.items()])
     if fmt == "json":
-        return json.dumps(data, indent=2, default=str)
+        return to_json(data, indent=2)
     if fmt == "value":
         from cm.table import harmless
 

@@ -36,7 +36,8 @@ GROUP = "cm.plugins"
 
 # Used when the package metadata is missing (running from a source tree that
 # was never pip-installed); mirrors pyproject.toml's entry points.
-BUILTIN = {"core": "cm.commands", "kvm": "cm_plugins.kvm", "openstack": "cm_plugins.openstack"}
+BUILTIN = {"core": "cm.commands", "kvm": "cm_plugins.kvm", "openstack": "cm_plugins.openstack",
+           "slurm": "cm_plugins.slurm"}
 
 
 # Plain classes, not dataclasses: importing dataclasses (and inspect) costs

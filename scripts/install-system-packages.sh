@@ -26,6 +26,13 @@ PACKAGES=(
     # network namespaces with veth/bridges, an sshd login host
     slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client
     openssh-server openssh-client iproute2 iputils-ping util-linux socat
+    # cm singularity: SIF images (squashfs root + siftool), debootstrap roots
+    squashfs-tools
+    siftool
+    debootstrap
+    # building Apptainer from its Go module source for the tests (seccomp, cryptsetup headers)
+    libseccomp-dev
+    libcryptsetup-dev
 )
 
 if [[ "${1:-}" == "--list" ]]; then

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 NOUNS = ("vm", "image", "flavor", "key", "group", "cloud", "default", "var", "refresh", "plugins", "secgroup", "network",
          "ip", "quota", "limits", "usage", "slurm")
@@ -86,7 +89,7 @@ def add_list_options(parser: argparse.ArgumentParser, what: str) -> None:
     add_format_options(parser)
 
 
-def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[str], *,
+def list_records(ctx: Context, args: argparse.Namespace, kind: str, columns: list[str], *,
                  shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  also_match: tuple[str, ...] = ()) -> None:
     """List ``kind`` records from the mirror (after a refresh if asked), filtered by name.
@@ -122,7 +125,7 @@ def list_records(ctx: Any, args: argparse.Namespace, kind: str, columns: list[st
                             "listed the others")
 
 
-def show_record(ctx: Any, args: argparse.Namespace, kind: str) -> None:
+def show_record(ctx: Context, args: argparse.Namespace, kind: str) -> None:
     """Show one ``kind`` record by name (or id) from the mirror."""
     from cm import inventory
     from cm.errors import NotFound

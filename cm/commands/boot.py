@@ -9,20 +9,23 @@ import dataclasses
 import time
 from argparse import Namespace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cm import bulk, inventory
+from cm import bulk, groups, inventory
 from cm.commands.key import resolve_key
-from cm.errors import ConfigError, UsageError
+from cm.errors import CmError, ConfigError, UsageError
 from cm.names import MAX_NAMES, check_name, expand, generated
 from cm.output import check_columns
 from cm.provider import VM, BootSpec, State
+
+if TYPE_CHECKING:
+    from cm.context import Context
 
 BOOT_COLUMNS = ["name", "cloud", "state", "image", "flavor", "public_ips", "private_ips", "result"]
 UNSETTLED = (State.PENDING, State.UNKNOWN, State.REBOOTING)
 
 
-def _names(ctx: Any, args: Namespace, cloud: str) -> list[str]:
+def _names(ctx: Context, args: Namespace, cloud: str) -> list[str]:
     if args.name is not None:
         names = [check_name(n) for n in expand([args.name])]
     else:
@@ -40,7 +43,7 @@ def _names(ctx: Any, args: Namespace, cloud: str) -> list[str]:
     return names
 
 
-def _check_known(ctx: Any, cloud: str, kind: str, value: str, dryrun: bool = False) -> None:
+def _check_known(ctx: Context, cloud: str, kind: str, value: str, dryrun: bool = False) -> None:
     """Refuse an image or flavor the mirror knows the cloud lacks, before any VM is created.
 
     When the mirror has no list, the real boot leaves it to the provider, so a dry run asks the
@@ -60,8 +63,10 @@ def _check_known(ctx: Any, cloud: str, kind: str, value: str, dryrun: bool = Fal
     raise UsageError(f"unknown {kind} '{value}' on cloud '{cloud}' (known: {names}); {hint}")
 
 
-def _template(ctx: Any, args: Namespace, cloud: str) -> BootSpec:
+def _template(ctx: Context, args: Namespace, cloud: str) -> BootSpec:
     """What every VM of this boot gets; each VM's spec adds its name."""
+    user_data = _user_data(args.user_data) if args.user_data else ""  # the user's own files first: no cloud asked
+    key_name, public_key = resolve_key(ctx, cloud, args.key)
     image = ctx.value("image", cloud, args.image)
     flavor = ctx.value("flavor", cloud, args.flavor)
     if not image:
@@ -70,24 +75,28 @@ def _template(ctx: Any, args: Namespace, cloud: str) -> BootSpec:
         raise ConfigError(f"no flavor: give --flavor or set one with `cm default flavor=NAME --cloud {cloud}`")
     _check_known(ctx, cloud, "image", str(image), args.dryrun)
     _check_known(ctx, cloud, "flavor", str(flavor), args.dryrun)
-    key_name, public_key = resolve_key(ctx, cloud, args.key)
-    user_data = ""
-    if args.user_data:
-        try:
-            user_data = Path(args.user_data).read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read user-data {args.user_data}: {exc.strerror}") from exc
     return BootSpec(name="", image=str(image), flavor=str(flavor), key_name=key_name, public_key=public_key,
                     user=ctx.user(cloud), user_data=user_data, secgroups=list(args.secgroup),
                     networks=list(args.network), public=args.public)
 
 
-def _row(cloud: str, vm: VM | None, spec: BootSpec, result: str) -> dict[str, Any]:
-    record = vm.to_dict() if vm else {"name": spec.name, "state": "", "image": spec.image, "flavor": spec.flavor}
+def _user_data(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read user-data {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot use user-data {path}: it is not UTF-8 text "
+                         f"(byte {exc.start} is 0x{exc.object[exc.start]:02x})") from exc
+
+
+def _row(cloud: str, vm: VM | dict[str, Any] | None, spec: BootSpec, result: str) -> dict[str, Any]:
+    record = vm.to_dict() if isinstance(vm, VM) else vm or {"name": spec.name, "state": "", "image": spec.image,
+                                                              "flavor": spec.flavor}
     return {**record, "cloud": cloud, "result": result}
 
 
-def _wait_all(ctx: Any, cloud: str, created: dict[str, VM], timeout: float) -> dict[str, str]:
+def _wait_all(ctx: Context, cloud: str, created: dict[str, VM], timeout: float) -> dict[str, str]:
     """Poll the cloud (one list per round) until every VM settles; return failures by name."""
     provider = ctx.provider(cloud)
     deadline = time.monotonic() + timeout
@@ -108,18 +117,117 @@ def _wait_all(ctx: Any, cloud: str, created: dict[str, VM], timeout: float) -> d
                 failures[name] = f"still {created[name].state} after {timeout:g} s"
             break
         if pending:
-            time.sleep(interval)
-            interval = min(interval * 1.5, 1.0)  # one list a second at most: a VM that is up shows soon
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(interval * 1.5, 0.5)  # two lists a second at most: a VM that is up shows soon
     return failures
 
 
-def boot_vms(ctx: Any, args: Namespace) -> int:
+def _refuse_unsupported(ctx: Context, cloud: str) -> None:
+    """A cloud that cannot boot VMs (a batch system) says so in one line before any default is looked up."""
+    from cm.plugins import provider_class
+
+    if "create_vm" not in provider_class(ctx.config.cloud(cloud)["kind"]).verbs():
+        ctx.provider(cloud).require("create_vm")
+
+
+class Boot:
+    """One `vm boot`: what was created, what failed, and what an interrupt left open."""
+
+    def __init__(self, ctx: Context, cloud: str, specs: dict[str, BootSpec], group: str) -> None:
+        self.ctx, self.cloud, self.specs, self.group = ctx, cloud, specs, group
+        self.created: dict[str, VM] = {}
+        self.failures: dict[str, str] = {}
+        self.unsure: dict[str, dict[str, Any]] = {}  # abandoned after the create was sent: placeholders
+        self.not_started: set[str] = set()
+
+    def record(self, outcome: bulk.Outcome) -> None:
+        """Keep a created VM and its group membership (inside the run's batch: one write)."""
+        vm: VM = outcome.value
+        problem = vm.extra.pop("public_ip_error", "")
+        if problem:
+            self.failures[vm.name] = problem
+        self.created[outcome.name] = vm
+        self._store(outcome.name, vm.to_dict())
+
+    def _store(self, name: str, record: dict[str, Any]) -> None:
+        self.ctx.mirror.put("vm", self.cloud, record)
+        if self.group:
+            groups.add_members(self.ctx, self.group, self.cloud, [name])
+
+    def settle(self, outcomes: bulk.Outcomes, gated: bool) -> None:
+        """Sort the outcomes; after a Ctrl-C, find what the abandoned calls created."""
+        for o in outcomes:
+            if o.message == bulk.ABANDONED and (o.maybe_done or not gated):
+                self.unsure[o.name] = self._placeholder(o.name)
+            elif o.interrupted:
+                self.not_started.add(o.name)
+            elif not o.ok:
+                self.failures[o.name] = o.message
+        if not self.unsure:
+            return
+        with self.ctx.mirror.transaction():  # first: even a third Ctrl-C leaves them in the mirror
+            for name, record in self.unsure.items():
+                self._store(name, record)
+        self.ctx.warn(f"cm: looking for the {len(self.unsure)} VM(s) abandoned in flight on {self.cloud}")
+        try:
+            found = {vm.name: vm for vm in self.ctx.provider(self.cloud).list_vms() if vm.name in self.unsure}
+        except CmError as exc:
+            self.ctx.warn(f"cm: could not look: {exc}")
+            return
+        with self.ctx.mirror.transaction():
+            for name, vm in found.items():
+                self.created[name] = vm
+                del self.unsure[name]
+                self._store(name, vm.to_dict())
+
+    def _placeholder(self, name: str) -> dict[str, Any]:
+        spec = self.specs[name]
+        return {"name": name, "id": "", "state": str(State.UNKNOWN), "image": spec.image, "flavor": spec.flavor,
+                "public_ips": [], "private_ips": [],
+                "extra": {"note": "the create was sent when the boot was interrupted; "
+                                  f"see `cm vm status {name}` or `cm refresh vm`"}}
+
+    def result(self, name: str, waited: bool) -> str:
+        if name in self.failures:
+            return f"failed: {self.failures[name]}"
+        if name in self.unsure:
+            return "unknown: interrupted while the cloud was creating it"
+        if name in self.not_started:
+            return bulk.NOT_STARTED
+        if self.created[name].state in UNSETTLED:
+            return "created; interrupted before it was running" if not waited else "created"
+        return "booted"
+
+    def report(self, args: Namespace, interrupted: bool, waited: bool) -> int:
+        names = list(self.specs)
+        rows = [_row(self.cloud, self.created.get(n) or self.unsure.get(n), self.specs[n], self.result(n, waited))
+                for n in names]
+        self.ctx.emit(BOOT_COLUMNS, rows, args)
+        booted = sum(self.result(n, waited) == "booted" for n in names)
+        if not interrupted:
+            if self.failures:
+                self.ctx.warn(f"{len(self.failures)} of {len(names)} failed")
+                return 1
+            self.ctx.warn(f"booted {booted} of {len(names)}")
+            return 0
+        failed_created = len(set(self.failures) & set(self.created))
+        counts = [(len(self.created) - booted - failed_created, "created, not yet running"),
+                  (len(self.failures) - failed_created, "failed"), (len(self.not_started), "not started"),
+                  (len(self.unsure), "unknown (abandoned in flight; kept in the mirror as unknown)")]
+        self.ctx.warn(f"interrupted: booted {booted} of {len(names)}" +
+                      "".join(f", {n} {what}" for n, what in counts if n))
+        return bulk.EXIT_INTERRUPTED
+
+
+def boot_vms(ctx: Context, args: Namespace) -> int:
     check_columns(BOOT_COLUMNS, args)
     cloud = ctx.cloud_name(args)
+    _refuse_unsupported(ctx, cloud)
     template = _template(ctx, args, cloud)  # first: a bad image or flavor must not use up names
     names = _names(ctx, args, cloud)
     specs = {name: dataclasses.replace(template, name=name) for name in names}
     group = str(ctx.value("group", cloud, args.group) or "")
+    timeout = ctx.timeout(cloud, args.timeout)  # a bad 'timeout' default stops the boot before any VM exists
     provider = ctx.provider(cloud)
     provider.require("create_vm")  # a dry run checks what the real boot checks
     if args.public:
@@ -128,27 +236,18 @@ def boot_vms(ctx: Any, args: Namespace) -> int:
         rows = [_row(cloud, None, spec, "would boot") for spec in specs.values()]
         ctx.emit(BOOT_COLUMNS, rows, args)
         return 0
-    created: dict[str, VM] = {}
-
-    def record(outcome: bulk.Outcome) -> None:
-        created[outcome.name] = outcome.value
-        with ctx.mirror.transaction():  # the VM and its group membership: one write
-            inventory.store_vm(ctx, cloud, outcome.value)
-            if group:
-                from cm.commands.group import add_members
-
-                add_members(ctx, group, cloud, [outcome.name])
-
-    outcomes = bulk.run_each(names, lambda n: provider.create_vm(specs[n]), "boot", record)
-    failures = {o.name: o.message for o in outcomes if not o.ok}
-    if created and not args.no_wait:
-        with bulk.waiting(f"waiting for {len(created)} VM(s) on {cloud} to run"):
-            failures.update(_wait_all(ctx, cloud, created, ctx.timeout(cloud, args.timeout)))
-    rows = [_row(cloud, created.get(n), specs[n], f"failed: {failures[n]}" if n in failures else "booted")
-            for n in names]
-    ctx.emit(BOOT_COLUMNS, rows, args)
-    if failures:
-        ctx.warn(f"{len(failures)} of {len(names)} failed")
-        return 1
-    ctx.warn(f"booted {len(names)} of {len(names)}")
-    return 0
+    boot = Boot(ctx, cloud, specs, group)
+    outcomes = bulk.run_each(names, lambda n: provider.create_vm(specs[n]), "boot", boot.record,
+                             batch=ctx.mirror.transaction)
+    boot.settle(outcomes, gated=getattr(provider, "gates_calls", False))
+    if args.public and boot.created:
+        inventory.refresh_quietly(ctx, cloud, "ip")  # `ip list` shows the new addresses at once
+    interrupted, waited = outcomes.interrupted, False
+    if boot.created and not args.no_wait and not interrupted:
+        try:
+            with bulk.waiting(f"waiting for {len(boot.created)} VM(s) on {cloud} to run"):
+                boot.failures.update(_wait_all(ctx, cloud, boot.created, timeout))
+            waited = True
+        except KeyboardInterrupt:
+            interrupted = True
+    return boot.report(args, interrupted, waited or bool(args.no_wait))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.commands import completes, subcommands, verb
 from cm.config import mask_url, redact
 from cm.errors import UsageError
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "List, show, add and remove clouds (kvm, openstack, and kinds from plugins)."
 EXAMPLE = "cm cloud add lab --kind kvm uri=qemu+ssh://me@lab/system pool=default"
@@ -26,7 +29,7 @@ def _where(conf: dict[str, Any]) -> str:
     return ""
 
 
-def list_clouds(ctx, args: Namespace) -> None:
+def list_clouds(ctx: Context, args: Namespace) -> None:
     active = ctx.active_cloud()
     rows = [{"name": name, "kind": conf.get("kind", ""), "active": "*" if name == active else "",
              "source": conf.get("source", "plugin"), "where": _where(conf)}
@@ -34,7 +37,7 @@ def list_clouds(ctx, args: Namespace) -> None:
     ctx.emit(["name", "kind", "active", "source", "where"], rows, args)
 
 
-def show_cloud(ctx, args: Namespace) -> None:
+def show_cloud(ctx: Context, args: Namespace) -> None:
     """The cloud's settings (secrets masked) and what its kind can do."""
     from cm.errors import CmError
     from cm.plugins import provider_class
@@ -58,7 +61,7 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
     return settings
 
 
-def add_cloud(ctx, args: Namespace) -> None:
+def add_cloud(ctx: Context, args: Namespace) -> None:
     from cm.plugins import provider_class, registry
 
     args.name, settings = args.words[0], args.words[1:]
@@ -83,7 +86,7 @@ def add_cloud(ctx, args: Namespace) -> None:
     ctx.say(f"added cloud '{args.name}' ({kind}) in {path}; use it with `cm default cloud={args.name}`")
 
 
-def remove_cloud(ctx, args: Namespace) -> None:
+def remove_cloud(ctx: Context, args: Namespace) -> None:
     if args.name == ctx.active_cloud():
         raise UsageError(f"'{args.name}' is the active cloud; switch with `cm default cloud=NAME` first")
     ctx.config.remove_cloud(args.name)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.commands import add_cloud_option, completes
 from cm.config import MASK, is_secret
 from cm.errors import UsageError
 from cm.output import FORMATS, add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "Show and set defaults: `default KEY=VALUE [--cloud NAME]`, `default delete KEY`, `default cloud=NAME`."
 EXAMPLE = "cm default cloud=chameleon   # every later command acts on chameleon"
@@ -16,7 +19,7 @@ USAGE = "[list | KEY | KEY=VALUE ... | delete KEY ...] [--cloud NAME] [-f FORMAT
 COLUMNS = ["key", "value", "cloud", "source"]
 
 
-def declared_keys(ctx) -> set[str]:
+def declared_keys(ctx: Context) -> set[str]:
     """Keys cm or a plugin declared, or the user's cm.yaml sets: the ones `cm default` accepts."""
     from cm.plugins import registry
 
@@ -27,7 +30,7 @@ def declared_keys(ctx) -> set[str]:
     return keys
 
 
-def known_keys(ctx, cloud: str | None) -> list[str]:
+def known_keys(ctx: Context, cloud: str | None) -> list[str]:
     """The keys worth showing: declared ones that have a value, and any set with `cm default`."""
     keys = set(ctx.config.shipped.get("defaults") or {}) | set(ctx.config.data.get("defaults") or {})
     keys |= {d["key"] for d in ctx.mirror.defaults()}
@@ -36,7 +39,7 @@ def known_keys(ctx, cloud: str | None) -> list[str]:
     return sorted(keys)
 
 
-def check_key(ctx, key: str) -> None:
+def check_key(ctx: Context, key: str) -> None:
     """An undeclared key is a typo or a setting nothing reads: refuse it, listing the known ones."""
     known = declared_keys(ctx)
     if key not in known:
@@ -45,14 +48,14 @@ def check_key(ctx, key: str) -> None:
         raise UsageError(f"unknown default '{key}' (known: {', '.join(sorted(known))}){suggest(key.lower(), known)}")
 
 
-def _row(ctx, key: str, cloud: str | None) -> dict[str, Any]:
+def _row(ctx: Context, key: str, cloud: str | None) -> dict[str, Any]:
     value, source = ctx.setting(key, cloud)
     if key == "user" and value is None:
         value, source = ctx.user(cloud), "login name"
     return {"key": key, "value": MASK if is_secret(key) and value else value, "cloud": cloud or "", "source": source}
 
 
-def show_defaults(ctx, args: Namespace, keys: list[str]) -> None:
+def show_defaults(ctx: Context, args: Namespace, keys: list[str]) -> None:
     cloud = ctx.cloud_name(args) if args.cloud else None
     clouds = [cloud] if cloud else [None, *sorted({d["cloud"] for d in ctx.mirror.defaults() if d["cloud"]} |
                                                   {n for n, c in ctx.config.clouds().items() if c.get("defaults")})]
@@ -67,7 +70,7 @@ def show_defaults(ctx, args: Namespace, keys: list[str]) -> None:
     ctx.emit(COLUMNS, rows, args)
 
 
-def _validate(ctx, key: str, value: str, cloud: str | None) -> Any:
+def _validate(ctx: Context, key: str, value: str, cloud: str | None) -> Any:
     check_key(ctx, key)
     if key == "cloud":
         if cloud:
@@ -76,14 +79,16 @@ def _validate(ctx, key: str, value: str, cloud: str | None) -> Any:
     if key == "format" and value not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}")
     if key == "timeout":
+        from cm.context import parse_seconds
+
         try:
-            return float(value)
+            return parse_seconds(value)
         except ValueError as exc:
-            raise UsageError(f"timeout must be a number of seconds, got '{value}'") from exc
+            raise UsageError(f"timeout must be a number of seconds (0 or more), got '{value}'") from exc
     return value
 
 
-def set_defaults(ctx, args: Namespace, pairs: list[str]) -> None:
+def set_defaults(ctx: Context, args: Namespace, pairs: list[str]) -> None:
     cloud = ctx.cloud_name(args) if args.cloud else None
     parsed = []
     for pair in pairs:
@@ -99,7 +104,7 @@ def set_defaults(ctx, args: Namespace, pairs: list[str]) -> None:
             _warn_if_shadowed(ctx, key)
 
 
-def _warn_if_shadowed(ctx, key: str) -> None:
+def _warn_if_shadowed(ctx: Context, key: str) -> None:
     """A global default the active cloud overrides has no effect there: say so."""
     active = ctx.active_cloud()
     value, source = ctx.setting(key, active)
@@ -108,7 +113,7 @@ def _warn_if_shadowed(ctx, key: str) -> None:
                  f"set it there with `cm default {key}=VALUE --cloud {active}`")
 
 
-def delete_defaults(ctx, args: Namespace, keys: list[str]) -> int:
+def delete_defaults(ctx: Context, args: Namespace, keys: list[str]) -> int:
     if not keys:
         raise UsageError("default delete: name the KEY to delete")
     cloud = ctx.cloud_name(args) if args.cloud else None
@@ -119,7 +124,7 @@ def delete_defaults(ctx, args: Namespace, keys: list[str]) -> int:
     return 0
 
 
-def run_default(ctx, args: Namespace) -> int | None:
+def run_default(ctx: Context, args: Namespace) -> int | None:
     words = list(args.words)
     if words and words[0] == "delete":
         return delete_defaults(ctx, args, words[1:])

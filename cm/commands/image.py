@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
+from typing import TYPE_CHECKING
 
 from cm import inventory
 from cm.commands import (add_cloud_option, add_dryrun_option, add_list_options, add_show_options, completes,
                          list_records, show_record, subcommands, verb)
 
-HELP = "List and show images; add a disk image to a cloud that takes uploads (kvm); delete one."
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
+
+HELP = "List and show images; add a disk image file to a cloud (kvm, OpenStack); delete one."
 EXAMPLE = "cm image add debian-12 ~/Downloads/debian-12-genericcloud-amd64.qcow2"
 COLUMNS = ["name", "cloud", "status", "format", "size", "id"]
 
 
-def list_images(ctx, args: Namespace) -> None:
+def list_images(ctx: Context, args: Namespace) -> None:
     list_records(ctx, args, "image", COLUMNS)
 
 
-def show_image(ctx, args: Namespace) -> None:
+def show_image(ctx: Context, args: Namespace) -> None:
     show_record(ctx, args, "image")
 
 
-def add_image(ctx, args: Namespace) -> None:
+def add_image(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     if args.dryrun:
         ctx.say(f"would add image {args.name} from {args.path} to {cloud}")
@@ -31,7 +35,7 @@ def add_image(ctx, args: Namespace) -> None:
     ctx.say(f"added image {image.name} to {cloud}")
 
 
-def delete_image(ctx, args: Namespace) -> None:
+def delete_image(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     inventory.known(ctx, "image", cloud, args.name)
     if args.dryrun:
@@ -46,10 +50,11 @@ def build(parser: ArgumentParser) -> None:
     subs = subcommands(parser)
     add_list_options(verb(subs, "list", list_images, "list images from the mirror"), "image")
     add_show_options(verb(subs, "show", show_image, "show one image"), "image")
-    add = verb(subs, "add", add_image, "add a qcow2 or raw disk image file as an image")
+    add = verb(subs, "add", add_image, "upload a disk image file as an image (its format is detected)")
     add.add_argument("name", metavar="NAME")
     add.add_argument("path", metavar="PATH",
-                     help="a qcow2 or raw disk image file; for direct kernel boot (kvm): kernel=KERNEL,initrd=INITRD, "
+                     help="a disk image file (qcow2 or raw; OpenStack also takes vmdk, vhd, vhdx, vdi, iso); "
+                          "for direct kernel boot (kvm): kernel=KERNEL,initrd=INITRD, "
                           "or a directory holding one vmlinuz*/vmlinux* and one initrd*/initramfs*")
     add_cloud_option(add)
     add_dryrun_option(add)

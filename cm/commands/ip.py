@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm import bulk, inventory
 from cm.commands import add_cloud_option, add_dryrun_option, add_list_options, completes, list_records, subcommands, verb
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "List, create, delete, attach and detach floating (public) IPs."
 EXAMPLE = "cm ip attach 172.24.4.10 alice-001"
@@ -18,23 +21,23 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "address": record.get("name", "")}
 
 
-def _store(ctx, cloud: str, fip: Any) -> dict[str, Any]:
+def _store(ctx: Context, cloud: str, fip: Any) -> dict[str, Any]:
     record = inventory.as_record(fip)
     ctx.mirror.put("ip", cloud, record)
     return record
 
 
-def _refresh_vm(ctx, cloud: str, name: str) -> None:
+def _refresh_vm(ctx: Context, cloud: str, name: str) -> None:
     """Keep the VM's addresses in the mirror in step with the IP just moved."""
     if name and ctx.mirror.get("vm", cloud, name):
         inventory.store_vm(ctx, cloud, ctx.provider(cloud).get_vm(name))
 
 
-def list_ips(ctx, args: Namespace) -> None:
+def list_ips(ctx: Context, args: Namespace) -> None:
     list_records(ctx, args, "ip", COLUMNS, shape=_row, also_match=("vm",))
 
 
-def create_ip(ctx, args: Namespace) -> None:
+def create_ip(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     if args.dryrun:
         ctx.say(f"would allocate a floating IP on {cloud}" + (f" from {args.network}" if args.network else ""))
@@ -44,7 +47,7 @@ def create_ip(ctx, args: Namespace) -> None:
     ctx.emit_one({c: row.get(c, "") for c in COLUMNS}, args)
 
 
-def delete_ips(ctx, args: Namespace) -> int:
+def delete_ips(ctx: Context, args: Namespace) -> int:
     cloud = ctx.cloud_name(args)
     if args.dryrun:
         for address in args.addresses:
@@ -60,7 +63,7 @@ def delete_ips(ctx, args: Namespace) -> int:
     return bulk.report(ctx, cloud, outcomes, "deleted", args, key="address")
 
 
-def attach_ip(ctx, args: Namespace) -> None:
+def attach_ip(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     inventory.known_vms(ctx, cloud, [args.vm])
     if args.dryrun:
@@ -72,7 +75,7 @@ def attach_ip(ctx, args: Namespace) -> None:
     ctx.say(f"attached {args.address} to {args.vm}")
 
 
-def detach_ip(ctx, args: Namespace) -> None:
+def detach_ip(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     if args.dryrun:
         ctx.say(f"would detach floating IP {args.address} on {cloud}")

@@ -6,11 +6,16 @@ import base64
 import hashlib
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cm import inventory
 from cm.commands import add_cloud_option, add_dryrun_option, completes, subcommands, verb
 from cm.errors import NotFound, UsageError
+from cm.names import check_length, shorten
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "List, add, upload and delete ssh keys (local ones come from ~/.ssh)."
 EXAMPLE = "cm key upload id_ed25519 --cloud chameleon"
@@ -19,7 +24,7 @@ LOCAL = ""  # the scope of keys registered on this machine
 PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
 
-def resolve_key(ctx, cloud: str, explicit: str | None) -> tuple[str, str]:
+def resolve_key(ctx: Context, cloud: str, explicit: str | None) -> tuple[str, str]:
     """(key name, public key text) from --key, the mirror's keys, or ~/.ssh."""
     wanted = ctx.value("key", cloud, explicit)
     ssh = Path.home() / ".ssh"
@@ -28,16 +33,37 @@ def resolve_key(ctx, cloud: str, explicit: str | None) -> tuple[str, str]:
             record = ctx.mirror.get("key", scope, wanted)
             if record and record.get("public_key"):
                 return wanted, record["public_key"]
+        check_length(str(wanted), "key name")
         path = Path(str(wanted)).expanduser()
         for candidate in (path, ssh / f"{wanted}.pub", ssh / str(wanted)):
-            if candidate.is_file() and candidate.suffix == ".pub":
-                return candidate.stem, candidate.read_text().strip()
+            if _is_file(candidate) and candidate.suffix == ".pub":
+                return candidate.stem, read_public_key(candidate)
         # A key the cloud knows by name only (uploaded elsewhere).
         return str(wanted), ""
     for name in PUBLIC_KEYS:
         if (ssh / name).is_file():
-            return name.removesuffix(".pub"), (ssh / name).read_text().strip()
+            return name.removesuffix(".pub"), read_public_key(ssh / name)
     return "", ""
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for a path, say: not a file
+        return False
+
+
+def read_public_key(path: Path) -> str:
+    """The text of a public key file; an unreadable or binary file is a one-line usage error."""
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read public key {shorten(str(path))}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not an ssh public key: it is not UTF-8 text") from exc
+    if "PRIVATE KEY" in text:
+        raise UsageError(f"{path} is a private key; give the .pub file")
+    return text
 
 
 def fingerprint(public_key: str) -> str:
@@ -49,42 +75,38 @@ def fingerprint(public_key: str) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def _local_keys(ctx) -> list[dict[str, str]]:
+def _local_keys(ctx: Context) -> list[dict[str, str]]:
     keys = {r["name"]: r for r in ctx.mirror.records("key", LOCAL)}
     ssh = Path.home() / ".ssh"
     for path in sorted(ssh.glob("*.pub")) if ssh.is_dir() else []:
         try:
-            text = path.read_text().strip()
+            text = read_public_key(path)
             keys.setdefault(path.stem, {"name": path.stem, "fingerprint": fingerprint(text), "public_key": text})
         except (OSError, UsageError):
             continue  # not a key file; ~/.ssh holds other things too
     return [{**k, "cloud": "(local)"} for k in keys.values()]
 
 
-def list_keys(ctx, args: Namespace) -> None:
+def list_keys(ctx: Context, args: Namespace) -> None:
     rows = [] if args.cloud else _local_keys(ctx)
     for cloud in ctx.cloud_names(args):
         rows += inventory.records(ctx, "key", cloud, args.refresh)
     ctx.emit(COLUMNS, rows, args)
 
 
-def add_key(ctx, args: Namespace) -> None:
+def add_key(ctx: Context, args: Namespace) -> None:
+    check_length(args.name, "key name")
     path = Path(args.path or Path.home() / ".ssh" / f"{args.name}.pub").expanduser()
-    try:
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read public key {path}: {exc.strerror}") from exc
-    if "PRIVATE KEY" in text:
-        raise UsageError(f"{path} is a private key; give the .pub file")
+    text = read_public_key(path)
     ctx.mirror.put("key", LOCAL, {"name": args.name, "fingerprint": fingerprint(text), "public_key": text})
     ctx.say(f"added key {args.name} ({fingerprint(text)})")
 
 
-def upload_key(ctx, args: Namespace) -> None:
+def upload_key(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     name, public_key = resolve_key(ctx, cloud, args.name)
     if not public_key:
-        raise NotFound(f"no public key '{args.name or 'default'}' here; add one with `cm key add NAME PATH`")
+        raise NotFound(f"no public key '{shorten(args.name or 'default')}' here; add one with `cm key add NAME PATH`")
     if args.dryrun:
         ctx.say(f"would upload key {name} to {cloud}")
         return
@@ -93,7 +115,7 @@ def upload_key(ctx, args: Namespace) -> None:
     ctx.say(f"uploaded key {key.name} to {cloud}")
 
 
-def delete_key(ctx, args: Namespace) -> None:
+def delete_key(ctx: Context, args: Namespace) -> None:
     if args.local:
         if not ctx.mirror.get("key", LOCAL, args.name):
             raise NotFound(f"no key '{args.name}' was added with `cm key add`")

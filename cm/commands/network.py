@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
+from typing import TYPE_CHECKING
 
 from cm.commands import add_list_options, add_show_options, list_records, show_record, subcommands, verb
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "List and show networks (private ones for VMs, external ones for public IPs)."
 EXAMPLE = "cm network list --refresh"
 COLUMNS = ["name", "cloud", "status", "external", "shared", "subnets", "id"]
 
 
-def list_networks(ctx, args: Namespace) -> None:
+def list_networks(ctx: Context, args: Namespace) -> None:
     list_records(ctx, args, "network", COLUMNS)
 
 
-def show_network(ctx, args: Namespace) -> None:
+def show_network(ctx: Context, args: Namespace) -> None:
     show_record(ctx, args, "network")
 
 

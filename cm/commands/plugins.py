@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
+from typing import TYPE_CHECKING
 
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "List the loaded plugins: their package, version, cloud kinds and commands."
 EXAMPLE = "cm plugins -f json"
 
 
-def list_plugins(ctx, args: Namespace) -> int:
+def list_plugins(ctx: Context, args: Namespace) -> int:
     from cm.plugins import registry
 
     reg = registry()

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.commands import add_cloud_option
 from cm.errors import CmError, Unsupported
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "Show the project's quotas (limit and use of instances, cores, ram, IPs ...), asked live."
 EXAMPLE = "cm quota --cloud chameleon"
 COLUMNS = ["cloud", "service", "resource", "limit", "used"]
 
 
-def live_rows(ctx, args: Namespace,
+def live_rows(ctx: Context, args: Namespace,
               fetch: Callable[[Any], list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows fetched from each cloud, with a cloud column, and the errors of the clouds that failed.
 
@@ -39,21 +42,21 @@ def live_rows(ctx, args: Namespace,
     return rows, failed
 
 
-def report_failures(ctx, failed: list[str]) -> int:
+def report_failures(ctx: Context, failed: list[str]) -> int:
     """One stderr line per cloud that failed; the exit code (1 if any did)."""
     for message in failed:
         ctx.warn(f"cm: {message}")
     return 1 if failed else 0
 
 
-def emit_live(ctx, args: Namespace, columns: list[str], fetch: Callable[[Any], list[dict[str, Any]]]) -> int:
+def emit_live(ctx: Context, args: Namespace, columns: list[str], fetch: Callable[[Any], list[dict[str, Any]]]) -> int:
     """Ask each cloud live, show the rows, report the clouds that failed; the exit code."""
     rows, failed = live_rows(ctx, args, fetch)
     ctx.emit(columns, rows, args)
     return report_failures(ctx, failed)
 
 
-def show_quota(ctx, args: Namespace) -> int:
+def show_quota(ctx: Context, args: Namespace) -> int:
     return emit_live(ctx, args, COLUMNS, lambda p: p.quotas())
 
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
+from typing import TYPE_CHECKING
 
 from cm import bulk, inventory
 from cm.commands import add_cloud_option
 from cm.errors import CmError, Unsupported
 from cm.output import add_format_options, check_columns
 
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
+
 HELP = "Sync the mirror from the clouds: records gone from a cloud disappear from the mirror."
 EXAMPLE = "cm refresh vm --cloud all"
 COLUMNS = ["cloud", "kind", "result"]
 
 
-def run_refresh(ctx, args: Namespace) -> int:
+def run_refresh(ctx: Context, args: Namespace) -> int:
     check_columns(COLUMNS, args)
     kinds = list(inventory.FETCHERS) if args.what == "all" else [args.what]
     rows, failed = [], 0

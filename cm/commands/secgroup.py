@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm import bulk, inventory
 from cm.commands import (
@@ -22,6 +22,9 @@ from cm.names import expand
 from cm.output import add_format_options
 from cm.provider import SecRule
 
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
+
 HELP = "List, show, add and delete security groups and their rules (firewall of the VMs)."
 EXAMPLE = "cm secgroup add ssh-ping --default-rules"
 COLUMNS = ["name", "cloud", "rules", "description", "id"]
@@ -32,23 +35,23 @@ DEFAULT_RULES = [SecRule(protocol="tcp", port_min=22, port_max=22, cidr="0.0.0.0
 PROTOCOLS = ("tcp", "udp", "icmp", "any")
 
 
-def _store(ctx, cloud: str, group: Any) -> dict[str, Any]:
+def _store(ctx: Context, cloud: str, group: Any) -> dict[str, Any]:
     record = inventory.as_record(group)
     ctx.mirror.put("secgroup", cloud, record)
     return record
 
 
-def _record(ctx, cloud: str, name: str, refresh: bool) -> dict[str, Any]:
+def _record(ctx: Context, cloud: str, name: str, refresh: bool) -> dict[str, Any]:
     if refresh:
         return _store(ctx, cloud, ctx.provider(cloud).get_secgroup(name))
     return inventory.known(ctx, "secgroup", cloud, name, "security group")
 
 
-def list_groups(ctx, args: Namespace) -> None:
+def list_groups(ctx: Context, args: Namespace) -> None:
     list_records(ctx, args, "secgroup", COLUMNS, shape=lambda r: {**r, "rules": len(r.get("rules") or [])})
 
 
-def show_group(ctx, args: Namespace) -> None:
+def show_group(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     record = _record(ctx, cloud, args.name, args.refresh)
     shown = {k: v for k, v in record.items() if not k.startswith("_") and k != "kind" and v != {}}
@@ -56,7 +59,7 @@ def show_group(ctx, args: Namespace) -> None:
     ctx.emit_one(shown, args)
 
 
-def add_group(ctx, args: Namespace) -> None:
+def add_group(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     rules = DEFAULT_RULES if args.default_rules else []
     if args.dryrun:
@@ -75,7 +78,7 @@ def add_group(ctx, args: Namespace) -> None:
         ctx.say(f"added security group {args.name} to {cloud}")
 
 
-def delete_groups(ctx, args: Namespace) -> int:
+def delete_groups(ctx: Context, args: Namespace) -> int:
     cloud = ctx.cloud_name(args)
     names = expand(args.names)
     if args.dryrun:
@@ -125,13 +128,13 @@ def _rule_row(rule: dict[str, Any]) -> dict[str, Any]:
             "ports": ports, "remote": remote, "ethertype": rule.get("ethertype", "")}
 
 
-def list_rules(ctx, args: Namespace) -> None:
+def list_rules(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     record = _record(ctx, cloud, args.name, args.refresh)
     ctx.emit(RULE_COLUMNS, [_rule_row(r) for r in record.get("rules") or []], args)
 
 
-def add_rule(ctx, args: Namespace) -> None:
+def add_rule(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     rule = _rule_from(args)
     if args.dryrun:
@@ -143,7 +146,7 @@ def add_rule(ctx, args: Namespace) -> None:
     ctx.say(f"added rule {created.id} '{created.name}' to security group {args.name}")
 
 
-def delete_rule(ctx, args: Namespace) -> None:
+def delete_rule(ctx: Context, args: Namespace) -> None:
     cloud = ctx.cloud_name(args)
     if args.dryrun:
         ctx.say(f"would delete rule {args.rule} from security group {args.name} on {cloud}")

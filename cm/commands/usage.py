@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 from argparse import ArgumentParser, ArgumentTypeError, Namespace
+from typing import TYPE_CHECKING
 
 from cm.commands import add_cloud_option
 from cm.commands.quota import live_rows, report_failures
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "Show per-VM usage over a period (default: the last 4 weeks) and the total VM-hours."
 EXAMPLE = "cm usage --start 2024-01-01 --end 2024-02-01"
 COLUMNS = ["cloud", "name", "state", "flavor", "hours", "vcpus", "ram", "disk", "started", "ended"]
 
 
-def show_usage(ctx, args: Namespace) -> int:
+def show_usage(ctx: Context, args: Namespace) -> int:
     today = dt.date.today()
     start = args.start or (today - dt.timedelta(days=28)).isoformat()
     end = args.end or (today + dt.timedelta(days=1)).isoformat()

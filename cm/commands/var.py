@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 from argparse import ArgumentParser, Namespace
+from typing import TYPE_CHECKING
 
 from cm.config import MASK, is_secret
 from cm.errors import UsageError
 from cm.output import add_format_options
+
+if TYPE_CHECKING:  # for annotations only: start-up imports nothing more
+    from cm.context import Context
 
 HELP = "Set, list and delete variables; $NAME expands in every command and script line."
 EXAMPLE = "cm var img=ubuntu-22.04; cm vm boot --image $img"
@@ -24,7 +28,7 @@ def _row(name: str, value: str) -> dict[str, str]:
     return {"name": name, "value": _shown(name, value)}
 
 
-def run_var(ctx, args: Namespace) -> None:
+def run_var(ctx: Context, args: Namespace) -> None:
     words = list(args.words)
     if not words or words == ["list"]:
         rows = [_row(k, v) for k, v in sorted(ctx.mirror.variables().items())]

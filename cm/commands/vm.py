@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser, ArgumentTypeError, Namespace
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.commands import (add_cloud_option, add_dryrun_option, add_list_options, add_names, completes, list_records,
                          subcommands, verb)
 from cm.errors import NotFound, UsageError
 from cm.names import check_name, expand
 from cm.output import add_format_options, check_columns
+
+if TYPE_CHECKING:  # types only: the handlers run without importing what they do not use
+    from cm.bulk import Outcome
+    from cm.context import Context
 
 # The lifecycle machinery (threads, the provider contract) is imported inside the
 # handlers that use it: `cm vm list` answers from the mirror and must start fast.
@@ -24,22 +28,40 @@ RESULT_COLUMNS = ["name", "cloud", "state", "result"]
 STATES = ("pending", "running", "stopped", "suspended", "paused", "rebooting", "error", "deleted", "unknown")
 # verb -> (provider method, the states the VM settles in, past tense for messages);
 # cm.provider.State is a str enum, so these strings compare equal to its members.
-LIFECYCLE: dict[str, tuple[str, set[str] | None, str]] = {
+LIFECYCLE: dict[str, tuple[str, set[str], str]] = {
     "start": ("start_vm", {"running"}, "started"),
     "stop": ("stop_vm", {"stopped"}, "stopped"),
     "reboot": ("reboot_vm", {"running"}, "rebooted"),
     "suspend": ("suspend_vm", {"suspended", "paused"}, "suspended"),
     "resume": ("resume_vm", {"running"}, "resumed"),
-    "delete": ("delete_vm", None, "deleted"),
+    "delete": ("delete_vm", set(), "deleted"),  # settles when the cloud no longer has it
 }
+GONE = "gone from the cloud (removed from the mirror)"
 
 
-def _targets(ctx, args: Namespace, cloud: str) -> list[str]:
+def count(text: str) -> int:
+    """--n: a plain positive whole number (not 1_000, 1e3 or -1)."""
+    if not text.isdigit() or not text.isascii():
+        raise ArgumentTypeError(f"invalid int value: '{text}' (a whole number of VMs, digits only)")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    """--timeout: a number of seconds, 0 or more (not nan, inf or negative)."""
+    from cm.context import parse_seconds
+
+    try:
+        return parse_seconds(text)
+    except ValueError:
+        raise ArgumentTypeError(f"invalid value: '{text}' (a number of seconds, 0 or more)") from None
+
+
+def _targets(ctx: Context, args: Namespace, cloud: str) -> list[str]:
     """The VMs a bulk verb acts on: NAMES (hostlists), or every VM of --group on this cloud."""
     from cm import inventory
 
     if args.group:
-        from cm.commands.group import members_on
+        from cm.groups import members_on
 
         names = members_on(ctx, args.group, cloud)
         return inventory.known_vms(ctx, cloud, [*names, *(expand(args.names) if args.names else [])])
@@ -53,11 +75,11 @@ def add_targets(parser: ArgumentParser) -> None:
     completes(parser.add_argument("--group", help="act on every VM of this group"), "group")
 
 
-def list_vms(ctx, args: Namespace) -> None:
+def list_vms(ctx: Context, args: Namespace) -> None:
     list_records(ctx, args, "vm", COLUMNS)
 
 
-def boot(ctx, args: Namespace) -> int:
+def boot(ctx: Context, args: Namespace) -> int:
     from cm.commands.boot import boot_vms
 
     return boot_vms(ctx, args)
@@ -67,7 +89,7 @@ def _where(clouds: list[str]) -> str:
     return f"cloud '{clouds[0]}'" if len(clouds) == 1 else "any cloud"
 
 
-def show_vm(ctx, args: Namespace) -> None:
+def show_vm(ctx: Context, args: Namespace) -> None:
     """Everything the mirror knows of each VM (after asking the cloud, with --refresh)."""
     from cm import inventory
 
@@ -82,34 +104,61 @@ def show_vm(ctx, args: Namespace) -> None:
                 inventory.refresh(ctx, cloud, "vm")
     found = []
     for name in names:
-        hits = [r for r in (ctx.mirror.get("vm", c, name) for c in clouds) if r]
+        hits = []
+        for cloud in clouds:
+            try:
+                hits.append(inventory.vm_record(ctx, cloud, name))  # a shared name is refused, as by every verb
+            except NotFound:
+                continue
         if not hits:
             raise NotFound(f"unknown VM '{name}' on {_where(clouds)} (see `cm vm list --refresh`)")
         found += [{k: v for k, v in r.items() if not k.startswith("_")} for r in hits]
     ctx.emit_records(found, args)
 
 
-def status_vms(ctx, args: Namespace) -> int:
-    """Ask the clouds for the live state of each VM and update the mirror."""
+def status_vms(ctx: Context, args: Namespace) -> int:
+    """Ask the clouds for the live state of each VM and update the mirror with what they say
+    (a VM gone from its cloud leaves the mirror and its groups)."""
     from cm import bulk, inventory
 
     check_columns(RESULT_COLUMNS, args)
-    rows, failed = [], False
+    rows, code = [], 0
     for cloud, names in _targets_by_cloud(ctx, args):
         provider = ctx.provider(cloud)
 
-        def record(outcome: bulk.Outcome, cloud: str = cloud) -> None:
-            inventory.store_vm(ctx, cloud, outcome.value)
+        def look(name: str, provider: Any = provider) -> Any:
+            try:
+                return provider.get_vm(name)
+            except NotFound:
+                return None  # an answer too: the cloud has no such VM
 
-        outcomes = bulk.run_each(names, provider.get_vm, "status", record)
-        failed |= not all(o.ok for o in outcomes)
-        rows += [{"name": o.name, "cloud": cloud, "state": str(o.value.state) if o.ok else "",
-                  "result": "ok" if o.ok else f"failed: {o.message}"} for o in outcomes]
+        def record(outcome: Outcome, cloud: str = cloud) -> None:
+            if outcome.value is None:
+                inventory.forget_vm(ctx, cloud, outcome.name)
+            else:
+                inventory.store_vm(ctx, cloud, outcome.value)
+
+        outcomes = bulk.run_each(names, look, "status", record, batch=ctx.mirror.transaction)
+        code = max(code, bulk.summary(outcomes, "")[1])
+        rows += [{"name": o.name, "cloud": cloud, "state": _status_state(o), "result": _status_result(o)}
+                 for o in outcomes]
     ctx.emit(RESULT_COLUMNS, rows, args)
-    return 1 if failed else 0
+    return code
 
 
-def _targets_by_cloud(ctx, args: Namespace) -> list[tuple[str, list[str]]]:
+def _status_state(o: Outcome) -> str:
+    if not o.ok:
+        return ""
+    return "deleted" if o.value is None else str(o.value.state)
+
+
+def _status_result(o: Outcome) -> str:
+    if o.ok:
+        return "ok" if o.value is not None else GONE
+    return o.message if o.interrupted else f"failed: {o.message}"
+
+
+def _targets_by_cloud(ctx: Context, args: Namespace) -> list[tuple[str, list[str]]]:
     """(cloud, VM names) pairs; with --cloud all, each name is looked for on every cloud."""
     if getattr(args, "cloud", None) != "all":
         cloud = ctx.cloud_name(args)
@@ -119,7 +168,7 @@ def _targets_by_cloud(ctx, args: Namespace) -> list[tuple[str, list[str]]]:
     for cloud in ctx.cloud_names(args):
         known = {r["name"] for r in ctx.mirror.records("vm", cloud)}
         if args.group:
-            from cm.commands.group import members_of
+            from cm.groups import members_of
 
             known &= set(members_of(ctx, args.group, cloud))
             names = sorted(known)
@@ -134,11 +183,11 @@ def _targets_by_cloud(ctx, args: Namespace) -> list[tuple[str, list[str]]]:
     return pairs
 
 
-def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
+def lifecycle(verb_name: str) -> Callable[[Context, Namespace], int]:
     method, settled, done = LIFECYCLE[verb_name]
 
-    def handler(ctx, args: Namespace) -> int:
-        from cm import bulk, inventory
+    def handler(ctx: Context, args: Namespace) -> int:
+        from cm import bulk, groups, inventory
 
         check_columns(RESULT_COLUMNS, args)
         cloud = ctx.cloud_name(args)
@@ -150,71 +199,95 @@ def lifecycle(verb_name: str) -> Callable[[Any, Namespace], int]:
         provider = ctx.provider(cloud)
         provider.require(method)
         timeout = ctx.timeout(cloud, args.timeout)
+        had_ips = any(inventory.vm_record(ctx, cloud, n).get("public_ips") for n in names)
 
         def act(name: str) -> Any:
+            if verb_name == "delete":
+                return _delete(provider, name, 0 if args.no_wait else timeout)
             if verb_name == "stop":
                 provider.stop_vm(name, timeout=args.timeout)
-            elif verb_name == "delete":
-                try:
-                    provider.delete_vm(name)
-                except NotFound:
-                    pass  # already gone from the cloud: the record goes too
             else:
                 getattr(provider, method)(name)
-            if settled is None or args.no_wait:
+            if args.no_wait:
                 return None
             return inventory.wait_for(provider, name, settled, timeout)
 
-        def record(outcome: bulk.Outcome) -> None:
-            if verb_name == "delete":
-                from cm.commands.group import forget_vm
-
-                with ctx.mirror.transaction():  # the record and its group memberships: one write
-                    ctx.mirror.remove("vm", cloud, [outcome.name])
-                    forget_vm(ctx, cloud, outcome.name)
+        def record(outcome: Outcome) -> None:
+            if verb_name == "delete" and outcome.value is None:
+                inventory.forget_vm(ctx, cloud, outcome.name)
             elif outcome.value is not None:
                 inventory.store_vm(ctx, cloud, outcome.value)
+                if verb_name == "delete":  # still deleting: recorded so, and out of its groups already
+                    groups.forget_vm(ctx, cloud, outcome.value.name)
 
-        return bulk.report(ctx, cloud, bulk.run_each(names, act, verb_name, record), done, args, state=True)
+        outcomes = bulk.run_each(names, act, verb_name, record, batch=ctx.mirror.transaction)
+        if verb_name == "delete" and had_ips:
+            inventory.refresh_quietly(ctx, cloud, "ip")  # its floating IPs were released
+        return bulk.report(ctx, cloud, outcomes, done, args, state=True,
+                           result_of=_delete_result if verb_name == "delete" else None)
 
     handler.__doc__ = f"{verb_name.capitalize()} VMs."
     return handler
 
 
-def rename_vm(ctx, args: Namespace) -> None:
+def _delete(provider: Any, name: str, timeout: float) -> Any:
+    """Delete and wait until the cloud no longer has the VM: None; the VM, marked deleted, if it still has it
+    at the timeout or a Ctrl-C (so no refresh brings it back as running)."""
     from cm import inventory
+    from cm.provider import State
+
+    try:
+        provider.delete_vm(name)
+    except NotFound:
+        return None  # already gone from the cloud: the record goes too
+    vm = inventory.wait_gone(provider, name, timeout)
+    if vm is not None:
+        vm.state = State.DELETED
+        vm.extra = {**vm.extra, "task_state": "deleting"}
+    return vm
+
+
+def _delete_result(outcome: Outcome) -> str:
+    return "deleted" if outcome.value is None else "deleting (the cloud has not finished; recorded as deleted)"
+
+
+def rename_vm(ctx: Context, args: Namespace) -> None:
+    from cm import groups, inventory
 
     cloud = ctx.cloud_name(args)
-    inventory.known_vms(ctx, cloud, [args.old])
+    [old] = inventory.known_vms(ctx, cloud, [args.old])
+    old_name = inventory.vm_record(ctx, cloud, args.old)["name"]
     check_name(args.new)
     if ctx.mirror.get("vm", cloud, args.new):
         raise UsageError(f"a VM named '{args.new}' already exists on cloud '{cloud}'")
     if args.dryrun:
         ctx.say(f"would rename {args.old} to {args.new} on {cloud}")
         return
-    vm = ctx.provider(cloud).rename_vm(args.old, args.new)
+    vm = ctx.provider(cloud).rename_vm(old, args.new)
     with ctx.mirror.transaction():
-        ctx.mirror.remove("vm", cloud, [args.old])
+        if old == old_name:
+            ctx.mirror.remove("vm", cloud, [old])
+        else:
+            ctx.mirror.remove_ids("vm", cloud, [old])
         inventory.store_vm(ctx, cloud, vm)
-    from cm.commands.group import rename_vm_in_groups
-
-    rename_vm_in_groups(ctx, cloud, args.old, args.new)
+        if not ctx.mirror.get("vm", cloud, old_name):
+            groups.rename_vm(ctx, cloud, old_name, args.new)
     ctx.say(f"renamed {args.old} to {args.new}")
 
 
-def resize_vm(ctx, args: Namespace) -> None:
+def resize_vm(ctx: Context, args: Namespace) -> None:
     from cm import inventory
 
     cloud = ctx.cloud_name(args)
-    inventory.known_vms(ctx, cloud, [args.name])
+    [ref] = inventory.known_vms(ctx, cloud, [args.name])
     if args.dryrun:
         ctx.say(f"would resize {args.name} to {args.flavor} on {cloud}")
         return
-    inventory.store_vm(ctx, cloud, ctx.provider(cloud).resize_vm(args.name, args.flavor))
+    inventory.store_vm(ctx, cloud, ctx.provider(cloud).resize_vm(ref, args.flavor))
     ctx.say(f"resized {args.name} to {args.flavor}")
 
 
-def wait_vms(ctx, args: Namespace) -> int:
+def wait_vms(ctx: Context, args: Namespace) -> int:
     from cm import bulk, inventory
 
     cloud = ctx.cloud_name(args)
@@ -223,20 +296,20 @@ def wait_vms(ctx, args: Namespace) -> int:
     target = {args.state}
     timeout = ctx.timeout(cloud, args.timeout)
 
-    def record(outcome: bulk.Outcome) -> None:
-        if outcome.ok:
-            inventory.store_vm(ctx, cloud, outcome.value)
+    def record(outcome: Outcome) -> None:
+        inventory.store_vm(ctx, cloud, outcome.value)
 
-    outcomes = bulk.run_each(names, lambda n: inventory.wait_for(provider, n, target, timeout), "wait", record)
+    outcomes = bulk.run_each(names, lambda n: inventory.wait_for(provider, n, target, timeout), "wait", record,
+                             batch=ctx.mirror.transaction)
     return bulk.report(ctx, cloud, outcomes, args.state, args, state=True)
 
 
-def console_vm(ctx, args: Namespace) -> None:
+def console_vm(ctx: Context, args: Namespace) -> None:
     from cm import inventory
 
     cloud = ctx.cloud_name(args)
-    inventory.known_vms(ctx, cloud, [args.name])
-    text = ctx.provider(cloud).console_log(args.name, args.lines)
+    [ref] = inventory.known_vms(ctx, cloud, [args.name])
+    text = ctx.provider(cloud).console_log(ref, args.lines)
     ctx.say(text.rstrip("\n"))
 
 
@@ -246,12 +319,11 @@ def _address(record: dict[str, Any]) -> str:
     raise UsageError(f"VM '{record['name']}' has no address yet (try `cm vm status {record['name']}`)")
 
 
-def ssh_vm(ctx, args: Namespace) -> int:
+def ssh_vm(ctx: Context, args: Namespace) -> int:
     from cm import inventory
 
     cloud = ctx.cloud_name(args)
-    inventory.known_vms(ctx, cloud, [args.name])
-    record = ctx.mirror.get("vm", cloud, args.name)
+    record = inventory.vm_record(ctx, cloud, args.name)
     login = ctx.value("login", cloud, args.user) or "root"
     command = ["ssh", "-o", "StrictHostKeyChecking=accept-new", f"{login}@{_address(record)}"]
     if args.command:
@@ -266,12 +338,12 @@ def ssh_vm(ctx, args: Namespace) -> int:
     return subprocess.run(command).returncode
 
 
-def ip_show(ctx, args: Namespace) -> None:
+def ip_show(ctx: Context, args: Namespace) -> None:
     list_records(ctx, args, "vm", ["name", "cloud", "public_ips", "private_ips"])
 
 
 def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
-    def handler(ctx, args: Namespace) -> int:
+    def handler(ctx: Context, args: Namespace) -> int:
         from cm import bulk, inventory
 
         check_columns(RESULT_COLUMNS, args)
@@ -289,10 +361,11 @@ def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
             change(name)
             return provider.get_vm(name)  # the VM with its addresses as they are now
 
-        def record(outcome: bulk.Outcome) -> None:
+        def record(outcome: Outcome) -> None:
             inventory.store_vm(ctx, cloud, outcome.value)
 
-        outcomes = bulk.run_each(names, act, "ip", record)
+        outcomes = bulk.run_each(names, act, "ip", record, batch=ctx.mirror.transaction)
+        inventory.refresh_quietly(ctx, cloud, "ip")  # `ip list` shows the change at once
         return bulk.report(ctx, cloud, outcomes, "assigned" if assign else "released", args, state=True)
 
     return handler
@@ -301,7 +374,7 @@ def ip_change(assign: bool) -> Callable[[Any, Namespace], int]:
 def add_boot_arguments(parser: ArgumentParser) -> None:
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--name", metavar="NAMES", help="names or a hostlist such as node[01-10]")
-    names.add_argument("--n", type=int, metavar="COUNT", help="boot COUNT VMs named <user>-NNN (default 1)")
+    names.add_argument("--n", type=count, metavar="COUNT", help="boot COUNT VMs named <user>-NNN (default 1)")
     add_cloud_option(parser)
     completes(parser.add_argument("--image", help="image name (default: the 'image' default)"), "image")
     completes(parser.add_argument("--flavor", help="flavor name (default: the 'flavor' default)"), "flavor")
@@ -312,7 +385,7 @@ def add_boot_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--network", action="append", default=[], help="network to attach (repeatable)")
     parser.add_argument("--public", action="store_true", help="allocate and attach a public (floating) IP")
     parser.add_argument("--no-wait", action="store_true", help="return once the cloud accepted the VMs")
-    parser.add_argument("--timeout", type=float, help="seconds to wait for running (default: the 'timeout' default)")
+    parser.add_argument("--timeout", type=seconds, help="seconds to wait for running (default: the 'timeout' default)")
     add_dryrun_option(parser)
     add_format_options(parser)
 
@@ -339,17 +412,14 @@ def build(parser: ArgumentParser) -> None:
     add_cloud_option(status, allow_all=True)
     add_format_options(status)
 
-    for name, (_, settled, _) in LIFECYCLE.items():
+    for name in LIFECYCLE:
         sub = verb(subs, name, lifecycle(name), f"{name} VMs (in parallel; one failure does not stop the rest)",
                    example=f"cm vm {name} node[01-04]   # or: cm vm {name} --group experiment1")
         add_targets(sub)
         add_cloud_option(sub)
         add_dryrun_option(sub)
-        if settled is not None:
-            sub.add_argument("--no-wait", action="store_true", help="return without waiting for the new state")
-        else:
-            sub.set_defaults(no_wait=True)
-        sub.add_argument("--timeout", type=float, help="seconds to wait (default: the 'timeout' default)")
+        sub.add_argument("--no-wait", action="store_true", help="return without waiting for the new state")
+        sub.add_argument("--timeout", type=seconds, help="seconds to wait (default: the 'timeout' default)")
         add_format_options(sub)
 
     from cm.commands.vm_checkpoint import add_checkpoint_verbs
@@ -371,7 +441,7 @@ def build(parser: ArgumentParser) -> None:
     wait = verb(subs, "wait", wait_vms, "wait until VMs reach a state")
     add_targets(wait)
     wait.add_argument("--state", default="running", choices=STATES, help="default: running")
-    wait.add_argument("--timeout", type=float, help="seconds (default: the 'timeout' default)")
+    wait.add_argument("--timeout", type=seconds, help="seconds (default: the 'timeout' default)")
     add_cloud_option(wait)
     add_format_options(wait)
 

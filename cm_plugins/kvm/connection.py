@@ -153,7 +153,6 @@ class Hypervisor:
         self.node: TestNode | None = None
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.RLock()
-        self._local = threading.local()
 
     # -- which hypervisor ------------------------------------------------------------------
     @property
@@ -254,28 +253,13 @@ class Hypervisor:
 
     @contextlib.contextmanager
     def _node_session(self, write: bool) -> Iterator[libvirt.virConnect]:
-        """The test node's state, loaded under a lock and written back after a change."""
-        current = getattr(self._local, "conn", None)
-        if current is not None:  # nested use in the same thread: same session
-            self._local.dirty = self._local.dirty or write
-            yield current
-            return
-        from cm_plugins.kvm.testnode import locked
-
+        """The test node's state, under a lock; a change is written back as it is made."""
         assert self.node is not None
-        with self._lock, locked(self.node.path):
-            conn = self.node.open()
+        with self._lock, self.node.session(write) as conn:
             for note in self.node.notes:
                 self.notice(f"cm: cloud '{self.cloud}': {note}")
             self.node.notes.clear()
-            self._local.conn, self._local.dirty = conn, write
-            try:
-                yield conn
-                if self._local.dirty:
-                    self.node.save(conn)
-            finally:
-                self._local.conn = None
-                conn.close()
+            yield conn
 
     def close(self) -> None:
         with self._lock:
@@ -283,6 +267,9 @@ class Hypervisor:
                 with contextlib.suppress(libvirt.libvirtError):
                     self._conn.close()
                 self._conn = None
+            if self.node is not None:
+                with contextlib.suppress(libvirt.libvirtError, OSError):
+                    self.node.close()
             self.uri = ""
             self.node = None
 

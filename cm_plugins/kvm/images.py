@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
+from cm import diskformat
 from cm.errors import UsageError
 from cm.provider import Image
 
@@ -29,21 +31,6 @@ INITRD_SUFFIX = ".initrd"
 # The volumes cm makes for a VM: <vm>-disk-<id>.qcow2|.img and <vm>-seed-<id>.iso.
 VM_VOLUME = re.compile(r"^(?P<vm>.+)-(?P<kind>disk|seed)-(?P<id>[0-9a-f]{8})\.(qcow2|img|iso)$")
 CHUNK = 1 << 20
-
-# Formats cm does not boot, by their magic bytes: (offset, magic, what to do).
-FOREIGN = [
-    (0, b"KDMV", "a VMDK image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"# Disk DescriptorFile", "a VMDK descriptor; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"vhdxfile", "a VHDX image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"conectix", "a VHD image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"QED\x00", "a QED image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0x40, b"\x7f\x10\xda\xbe", "a VDI image; convert it: qemu-img convert -O qcow2 PATH NAME.qcow2"),
-    (0, b"\x1f\x8b", "gzip-compressed; uncompress it first (gunzip)"),
-    (0, b"\xfd7zXZ\x00", "xz-compressed; uncompress it first (unxz)"),
-    (0, b"\x28\xb5\x2f\xfd", "zstd-compressed; uncompress it first (unzstd)"),
-    (0x8001, b"CD001", "an ISO installer image; cm boots disk images (qcow2, raw) or a kernel+initrd"),
-]
-
 
 @dataclass
 class DiskFile:
@@ -59,9 +46,8 @@ class KernelPair:
     initrd: Path
 
 
-def _header(path: Path, size: int = 0x8010) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(size)
+def _header(path: Path) -> bytes:
+    return diskformat.header(path)
 
 
 def is_kernel(header: bytes) -> bool:
@@ -90,9 +76,11 @@ def disk_file(path: Path) -> DiskFile:
                              f"qemu-img convert -O qcow2 {path} flat.qcow2")
         virtual, = struct.unpack(">Q", header[24:32])
         return DiskFile(path, "qcow2", virtual, size)
-    for offset, magic, what in FOREIGN:
-        if header[offset:offset + len(magic)] == magic:
-            raise UsageError(f"{path} is {what.replace('PATH', str(path))}")
+    fmt, what = diskformat.detect(path, header)
+    if fmt == "iso":
+        raise UsageError(f"{path} is an ISO installer image; cm boots disk images (qcow2, raw) or a kernel+initrd")
+    if fmt != "raw":
+        raise UsageError(f"{path} is {what}; convert it: qemu-img convert -O qcow2 {path} NAME.qcow2")
     if is_kernel(header):
         raise UsageError(f"{path} is a Linux kernel; give its initrd too: "
                          f"cm image add NAME kernel={path},initrd=INITRD")
@@ -190,12 +178,11 @@ def volume_info(vol: libvirt.virStorageVol) -> dict[str, Any]:
             "capacity": int(root.findtext("capacity") or 0), "backing": root.findtext("backingStore/path") or ""}
 
 
-def in_pool(pool: libvirt.virStoragePool) -> dict[str, Image]:
-    """The pool's volumes as images: disk images, and kernel+initrd pairs folded into one."""
+def _as_images(infos: Iterable[dict[str, Any]], pool: str) -> dict[str, Image]:
+    """Volumes as images: disk images, and kernel+initrd pairs folded into one."""
     found: dict[str, Image] = {}
     pairs: dict[str, dict[str, dict[str, Any]]] = {}
-    for vol in pool.listAllVolumes():
-        info = volume_info(vol)
+    for info in infos:
         name = info["name"]
         if VM_VOLUME.match(name):
             continue
@@ -205,7 +192,7 @@ def in_pool(pool: libvirt.virStoragePool) -> dict[str, Image]:
                 break
         else:
             found[name] = Image(name=name, id=info["path"], size=info["capacity"], format=info["format"],
-                                extra={"path": info["path"], "volumes": [name], "pool": pool.name()})
+                                extra={"path": info["path"], "volumes": [name], "pool": pool})
     for name, parts in pairs.items():
         complete = set(parts) == {"kernel", "initrd"}
         found[name] = Image(name=name, id=parts.get("kernel", parts.get("initrd", {})).get("path", ""),
@@ -213,8 +200,24 @@ def in_pool(pool: libvirt.virStoragePool) -> dict[str, Image]:
                             size=sum(p["capacity"] for p in parts.values()),
                             extra={"kernel": parts.get("kernel", {}).get("path", ""),
                                    "initrd": parts.get("initrd", {}).get("path", ""),
-                                   "volumes": [p["name"] for p in parts.values()], "pool": pool.name()})
+                                   "volumes": [p["name"] for p in parts.values()], "pool": pool})
     return found
+
+
+def in_pool(pool: libvirt.virStoragePool) -> dict[str, Image]:
+    """The pool's volumes as images: disk images, and kernel+initrd pairs folded into one."""
+    return _as_images(map(volume_info, pool.listAllVolumes()), pool.name())
+
+
+def named(pool: libvirt.virStoragePool, name: str) -> Image | None:
+    """The image called ``name``, found by its volumes' names (not by listing a pool of thousands)."""
+    infos = []
+    for volume in (name, name + KERNEL_SUFFIX, name + INITRD_SUFFIX):
+        try:
+            infos.append(volume_info(pool.storageVolLookupByName(volume)))
+        except libvirt.libvirtError:
+            continue
+    return _as_images(infos, pool.name()).get(name)
 
 
 def users_of(conn: libvirt.virConnect, pool: libvirt.virStoragePool, image: Image) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -57,7 +58,8 @@ def merge(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
 
 
 def cloud_config_text(config: dict[str, Any]) -> str:
-    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: a tenth of the time, per VM booted
+    return "#cloud-config\n" + yaml.dump(config, Dumper=dumper, sort_keys=False, default_flow_style=False)
 
 
 def _multipart(parts: list[tuple[str, str]]) -> str:
@@ -88,6 +90,16 @@ def user_data(hostname: str, user: str, public_key: str, extra: str = "") -> str
     if extra.lstrip().startswith("Content-Type: multipart"):
         raise UsageError("user-data: a MIME multipart file cannot be merged; give a #cloud-config or a script")
     return _multipart([("cloud-config", cloud_config_text(ours)), (_content_type(extra), extra)])
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_size(meta_bytes: int, user_bytes: int) -> int:
+    return len(iso_bytes("m" * meta_bytes, "u" * user_bytes))
+
+
+def iso_size(meta: str, user: str) -> int:
+    """The size of the seed ISO iso_bytes() would make (it depends only on the files' sizes)."""
+    return _iso_size(len(meta.encode()), len(user.encode()))
 
 
 def iso_bytes(meta: str, user: str) -> bytes:

@@ -3,10 +3,11 @@
 libvirt's test driver lives inside one process and forgets everything when its
 last connection closes, so `cm vm boot` in one process and `cm vm stop` in the
 next would never meet.  This module keeps the test driver's state in a
-``<node>`` XML file (``<cm home>/kvm-test/<cloud>.xml``): every use opens
-``test:///<that file>``, and every change is written back atomically (0600) (domains
-with their run state, networks, pools with their volumes).  A file lock keeps
-two cm processes from interleaving their changes.
+``<node>`` XML file (``<cm home>/kvm-test/<cloud>.xml``, 0600) plus a journal
+beside it: a change appends the new definitions of the domains and volumes it
+touched (journal.py, tracking.py), and the node file is rewritten atomically
+only when the journal has grown as big as it, and when a process closes its
+connection.  A file lock keeps two cm processes from interleaving their changes.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 import time
-import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
-from cm.config import write_private
+from cm_plugins.kvm import journal
+from cm_plugins.kvm.nodeload import HEADER, BrokenNode, open_node
+from cm_plugins.kvm.tracking import Changes, Watched
 
 # The test driver's own XML namespace: <test:runstate> restores a domain's state.
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
-ET.register_namespace("test", TEST_NS)
+# The journal is folded into the snapshot once it outgrows both the snapshot and this.
+MIN_JOURNAL = 256 * 1024
 
 # Where the fake pool claims to keep its volumes (nothing is ever written there).
 FAKE_POOL_ROOT = "/var/lib/cm-test-hypervisor"
@@ -55,29 +60,51 @@ def fresh_node(pool: str, network: str, demo_image: bool) -> str:
             f"<target><path>{FAKE_POOL_ROOT}/{pool}</path></target>{volume}</pool></node>\n")
 
 
-def _domain_element(dom: libvirt.virDomain) -> ET.Element:
+def _domain_text(dom: libvirt.virDomain) -> str:
     """The domain's persistent XML plus <test:runstate>, so a reload restores its state."""
-    element = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    state = ET.SubElement(element, f"{{{TEST_NS}}}runstate")
-    state.text = str(dom.state()[0])
-    return element
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).rstrip()
+    head, _, _ = xml.rpartition("</domain>")
+    return f"{head}  <test:runstate>{dom.state()[0]}</test:runstate>\n</domain>\n"
 
 
-def _pool_element(pool: libvirt.virStoragePool) -> ET.Element:
-    element = ET.fromstring(pool.XMLDesc(0))
+def _pool_text(pool: libvirt.virStoragePool) -> Iterator[str]:
+    head, _, _ = pool.XMLDesc(0).rstrip().rpartition("</pool>")
+    yield head
     for vol in pool.listAllVolumes():
-        element.append(ET.fromstring(vol.XMLDesc(0)))
-    return element
+        yield vol.XMLDesc(0).rstrip() + "\n"
+    yield "</pool>\n"
+
+
+def dump_parts(conn: libvirt.virConnect) -> Iterator[str]:
+    """The whole state of a test-driver connection as a <node> document, piece by piece."""
+    yield HEADER  # nodeload.py reads this layout line by line
+    for net in conn.listAllNetworks():
+        yield net.XMLDesc(0).rstrip() + "\n"
+    for pool in conn.listAllStoragePools():
+        yield from _pool_text(pool)
+    for dom in conn.listAllDomains():
+        yield _domain_text(dom)
+    yield "</node>\n"
 
 
 def dump(conn: libvirt.virConnect) -> str:
     """The whole state of a test-driver connection as a <node> document."""
-    node = ET.Element("node")
-    node.extend(ET.fromstring(net.XMLDesc(0)) for net in conn.listAllNetworks())
-    node.extend(_pool_element(pool) for pool in conn.listAllStoragePools())
-    node.extend(_domain_element(dom) for dom in conn.listAllDomains())
-    ET.indent(node)
-    return ET.tostring(node, encoding="unicode") + "\n"
+    return "".join(dump_parts(conn))
+
+
+def write_atomically(path: Path, parts: Iterable[str]) -> None:
+    """Write ``parts`` to ``path`` through a private temporary file renamed over it (0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for part in parts:
+                handle.write(part)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -92,17 +119,40 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
 class TestNode:
-    """Open, use and write back one persistent test hypervisor."""
+    """Open, use and write back one persistent test hypervisor.
+
+    The state is a snapshot (the node file libvirt reads) plus a journal of the
+    domains and volumes changed since (journal.py): a change appends what it
+    touched, and the snapshot is rewritten only when the journal has grown as
+    big as it, so n changes cost O(n) in all.  A process keeps its connection
+    between operations and reopens it only when another process changed the files.
+    The caller serializes the threads of one process.
+    """
 
     def __init__(self, path: Path, pool: str, network: str, *, seed: Path | None = None,
                  demo_image: bool = False) -> None:
         self.path = path
+        self.journal = path.with_name(path.name + ".journal")
         self.pool = pool
         self.network = network
         self.seed = seed  # a user's own test:///FILE: the starting state
         self.demo_image = demo_image
         self.notes: list[str] = []  # what the caller should tell the user once
+        self._conn: libvirt.virConnect | None = None
+        self._seen: tuple[object, object] | None = None  # the files as this process last left them
+        self._depth = 0
+        self._given: Any = None  # what the outermost session yielded, for nested ones
+        self._changes: Changes | None = None
+        self._full = False
 
     @property
     def uri(self) -> str:
@@ -127,21 +177,102 @@ class TestNode:
         elif self._marker.exists():
             self.notes.append(f"the test hypervisor's state {self.path} {why}; started a fresh one "
                               "(its VMs and images are gone)")
-        write_private(self.path, self._initial_text())
+        self.journal.unlink(missing_ok=True)  # changes to a state that is gone
+        write_atomically(self.path, [self._initial_text()])
         self._marker.touch()
 
-    def open(self) -> libvirt.virConnect:
-        """A connection to the node file's state (created fresh when missing or unreadable)."""
+    def _files(self) -> tuple[object, object]:
+        return _signature(self.path), _signature(self.journal)
+
+    def _clean_temporary(self) -> None:
+        """Remove what a writer killed mid-write left (writers hold the lock, so none is running)."""
+        for left in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            left.unlink(missing_ok=True)
+
+    def _load(self) -> libvirt.virConnect:
+        """A connection to the snapshot with the journal replayed (created fresh when missing or unreadable)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._clean_temporary()
         if not self.path.exists():
             self._start_fresh("was missing")
         try:
-            ET.parse(self.path)
-            return libvirt.open(self.uri)
-        except (ET.ParseError, libvirt.libvirtError) as exc:
+            conn = open_node(self.path)
+        except (libvirt.libvirtError, BrokenNode, UnicodeDecodeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self._start_fresh(f"was unreadable ({reason})")
-            return libvirt.open(self.uri)
+            conn = open_node(self.path)
+        if self.journal.exists():
+            try:
+                journal.replay(conn, journal.read(self.journal))
+            except (libvirt.libvirtError, KeyError, TypeError, ValueError) as exc:  # a record not replayable: keep it
+                kept = self.journal.with_name(f"{self.journal.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(self.journal, kept)
+                self.notes.append(f"the test hypervisor's latest changes could not be replayed "
+                                  f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); kept them in {kept.name}")
+                conn.close()
+                return self._load()
+            self._compact(conn)
+        return conn
 
-    def save(self, conn: libvirt.virConnect) -> None:
-        write_private(self.path, dump(conn))
+    def _current(self) -> libvirt.virConnect:
+        """This process's connection, reloaded if another process changed the state since."""
+        if self._conn is not None and self._files() == self._seen:
+            return self._conn
+        self._drop()
+        self._conn = self._load()
+        self._seen = self._files()
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.close()
+        self._conn, self._seen = None, None
+
+    def _compact(self, conn: libvirt.virConnect) -> None:
+        """Rewrite the snapshot from ``conn`` and start an empty journal."""
+        write_atomically(self.path, dump_parts(conn))
+        self.journal.unlink(missing_ok=True)  # a kill before this only replays what the snapshot has
+
+    def _save(self, conn: libvirt.virConnect, changes: Changes | None) -> None:
+        if self._full or changes is None or changes.everything:
+            self._compact(conn)
+        elif changes:
+            journal.append(self.journal, journal.records(conn, changes))
+            snapshot, log = self._files()
+            if isinstance(log, tuple) and isinstance(snapshot, tuple) and log[2] > max(snapshot[2], MIN_JOURNAL):
+                self._compact(conn)
+        self._seen = self._files()
+
+    @contextlib.contextmanager
+    def session(self, write: bool) -> Iterator[Any]:
+        """The state as a connection, under the lock; a write session records what it changed."""
+        if self._depth:  # nested in the running session of this thread
+            self._full = self._full or (write and self._changes is None)
+            self._depth += 1
+            try:
+                yield self._given
+            finally:
+                self._depth -= 1
+            return
+        with locked(self.path):
+            conn = self._current()
+            self._changes = Changes() if write else None
+            self._given = Watched(conn, self._changes) if self._changes is not None else conn
+            self._depth, self._full = 1, False
+            try:
+                yield self._given
+            finally:
+                self._depth, self._given = 0, None
+                changes, self._changes = self._changes, None
+                if changes is not None or self._full:
+                    self._save(conn, changes)
+
+    def close(self) -> None:
+        """Fold the journal into the snapshot (so the node file alone is the state) and disconnect."""
+        if self._conn is None:
+            return
+        with locked(self.path):
+            if self._files() == self._seen and self.journal.exists():
+                self._compact(self._conn)
+            self._drop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 from typing import Any
 
@@ -81,7 +83,9 @@ def to_vm(server: dict[str, Any], images: dict[str, str], flavors: dict[str, str
              "networks": sorted((server.get("addresses") or {}).keys()),
              "availability_zone": server.get("OS-EXT-AZ:availability_zone") or ""}
     iid = image_id(server)
-    return VM(name=server.get("name", ""), id=server["id"], state=state_of(server.get("status")),
+    # Nova keeps a server ACTIVE while it deletes it: never show such a VM as running again.
+    state = State.DELETED if extra["task_state"] == "deleting" else state_of(server.get("status"))
+    return VM(name=server.get("name", ""), id=server["id"], state=state,
               image=images.get(iid, iid), flavor=flavor_name(server, flavors), key=server.get("key_name") or "",
               public_ips=public, private_ips=private, created=server.get("created") or "", fault=fault_of(server),
               extra=extra)
@@ -137,3 +141,13 @@ def to_floating_ip(fip: Any, vm_by_port: dict[str, str], networks: dict[str, str
                       vm=vm_by_port.get(fip.port_id or "", ""), fixed_ip=fip.fixed_ip_address or "",
                       network=networks.get(fip.floating_network_id, fip.floating_network_id or ""),
                       extra={"port_id": fip.port_id or "", "description": fip.description or ""})
+
+
+def md5_fingerprint(public_key: str) -> str:
+    """Nova's fingerprint of an OpenSSH public key (aa:bb:...)."""
+    try:
+        blob = base64.b64decode(public_key.split()[1], validate=True)
+    except (IndexError, ValueError):
+        return ""
+    digest = hashlib.md5(blob).hexdigest()
+    return ":".join(digest[i:i + 2] for i in range(0, 32, 2))

@@ -11,7 +11,6 @@ Networks, security groups, floating IPs, quotas, limits and usage are in
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 import threading
 import time
@@ -20,9 +19,12 @@ from typing import Any
 from openstack import exceptions as os_exc
 from openstack import utils as os_utils
 
+from cm.bulk import proceed
 from cm.errors import CmError, Conflict, NotFound, ProviderError, UsageError
+from cm.names import ambiguous
 from cm.provider import VM, BootSpec, Flavor, Image, Key, Provider, State
 from cm_plugins.openstack import convert
+from cm_plugins.openstack.images import ImagesMixin
 from cm_plugins.openstack.networking import NetworkingMixin
 from cm_plugins.openstack.polling import PollTimeout, poll
 from cm_plugins.openstack.session import connect, secrets_of, translate, translated
@@ -52,6 +54,7 @@ NAMES_TTL = 5.0  # seconds a snapshot of the cloud's server names serves duplica
 # The action that brings a VM in this status back to running.
 RESUME_ACTIONS = {"SUSPENDED": "resume_server", "PAUSED": "unpause_server"}
 REGEX_SPECIAL = re.compile(r"([.^$*+?{}\[\]\\|()])")
+UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 
 def exact(name: str) -> str:
@@ -59,20 +62,11 @@ def exact(name: str) -> str:
     return "^" + REGEX_SPECIAL.sub(r"\\\1", name) + "$"
 
 
-def md5_fingerprint(public_key: str) -> str:
-    """Nova's fingerprint of an OpenSSH public key (aa:bb:...)."""
-    try:
-        blob = base64.b64decode(public_key.split()[1], validate=True)
-    except (IndexError, ValueError):
-        return ""
-    digest = hashlib.md5(blob).hexdigest()
-    return ":".join(digest[i:i + 2] for i in range(0, 32, 2))
-
-
-class OpenStackProvider(NetworkingMixin, Provider):
+class OpenStackProvider(NetworkingMixin, ImagesMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
+    gates_calls = True  # VM creates, deletes and power actions first ask cm.bulk.proceed(): none is sent after a Ctrl-C
     required_settings = (("auth_url", "cloud", "auth"),)  # where to log in, or a clouds.yaml cloud
     boot_matches_prefix = True  # `--image cirros-0.6` boots cirros-0.6.2-x86_64-disk, as the openstack CLI does
 
@@ -183,16 +177,19 @@ class OpenStackProvider(NetworkingMixin, Provider):
     def _servers_named(self, name: str, details: bool = False) -> list[dict[str, Any]]:
         return [s for s in self._server_list(details, name=exact(name)) if s.get("name") == name]
 
-    def _server(self, name: str, details: bool = False) -> dict[str, Any]:
-        """The one server called ``name``: NotFound if none, Conflict if the cloud has several."""
-        found = self._servers_named(name, details)
-        if not found:
-            raise NotFound(f"no VM '{name}' on cloud '{self.name}' (see `cm vm list --refresh`)")
+    def _server(self, ref: str, details: bool = False) -> dict[str, Any]:
+        """The one server called ``ref``, or with that id: NotFound if none, Conflict if several share the name."""
+        found = self._servers_named(ref, details)
         if len(found) > 1:
-            ids = ", ".join(s["id"] for s in found)
-            raise Conflict(f"cloud '{self.name}' has {len(found)} VMs named '{name}' ({ids}); "
-                           "rename or delete the extra ones in the cloud")
-        return found[0]
+            raise Conflict(ambiguous(ref, self.name, [s["id"] for s in found]))
+        if found:
+            return found[0]
+        if UUID.match(ref):
+            try:
+                return self._server_by_id(ref)
+            except os_exc.NotFoundException:
+                pass
+        raise NotFound(f"no VM '{ref}' on cloud '{self.name}' (see `cm vm list --refresh`)")
 
     @staticmethod
     def _one(kind: str, wanted: str, items: list[Any], cloud: str, prefix: bool = False) -> Any:
@@ -296,7 +293,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
                                    "found for it; upload one with `cm key upload`")
                 key = self.upload_key(spec.key_name, spec.public_key)
                 self._keys[key.name] = key.fingerprint
-            elif spec.public_key and have and md5_fingerprint(spec.public_key) not in ("", have):
+            elif spec.public_key and have and convert.md5_fingerprint(spec.public_key) not in ("", have):
                 raise Conflict(f"key '{spec.key_name}' on cloud '{self.name}' is not your local {spec.key_name}.pub; "
                                "delete it with `cm key delete` or boot with another --key")
         return spec.key_name
@@ -333,6 +330,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
         if spec.user:
             attrs["metadata"] = {"cm_user": spec.user}
         try:
+            proceed()  # after a Ctrl-C, no create is sent
             server = self._nova("POST", "/servers", json={"server": attrs})["server"]
         except BaseException:
             with self._lock:  # not created: the name is free again
@@ -343,10 +341,11 @@ class OpenStackProvider(NetworkingMixin, Provider):
                 key=key_name, extra={"status": "BUILD", "security_groups": list(spec.secgroups) or ["default"]})
         if spec.public:
             try:
+                proceed()
                 vm.public_ips = [self._give_public_ip(server["id"], spec.name)]
-            except Exception as exc:  # the VM exists: say so, and why it has no address
+            except Exception as exc:  # the VM exists (the command records it): say why it has no address
                 why = exc if isinstance(exc, CmError) else translate(exc, self.name, "", self.secrets)
-                raise ProviderError(f"created VM '{spec.name}' but could not give it a public IP: {why}") from exc
+                vm.extra["public_ip_error"] = f"created, but could not give it a public IP: {why}"
         return vm
 
     def _act(self, name: str, action: str, *args: Any, done: tuple[str, ...] = (), verb: str = "",
@@ -360,6 +359,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
                 return
             if verb and convert.state_of(status) == State.STOPPED:
                 raise Conflict(f"{name} is stopped, so it cannot be {verb}; start it first (cm vm start {name})")
+        proceed()
         getattr(self.service("compute"), (by_status or {}).get(status, action))(server["id"], *args)
 
     @translated("start the VM")
@@ -374,6 +374,7 @@ class OpenStackProvider(NetworkingMixin, Provider):
         server = self._server(name, details=True)
         resume = RESUME_ACTIONS.get((server.get("status") or "").upper())
         if resume and not server.get("OS-EXT-STS:task_state"):
+            proceed()
             getattr(self.service("compute"), resume)(server["id"])
             server = self._wait_status(server["id"], {"ACTIVE"}, "resuming it to stop it")
         self._act(name, "stop_server", done=("SHUTOFF",), server=server)
@@ -393,7 +394,9 @@ class OpenStackProvider(NetworkingMixin, Provider):
     @translated("delete the VM")
     def delete_vm(self, name: str) -> None:
         server = self._server(name)
+        proceed()
         self._release_ips_of(server["id"], delete_ours=True, only_ours=True)
+        proceed()  # abandoned meanwhile: the VM stays
         self.service("compute").delete_server(server["id"])
 
     @translated("rename the VM")

@@ -27,7 +27,7 @@ from keystoneauth1 import session as ks_session
 from openstack import exceptions as os_exc
 
 from cm.config import MASK, is_secret
-from cm.errors import AuthError, CmError, ConfigError, Conflict, NotFound, ProviderError, QuotaExceeded
+from cm.errors import AuthError, CmError, ConfigError, Conflict, NotFound, ProviderError, QuotaExceeded, Throttled
 
 # Retries applied unless the cloud's own config says otherwise.
 RETRY_DEFAULTS: dict[str, Any] = {
@@ -248,6 +248,8 @@ def translate(exc: BaseException, cloud: str, doing: str, secrets: Iterable[str]
     if status is not None:
         if status in (403, 409, 413) and _QUOTA.search(detail):
             return QuotaExceeded(f"{what}: quota exceeded: {detail}")
+        if status == 429:
+            return Throttled(f"{what}: the cloud asks to slow down (HTTP 429, retried): {detail}")
         if status == 404:
             return NotFound(f"{what}: not found: {detail}")
         if status == 409:

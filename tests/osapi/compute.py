@@ -14,14 +14,14 @@ import subprocess
 import tempfile
 from typing import Any
 
-from . import compute_actions, compute_servers
+from . import compute_actions, compute_extras, compute_groups, compute_servers
 from .compute_common import V, _bad, _body_part, _links, _page, _st, router, status_of
 from .compute_servers import add_server
 from .core import Request, Response, iso_naive, lookup, nova_error, now, parse_time, quota_request
 from .state import AZ, USER_ID, State, ssh_fingerprint
 
 # importing them registers their routes on the shared router
-ROUTE_MODULES = (compute_servers, compute_actions)
+ROUTE_MODULES = (compute_servers, compute_actions, compute_groups, compute_extras)
 MIN_VERSION = "2.1"
 _UPDATED = "2013-07-23T11:33:21Z"
 
@@ -353,16 +353,6 @@ def usage_show(req: Request) -> Response:
 def availability_zones(req: Request) -> Response:
     return Response(200, {"availabilityZoneInfo": [
         {"zoneName": AZ, "zoneState": {"available": True}, "hosts": None}]})
-
-
-@router.route("GET", V + r"/os-server-groups")
-def server_groups(req: Request) -> Response:
-    return Response(200, {"server_groups": []})
-
-
-@router.route("GET", V + r"/extensions")
-def extensions(req: Request) -> Response:
-    return Response(200, {"extensions": []})
 
 
 __all__ = ["router", "add_server", "status_of"]

@@ -10,6 +10,7 @@ import secrets
 import time
 from typing import Any
 
+from . import compute_groups
 from .compute_common import (V, _bad, _boot_log, _console, _finish, _hostname, _links,
                              _over_quota, _page, _parse_ref, _required, _server, _st,
                              _valid_name, router, server_view, status_of)
@@ -22,6 +23,8 @@ def create_server(req: Request) -> Response:
     sv = _required(req, "server")
     body = req.json()
     hints = body.get("OS-SCH-HNT:scheduler_hints") or body.get("os:scheduler_hints") or {}
+    with st.lock:
+        group = compute_groups.hinted_group(st, hints)
     name = sv.get("name")
     if not _valid_name(name):
         raise _bad("name", name, "'name' is a required property" if name is None
@@ -138,7 +141,9 @@ def create_server(req: Request) -> Response:
                             user_data, t, reservation, i, sv)
             s["hints"] = hints
             _attach_ports(st, s, net_reqs, sg_ids, t)
-            failure = st.boot_failures.pop(0) if st.boot_failures else None
+            failure = compute_groups.place(st, group, s)
+            if failure is None and st.boot_failures:
+                failure = st.boot_failures.pop(0)
             _schedule_build(st, s, failure)
             if first is None:
                 first = s
@@ -302,6 +307,16 @@ def _id_or_name(rows: dict[str, dict[str, Any]], ref: str) -> dict[str, Any]:
     return rows.get(ref) or next(r for r in rows.values() if r["name"] == ref)
 
 
+def _all_projects(req: Request, detail: bool) -> None:
+    """all_tenants asks for every project's servers: an admin's right, 403 for this (member) user."""
+    if "all_tenants" not in req.query:
+        return
+    if (req.q("all_tenants") or "true").lower() in ("0", "false", "f", "no", "n", "off"):
+        return
+    rule = "os_compute_api:servers:detail:get_all_tenants" if detail else "os_compute_api:servers:index:get_all_tenants"
+    raise nova_error(403, f"Policy doesn't allow {rule} to be performed.")
+
+
 def _filter_servers(req: Request, servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     st = _st(req)
     out = [s for s in servers if s["project_id"] == PROJECT_ID]
@@ -343,6 +358,7 @@ def _filter_servers(req: Request, servers: list[dict[str, Any]]) -> list[dict[st
 
 def _list_servers(req: Request, detail: bool) -> Response:
     st = _st(req)
+    _all_projects(req, detail)
     with st.lock:
         st.settle()
         servers = _filter_servers(req, list(st.servers.values()))

@@ -1,4 +1,5 @@
-"""Glance v2: version discovery, image list (with next links), show, delete."""
+"""Glance v2: version discovery, image list (with next links), show, delete; writes (create,
+upload, update, members) in image_upload.py, on the same router."""
 
 from __future__ import annotations
 
@@ -107,6 +108,8 @@ def delete_image(req: Request) -> Response:
         if img["protected"]:
             raise glance_error(403, f"Image {img['id']} is protected and cannot be deleted.")
         del st.images[img["id"]]
+        st.image_data.pop(img["id"], None)
+        st.image_members.pop(img["id"], None)
     return Response(204)
 
 
@@ -121,3 +124,8 @@ def schema(req: Request) -> Response:
 def stores(req: Request) -> Response:
     return Response(200, {"stores": [{"id": "file", "default": True}]})
 
+
+
+from . import image_upload  # noqa: E402  (registers its routes on this router)
+
+ROUTE_MODULES = (image_upload,)

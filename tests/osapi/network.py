@@ -8,8 +8,7 @@ import ipaddress
 from typing import Any
 
 from .core import Request, Response, neutron_error, now, quota_request
-from .network_common import (V, Kind, Record, _copy_fields, _own_or_403, _ts,
-                             owned_by_demo, router)
+from .network_common import V, Kind, Record, _copy_fields, _own_or_403, _ts, parse_routes, router
 from .state import PROJECT_ID, State
 
 
@@ -63,6 +62,7 @@ def _new_network(req: Request, st: State, b: Record) -> Record:
                        mtu=int(b.get("mtu", 1450)))
     n["admin_state_up"] = bool(b.get("admin_state_up", True))
     n["description"] = str(b.get("description", ""))
+    n["port_security_enabled"] = bool(b.get("port_security_enabled", True))
     return n
 
 
@@ -88,23 +88,65 @@ def _empty_network(st: State, n: Record) -> None:
         st.subnets.pop(sid, None)
 
 
+def _nameservers(servers: Any) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(str(x))) for x in servers or []]
+    except ValueError:
+        raise neutron_error(400, f"Invalid input for dns_nameservers. Reason: '{servers}' is not a "
+                                 "valid nameserver.", "HTTPBadRequest")
+
+
+def _subnet_settings(sub: Record, b: Record) -> None:
+    """What subnet create and update both take: checked, then applied."""
+    net = ipaddress.ip_network(sub["cidr"])
+    if "host_routes" in b:
+        sub["host_routes"] = parse_routes(b["host_routes"], "host_routes")
+    if "dns_nameservers" in b:
+        sub["dns_nameservers"] = _nameservers(b["dns_nameservers"])
+    if "gateway_ip" in b:
+        gw = b["gateway_ip"]
+        if gw is not None:
+            try:
+                inside = ipaddress.ip_address(str(gw)) in net
+            except ValueError:
+                inside = False
+            if not inside:
+                raise neutron_error(400, f"Invalid input for operation: Gateway IP {gw} is not in subnet "
+                                         f"{sub['cidr']}.", "InvalidInput")
+        sub["gateway_ip"] = gw
+    if b.get("allocation_pools"):
+        sub["allocation_pools"] = list(b["allocation_pools"])
+    if "enable_dhcp" in b:
+        sub["enable_dhcp"] = bool(b["enable_dhcp"])
+
+
 @SUBNETS.creates
 def _new_subnet(req: Request, st: State, b: Record) -> Record:
     net = NETWORKS.find(req, str(b.get("network_id", "")))
     _own_or_403(net)
-    try:
-        cidr = str(ipaddress.ip_network(str(b.get("cidr")), strict=True))
+    try:  # host bits are allowed, as in Neutron: 10.99.99.0/16 is the subnet 10.99.0.0/16
+        cidr = str(ipaddress.ip_network(str(b.get("cidr")), strict=False))
     except ValueError:
         raise neutron_error(400, f"Invalid input for cidr. Reason: '{b.get('cidr')}' is not a "
                                  "valid IP subnet.", "HTTPBadRequest")
-    sub = st.add_subnet(net, str(b.get("name", "")), cidr, now(),
-                        dns=list(b.get("dns_nameservers") or []))
-    if "gateway_ip" in b:
-        sub["gateway_ip"] = b["gateway_ip"]
-    if b.get("allocation_pools"):
-        sub["allocation_pools"] = list(b["allocation_pools"])
-    sub["enable_dhcp"] = bool(b.get("enable_dhcp", True))
+    sub = st.add_subnet(net, str(b.get("name", "")), cidr, now(), dns=[])
+    try:
+        _subnet_settings(sub, b)
+    except Exception:
+        del st.subnets[sub["id"]]
+        net["subnets"].remove(sub["id"])
+        raise
+    sub["description"] = str(b.get("description", ""))
     return sub
+
+
+@SUBNETS.updates("name", "description")
+def _change_subnet(st: State, s: Record, body: Record) -> None:
+    _own_or_403(s)
+    for fixed in ("cidr", "network_id", "ip_version"):
+        if fixed in body:
+            raise neutron_error(400, f"Cannot update read-only attribute {fixed}", "HTTPBadRequest")
+    _subnet_settings(s, body)
 
 
 @SUBNETS.deletes
@@ -146,10 +188,21 @@ def _sg_ids(st: State, refs: Any) -> list[str]:
 def _new_port(req: Request, st: State, b: Record) -> Record:
     net = NETWORKS.find(req, str(b.get("network_id", "")))
     PORTS.quota_check(st)
-    sgs = _sg_ids(st, b["security_groups"]) if "security_groups" in b else [st.default_sg_id]
+    secured = bool(b.get("port_security_enabled", net.get("port_security_enabled", True)))
+    if not secured:  # no security groups without port security (and none by default)
+        if b.get("security_groups"):
+            raise neutron_error(400, "Port security must be enabled and port must have an IP address in "
+                                     "order to use security groups.",
+                                "PortSecurityAndIPRequiredForSecurityGroups")
+        sgs: list[str] = []
+    else:
+        sgs = _sg_ids(st, b["security_groups"]) if "security_groups" in b else [st.default_sg_id]
     wanted = None
     for f in b.get("fixed_ips") or []:
         wanted = f.get("ip_address") or wanted
+    if wanted and not net["subnets"]:
+        raise neutron_error(400, f"Invalid input for operation: IP address {wanted} is not a valid IP for "
+                                 f"the specified network {net['id']}: it has no subnet.", "InvalidInput")
     if wanted and wanted in st.used_ips(net["id"]):
         raise neutron_error(409, f"IP address {wanted} already allocated in subnet "
                                  f"{net['subnets'][0]}", "IpAddressAlreadyAllocated")
@@ -159,16 +212,19 @@ def _new_port(req: Request, st: State, b: Record) -> Record:
     except LookupError:
         raise neutron_error(409, f"No more IP addresses available on network {net['id']}.",
                             "IpAddressGenerationFailure")
-    _copy_fields(p, b, ("description", "admin_state_up", "device_id", "device_owner",
-                        "port_security_enabled"))
+    _copy_fields(p, b, ("description", "admin_state_up", "device_id", "device_owner"))
+    p["port_security_enabled"] = secured
     return p
 
 
 @PORTS.updates("name", "description", "admin_state_up", "device_id", "device_owner",
                "port_security_enabled", "allowed_address_pairs")
 def _port_groups(st: State, p: Record, body: Record) -> None:
-    if "security_groups" in body:
-        p["security_groups"] = _sg_ids(st, body["security_groups"])
+    groups = _sg_ids(st, body["security_groups"]) if "security_groups" in body else p["security_groups"]
+    if not body.get("port_security_enabled", p["port_security_enabled"]) and groups:
+        raise neutron_error(409, "Port has security group associated. Cannot disable port security or ip "
+                                 "address until security group is removed", "PortSecurityPortHasSecurityGroup")
+    p["security_groups"] = groups
 
 
 @PORTS.deletes
@@ -181,14 +237,6 @@ def _unplug_port(st: State, p: Record) -> None:
     for s in st.servers.values():
         if p["id"] in s["owned_ports"]:
             s["owned_ports"].remove(p["id"])
-
-
-# ------------------------------------------------------------ routers (read only)
-
-# Any router can be looked up by id; a list shows the project's own.
-ROUTERS = Kind("router", "routers", "routers", "Router {} could not be found", "RouterNotFound",
-               visible=lambda st, r: True, listed=owned_by_demo)
-ROUTERS.serve("index", "show")
 
 
 # ------------------------------------------------------------ quotas, extensions
@@ -242,7 +290,6 @@ _EXTENSIONS = [
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("extra_dhcp_opt", "Neutron Extra DHCP options", "Extra options configuration for DHCP."),
-    ("subnet_allocation", "Subnet Allocation", "Enables allocation of subnets from a subnet pool"),
     ("stateful-security-group", "Stateful security group", "Indicates if the security group "
                                                            "is stateful or not"),
     ("filter-validation", "Filter parameters validation", "Provides validation on filter "
@@ -276,7 +323,7 @@ def list_azs(req: Request) -> Response:
         {"name": "nova", "resource": "router", "state": "available"}]})
 
 
-# security groups and floating IPs register on the same router
-from . import network_security  # noqa: E402
+# security groups, floating IPs, routers and tags register on the same router
+from . import network_routers, network_security, network_tags  # noqa: E402
 
-ROUTE_MODULES = (network_security,)
+ROUTE_MODULES = (network_security, network_routers, network_tags)

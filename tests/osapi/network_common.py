@@ -116,6 +116,24 @@ def _copy_fields(obj: Record, body: Record, fields: tuple[str, ...]) -> None:
             obj[k] = body[k]
 
 
+def parse_routes(routes: Any, field: str) -> list[Record]:
+    """A list of {destination: CIDR, nexthop: IP} (host routes, a router's extra routes), normalized."""
+    import ipaddress
+
+    if not isinstance(routes, list):
+        raise neutron_error(400, f"Invalid input for {field}. Reason: '{routes}' is not a list.", "HTTPBadRequest")
+    out = []
+    for route in routes:
+        try:
+            dest = ipaddress.ip_network(str(route["destination"]), strict=False)
+            hop = ipaddress.ip_address(str(route["nexthop"]))
+        except (KeyError, TypeError, ValueError):
+            raise neutron_error(400, f"Invalid input for {field}. Reason: Invalid data format for hostroute: "
+                                     f"'{route}'.", "HTTPBadRequest")
+        out.append({"destination": str(dest), "nexthop": str(hop)})
+    return out
+
+
 def plain_view(st: State, obj: Record) -> Record:
     """How a resource without computed attributes is shown."""
     return _ts(obj)

@@ -217,6 +217,11 @@ class FakeOpenStack:
         with self.state.lock:
             self.state.add_keypair(name, public_key, ssh_fingerprint(public_key))
 
+    def corrupt_next_upload(self, count: int = 1) -> None:
+        """Store the next ``count`` Glance uploads with one byte changed (a disk or network fault)."""
+        with self.state.lock:
+            self.state.corrupt_uploads = count
+
     def expire_tokens(self) -> None:
         """Invalidate every issued token (clients must re-authenticate)."""
         with self.state.lock:

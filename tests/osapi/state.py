@@ -146,6 +146,10 @@ class State:
                     "hw_disk_bus": "virtio", "hw_architecture": "x86_64",
                     "stores": "file",
                 }
+            self.image_data: dict[str, bytes] = {}  # uploaded image files, by image id
+            self.image_members: dict[str, dict[str, dict[str, Any]]] = {}  # image id -> member id -> member
+            self.corrupt_uploads = 0  # the next N uploads are stored with one byte flipped
+            self.server_groups: dict[str, dict[str, Any]] = {}
             self.keypairs: dict[str, dict[str, Any]] = {}
             self.keypair_seq = 0
             self.servers: dict[str, dict[str, Any]] = {}
@@ -275,10 +279,15 @@ class State:
                     security_groups: list[str] | None = None,
                     status: str = "DOWN", fixed_ip: str | None = None,
                     name: str = "") -> dict[str, Any]:
-        alloc = self.allocate_ip(net, fixed_ip)
-        if alloc is None:
-            raise LookupError(net["id"])
-        sid, ip = alloc
+        fixed_ips, names = [], []
+        if net["subnets"]:  # a network without a subnet gives its ports no address (as Neutron)
+            alloc = self.allocate_ip(net, fixed_ip)
+            if alloc is None:
+                raise LookupError(net["id"])
+            sid, ip = alloc
+            fixed_ips = [{"subnet_id": sid, "ip_address": ip}]
+            host = "host-" + ip.replace(".", "-").replace(":", "-")
+            names = [{"ip_address": ip, "hostname": host, "fqdn": host + ".openstacklocal."}]
         pid = new_id()
         mac = "fa:16:3e:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(3))
         port = {
@@ -286,14 +295,13 @@ class State:
             "tenant_id": project_id, "project_id": project_id,
             "mac_address": mac, "admin_state_up": True, "status": status,
             "device_id": device_id, "device_owner": device_owner,
-            "fixed_ips": [{"subnet_id": sid, "ip_address": ip}],
+            "fixed_ips": fixed_ips,
             "allowed_address_pairs": [], "extra_dhcp_opts": [],
             "security_groups": list(security_groups if security_groups is not None
                                     else ([self.default_sg_id] if hasattr(self, "default_sg_id") else [])),
             "description": "", "binding:vnic_type": "normal",
             "port_security_enabled": True, "dns_name": "",
-            "dns_assignment": [{"ip_address": ip, "hostname": "host-" + ip.replace(".", "-"),
-                                "fqdn": "host-" + ip.replace(".", "-") + ".openstacklocal."}],
+            "dns_assignment": names,
             "qos_policy_id": None, "qos_network_policy_id": None,
             "propagate_uplink_status": False, "tags": [],
             "created_at": t, "updated_at": t, "revision_number": 1,

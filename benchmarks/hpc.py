@@ -1,0 +1,152 @@
+"""Benchmarks of `cm hpc` and `cm singularity` (run on demand: `python benchmarks/hpc.py`).
+
+queue: three private Slurm clusters (tests/infra/slurm.py, loopback) each behind a real sshd
+login host (tests/infra/sshd.py), 1,000 held jobs each.  One-shot `cm hpc queue --refresh`
+against one system, against all three (`--cloud all`, target <= 1.5x one), offline from the
+mirror, and the bare `ssh login squeue --format` it wraps (and `squeue --json`, for comparison).
+
+build: `cm singularity build --from ROOT` of a 50 MB root of real files against `mksquashfs`
+alone on the same root (target <= 1.2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.run import cm_command, report  # noqa: E402
+
+JOBS = 1000
+BASE_PORT = 23300  # this benchmark's ports: 23300-23399
+
+
+def interleaved(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median wall time of each command, run round-robin so every one sees the same machine load
+    (this machine is shared: alone-in-a-row timings drift with whatever else runs)."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           cwd=tempfile.gettempdir())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _systems(count: int, stack):
+    from tests.infra.slurm import SlurmCluster
+    from tests.infra.sshd import LoginHost
+
+    systems = []
+    for i in range(count):
+        slurm = stack.enter_context(SlurmCluster(f"hpc-bench{i}", BASE_PORT + 20 * i, nodes=1))
+        login = stack.enter_context(LoginHost(f"hpc-benchl{i}", BASE_PORT + 20 * i + 10, env=slurm.client_env))
+        held = slurm.run(["sh", "-c", f"for i in $(seq {JOBS}); do sbatch --hold --parsable -J b$i --wrap true "
+                                      ">/dev/null || exit 1; done"], timeout=900)
+        if held.returncode:
+            raise RuntimeError(f"submitting {JOBS} jobs failed: {held.stderr.strip()}")
+        systems.append((slurm, login))
+    return systems
+
+
+def bench_queue(runs: int) -> None:
+    from contextlib import ExitStack
+
+    home = Path(tempfile.mkdtemp(prefix="cm-bench-hpc-"))
+    env = {**os.environ, "CM_HOME": str(home)}
+    cm = cm_command()
+    with ExitStack() as stack:
+        started = time.perf_counter()
+        systems = _systems(3, stack)
+        print(f"\n== `cm hpc queue`, {JOBS:,} jobs per system, 3 systems over ssh "
+              f"(set up in {time.perf_counter() - started:.0f} s), median of {runs} runs")
+        for i, (_, login) in enumerate(systems):
+            subprocess.run([*cm, "cloud", "add", f"sys{i}", "--kind", "slurm", f"host={login.alias}",
+                            f"ssh_config={login.ssh_config}"], env=env, check=True, capture_output=True)
+        subprocess.run([*cm, "default", "cloud=sys0"], env=env, check=True, capture_output=True)
+        _, login = systems[0]
+        import shlex
+
+        from cm_plugins.slurm.parse import QUEUE_FORMAT
+
+        squeue = f"squeue --noheader --format={shlex.quote(QUEUE_FORMAT)}"  # what cm runs there
+        ssh = ["ssh", "-F", str(login.ssh_config), login.alias]
+        every_raw = " ".join(f"ssh -F {l.ssh_config} {l.alias} {shlex.quote(squeue)} >/dev/null &" for _, l in systems)
+        t = interleaved({"raw": [*ssh, squeue], "raw_json": [*ssh, "squeue --json"],
+                         "raw_all": ["sh", "-c", every_raw + " wait"],
+                         "one": [*cm, "hpc", "queue", "--refresh"],
+                         "every": [*cm, "hpc", "queue", "--refresh", "--cloud", "all"],
+                         "offline": [*cm, "hpc", "queue"], "offline_all": [*cm, "hpc", "queue", "--cloud", "all"]},
+                        env, runs)
+        raw, raw_json, one, every, offline, offline_all = (t[k] for k in ("raw", "raw_json", "one", "every",
+                                                                           "offline", "offline_all"))
+        raw_all = t["raw_all"]
+        count = subprocess.run([*cm, "hpc", "queue", "--cloud", "all", "-f", "value", "-c", "id"], env=env,
+                               capture_output=True, text=True).stdout.count("\n")
+        report("ssh login squeue --json (1 system)", raw_json)
+        report("ssh login squeue --format (1 system)", raw)
+        report("cm hpc queue --refresh (1 system)", one, "", ("ssh+squeue", raw))
+        report("3 x ssh+squeue --format at once (shell &)", raw_all, "", ("one ssh+squeue", raw))
+        report("cm hpc queue --refresh --cloud all (3)", every, "<= 1.5x one system", ("one system", one))
+        print(f"{'':<48} {'':8}    ({every / raw_all:.2f}x the 3 bare ssh+squeue at once)")
+        report("cm hpc queue (offline, mirror, 1,000 jobs)", offline)
+        report(f"cm hpc queue --cloud all (offline, {count:,} jobs)", offline_all)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def make_root(path: Path, size: int = 50 << 20) -> int:
+    """A root of real files (shared libraries and data from /usr) adding up to ``size`` bytes."""
+    total = 0
+    for source in sorted(Path("/usr/lib/x86_64-linux-gnu").rglob("*")) + sorted(Path("/usr/share").rglob("*")):
+        if total >= size:
+            break
+        if source.is_symlink() or not source.is_file() or total + source.stat().st_size > size:
+            continue
+        target = path / source.relative_to("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        total += target.stat().st_size
+    return total
+
+
+def bench_build(runs: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="cm-bench-sif-"))
+    home = work / "home"
+    home.mkdir()
+    env = {**os.environ, "CM_HOME": str(home)}
+    size = make_root(work / "root")
+    t = interleaved({"squash": ["mksquashfs", str(work / "root"), str(work / "alone.sqfs"), "-all-root", "-noappend",
+                                "-quiet", "-no-progress"],
+                     "build": [*cm_command(), "singularity", "build", "big", "--from", str(work / "root"), "--force"]},
+                    env, runs)
+    squash, build = t["squash"], t["build"]
+    print(f"\n== `cm singularity build` of a {size / 1e6:.0f} MB root, median of {runs} runs")
+    report("mksquashfs alone", squash)
+    report("cm singularity build --from ROOT", build, "<= 1.2x mksquashfs", ("mksquashfs", squash))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", choices=["queue", "build"], action="append")
+    args = parser.parse_args()
+    wanted = args.only or ["build", "queue"]
+    if "build" in wanted:
+        bench_build(args.runs)
+    if "queue" in wanted:
+        bench_queue(args.runs)
+
+
+if __name__ == "__main__":
+    main()
