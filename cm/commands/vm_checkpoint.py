@@ -68,7 +68,7 @@ def migrate(ctx: Any, args: Namespace) -> int:
 
 def add_checkpoint_verbs(subs: Any) -> None:
     """`vm save`, `vm restore` and `vm migrate` on the `vm` noun's subcommand table."""
-    from cm.commands.vm import add_targets
+    from cm.commands.vm import add_targets, seconds
 
     for name, (_, _, done) in CHECKPOINT.items():
         what = ("checkpoint VMs' memory to disk and stop them" if name == "save"
@@ -76,7 +76,7 @@ def add_checkpoint_verbs(subs: Any) -> None:
         sub = verb(subs, name, checkpoint(name), what, example=f"cm vm {name} node[01-04]")
         _common(sub, add_targets)
         sub.add_argument("--no-wait", action="store_true", help=f"return without waiting until {done}")
-        sub.add_argument("--timeout", type=float, help="seconds to wait (default: the 'timeout' default)")
+        sub.add_argument("--timeout", type=seconds, help="seconds to wait (default: the 'timeout' default)")
     sub = verb(subs, "migrate", migrate, "move VMs to another host of their cloud (live while they run)",
                example="cm vm migrate node01 --to h2")
     _common(sub, add_targets)
