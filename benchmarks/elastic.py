@@ -25,9 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.elastic_lab import CLOUD, GATEWAY, ElasticLab, NsHost, NsSlurm, write_cloud  # noqa: E402
+from tests.e2e.elastic_lab import CLOUD, ElasticLab, guest_files, running_lab, two_hosts, write_cloud  # noqa: E402
 
-CACHE = Path(os.environ.get("CM_E2E_CACHE", Path.home() / ".cache" / "cm-e2e"))
 PORT = 24700
 
 
@@ -83,34 +82,22 @@ def wait_powered_down(lab: ElasticLab, timeout: float = 300) -> None:
 
 
 def run_burst() -> None:
-    from tests.e2e.slurm_guest import build_slurm_guest
-    from tests.infra.libvirtd_ns import private_libvirtd_running
-
-    kernel, initrd = build_slurm_guest(CACHE)
     home = Path(tempfile.mkdtemp(prefix="elastic-bench-"))
-    with private_libvirtd_running("elastic-b") as daemon:
-        daemon.ensure_pool()
-        daemon.ensure_network()
-        write_cloud(home, daemon)
-        with NsSlurm("elastic-bench", PORT, NsHost(daemon.netns, GATEWAY)) as slurm:
-            lab = ElasticLab(daemon, slurm, kernel, initrd, home)
-            lab.cm("image", "add", "slurmd", f"kernel={kernel},initrd={initrd}", "--cloud", CLOUD)
-            done = lab.cm("slurm", "burst", "enable", str(slurm.conf), "--cloud", CLOUD, "--max", "1", "--image",
-                          "slurmd", "--flavor", "node", "--idle", "5", "--munge-key",
-                          str(slurm.tmp / "munge" / "munge.key"), "--restart-command", f"slurmctld -f {slurm.conf}")
-            assert done.returncode == 0, done.stderr
-            for how in ("srun", "srun", "sbatch"):
-                figures = burst(lab, how)
-                print(f"burst {how:6s} " + "  ".join(f"{k}={v:.2f}s" for k, v in figures.items()))
+    with running_lab("elastic-b", "elastic-bench", PORT, home) as lab:
+        conf = lab.slurm.conf
+        done = lab.cm("slurm", "burst", "enable", str(conf), "--cloud", CLOUD, "--max", "1", "--image", "slurmd",
+                      "--flavor", "node", "--idle", "5", "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key"),
+                      "--restart-command", f"slurmctld -f {conf}")
+        assert done.returncode == 0, done.stderr
+        for how in ("srun", "srun", "sbatch"):
+            figures = burst(lab, how)
+            print(f"burst {how:6s} " + "  ".join(f"{k}={v:.2f}s" for k, v in figures.items()))
 
 
 def run_checkpoint() -> None:
     import libvirt
 
-    from tests.e2e.slurm_guest import build_slurm_guest
-    from tests.infra.libvirtd_ns import PrivateLibvirtd
-
-    kernel, initrd = build_slurm_guest(CACHE)
+    kernel, initrd = guest_files()
     home = Path(tempfile.mkdtemp(prefix="elastic-bench-"))
     env = {**os.environ, "CM_HOME": str(home), "PYTHONPATH": str(ROOT)}
 
@@ -121,14 +108,8 @@ def run_checkpoint() -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return time.monotonic() - t
 
-    one, two = PrivateLibvirtd("elastic-b1"), PrivateLibvirtd("elastic-b2")
-    with one, two:
-        one.ensure_pool()
-        one.ensure_network()
-        two.ensure_network()
+    with two_hosts("elastic-b") as (one, two):
         conn2 = two.connect()
-        conn2.storagePoolDefineXML(f"<pool type='dir'><name>default</name><target><path>{one.pool_dir}</path>"
-                                   "</target></pool>", 0).create(0)
         write_cloud(home, one)
         import yaml
 

@@ -16,6 +16,8 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,3 +119,45 @@ def write_cloud(cm_home: Path, daemon: PrivateLibvirtd) -> None:
     config["clouds"]["local"]["uri"] = "test:///default"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
+
+
+def guest_files() -> tuple[Path, Path]:
+    """(kernel, initrd) of the slurmd guest, cached in $CM_E2E_CACHE (default ~/.cache/cm-e2e)."""
+    from tests.e2e.slurm_guest import build_slurm_guest
+
+    return build_slurm_guest(Path(os.environ.get("CM_E2E_CACHE", Path.home() / ".cache" / "cm-e2e")))
+
+
+@contextmanager
+def running_lab(label: str, prefix: str, port: int, cm_home: Path) -> Iterator[ElasticLab]:
+    """A started lab: private libvirtd with pool and network, the cloud in cm.yaml, Slurm, the guest image."""
+    from tests.infra.libvirtd_ns import private_libvirtd_running
+
+    kernel, initrd = guest_files()
+    with private_libvirtd_running(label) as daemon:
+        daemon.ensure_pool()
+        daemon.ensure_network()
+        write_cloud(cm_home, daemon)
+        with NsSlurm(prefix, port, NsHost(daemon.netns, GATEWAY)) as slurm:
+            lab = ElasticLab(daemon, slurm, kernel, initrd, cm_home)
+            added = lab.cm("image", "add", "slurmd", f"kernel={kernel},initrd={initrd}", "--cloud", CLOUD)
+            if added.returncode != 0:
+                raise RuntimeError(f"cm image add failed: {added.stderr}")
+            yield lab
+
+
+@contextmanager
+def two_hosts(label: str) -> Iterator[tuple[PrivateLibvirtd, PrivateLibvirtd]]:
+    """Two private libvirtds; the second's pool 'default' is the first's directory (shared storage)."""
+    one, two = PrivateLibvirtd(f"{label}1"), PrivateLibvirtd(f"{label}2")
+    with one, two:
+        one.ensure_pool()
+        one.ensure_network()
+        two.ensure_network()
+        conn = two.connect()
+        try:
+            conn.storagePoolDefineXML(f"<pool type='dir'><name>default</name><target><path>{one.pool_dir}"
+                                      "</path></target></pool>", 0).create(0)
+        finally:
+            conn.close()
+        yield one, two

@@ -11,12 +11,11 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.infra.procs import wait_for
-from tests.e2e.elastic_lab import CLOUD, GATEWAY, ElasticLab, NsHost, NsSlurm, write_cloud
+from tests.e2e.elastic_lab import CLOUD, ElasticLab, running_lab
 
 pytestmark = [
     pytest.mark.e2e,
@@ -39,22 +38,11 @@ def ok(proc) -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    from tests.e2e.slurm_guest import build_slurm_guest
-    from tests.infra.libvirtd_ns import private_libvirtd_running
-
-    cache = Path(os.environ.get("CM_E2E_CACHE", Path.home() / ".cache" / "cm-e2e"))
-    kernel, initrd = build_slurm_guest(cache)
     cm_home = tmp_path_factory.mktemp("elastic-cmhome")
-    with private_libvirtd_running("elastic") as daemon:
-        daemon.ensure_pool()
-        daemon.ensure_network()
-        write_cloud(cm_home, daemon)
-        with NsSlurm("elastic-burst", PORT, NsHost(daemon.netns, GATEWAY)) as slurm:
-            lab = ElasticLab(daemon, slurm, kernel, initrd, cm_home)
-            ok(lab.cm("image", "add", "slurmd", f"kernel={kernel},initrd={initrd}", "--cloud", CLOUD))
-            yield lab
-            for line in (cm_home / "elastic").glob("*/actions.log"):
-                print(line.read_text())
+    with running_lab("elastic", "elastic-burst", PORT, cm_home) as lab:
+        yield lab
+        for log in (cm_home / "elastic").glob("*/actions.log"):
+            print(log.read_text())
 
 
 def enable(lab: ElasticLab, *extra: str) -> str:

@@ -29,23 +29,12 @@ COUNTER = "#!/bin/sh\n(i=0; while :; do i=$((i+1)); echo \"count=$i\"; sleep 1; 
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory):
-    """Two private libvirtds; the second's pool 'default' is the first's directory (shared storage)."""
-    from tests.e2e.slurm_guest import build_slurm_guest
-    from tests.infra.libvirtd_ns import PrivateLibvirtd
+def hosts():
+    """Two private libvirtds sharing one storage directory, and the guest that counts."""
+    from tests.e2e.elastic_lab import guest_files, two_hosts
 
-    cache = Path(os.environ.get("CM_E2E_CACHE", Path.home() / ".cache" / "cm-e2e"))
-    kernel, initrd = build_slurm_guest(cache)
-    one, two = PrivateLibvirtd("elastic-h1"), PrivateLibvirtd("elastic-h2")
-    with one, two:
-        one.ensure_pool()
-        one.ensure_network()
-        two.ensure_network()
-        conn = two.connect()
-        pool = conn.storagePoolDefineXML(f"<pool type='dir'><name>default</name><target><path>{one.pool_dir}"
-                                         "</path></target></pool>", 0)
-        pool.create(0)
-        conn.close()
+    kernel, initrd = guest_files()
+    with two_hosts("elastic-h") as (one, two):
         yield {"h1": one, "h2": two, "kernel": kernel, "initrd": initrd}
 
 
