@@ -101,6 +101,8 @@ def prolog(ctx: Any, cluster: str, environ: dict[str, str] | None = None) -> lis
         for low in jobs:
             ctl.scontrol("suspend", low)
             done.append(f"suspended job {low} on {node}")
+        if jobs:
+            ctl.delivered()  # the suspend has reached the node before its VM stops: it cannot overtake the resume
         provider.save_vm(entry["vm"])
         done.append(f"saved VM {entry['vm']} of {node}")
         with state.changing(home, cluster) as now:

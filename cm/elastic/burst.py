@@ -200,8 +200,8 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
     failed = [f"{n}: {why}" for n, why in suspend(ctx, cluster, up) if why] if up else []
     if failed:
         raise ProviderError(f"could not delete the VMs of {'; '.join(failed)}; bursting stays enabled")
-    conf = slurmconf.read(path)
-    slurmconf.write(path, slurmconf.without_block(conf))
+    slurmconf.write(path, slurmconf.without_block(slurmconf.read(path), "backfill"))  # its hooks serve these nodes
+    slurmconf.write(path, slurmconf.without_block(slurmconf.read(path)))
     _apply(ctl, st.get("restart_command") or f"slurmctld -f {path}", True)
     (state.directory(home, cluster) / "state.json").unlink()
     state.log(home, cluster, "disable: static configuration restored")

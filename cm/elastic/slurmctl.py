@@ -4,6 +4,7 @@ here (``local``) or on a controller host reached with ssh (one ControlMaster con
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -64,6 +65,20 @@ class Controller:
             if "NodeName" in fields:
                 found[fields["NodeName"]] = fields
         return found
+
+    def delivered(self, timeout: float = 60) -> None:
+        """Wait until slurmctld's agent has handed every pending RPC to its slurmd (sdiag's agent
+        queue empty): slurmd answers a suspend before doing it, but a VM saved after that answer
+        still does the suspend, in order, when restored."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.check(["sdiag"])
+            counts = [int(n) for n in re.findall(r"^\s*Agent (?:queue size|count|thread count):\s*(\d+)", out, re.M)]
+            if counts and not any(counts):
+                return
+            if time.monotonic() >= deadline:
+                raise ProviderError(f"slurmctld still had RPCs in flight after {timeout:g} s (sdiag: agent {counts})")
+            time.sleep(0.05)
 
     def restart(self, command: str, timeout: float = 60) -> None:
         """Start slurmctld afresh with ``command`` (it stops the old one itself) and wait until it answers.
