@@ -102,7 +102,7 @@ def with_block(conf: SlurmConf, settings: dict[str, str], lines: list[str], note
             out.append(was + line)
         else:
             out.append(line)
-    text = [f"{begin} ({note}; `cm slurm {block} disable` removes it)",
+    text = [f"{begin} ({note}; `cm slurm burst disable` removes it)",
             *(f"{k}={v}" for k, v in settings.items()), *lines, end]
     return "\n".join(out + text) + "\n"
 
