@@ -203,6 +203,19 @@ class Provider:
         """Return what the VM printed on its console (the last ``lines`` if > 0)."""
         raise self._unsupported("show consoles")
 
+    # -- checkpoints and migration (optional) ----------------------------------------
+    def save_vm(self, name: str) -> None:
+        """Checkpoint the running VM's memory to disk and stop it; ``restore_vm`` continues it."""
+        raise self._unsupported("save VMs")
+
+    def restore_vm(self, name: str) -> None:
+        """Continue a saved VM exactly where it stopped."""
+        raise self._unsupported("restore VMs")
+
+    def migrate_vm(self, name: str, host: str) -> VM:
+        """Move the VM to ``host`` of this cloud: live while it runs, offline when it cannot be."""
+        raise self._unsupported("migrate VMs")
+
     # -- addresses -----------------------------------------------------------
     def assign_public_ip(self, name: str) -> str:
         raise self._unsupported("assign public IPs")

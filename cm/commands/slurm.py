@@ -8,7 +8,7 @@ HELP = "Launch a Slurm cluster: a head node (slurmctld, munge, NFS /home) and N 
 EXAMPLE = "cm slurm -n 4 --flavor worker=m1.medium"
 
 # Modules adding subcommands to `cm slurm` (each defines add_subcommands(subs)), e.g. burst, backfill.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("cm.commands.slurm_burst", "cm.commands.slurm_backfill")
 
 
 def build(parser: ArgumentParser) -> None:

@@ -425,6 +425,10 @@ def build(parser: ArgumentParser) -> None:
         sub.add_argument("--timeout", type=seconds, help="seconds to wait (default: the 'timeout' default)")
         add_format_options(sub)
 
+    from cm.commands.vm_checkpoint import add_checkpoint_verbs
+
+    add_checkpoint_verbs(subs)  # save, restore, migrate
+
     rename = verb(subs, "rename", rename_vm, "rename a VM")
     completes(rename.add_argument("old", metavar="OLD"), "vm")
     rename.add_argument("new", metavar="NEW")

@@ -165,6 +165,14 @@ def _usable(address: str) -> bool:
     return not (ip.is_loopback or ip.is_link_local)
 
 
+def _has_saved_state(dom: libvirt.virDomain) -> bool:
+    """Whether `cm vm save` left the domain's memory on disk for `cm vm restore`."""
+    try:
+        return bool(dom.hasManagedSaveImage(0))
+    except libvirt.libvirtError:
+        return False
+
+
 def to_vm(dom: libvirt.virDomain, extra: dict[str, Any] | None = None) -> VM:
     """A cm VM from a libvirt domain."""
     root = ET.fromstring(dom.XMLDesc(0))
@@ -176,7 +184,9 @@ def to_vm(dom: libvirt.virDomain, extra: dict[str, Any] | None = None) -> VM:
     ram = int(memory.text or 0) // 1024 if memory is not None and memory.get("unit", "KiB") == "KiB" else 0
     info = {"uuid": dom.UUIDString(), "domain_type": root.get("type", ""),
             "vcpus": int(root.findtext("vcpu") or 0), "ram": ram, "managed": bool(meta),
-            "libvirt_state": f"{state}:{reason}", "console_log": console_log_path(root), **(extra or {})}
+            "libvirt_state": f"{state}:{reason}", "console_log": console_log_path(root),
+            "saved": state == libvirt.VIR_DOMAIN_SHUTOFF and _has_saved_state(dom),
+            **(extra or {})}
     return VM(name=dom.name(), id=dom.UUIDString(), state=shared, image=meta.get("image", ""),
               flavor=meta.get("flavor", ""), key=meta.get("key", ""), private_ips=ips,
               created=meta.get("created", ""), fault=fault, extra=info)

@@ -47,7 +47,7 @@ import libvirt
 from cm.bulk import proceed
 from cm.errors import ConfigError, Conflict, NotFound, ProviderError, Unsupported, UsageError
 from cm.provider import VM, BootSpec, Flavor, Image, Provider
-from cm_plugins.kvm import console, images, seed, stock
+from cm_plugins.kvm import checkpoint, console, images, seed, stock
 from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
 from cm_plugins.kvm.image_verbs import ImageVerbs
@@ -178,6 +178,9 @@ class KvmProvider(ImageVerbs, StatsVerbs, Provider):
         try:
             return conn.lookupByName(name)
         except libvirt.libvirtError:
+            moved = checkpoint.elsewhere(self, name) if not self.hv.is_test else None
+            if moved is not None:  # migrated to another host of this cloud
+                return moved
             raise NotFound(f"no VM '{name}' on cloud '{self.name}' (see `cm vm list --refresh`)") from None
 
     def _guest_kind(self, conn: libvirt.virConnect) -> tuple[str, str]:
@@ -190,12 +193,13 @@ class KvmProvider(ImageVerbs, StatsVerbs, Provider):
 
     # -- VMs --------------------------------------------------------------------------------------
     def _vm(self, dom: libvirt.virDomain) -> VM:
-        return to_vm(dom, {"uri": self.hv.shown_uri})
+        host = checkpoint.host_of(self, dom) if self.config.get("hosts") else ""
+        return to_vm(dom, {"uri": self.hv.shown_uri, **({"host": host} if host else {})})
 
     def list_vms(self) -> list[VM]:
         with self.hv.use("list VMs") as conn:
             vms = []
-            for dom in conn.listAllDomains():
+            for dom in conn.listAllDomains() + (checkpoint.other_domains(self) if not self.hv.is_test else []):
                 try:
                     vms.append(self._vm(dom))
                 except libvirt.libvirtError as exc:
@@ -429,6 +433,15 @@ class KvmProvider(ImageVerbs, StatsVerbs, Provider):
             proceed()
             dom.rename(new, 0)
             return self._vm(self._domain(conn, new))
+
+    def save_vm(self, name: str) -> None:
+        checkpoint.save(self, name)
+
+    def restore_vm(self, name: str) -> None:
+        checkpoint.restore(self, name)
+
+    def migrate_vm(self, name: str, host: str) -> VM:
+        return checkpoint.migrate(self, name, host)
 
     def console_log(self, name: str, lines: int = 0) -> str:
         """The serial console: virtlogd's log file, or (remote, unreadable) a few seconds of the live stream."""

@@ -1,0 +1,163 @@
+"""The elastic Slurm lab: a private libvirtd (its own network namespace, a NAT network with DHCP)
+and a private Slurm cluster whose slurmctld, munged and one static node run inside that same
+namespace, listening on the network's gateway address, so VMs booted by cm reach the controller
+and the controller reaches their slurmd.  Nothing is sent outside namespaces the test made.
+
+``lab`` (module fixture) yields an :class:`ElasticLab`: ``slurm`` (a started
+``tests.infra.slurm.SlurmCluster``), ``libvirtd`` (a ``PrivateLibvirtd``), ``kernel``/``initrd``
+of the slurmd guest, ``cm(*words)`` running cm inside the namespace (as slurmctld's programs run),
+``domains()`` the VMs libvirt has.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tests.infra.libvirtd_ns import DEFAULT_SUBNET, PrivateLibvirtd
+from tests.infra.slurm import SlurmCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAY = str(next(ipaddress.ip_network(DEFAULT_SUBNET).hosts()))
+CLOUD = "burst"
+
+
+class NsHost:
+    """A place for SlurmCluster's daemons and clients: the private libvirtd's network namespace."""
+
+    def __init__(self, netns: str, addr: str) -> None:
+        self.ns, self.addr, self.name = netns, addr, socket.gethostname()
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.ns}", *argv]
+
+    def run(self, argv: list[str], timeout: float = 60, check: bool = False, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        return subprocess.run(self.wrap(argv), text=True, timeout=timeout, check=check, **kw)
+
+    def popen(self, argv: list[str], **kw) -> subprocess.Popen:
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.Popen(self.wrap(argv), start_new_session=True, **kw)
+
+
+class NsSlurm(SlurmCluster):
+    """A SlurmCluster inside ``host``'s namespace; slurmctld answers at the gateway address."""
+
+    def __init__(self, prefix: str, base_port: int, host: NsHost, **options) -> None:
+        super().__init__(prefix, base_port, nodes=1, **options)
+        self.ns_host = host
+
+    def start(self) -> "NsSlurm":
+        self.hosts.update(head=self.ns_host, n1=self.ns_host)
+        return super().start()
+
+    def write_slurm_conf(self) -> None:
+        super().write_slurm_conf()
+        lines = [f"SlurmctldHost={socket.gethostname()}({self.ns_host.addr})" if line.startswith("SlurmctldHost=")
+                 else line for line in self.conf.read_text().splitlines()]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def stop(self) -> None:
+        self.hosts.clear()   # the namespace belongs to the libvirtd: not ours to delete
+        super().stop()
+
+
+@dataclass
+class ElasticLab:
+    libvirtd: PrivateLibvirtd
+    slurm: NsSlurm
+    kernel: Path
+    initrd: Path
+    cm_home: Path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CM_HOME": str(self.cm_home), "SLURM_CONF": str(self.slurm.conf),
+                "PYTHONPATH": str(ROOT)}
+
+    def cm(self, *words: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`cm WORDS` as a process inside the namespace (where scontrol reaches slurmctld)."""
+        return subprocess.run(self.slurm.ns_host.wrap([sys.executable, "-m", "cm.main", *words]), text=True,
+                              capture_output=True, timeout=timeout, env=self.env(), cwd=self.slurm.tmp,
+                              stdin=subprocess.DEVNULL)
+
+    def domains(self) -> list[str]:
+        conn = self.libvirtd.connect()
+        try:
+            return sorted(d.name() for d in conn.listAllDomains())
+        finally:
+            conn.close()
+
+    def volumes(self) -> list[str]:
+        conn = self.libvirtd.connect()
+        try:
+            pool = conn.storagePoolLookupByName("default")
+            pool.refresh(0)
+            return sorted(pool.listVolumes())
+        finally:
+            conn.close()
+
+
+def write_cloud(cm_home: Path, daemon: PrivateLibvirtd) -> None:
+    """cm.yaml with the kvm cloud ``burst`` on the private libvirtd, and a small flavor for nodes."""
+    path = cm_home / "cm.yaml"
+    config = yaml.safe_load(path.read_text()) if path.exists() else \
+        yaml.safe_load((ROOT / "defaults" / "cm.yaml").read_text())
+    settings = dict(word.split("=", 1) for word in daemon.cloud_settings())
+    config.setdefault("clouds", {})[CLOUD] = {
+        "kind": "kvm", **settings, "cmdline": "console=ttyS0 panic=-1 quiet",
+        "hosts": {"n1": settings["uri"]},   # the static node n1 and the VMs share this machine
+        "flavors": {"node": {"vcpus": 1, "ram": 256, "disk": 1}, "big": {"vcpus": 1, "ram": 1024, "disk": 1}}}
+    config["clouds"]["local"]["uri"] = "test:///default"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+def guest_files() -> tuple[Path, Path]:
+    """(kernel, initrd) of the slurmd guest, cached in $CM_E2E_CACHE (default ~/.cache/cm-e2e)."""
+    from tests.e2e.slurm_guest import build_slurm_guest
+
+    return build_slurm_guest(Path(os.environ.get("CM_E2E_CACHE", Path.home() / ".cache" / "cm-e2e")))
+
+
+@contextmanager
+def running_lab(label: str, prefix: str, port: int, cm_home: Path) -> Iterator[ElasticLab]:
+    """A started lab: private libvirtd with pool and network, the cloud in cm.yaml, Slurm, the guest image."""
+    from tests.infra.libvirtd_ns import private_libvirtd_running
+
+    kernel, initrd = guest_files()
+    with private_libvirtd_running(label) as daemon:
+        daemon.ensure_pool()
+        daemon.ensure_network()
+        write_cloud(cm_home, daemon)
+        with NsSlurm(prefix, port, NsHost(daemon.netns, GATEWAY)) as slurm:
+            lab = ElasticLab(daemon, slurm, kernel, initrd, cm_home)
+            added = lab.cm("image", "add", "slurmd", f"kernel={kernel},initrd={initrd}", "--cloud", CLOUD)
+            if added.returncode != 0:
+                raise RuntimeError(f"cm image add failed: {added.stderr}")
+            yield lab
+
+
+@contextmanager
+def two_hosts(label: str) -> Iterator[tuple[PrivateLibvirtd, PrivateLibvirtd]]:
+    """Two private libvirtds; the second's pool 'default' is the first's directory (shared storage)."""
+    one, two = PrivateLibvirtd(f"{label}1"), PrivateLibvirtd(f"{label}2")
+    with one, two:
+        one.ensure_pool()
+        one.ensure_network()
+        two.ensure_network()
+        conn = two.connect()
+        try:
+            conn.storagePoolDefineXML(f"<pool type='dir'><name>default</name><target><path>{one.pool_dir}"
+                                      "</path></target></pool>", 0).create(0)
+        finally:
+            conn.close()
+        yield one, two

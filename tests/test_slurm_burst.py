@@ -1,0 +1,184 @@
+"""`cm slurm burst`: the slurm.conf it writes, what it refuses, and the boot script of a node.
+
+Fast: no daemon (the local cloud is libvirt's test hypervisor; --dryrun prints the file).
+The real thing (slurmctld calling cm, VMs running slurmd) is tests/e2e/test_burst_e2e.py.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("libvirt")
+
+from tests.test_kvm import image, one_line  # noqa: E402,F401  (fixtures)
+
+STATIC = """ClusterName=lab
+SlurmctldHost=head(10.0.0.1)
+AuthInfo=socket=/run/lab/munge.sock
+SlurmdSpoolDir=/var/spool/slurmd-%n
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
+SlurmctldPidFile=/run/slurmctld.pid
+CommunicationParameters=block_null_hash
+SuspendTime=600   # the site's own value
+NodeName=DEFAULT CPUs=2
+NodeName=n[1-4] NodeAddr=10.0.0.[11-14]
+PartitionName=debug Nodes=ALL Default=YES
+"""
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    path = tmp_path / "slurm.conf"
+    path.write_text(STATIC)
+    return path
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "munge.key"
+    path.write_bytes(b"k" * 1024)
+    path.chmod(0o600)
+    return path
+
+
+def burst(cm, conf: Path, key: Path, *extra: str):
+    return cm("slurm", "burst", "enable", str(conf), "--cloud", "local", "--max", "3", "--munge-key", str(key),
+              *extra)
+
+
+def test_dryrun_shows_the_cloud_nodes_and_power_settings_and_changes_nothing(cm, conf, key, image, cm_home):
+    result = burst(cm, conf, key, "--idle", "120", "--partition", "burst", "--dryrun")
+    assert result.code == 0, result.err
+    text = result.out
+    assert "NodeName=burst[1-3] CPUs=1 State=CLOUD Feature=cloud,cm-burst" in text
+    assert "PartitionName=burst Nodes=burst[1-3] MaxTime=INFINITE State=UP" in text
+    for line in ("SuspendTime=120", "TreeWidth=65533", "SuspendExcNodes=n[1-4]", "ResumeRate=0",
+                 "CommunicationParameters=block_null_hash,NoAddrCache", "SlurmctldParameters=idle_on_node_suspend",
+                 f"ResumeProgram={cm_home / 'elastic' / 'lab' / 'resume'}",
+                 f"ResumeFailProgram={cm_home / 'elastic' / 'lab' / 'resume-fail'}"):
+        assert line in text.splitlines(), line
+    assert "#cm-burst-was# SuspendTime=600   # the site's own value" in text
+    assert "#cm-burst-was# CommunicationParameters=block_null_hash" in text
+    assert conf.read_text() == STATIC
+
+
+def test_the_programs_slurmctld_runs_call_cm_with_its_home(cm, conf, key, image, cm_home):
+    assert burst(cm, conf, key, "--dryrun").code == 0
+    program = (cm_home / "elastic" / "lab" / "resume").read_text()
+    assert program.startswith("#!/bin/sh\n")
+    assert f"CM_HOME={cm_home}" in program and "-m cm.main slurm burst resume lab" in program
+    assert "< /dev/null" in program   # slurmctld runs it with stdin closed
+    assert (cm_home / "elastic" / "lab" / "resume").stat().st_mode & 0o777 == 0o700
+
+
+def test_removing_the_block_gives_back_the_file_exactly(conf, key):
+    from cm.elastic import slurmconf
+
+    before = slurmconf.read(conf)
+    text = slurmconf.with_block(before, {"SuspendTime": "60", "TreeWidth": "65533"}, ["NodeName=c1 State=CLOUD"], "t")
+    conf.write_text(text)
+    again = slurmconf.read(conf)
+    assert again.has_block and again.get("SuspendTime") == "60" and again.nodes[-1] == "c1"
+    assert slurmconf.without_block(again) == STATIC
+    # writing the block twice keeps one block
+    assert slurmconf.with_block(again, {"SuspendTime": "30"}, [], "t").count(slurmconf.BEGIN) == 1
+
+
+@pytest.mark.parametrize("words, message", [
+    (("--max", "0"), "--max must be between 1 and 1024"),
+    (("--idle", "0"), "--idle must be at least 1 second"),
+    (("--partition", "bad name!"), "bad partition name 'bad name!'"),
+    (("--partition", "debug"), "already has a partition 'debug'"),
+    (("--partition", "n"), "already has nodes named n1"),
+    (("--flavor", "nope"), "unknown flavor 'nope' on cloud 'local'"),
+    (("--image", "nope"), "unknown image 'nope' on cloud 'local'"),
+    (("--cloud", "nowhere"), "nowhere"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(cm, conf, key, image, words, message):
+    args = ["slurm", "burst", "enable", str(conf), "--cloud", "local", "--max", "3", "--munge-key", str(key)]
+    for i in range(0, len(words), 2):
+        if words[i] in args:
+            args[args.index(words[i]) + 1] = words[i + 1]
+        else:
+            args += [words[i], words[i + 1]]
+    result = cm(*args)
+    assert result.code in (1, 2)
+    assert message in one_line(result)
+    assert "Traceback" not in result.err
+    assert conf.read_text() == STATIC
+
+
+def test_a_missing_conf_key_or_cluster_is_one_line(cm, conf, key, tmp_path, image):
+    result = cm("slurm", "burst", "enable", str(tmp_path / "none.conf"), "--cloud", "local", "--max", "1")
+    assert result.code == 2 and "no slurm.conf at" in one_line(result)
+    result = burst(cm, conf, tmp_path / "nokey")
+    assert result.code == 2 and "cannot read the cluster's munge key" in one_line(result)
+    (tmp_path / "odd.conf").write_text("NodeName=a\n")
+    result = cm("slurm", "burst", "enable", str(tmp_path / "odd.conf"), "--cloud", "local", "--max", "1")
+    assert result.code == 2 and "has no ClusterName" in one_line(result)
+    result = cm("slurm", "burst", "status", "lab")
+    assert result.code == 2 and "no cluster 'lab' with bursting enabled" in one_line(result)
+    result = cm("slurm", "burst", "enable", str(conf), "--cloud", "local")
+    assert result.code == 2 and "--max" in one_line(result)
+
+
+def test_the_boot_script_makes_the_vm_node_of_this_cluster(conf):
+    from cm.elastic import slurmconf, userdata
+
+    script = userdata.script(slurmconf.read(conf), "cloud2", b"secret-key-bytes")
+    assert script.startswith("#!/bin/sh\n")
+    assert base64.b64encode(b"secret-key-bytes").decode() in script and "secret-key-bytes" not in script
+    assert "slurmd -b -N cloud2 -f /etc/slurm/slurm.conf" in script
+    assert "--socket=/run/lab/munge.sock" in script
+    assert "/var/spool/slurmd-cloud2" in script and "/var/log/slurm" in script
+    assert STATIC.strip() in script
+
+
+def test_resume_file_jobs_by_node(tmp_path):
+    from cm.elastic.power import jobs_by_node
+
+    path = tmp_path / "resume.json"
+    path.write_text('{"all_nodes": "c[1-3]", "jobs": [{"job_id": 7, "nodes": "c[1-2]"}, {"job_id": 9, "nodes": "c3"}]}')
+    assert jobs_by_node({"SLURM_RESUME_FILE": str(path)}) == {"c1": ["7"], "c2": ["7"], "c3": ["9"]}
+    assert jobs_by_node({}) == {}
+
+
+def test_backfill_needs_the_burst_partition_and_good_host_maps(cm, conf, key, image, cm_home):
+    import json
+
+    result = cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "cloud")
+    assert result.code == 2 and "bursting is not enabled for cluster 'lab'" in one_line(result)
+    from cm.elastic import state
+
+    with state.changing(cm_home, "lab", {"partition": "cloud", "conf": str(conf), "nodes": {}}):
+        pass
+    result = cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "low")
+    assert result.code == 2 and "partition 'low' is not the cloud partition of cluster 'lab' ('cloud')" in \
+        one_line(result)
+    result = cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "cloud", "--host-map", "n1")
+    assert result.code == 2 and "bad --host-map entry 'n1'" in one_line(result)
+    result = cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "cloud", "--dryrun")
+    assert result.code == 0, result.err
+    assert "PrologSlurmctld=" in result.out and "SlurmdTimeout=3600" in result.out
+    assert "# BEGIN cm backfill" in result.out and conf.read_text() == STATIC
+    result = cm("slurm", "backfill", "status", str(conf))
+    assert result.code == 2 and "backfill is not enabled for cluster 'lab'" in one_line(result)
+    assert json.loads((cm_home / "elastic" / "lab" / "state.json").read_text())["partition"] == "cloud"
+
+
+def test_the_prolog_ignores_jobs_of_the_virtual_partition(cm_home, conf):
+    from cm.elastic import backfill, state
+
+    with state.changing(cm_home, "lab", {"partition": "cloud", "conf": str(conf), "nodes": {},
+                                         "backfill": {"partition": "cloud", "host_map": {}, "saved": {}}}):
+        pass
+
+    class Ctx:
+        home = cm_home
+
+    env = {"SLURM_JOB_ID": "5", "SLURM_JOB_PARTITION": "cloud", "SLURM_JOB_NODELIST": "cloud1"}
+    assert backfill.prolog(Ctx(), "lab", env) == []
+    assert backfill.epilog(Ctx(), "lab", {"SLURM_JOB_ID": "5"}) == []
