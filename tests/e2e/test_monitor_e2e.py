@@ -54,6 +54,12 @@ def cm_ok(cm_process, *words: str) -> str:
     return result.out
 
 
+def _domain(lab: dict, name: str):
+    """A guest's domain over a fresh connection: libvirtd drops a client connection that sat idle
+    through its keepalive window (a client without an event loop never answers the pings)."""
+    return lab["daemon"].connect().lookupByName(name)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
     """The private libvirtd with the five guests running their workloads; stopped (nothing left) after."""
@@ -106,7 +112,7 @@ def monitored(lab, tmp_path_factory: pytest.TempPathFactory):
         begin = time.time()
         time.sleep(WINDOW)
         windows.append((begin, time.time()))
-    dom = lab["conn"].lookupByName("mon-disk")
+    dom = _domain(lab, "mon-disk")
     dom.setBlockIoTune("vda", {"total_bytes_sec": 256 * 1024}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     time.sleep(2)
     throttled = (time.time(), time.time() + WINDOW)
@@ -190,7 +196,7 @@ def test_a_throttled_disk_is_flagged_against_its_profile(monitored):
 
 
 def test_tune_balloons_memory_up_on_the_running_guest(monitored, lab):
-    dom = lab["conn"].lookupByName("mon-mem")
+    dom = _domain(lab, "mon-mem")
     before = dom.info()[2] // 1024
     out = json.loads(monitored["cm"]("monitor", "tune", "mem-1", "--apply", "-f", "json").stdout)
     assert out[0]["bottleneck"] == "memory" and out[0]["result"].startswith("done"), out
@@ -206,7 +212,7 @@ def test_tune_of_the_cpu_run_matches_where_the_bottleneck_is(monitored, lab):
     if verdict["level"] == "host":  # starved by a busy host: more vCPUs would not help
         assert "vm migrate" in out[0]["change"] and out[0]["result"].startswith("not applied")
     else:
-        dom = lab["conn"].lookupByName("mon-cpu")
+        dom = _domain(lab, "mon-cpu")
         assert out[0]["result"] == "done: 2 vCPUs" and dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 2
 
 
