@@ -305,7 +305,7 @@ def test_a_vm_starved_by_its_host_is_a_host_bottleneck_and_tune_says_move_it(cm,
     assert (verdict["bottleneck"], verdict["level"]) == ("cpu", "host"), verdict
     assert "waited for a host CPU" in verdict["why"] and verdict["host_cpu"] == "100%"
     rows = json.loads(cm("monitor", "tune", "starved-1", "--apply", "-f", "json").out)
-    assert rows[0]["node"] == "mon2" and "no `vm migrate` verb" in rows[0]["change"]
+    assert rows[0]["node"] == "mon2" and "cm vm migrate mon2 --to HOST" in rows[0]["change"]
     assert rows[0]["result"].startswith("not applied")
 
 

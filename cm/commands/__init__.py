@@ -28,7 +28,7 @@ Handler = Callable[..., Any]
 SETTINGS = {"cloud": "the active cloud", "format": "output format: table, json, yaml, csv or value",
             "image": "image new VMs boot", "flavor": "flavor new VMs get", "group": "group new VMs join",
             "user": "prefix of generated VM names", "key": "ssh key name or .pub file",
-            "timeout": "seconds boot and wait wait", "login": "user `vm ssh` logs in as",
+            "timeout": "seconds that boot and wait wait for a VM", "login": "user `vm ssh` logs in as",
             "monitor_retention": "how long `cm monitor` keeps samples (7d, 12h, ...)"}
 
 

@@ -2,7 +2,8 @@
 
 VM-level CPU: one more vCPU (hot-add); VM-level memory: half as much again
 through the balloon (up to its maximum); a host-level bottleneck: move the VM
-to a less loaded host, which needs a `vm migrate` verb cm does not have yet.
+to a less loaded host of the same cloud with `cm vm migrate NAME --to HOST`, which
+``--apply`` leaves to the user (which host is less loaded is not known from one VM's samples).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Any
 from cm.errors import CmError
 
 COLUMNS = ["node", "bottleneck", "level", "change", "result"]
-MIGRATE_MISSING = ("move it to a less loaded host: cm has no `vm migrate` verb yet (live-migrate by hand, "
-                   "e.g. virsh migrate --live NAME qemu+ssh://OTHER/system)")
+MIGRATE = "move it to a less loaded host of its cloud: cm vm migrate {node} --to HOST (live)"
 
 
 def _change(verdict: dict[str, Any], node: str, figures: dict[str, Any]) -> tuple[str, tuple[str, int] | None]:
@@ -23,7 +23,7 @@ def _change(verdict: dict[str, Any], node: str, figures: dict[str, Any]) -> tupl
     if resource == "none":
         return "nothing to change: no bottleneck", None
     if level == "host":
-        return MIGRATE_MISSING, None
+        return MIGRATE.format(node=node), None
     if resource == "cpu":
         vcpus = int(figures.get("vcpus") or 1)
         return f"add a vCPU: {vcpus} -> {vcpus + 1}", ("set_vm_vcpus", vcpus + 1)
