@@ -90,20 +90,10 @@ class ElasticLab:
                               stdin=subprocess.DEVNULL)
 
     def domains(self) -> list[str]:
-        conn = self.libvirtd.connect()
-        try:
-            return sorted(d.name() for d in conn.listAllDomains())
-        finally:
-            conn.close()
+        return self.libvirtd.domains()
 
     def volumes(self) -> list[str]:
-        conn = self.libvirtd.connect()
-        try:
-            pool = conn.storagePoolLookupByName("default")
-            pool.refresh(0)
-            return sorted(pool.listVolumes())
-        finally:
-            conn.close()
+        return self.libvirtd.volumes()
 
 
 def write_cloud(cm_home: Path, daemon: PrivateLibvirtd) -> None:

@@ -78,20 +78,7 @@ def wait_console(cm_process, name: str, pattern: str, timeout: float) -> re.Matc
 
 def ssh(daemon, key: Path, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """ssh tester@ADDRESS from inside the namespace with the key cm put in the seed."""
-    argv = ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-            f"tester@{ADDRESS}", command]
-    return daemon.run(argv, timeout=timeout)
-
-
-def pool_volumes(daemon) -> list[str]:
-    conn = daemon.connect()
-    try:
-        pool = conn.storagePoolLookupByName("default")
-        pool.refresh(0)
-        return sorted(pool.listVolumes())
-    finally:
-        conn.close()
+    return daemon.ssh(key, f"tester@{ADDRESS}", command, timeout)
 
 
 def test_debian_guest_boots_configures_and_answers_ssh(cm_process, tmp_path, private_libvirtd, debian_image):
@@ -151,7 +138,7 @@ def test_debian_guest_boots_configures_and_answers_ssh(cm_process, tmp_path, pri
         assert name not in [d.name() for d in conn.listAllDomains()]
     finally:
         conn.close()
-    assert pool_volumes(daemon) == sorted(f"debian12.{part}" for part in ("cmdline", "disk", "initrd", "kernel"))
+    assert daemon.volumes() == sorted(f"debian12.{part}" for part in ("cmdline", "disk", "initrd", "kernel"))
     assert not list(daemon.console_dir.glob(f"cm-{name}-*.console.log"))
     ok(cm_process("image", "delete", "debian12", "--cloud", "lab"))
-    assert pool_volumes(daemon) == []
+    assert daemon.volumes() == []

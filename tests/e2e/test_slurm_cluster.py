@@ -42,28 +42,7 @@ def ok(result) -> str:
 
 def on_head(daemon, key: Path, address: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """ssh tester@head from inside the namespace, with the key cm put in the nodes' seeds."""
-    argv = ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-            f"tester@{address}", command]
-    return daemon.run(argv, timeout=timeout)
-
-
-def domains(daemon) -> list[str]:
-    conn = daemon.connect()
-    try:
-        return sorted(d.name() for d in conn.listAllDomains())
-    finally:
-        conn.close()
-
-
-def volumes(daemon) -> list[str]:
-    conn = daemon.connect()
-    try:
-        pool = conn.storagePoolLookupByName("default")
-        pool.refresh(0)
-        return sorted(pool.listVolumes())
-    finally:
-        conn.close()
+    return daemon.ssh(key, f"tester@{address}", command, timeout)
 
 
 def test_slurm_two_workers_run_srun_then_resize_to_three_then_delete(cm_process, tmp_path, private_libvirtd,
@@ -71,7 +50,7 @@ def test_slurm_two_workers_run_srun_then_resize_to_three_then_delete(cm_process,
     daemon = private_libvirtd
     ok(cm_process("cloud", "add", "lab", "--kind", "kvm", *daemon.cloud_settings()))
     ok(cm_process("image", "add", "debian12", str(debian_image.directory), "--cloud", "lab", timeout=600))
-    image_volumes = volumes(daemon)
+    image_volumes = daemon.volumes()
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     ok(cm_process("default", f"key={key}.pub", "--cloud", "lab"))
@@ -103,8 +82,8 @@ def test_slurm_two_workers_run_srun_then_resize_to_three_then_delete(cm_process,
     finally:
         deleted = cm_process("cluster", "delete", name, "--cloud", "lab", timeout=600)
     assert deleted.code == 0, deleted.err
-    assert domains(daemon) == []
-    assert volumes(daemon) == image_volumes
+    assert daemon.domains() == []
+    assert daemon.volumes() == image_volumes
     ok(cm_process("image", "delete", "debian12", "--cloud", "lab"))
 
 

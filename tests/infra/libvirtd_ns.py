@@ -105,10 +105,35 @@ class PrivateLibvirtd:
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         return subprocess.run(self.command(argv), **kwargs)
 
+    def ssh(self, key: Path, target: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """``ssh -i KEY TARGET COMMAND`` (TARGET: user@address of a guest) from inside the namespace."""
+        argv = ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+                target, command]
+        return self.run(argv, timeout=timeout)
+
     def connect(self):
         import libvirt
 
         return libvirt.open(self.uri)
+
+    def domains(self) -> list[str]:
+        """The names of every domain this daemon has, sorted."""
+        conn = self.connect()
+        try:
+            return sorted(d.name() for d in conn.listAllDomains())
+        finally:
+            conn.close()
+
+    def volumes(self, pool: str = "default") -> list[str]:
+        """The names of the volumes in ``pool``, sorted (after a refresh: files made behind libvirt's back)."""
+        conn = self.connect()
+        try:
+            found = conn.storagePoolLookupByName(pool)
+            found.refresh(0)
+            return sorted(found.listVolumes())
+        finally:
+            conn.close()
 
     # -- start ------------------------------------------------------------------------------
     def _write_config(self) -> None:
