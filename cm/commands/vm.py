@@ -185,21 +185,31 @@ def _targets_by_cloud(ctx: Context, args: Namespace) -> list[tuple[str, list[str
     return pairs
 
 
+def bulk_targets(ctx: Context, args: Namespace, label: str, method: str) -> tuple[str, list[str], Any] | None:
+    """(cloud, target VMs, provider) of a bulk verb, its columns checked and the verb required first;
+    None after a dry run has said what it would do."""
+    check_columns(RESULT_COLUMNS, args)
+    cloud = ctx.cloud_name(args)
+    names = _targets(ctx, args, cloud)
+    if args.dryrun:
+        for name in names:
+            ctx.say(f"would {label} {name} on {cloud}")
+        return None
+    provider = ctx.provider(cloud)
+    provider.require(method)
+    return cloud, names, provider
+
+
 def lifecycle(verb_name: str) -> Callable[[Context, Namespace], int]:
     method, settled, done = LIFECYCLE[verb_name]
 
     def handler(ctx: Context, args: Namespace) -> int:
         from cm import bulk, groups, inventory
 
-        check_columns(RESULT_COLUMNS, args)
-        cloud = ctx.cloud_name(args)
-        names = _targets(ctx, args, cloud)
-        if args.dryrun:
-            for name in names:
-                ctx.say(f"would {verb_name} {name} on {cloud}")
+        planned = bulk_targets(ctx, args, verb_name, method)
+        if planned is None:
             return 0
-        provider = ctx.provider(cloud)
-        provider.require(method)
+        cloud, names, provider = planned
         timeout = ctx.timeout(cloud, args.timeout)
         had_ips = any(inventory.vm_record(ctx, cloud, n).get("public_ips") for n in names)
 

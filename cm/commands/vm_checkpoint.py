@@ -7,9 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cm.commands import add_cloud_option, add_dryrun_option, verb
-from cm.output import add_format_options, check_columns
+from cm.output import add_format_options
 
-RESULT_COLUMNS = ["name", "cloud", "state", "result"]
 # verb -> (provider method, the states the VM settles in, past tense for messages)
 CHECKPOINT: dict[str, tuple[str, set[str], str]] = {
     "save": ("save_vm", {"stopped"}, "saved"),
@@ -21,17 +20,12 @@ def _each_vm(ctx: Any, args: Namespace, label: str, method: str, done: str,
              act: Callable[[Any, str], Any]) -> int:
     """Run ``act(provider, name)`` on every target VM in parallel; a result row per VM, a summary."""
     from cm import bulk, inventory
-    from cm.commands.vm import _targets
+    from cm.commands.vm import bulk_targets
 
-    check_columns(RESULT_COLUMNS, args)
-    cloud = ctx.cloud_name(args)
-    names = _targets(ctx, args, cloud)
-    if args.dryrun:
-        for name in names:
-            ctx.say(f"would {label} {name} on {cloud}")
+    planned = bulk_targets(ctx, args, label, method)
+    if planned is None:
         return 0
-    provider = ctx.provider(cloud)
-    provider.require(method)
+    cloud, names, provider = planned
 
     def record(outcome: bulk.Outcome) -> None:
         if outcome.value is not None:
