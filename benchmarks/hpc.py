@@ -3,7 +3,9 @@
 queue: three private Slurm clusters (tests/infra/slurm.py, loopback) each behind a real sshd
 login host (tests/infra/sshd.py), 1,000 held jobs each.  One-shot `cm hpc queue --refresh`
 against one system, against all three (`--cloud all`, target <= 1.5x one), offline from the
-mirror, and the bare `ssh login squeue --format` it wraps (and `squeue --json`, for comparison).
+mirror, and the bare `ssh login squeue --format` it wraps, alone and three at once: the bare-ssh
+ratio is the floor on this machine, where the three login hosts share the cores with cm (and
+`squeue --json`, for comparison).  Ratios are taken within each round, with the load average.
 
 build: `cm singularity build --from ROOT` of a 50 MB root of real files against `mksquashfs`
 alone on the same root (target <= 1.2x).
@@ -30,8 +32,8 @@ JOBS = 1000
 BASE_PORT = 23300  # this benchmark's ports: 23300-23399
 
 
-def interleaved(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, float]:
-    """Median wall time of each command, run round-robin so every one sees the same machine load
+def timings(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, list[float]]:
+    """Wall times of each command, run round-robin so every one sees the same machine load
     (this machine is shared: alone-in-a-row timings drift with whatever else runs)."""
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
@@ -40,17 +42,32 @@ def interleaved(commands: dict[str, list[str]], env: dict[str, str], runs: int) 
             subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            cwd=tempfile.gettempdir())
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
-def _systems(count: int, stack):
+def interleaved(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median wall time of each command, run round-robin (see timings)."""
+    return {name: statistics.median(values) for name, values in timings(commands, env, runs).items()}
+
+
+def round_ratio(times: dict[str, list[float]], top: str, bottom: str) -> float:
+    """The median over rounds of top/bottom measured in the same round (same load on both)."""
+    return statistics.median(a / b for a, b in zip(times[top], times[bottom]))
+
+
+def load() -> str:
+    """The machine's 1-minute load average and core count, printed with every figure."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def _systems(count: int, stack, base_port: int):
     from tests.infra.slurm import SlurmCluster
     from tests.infra.sshd import LoginHost
 
     systems = []
     for i in range(count):
-        slurm = stack.enter_context(SlurmCluster(f"hpc-bench{i}", BASE_PORT + 20 * i, nodes=1))
-        login = stack.enter_context(LoginHost(f"hpc-benchl{i}", BASE_PORT + 20 * i + 10, env=slurm.client_env))
+        slurm = stack.enter_context(SlurmCluster(f"hpc-bench{i}", base_port + 20 * i, nodes=1))
+        login = stack.enter_context(LoginHost(f"hpc-benchl{i}", base_port + 20 * i + 10, env=slurm.client_env))
         held = slurm.run(["sh", "-c", f"for i in $(seq {JOBS}); do sbatch --hold --parsable -J b$i --wrap true "
                                       ">/dev/null || exit 1; done"], timeout=900)
         if held.returncode:
@@ -59,7 +76,7 @@ def _systems(count: int, stack):
     return systems
 
 
-def bench_queue(runs: int) -> None:
+def bench_queue(runs: int, base_port: int = BASE_PORT) -> None:
     from contextlib import ExitStack
 
     home = Path(tempfile.mkdtemp(prefix="cm-bench-hpc-"))
@@ -67,9 +84,9 @@ def bench_queue(runs: int) -> None:
     cm = cm_command()
     with ExitStack() as stack:
         started = time.perf_counter()
-        systems = _systems(3, stack)
+        systems = _systems(3, stack, base_port)
         print(f"\n== `cm hpc queue`, {JOBS:,} jobs per system, 3 systems over ssh "
-              f"(set up in {time.perf_counter() - started:.0f} s), median of {runs} runs")
+              f"(set up in {time.perf_counter() - started:.0f} s), median of {runs} runs; {load()}")
         for i, (_, login) in enumerate(systems):
             subprocess.run([*cm, "cloud", "add", f"sys{i}", "--kind", "slurm", f"host={login.alias}",
                             f"ssh_config={login.ssh_config}"], env=env, check=True, capture_output=True)
@@ -82,25 +99,27 @@ def bench_queue(runs: int) -> None:
         squeue = f"squeue --noheader --format={shlex.quote(QUEUE_FORMAT)}"  # what cm runs there
         ssh = ["ssh", "-F", str(login.ssh_config), login.alias]
         every_raw = " ".join(f"ssh -F {l.ssh_config} {l.alias} {shlex.quote(squeue)} >/dev/null &" for _, l in systems)
-        t = interleaved({"raw": [*ssh, squeue], "raw_json": [*ssh, "squeue --json"],
+        times = timings({"raw": [*ssh, squeue], "raw_json": [*ssh, "squeue --json"],
                          "raw_all": ["sh", "-c", every_raw + " wait"],
                          "one": [*cm, "hpc", "queue", "--refresh"],
                          "every": [*cm, "hpc", "queue", "--refresh", "--cloud", "all"],
                          "offline": [*cm, "hpc", "queue"], "offline_all": [*cm, "hpc", "queue", "--cloud", "all"]},
                         env, runs)
-        raw, raw_json, one, every, offline, offline_all = (t[k] for k in ("raw", "raw_json", "one", "every",
-                                                                           "offline", "offline_all"))
-        raw_all = t["raw_all"]
+        t = {name: statistics.median(values) for name, values in times.items()}
         count = subprocess.run([*cm, "hpc", "queue", "--cloud", "all", "-f", "value", "-c", "id"], env=env,
                                capture_output=True, text=True).stdout.count("\n")
-        report("ssh login squeue --json (1 system)", raw_json)
-        report("ssh login squeue --format (1 system)", raw)
-        report("cm hpc queue --refresh (1 system)", one, "", ("ssh+squeue", raw))
-        report("3 x ssh+squeue --format at once (shell &)", raw_all, "", ("one ssh+squeue", raw))
-        report("cm hpc queue --refresh --cloud all (3)", every, "<= 1.5x one system", ("one system", one))
-        print(f"{'':<48} {'':8}    ({every / raw_all:.2f}x the 3 bare ssh+squeue at once)")
-        report("cm hpc queue (offline, mirror, 1,000 jobs)", offline)
-        report(f"cm hpc queue --cloud all (offline, {count:,} jobs)", offline_all)
+        report("ssh login squeue --json (1 system)", t["raw_json"])
+        report("ssh login squeue --format (1 system)", t["raw"])
+        report("3 x ssh+squeue --format at once (shell &)", t["raw_all"], "", ("one ssh+squeue", t["raw"]))
+        report("cm hpc queue --refresh (1 system)", t["one"], "", ("ssh+squeue", t["raw"]))
+        report("cm hpc queue --refresh --cloud all (3)", t["every"], "<= 1.5x one system", ("one system", t["one"]))
+        report("cm hpc queue (offline, mirror, 1,000 jobs)", t["offline"])
+        report(f"cm hpc queue --cloud all (offline, {count:,} jobs)", t["offline_all"])
+        # Ratios taken within each round (both sides under the same load), then the median of the rounds.
+        cm_ratio, ssh_ratio = round_ratio(times, "every", "one"), round_ratio(times, "raw_all", "raw")
+        print(f"ratio 3 systems / 1, per round:  cm {cm_ratio:.2f}x (target <= 1.5x)   bare ssh {ssh_ratio:.2f}x   "
+              f"cm beyond bare ssh {cm_ratio / ssh_ratio:.2f}x   cm --cloud all - 3 bare ssh at once "
+              f"{t['every'] - t['raw_all']:+.2f} s, cm one - 1 bare ssh {t['one'] - t['raw']:+.2f} s; {load()}")
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -140,12 +159,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", choices=["queue", "build"], action="append")
+    parser.add_argument("--base-port", type=int, default=BASE_PORT,
+                        help=f"the first of the 100 loopback ports it uses (default {BASE_PORT})")
     args = parser.parse_args()
     wanted = args.only or ["build", "queue"]
     if "build" in wanted:
         bench_build(args.runs)
     if "queue" in wanted:
-        bench_queue(args.runs)
+        bench_queue(args.runs, args.base_port)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # listing from the mirror needs no provider contract
 TAGS = ("cluster", "role")  # fields cm adds to VM records (cm.clusters.store)
 # kind -> the provider verb that lists it
 FETCHERS = {"vm": "list_vms", "image": "list_images", "flavor": "list_flavors", "key": "list_keys",
-            "secgroup": "list_secgroups", "network": "list_networks", "ip": "list_floating_ips"}
+            "secgroup": "list_secgroups", "network": "list_networks", "ip": "list_floating_ips", "job": "list_jobs"}
 
 
 def as_record(item: Any) -> dict[str, Any]:
@@ -31,7 +31,14 @@ def refresh(ctx: Context, cloud: str, kind: str) -> int:
 
     VMs gone from the cloud also leave their groups, so `--group` keeps working.
     """
-    records = [as_record(i) for i in getattr(ctx.provider(cloud), FETCHERS[kind])()]
+    provider = ctx.provider(cloud)
+    if kind == "job":  # jobs keep what only cm knows of them (their directories), and outlive the queue
+        from cm.jobs import store
+
+        rows = store.fetch(ctx, provider)
+        with ctx.mirror.transaction():
+            return store.replace_queue(ctx, cloud, rows)
+    records = [as_record(i) for i in getattr(provider, FETCHERS[kind])()]
     with ctx.mirror.transaction():
         if kind == "vm":  # what cm itself tagged a VM with (its cluster and role) is not the cloud's to drop
             tags = {r["name"]: {k: r[k] for k in TAGS if k in r} for r in ctx.mirror.records("vm", cloud)}

@@ -237,10 +237,14 @@ class Mirror:
     def replace(self, kind: str, cloud: str, records: Iterable[dict[str, Any]]) -> int:
         """Make the mirror's ``kind`` records of ``cloud`` exactly ``records`` (a refresh)."""
         docs = [{**r, "cloud": cloud, "kind": kind, "_schema": SCHEMA} for r in records]
-        with self._records.transaction() as db:
-            table = self._records.table(db, kind)
-            table.remove(_query().cloud == cloud)
-            table.insert_multiple(docs)
+        with self._records.transaction():
+            # One pass over the table dict: a TinyDB query costs a Python call per record (50 ms for 3,000 jobs).
+            data = self._records.changing()
+            table = data.get(kind, {})
+            kept = {key: doc for key, doc in table.items() if doc.get("cloud") != cloud}
+            first = max(map(int, table), default=0) + 1
+            kept.update((str(first + i), doc) for i, doc in enumerate(docs))
+            data[kind] = kept
         return len(docs)
 
     def forget_cloud(self, cloud: str) -> None:

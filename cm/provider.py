@@ -322,6 +322,18 @@ class Provider:
         """Per-VM usage between two ISO dates: ``{"name", "state", "hours", "vcpus", "ram", "disk", ...}``."""
         raise self._unsupported("show usage")
 
+    # -- batch jobs (HPC systems) ----------------------------------------------------------------------
+    # A job is a dict: ``name`` (the job id as text), ``id``, ``state`` (the batch system's word, upper
+    # case), ``job_name``, ``user``, ``partition``, ``nodes``, ...; they go into the mirror under the kind
+    # "job" (cm.inventory.FETCHERS), merged with what only cm knows of them (cm.jobs.store).
+    def list_jobs(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Every job the batch system knows now (queued, running, just ended); only ``user``'s if given."""
+        raise self._unsupported("list jobs")
+
+    def get_jobs(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        """The jobs ``ids`` by id, from accounting once the queue forgot them; ids it never had left out."""
+        raise self._unsupported("show jobs")
+
 
 # == Value objects of the optional verbs ==========================================================
 @dataclass

@@ -34,7 +34,7 @@ def test_time_limits_in_every_form_users_and_slurm_write(text, minutes):
     assert timelimit.minutes(text) == minutes
 
 
-@pytest.mark.parametrize("text", ["abc", "0", "1:99", "-1", "2x", "1-25"])
+@pytest.mark.parametrize("text", ["abc", "0", "1:99", "-1", "2x", "1-25", "99999999h", "24855-03:14:00"])
 def test_a_time_limit_slurm_would_not_take_is_refused(text):
     from cm.errors import UsageError
 
@@ -95,7 +95,7 @@ def test_an_unreachable_login_host_fails_fast_in_one_line(hpc, tmp_path):
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/sh\nhostname\n")
     for words in (["hpc", "run", str(script)], ["hpc", "queue", "--refresh"], ["hpc", "status", "5"],
-                  ["hpc", "info"]):
+                  ["hpc", "info"], ["hpc", "cancel", "5"]):
         started = time.monotonic()
         result = hpc(*words)
         assert time.monotonic() - started < 10
@@ -103,6 +103,18 @@ def test_an_unreachable_login_host_fails_fast_in_one_line(hpc, tmp_path):
         [line] = result.err.strip().splitlines()
         assert line.startswith("cm: cannot reach cloud 'hpc' (nobody@127.0.0.1):"), line
         assert "Connection refused" in line
+
+
+def test_refresh_of_an_unreachable_system_says_so_in_its_row(hpc):
+    started = time.monotonic()
+    result = hpc("refresh", "-f", "json")
+    assert time.monotonic() - started < 10
+    assert result.code == 1
+    [row] = json.loads(result.out)
+    assert row["kind"] == "job" and row["result"].startswith("failed: cannot reach cloud 'hpc' (nobody@127.0.0.1):")
+    every = json.loads(hpc("refresh", "--cloud", "all", "-f", "json").out)
+    assert {(r["cloud"], r["kind"]) for r in every} >= {("hpc", "job"), ("local", "vm")}
+    assert all(r["kind"] != "job" for r in every if r["cloud"] == "local")  # a kvm cloud has no jobs: left out
 
 
 def test_bad_job_requests_are_refused_before_anything_is_sent(hpc, tmp_path):

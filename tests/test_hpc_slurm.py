@@ -131,22 +131,52 @@ def test_bad_jobs_are_refused_in_one_line_and_nothing_is_half_submitted(hpc, sys
     monkeypatch.chdir(tmp_path)  # --wait fetches the good job's output here
     slurm, _, shared = system
     before, dirs = squeue(slurm), set(os.listdir(shared / "jobs")) if (shared / "jobs").exists() else set()
-    cases = {("--partition", "nope"): "unknown partition 'nope' on cloud 'hpc' (partitions: debug, short)",
-             ("--account", "nosuch"): "unknown account 'nosuch' on cloud 'hpc'",
-             ("--partition", "short", "--time", "2h"): "time limit 02:00:00 is over partition 'short''s maximum",
-             ("--nodes", "5"): "refuses the job: Requested node configuration is not available"}
-    for options, message in cases.items():
-        result = hpc("hpc", "run", "--command", "hostname", *options)
-        assert result.code == 2, (options, result.err)
+    (tmp_path / "job.sh").write_text("#!/bin/sh\n#CM input data.txt\nhostname\n")
+    cases = {("--command", "hostname", "--partition", "nope"):
+             "unknown partition 'nope' on cloud 'hpc' (partitions: debug, short)",
+             ("--command", "hostname", "--account", "nosuch"): "unknown account 'nosuch' on cloud 'hpc'",
+             ("--command", "hostname", "--partition", "short", "--time", "2h"):
+             "time limit 02:00:00 is over partition 'short''s maximum",
+             ("--command", "hostname", "--nodes", "5"): "refuses the job: Requested node configuration is not available",
+             # a limit sbatch takes without a word but stores wrapped around (2957761-01:03:00)
+             ("--command", "hostname", "--time", "35791394"):
+             "bad time limit '35791394': Slurm takes at most 24855-03:13:00 (or UNLIMITED)",
+             ("--command", "hostname", "--time", "1:99"): "bad time limit '1:99'",
+             ("nope.sh",): "cm: script 'nope.sh' does not exist",
+             ("job.sh",): "cm: input 'data.txt' does not exist"}
+    for words, message in cases.items():
+        result = hpc("hpc", "run", *words)
+        assert result.code == 2, (words, result.err)
         [line] = result.err.strip().splitlines()
         assert message in line, line
     assert hpc("hpc", "run", "--command", "hostname", "--account", "phys", "--wait").code == 0
-    missing = hpc("hpc", "status", "99999")
-    assert missing.code == 2 and missing.err.strip() == "cm: no job 99999 on cloud 'hpc' (Slurm knows no such job)"
-    cancel = hpc("hpc", "cancel", "99999")
-    assert cancel.code == 1 and "Invalid job id specified" in cancel.out
+    for words, ids in ((("status", "99999"), "99999"), (("cancel", "99999"), "99999"),
+                       (("cancel", "9999[8-9]"), "[99998-99999]")):
+        missing = hpc("hpc", *words)
+        assert missing.code == 2, words
+        assert missing.err.strip() == f"cm: no job {ids} on cloud 'hpc' (Slurm knows no such job)", missing.err
+    got = hpc("hpc", "get", "99999")
+    assert got.code == 2
+    assert got.err.strip() == "cm: job 99999 on cloud 'hpc' was not submitted by cm (see `cm hpc queue`)"
     assert squeue(slurm) == before
     assert len(set(os.listdir(shared / "jobs")) - dirs) == 1  # only the good job's directory
+
+
+def test_an_unreachable_login_host_fails_fast_in_one_line_and_sends_nothing(hpc, system, tmp_path):
+    slurm, login, shared = system
+    before = squeue(slurm)
+    # the login host's address (inside its namespace), on a port where nothing listens
+    assert hpc("cloud", "add", "down", "--kind", "slurm", f"host={login.alias}", f"ssh_config={login.ssh_config}",
+               "port=1", f"jobs_dir={shared / 'jobs'}", "connect_timeout=3").code == 0
+    for words in (["hpc", "run", "--command", "hostname"], ["hpc", "queue", "--refresh"], ["hpc", "status", "5"],
+                  ["hpc", "cancel", "5"], ["hpc", "info"]):
+        started = time.monotonic()
+        result = hpc(*words, "--cloud", "down")
+        assert time.monotonic() - started < 10, words
+        assert result.code == 1, (words, result.err)
+        [line] = result.err.strip().splitlines()
+        assert line.startswith(f"cm: cannot reach cloud 'down' ({login.alias}): "), line
+    assert squeue(slurm) == before
 
 
 def test_an_image_built_from_a_definition_runs_on_two_nodes(hpc, system, tmp_path, monkeypatch):
@@ -197,6 +227,37 @@ def test_local_mode_and_one_queue_over_every_system(hpc, system, local_system, t
     assert result.code == 2
     assert result.err.strip() == ("cm: cloud 'here' has no container runtime on this host: neither apptainer nor "
                                   "singularity is on the PATH (load its module in the cloud's 'setup')")
+
+
+def test_cm_refresh_brings_the_jobs_of_every_system_into_the_mirror(hpc, system, local_system):
+    slurm, _, _ = system
+    assert hpc("cloud", "add", "here", "--kind", "slurm", "host=localhost",
+               f"setup=export SLURM_CONF={local_system.conf}").code == 0
+    # jobs cm did not submit: only a refresh can bring them into the mirror
+    there = slurm.run(["sbatch", "--parsable", "--hold", "-J", "outside", "--wrap", "true"]).stdout.strip()
+    here = local_system.run(["sbatch", "--parsable", "--hold", "-J", "local", "--wrap", "true"]).stdout.strip()
+    try:
+        assert there not in hpc("hpc", "queue", "-f", "value", "-c", "id").out.split()
+        result = hpc("refresh", "--cloud", "all", "-f", "json")
+        assert result.code == 0, result.err
+        jobs = {r["cloud"]: r["result"] for r in json.loads(result.out) if r["kind"] == "job"}
+        counts = {"hpc": len(squeue(slurm)), "here": len(squeue(local_system))}
+        assert jobs == {cloud: f"{n} record{'' if n == 1 else 's'}" for cloud, n in counts.items()}
+        offline = json.loads(hpc("hpc", "queue", "--cloud", "all", "-f", "json").out)
+        seen = {(r["cloud"], str(r["id"])): (r["job_name"], r["state"], r["reason"]) for r in offline}
+        assert seen[("hpc", there)] == ("outside", "PENDING", "JobHeldUser")
+        assert seen[("here", here)] == ("local", "PENDING", "JobHeldUser")
+        assert {i for c, i in seen if c == "hpc"} == set(squeue(slurm))
+        slurm.run(["scancel", there])
+        again = hpc("refresh", "job", "-f", "json")  # the active cloud only
+        assert again.code == 0 and [r["cloud"] for r in json.loads(again.out)] == ["hpc"]
+        rows = json.loads(hpc("hpc", "queue", "-f", "json", "-c", "id", "-c", "state").out)
+        # Slurm shows the cancelled job a while, or forgets it at once: the mirror then forgets it too
+        assert {"id": int(there), "state": "PENDING"} not in rows
+        assert [r for r in rows if r["id"] == int(there)] in ([], [{"id": int(there), "state": "CANCELLED"}])
+    finally:
+        slurm.run(["scancel", there])
+        local_system.run(["scancel", here])
 
 
 def test_ctrl_c_stops_waiting_but_not_the_job(hpc, system, tmp_path):

@@ -60,7 +60,7 @@ def wait_for_job(ctx: Context, cloud: str, job_id: int, timeout: float | None) -
     try:
         with waiting(f"job {job_id} on {cloud}"):
             while True:
-                states = provider.job_states([job_id])
+                states = provider.get_jobs([job_id])
                 if job_id in states:
                     store.update(ctx, cloud, [states[job_id]])
                 record = ctx.mirror.get(store.KIND, cloud, str(job_id)) or {}
@@ -93,7 +93,7 @@ def queue(ctx: Context, args: Namespace) -> int | None:
         raise NotFound("no HPC systems: add one with `cm cloud add NAME --kind slurm host=LOGIN`")
     code = None
     if args.refresh:
-        results = each_cloud(ctx, clouds, lambda provider: fetch_queue(ctx, provider, args.user))
+        results = each_cloud(ctx, clouds, lambda provider: store.fetch(ctx, provider, args.user))
         with ctx.mirror.transaction():  # one write of the mirror for every system
             for cloud, result in results.items():
                 if isinstance(result, CmError):
@@ -110,20 +110,11 @@ def queue(ctx: Context, args: Namespace) -> int | None:
     return code
 
 
-def fetch_queue(ctx: Context, provider, user: str | None) -> list[dict[str, Any]]:
-    """One system's queue, with accounting's word on cm's jobs the queue forgot (no mirror write)."""
-    rows = provider.queue(user)
-    missing = store.forgotten(ctx, provider.name, rows)
-    if missing:
-        rows += list(provider.job_states(missing).values())
-    return rows
-
-
 def status(ctx: Context, args: Namespace) -> int | None:
     """Slurm's current word on each job (queue, else accounting), stored and shown."""
     cloud = slurm_cloud(ctx, args)
     ids = store.job_ids(args.ids)
-    found = ctx.provider(cloud).job_states(ids)
+    found = ctx.provider(cloud).get_jobs(ids)
     store.update(ctx, cloud, list(found.values()))
     rows = [ctx.mirror.get(store.KIND, cloud, str(i)) for i in ids if i in found]
     missing = [i for i in ids if i not in found]
@@ -150,9 +141,11 @@ def cancel(ctx: Context, args: Namespace) -> int:
     ids = store.job_ids(args.ids)
     provider = ctx.provider(cloud)
     results = provider.cancel(ids)
+    if all(why == store.UNKNOWN_JOB for why in results.values()):  # nothing to cancel: bad input, said in one line
+        raise NotFound(f"no job {_ids(ids)} on cloud '{cloud}' (Slurm knows no such job)")
     done = [i for i, why in results.items() if not why]
     if done:
-        store.update(ctx, cloud, list(provider.job_states(done).values()))
+        store.update(ctx, cloud, list(provider.get_jobs(done).values()))
     outcomes = [Outcome(str(i), not why, why) for i, why in results.items()]
     return report(ctx, cloud, outcomes, "cancelled", args, key="id")
 

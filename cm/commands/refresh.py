@@ -23,6 +23,7 @@ def run_refresh(ctx: Context, args: Namespace) -> int:
     kinds = list(inventory.FETCHERS) if args.what == "all" else [args.what]
     rows, failed = [], 0
     for cloud in ctx.cloud_names(args):
+        asked = 0  # kinds this cloud was really asked for (not refused up front as Unsupported)
         for number, kind in enumerate(kinds):
             try:
                 with bulk.waiting(f"refreshing {kind} records of {cloud}"):
@@ -35,10 +36,12 @@ def run_refresh(ctx: Context, args: Namespace) -> int:
             except CmError as exc:
                 failed += 1
                 rows.append({"cloud": cloud, "kind": kind, "result": f"failed: {exc}"})
-                if number == 0 and len(kinds) > 1:  # the cloud failed its first answer: do not wait on it again
-                    rows.append({"cloud": cloud, "kind": ", ".join(kinds[1:]), "result": "skipped"})
+                if not asked and number + 1 < len(kinds):  # the cloud failed its first answer: do not wait on it again
+                    rows.append({"cloud": cloud, "kind": ", ".join(kinds[number + 1:]), "result": "skipped"})
                     break
+                asked += 1
                 continue
+            asked += 1
             rows.append({"cloud": cloud, "kind": kind, "result": result})
     ctx.emit(COLUMNS, rows, args)
     return 1 if failed else 0

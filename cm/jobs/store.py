@@ -15,6 +15,7 @@ from cm.errors import NotFound, UsageError
 KIND = "job"
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
          "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"}
+UNKNOWN_JOB = "no such job"  # a provider's cancel answer for a job id the system never had
 OWN = ("remote_dir", "script", "submitted_by_cm", "fetched_to")  # fields only cm knows
 # squeue's format has no exit code, a submission record no user: keep what was known
 STICKY = ("exit_code", "workdir", "account", "user", "submitted", "started", "partition", "job_name", "time_limit")
@@ -56,7 +57,16 @@ def update(ctx: Any, cloud: str, rows: list[dict[str, Any]]) -> None:
             ctx.mirror.put(KIND, cloud, merge(ctx.mirror.get(KIND, cloud, row["name"]), row))
 
 
-def replace_queue(ctx: Any, cloud: str, rows: list[dict[str, Any]], user: str | None) -> None:
+def fetch(ctx: Any, provider: Any, user: str | None = None) -> list[dict[str, Any]]:
+    """One system's jobs now: its queue, plus accounting's word on cm's jobs the queue forgot (no mirror write)."""
+    rows = provider.list_jobs(user)
+    missing = forgotten(ctx, provider.name, rows)
+    if missing:
+        rows += list(provider.get_jobs(missing).values())
+    return rows
+
+
+def replace_queue(ctx: Any, cloud: str, rows: list[dict[str, Any]], user: str | None = None) -> int:
     """The mirror after a full queue refresh: the queue's jobs, plus cm's own jobs Slurm has forgotten
     (and, when only one user's queue was read, everyone else's jobs as they were)."""
     old = {r["name"]: r for r in ctx.mirror.records(KIND, cloud)}
@@ -66,8 +76,8 @@ def replace_queue(ctx: Any, cloud: str, rows: list[dict[str, Any]], user: str | 
             continue
         if record.get("submitted_by_cm") or (user and record.get("user") != user):
             fresh[name] = record
-    ctx.mirror.replace(KIND, cloud, [{k: v for k, v in r.items() if k not in ("cloud", "kind", "_schema")}
-                                     for r in fresh.values()])
+    return ctx.mirror.replace(KIND, cloud, [{k: v for k, v in r.items() if k not in ("cloud", "kind", "_schema")}
+                                            for r in fresh.values()])
 
 
 def forgotten(ctx: Any, cloud: str, rows: list[dict[str, Any]]) -> list[int]:

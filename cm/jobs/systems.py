@@ -30,7 +30,8 @@ def slurm_cloud(ctx: Any, args: Any) -> str:
 
 
 def each_cloud(ctx: Any, clouds: list[str], action: Callable[[Any], Any]) -> dict[str, Any]:
-    """``action(provider)`` on every cloud at once (one ssh connection each); {cloud: result or CmError}."""
+    """``action(provider)`` on every cloud at once (one ssh connection each, ended when its action is done);
+    {cloud: result or CmError}."""
     providers = {cloud: ctx.provider(cloud) for cloud in clouds}
 
     def call(cloud: str) -> Any:
@@ -38,6 +39,8 @@ def each_cloud(ctx: Any, clouds: list[str], action: Callable[[Any], Any]) -> dic
             return action(providers[cloud])
         except CmError as exc:
             return exc
+        finally:  # end this connection now, while the slower systems still answer, not one by one at exit
+            providers[cloud].close()
 
     if len(clouds) == 1:
         return {clouds[0]: call(clouds[0])}

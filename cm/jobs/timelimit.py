@@ -7,6 +7,9 @@ import re
 from cm.errors import UsageError
 
 UNLIMITED = None
+# Slurm keeps a limit as seconds in a signed 32-bit number: sbatch takes a longer one without a word
+# and the job gets a wrapped-around limit (35791394 minutes becomes 2957761-01:03:00).
+MOST = 35_791_393
 _UNITS = {"d": 1440, "h": 60, "m": 1, "min": 1, "s": 1 / 60}
 _FRIENDLY = re.compile(r"(?:(\d+)\s*(d|h|min|m|s))")
 # Slurm's own forms: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
@@ -45,6 +48,8 @@ def minutes(text: str) -> int | None:
 def _check(total: float, text: str) -> int:
     if total <= 0:
         raise UsageError(f"bad time limit '{text}': it must be at least a minute")
+    if total > MOST:
+        raise UsageError(f"bad time limit '{text}': Slurm takes at most {slurm(MOST)} (or UNLIMITED)")
     return int(total)
 
 

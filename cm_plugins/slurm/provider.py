@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cm.errors import NotFound, ProviderError
+from cm.jobs.store import UNKNOWN_JOB
 from cm.provider import Provider
 from cm_plugins.slurm import parse
 from cm_plugins.slurm.remote import Remote
@@ -100,13 +101,13 @@ class SlurmProvider(Provider):
         except (IndexError, ValueError) as exc:
             raise ProviderError(f"cloud '{self.name}': sbatch answered {result.out.strip()!r}, not a job id") from exc
 
-    def queue(self, user: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(self, user: str | None = None) -> list[dict[str, Any]]:
         """The jobs Slurm knows now (pending, running, recently ended)."""
         who = f" --user={shlex.quote(user)}" if user else ""
         out = self.shell(f"squeue --noheader --format={shlex.quote(parse.QUEUE_FORMAT)}{who}")
         return parse.squeue_rows(out.out)
 
-    def job_states(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+    def get_jobs(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """The jobs ``ids`` as Slurm knows them: squeue, then accounting for jobs squeue has forgotten."""
         joined = ",".join(str(i) for i in ids)
         fields = ",".join(parse.SACCT_FIELDS)
@@ -120,7 +121,7 @@ class SlurmProvider(Provider):
         return known
 
     def cancel(self, ids: list[int]) -> dict[int, str]:
-        """scancel each job; {id: ""} when cancelled, else Slurm's reason."""
+        """scancel each job; {id: ""} when cancelled, else Slurm's reason (UNKNOWN_JOB for an id it never had)."""
         # scancel exits 0 and says nothing for an unknown job unless verbose
         script = "".join(f"scancel -v {i} 2>&1 | grep 'error:' | tail -n1 | sed 's/^/@@{i} /'; " for i in ids)
         out = self.shell(script)
@@ -128,7 +129,8 @@ class SlurmProvider(Provider):
         for line in out.out.splitlines():
             if line.startswith("@@"):
                 job, _, message = line[2:].partition(" ")
-                result[int(job)] = message.split("error: ")[-1].split(f"job id {job}: ")[-1].strip()
+                why = message.split("error: ")[-1].split(f"job id {job}: ")[-1].strip()
+                result[int(job)] = UNKNOWN_JOB if why == "Invalid job id specified" else why
         return result
 
     def fetch(self, remote_dir: str, dest: Path) -> list[str]:
