@@ -206,7 +206,8 @@ class Provider:
     # -- the cloud's own clusters (optional) ----------------------------------------------
     def list_clusters(self) -> list[dict[str, Any]]:
         """Clusters the cloud itself keeps (Comet's virtual clusters), not those cm launched from recipes:
-        one summary each with ``name``, ``state``, ``nodes`` (``role=N, ...``) and ``login`` (an address or "")."""
+        one summary each with ``name``, ``source`` (what made it, e.g. "comet"), ``state``, ``nodes``
+        (``role=N, ...``) and ``login`` (an address or "")."""
         raise self._unsupported("list clusters")
 
     # -- checkpoints and migration (optional) ----------------------------------------

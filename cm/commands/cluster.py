@@ -43,7 +43,7 @@ def list_clusters(ctx: Any, args: Namespace) -> None:
 
 def own_cluster_row(record: dict[str, Any], cloud: str) -> dict[str, Any]:
     """A cluster the cloud keeps itself (mirrored by `cm refresh`) as a `cluster list` row."""
-    return {"name": record["name"], "cloud": cloud, "recipe": f"({record.get('kind') or 'cloud'})",
+    return {"name": record["name"], "cloud": cloud, "recipe": f"({record.get('source') or 'cloud'})",
             "state": record.get("state", ""), "nodes": record.get("nodes", ""), "login": record.get("login", ""),
             "reason": ""}
 

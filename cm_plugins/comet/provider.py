@@ -54,7 +54,7 @@ def own_cluster(cluster: dict[str, Any]) -> dict[str, Any]:
     """A virtual cluster as the contract's ``list_clusters`` row (what `cm cluster list` shows and the mirror keeps)."""
     summary = cluster_summary(cluster)
     front = STATES.get(summary["frontend_state"], State.UNKNOWN)
-    return {"name": summary["name"], "kind": "comet", "state": f"frontend {front}, {summary['running']} of "
+    return {"name": summary["name"], "source": "comet", "state": f"frontend {front}, {summary['running']} of "
             f"{summary['nodes']} computes running", "nodes": f"frontend=1, compute={summary['nodes']}",
             "login": cluster["frontend"].get("pub_ip", ""), "frontend": summary["frontend"],
             "computes": summary["computes"], "allocations": summary["allocations"]}

@@ -32,6 +32,9 @@ def test_clusters_and_nodes_show_and_land_in_the_mirror(cm, comet):
     assert provider_clusters(cm) == ["vc1"]
     assert cm("refresh", "--cloud", "comet").code == 0  # kinds a comet cloud lacks are skipped
     assert [c["name"] for c in mirrored_clusters()] == ["vc1"]
+    listed = _json(cm("cluster", "list", "--cloud", "comet", "-f", "json"))
+    assert [(c["name"], c["recipe"], c["state"], c["nodes"], c["login"]) for c in listed] == \
+        [("vc1", "(comet)", "frontend stopped, 0 of 4 computes running", "frontend=1, compute=4", "127.0.0.1")]
     long = cm("comet", "ll")
     assert long.code == 0 and "vm-vc1-3" in long.out and "frontend" in long.out
 
