@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.comet.nucleus import PASSWORDS, Nucleus, cancel_all, free_ports, prefix, serving, test_driver_hosts  # noqa: F401
+from tests.comet.nucleus import PASSWORDS, Nucleus, free_ports, prefix, serving, test_driver_hosts
 from tests.infra.slurm import SlurmCluster
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.comet.conftest import cancel_all, squeue
-from tests.comet.nucleus import Nucleus, free_ports, prefix, wait_for, write_config
+from tests.comet.conftest import squeue
+from tests.comet.nucleus import Nucleus, cancel_all, free_ports, prefix, wait_for, write_config
 from tests.infra.slurm import SlurmCluster
 
 

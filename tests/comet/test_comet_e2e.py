@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.comet.conftest import cancel_all, squeue
-from tests.comet.nucleus import PASSWORDS, Nucleus, free_ports, prefix, wait_for, write_config
+from tests.comet.conftest import squeue
+from tests.comet.nucleus import PASSWORDS, Nucleus, cancel_all, free_ports, prefix, wait_for, write_config
 from tests.e2e import guest, libvirtd
 from tests.infra.slurm import SlurmCluster
 
@@ -226,6 +226,8 @@ def test_an_iso_swaps_live_on_a_running_node_and_the_guest_reads_it(cm, world):
     cs = _json(cm("comet", "start", "vc1", node, "--walltime", "30m", "-f", "json"))[0]
     assert cs["state"] == "running" and _running(conn, domain)
     console_shows(cm, node, "cm-guest: ready", BOOT_TIMEOUT)
+    shown = cm("vm", "console", node, "--lines", "400")  # the provider contract's console: the same text
+    assert shown.code == 0 and "cm-guest: hostname=comet-node" in shown.out, (shown.out[-500:], shown.err)
     public = service.config.parent / "state" / "iso" / "public"
     assert cdrom(world["uri"], domain) == str(public / "seed.iso")
     # the guest mounted its seed at boot (the tray is locked): the swap must still reach the running domain
