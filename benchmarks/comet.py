@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from tests.comet.nucleus import PASSWORDS, Nucleus, write_config  # noqa: E402
+from tests.comet.nucleus import PASSWORDS, Nucleus, free_ports, prefix, write_config  # noqa: E402
 from tests.infra.slurm import SlurmCluster  # noqa: E402
 
-SLURM_PORT, SERVICE_PORT = 23560, 23505  # this helper's range: 23500-23999
 SLURM_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})\] (.*)$")
 SERVICE_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) cm_nucleus \w+ (.*)$")
 
@@ -94,12 +93,13 @@ def slurm_times(log: str, pattern: str) -> dict[str, datetime]:
     return found
 
 
-def service_times(log: str, pattern: str) -> dict[str, datetime]:
-    found = {}
+def service_times(log: str, pattern: str, last: bool = False) -> dict[str, datetime]:
+    """Id -> when the service logged the first (or ``last``) line matching ``pattern`` (a (\\d+) id group)."""
+    found: dict[str, datetime] = {}
     for line in log.splitlines():
         m = SERVICE_STAMP.match(line)
-        if m and (j := re.search(pattern, m.group(2))):
-            found.setdefault(j.group(1), datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"))
+        if m and (j := re.search(pattern, m.group(2))) and (last or j.group(1) not in found):
+            found[j.group(1)] = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
     return found
 
 
@@ -131,13 +131,14 @@ def main() -> None:
         for name in ("n1", "n2", "n3"):
             (work / f"{name}.xml").write_text("<node></node>\n")
             hosts[name] = f"test://{work / name}.xml"
-    slurm = SlurmCluster("comet-bench", SLURM_PORT, nodes=3)
+    slurm = SlurmCluster(prefix("comet-bench"), free_ports(4), nodes=3)
     service = None
     try:
         slurm.start()
-        config = write_config(work / "service", SERVICE_PORT, slurm.client_env, hosts, domain_xml=template,
+        port = free_ports()
+        config = write_config(work / "service", port, slurm.client_env, hosts, domain_xml=template,
                               computes="bvm-[0-3]", compute_hosts="n[1-3]")
-        service = Nucleus(config, SERVICE_PORT).start()
+        service = Nucleus(config, port).start()
         latency(service, args)
         start_figures(service, slurm, work, args)
     finally:
@@ -207,9 +208,13 @@ def start_figures(service: Nucleus, slurm: SlurmCluster, work: Path, args: argpa
     log = (service.config.parent / "service.log").read_text()
     submitted = service_times(log, r"computeset (\d+): job \d+ submitted")
     running = service_times(log, r"computeset (\d+) running")
+    powering = service_times(log, r"^computeset (\d+): powering on")  # the first node's start
+    powered = service_times(log, r"^computeset (\d+): \S+ powered on in", last=True)  # the last node's end
     phases: dict[str, list[float]] = {k: [] for k in ("client start + POST + sbatch", "Slurm schedules",
                                                         "slurmd launches the script", "job start -> nodes on",
                                                         "client notices + exits")}
+    split: dict[str, list[float]] = {k: [] for k in ("callback reaches the service", "libvirt creates the domains",
+                                                       "state committed")}
     for cs, t0, t_end in rows:
         job, cid = cs["job_id"], str(cs["id"])
         if not all(job in d for d in (launched, allocated)) or cid not in submitted or cid not in running:
@@ -218,6 +223,10 @@ def start_figures(service: Nucleus, slurm: SlurmCluster, work: Path, args: argpa
               datetime.fromtimestamp(t_end)]
         for (key, a, b) in zip(phases, ts, ts[1:]):
             phases[key].append((b - a).total_seconds())
+        if cid in powering and cid in powered:
+            for (key, a, b) in zip(split, [launched[job], powering[cid], powered[cid]],
+                                   [powering[cid], powered[cid], running[cid]]):
+                split[key].append((b - a).total_seconds())
     on = phases["job start -> nodes on"]
     kind = "real QEMU guests" if args.qemu else "libvirt test driver"
     print(f"Slurm job start -> nodes powered on ({kind}, {len(on)} computesets of 2 nodes):")
@@ -230,6 +239,14 @@ def start_figures(service: Nucleus, slurm: SlurmCluster, work: Path, args: argpa
     for key, values in phases.items():
         if values:
             print(f"  {key:32s} median {statistics.median(values):.2f} s")
+            if key == "job start -> nodes on":
+                for part, times in split.items():
+                    if times:
+                        print(f"    {part:30s} median {statistics.median(times):.2f} s  max {max(times):.2f} s")
+    per_node = [float(m) for m in re.findall(r"computeset \d+: \S+ powered on in ([\d.]+) s", log)]
+    if per_node:
+        print(f"  one node's power on (each, in parallel): median {statistics.median(per_node):.2f} s"
+              f"  max {max(per_node):.2f} s")
     start = [sys.executable, "-m", "cm.main", "--version"]
     t0 = time.perf_counter()
     subprocess.run(start, env=env, capture_output=True)

@@ -63,5 +63,10 @@ class Conflict(ProviderError):
     """The operation conflicts with the resource's state (name taken, wrong state)."""
 
 
+def stopped(name: str, verb: str) -> Conflict:
+    """The contract's refusal of a verb a stopped VM cannot do (``verb``: suspended, resumed, rebooted)."""
+    return Conflict(f"{name} is stopped, so it cannot be {verb}; start it first (cm vm start {name})")
+
+
 class MirrorError(CmError):
     """The local mirror file cannot be used."""

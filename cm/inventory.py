@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # listing from the mirror needs no provider contract
 TAGS = ("cluster", "role")  # fields cm adds to VM records (cm.clusters.store)
 # kind -> the provider verb that lists it
 FETCHERS = {"vm": "list_vms", "image": "list_images", "flavor": "list_flavors", "key": "list_keys",
-            "secgroup": "list_secgroups", "network": "list_networks", "ip": "list_floating_ips", "job": "list_jobs"}
+            "secgroup": "list_secgroups", "network": "list_networks", "ip": "list_floating_ips", "job": "list_jobs",
+            "cloud_cluster": "list_clusters"}  # the cloud's own clusters; recipe clusters are kind "cluster"
 
 
 def as_record(item: Any) -> dict[str, Any]:

@@ -203,6 +203,13 @@ class Provider:
         """Return what the VM printed on its console (the last ``lines`` if > 0)."""
         raise self._unsupported("show consoles")
 
+    # -- the cloud's own clusters (optional) ----------------------------------------------
+    def list_clusters(self) -> list[dict[str, Any]]:
+        """Clusters the cloud itself keeps (Comet's virtual clusters), not those cm launched from recipes:
+        one summary each with ``name``, ``source`` (what made it, e.g. "comet"), ``state``, ``nodes``
+        (``role=N, ...``) and ``login`` (an address or "")."""
+        raise self._unsupported("list clusters")
+
     # -- checkpoints and migration (optional) ----------------------------------------
     def save_vm(self, name: str) -> None:
         """Checkpoint the running VM's memory to disk and stop it; ``restore_vm`` continues it."""

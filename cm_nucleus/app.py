@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cm_nucleus import API_VERSION, computesets, nodes
 from cm_nucleus.auth import Authenticator, basic
 from cm_nucleus.core import ApiError, Service, bad, log
+from cm_nucleus.fastpath import CachedListings, listing_key
 from cm_nucleus.settings import Settings
 
 BODY_SCHEMA = {"requestBody": {"content": {"application/json": {"schema": {
@@ -72,13 +73,15 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
                   docs_url=f"{base}/docs/", openapi_url=f"{base}/openapi.json", redoc_url=None,
                   description="The Comet virtual-cluster API on a Slurm cluster and libvirt.")
     app.state.service = service
+    app.state.auth = auth
     _handlers(app)
 
     async def user(request: Request) -> str:
         known = auth.known_token(request.headers)  # most requests: no thread, no query
         return known or await run_in_threadpool(auth.user, request.headers)
 
-    listings: dict[tuple[Any, ...], bytes] = {}
+    listings: dict[tuple[Any, ...], bytes] = {}  # (store version, *listing_key) -> JSON; fastpath reads it too
+    app.state.listings = listings
     building = asyncio.Lock()
 
     async def cached(key: tuple[Any, ...], build) -> Response:
@@ -150,7 +153,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     @v1.get("/cluster/")
     async def cluster_list(me: str = Depends(user)) -> Response:
-        return await cached((me, "clusters"), lambda: nodes.clusters(service, me))
+        return await cached(listing_key(me, "clusters", ""), lambda: nodes.clusters(service, me))
 
     @v1.get("/cluster/{name}/")
     async def cluster_one(name: str, me: str = Depends(user)) -> Response:
@@ -200,8 +203,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     @v1.get("/computeset/")
     async def computeset_list(request: Request, me: str = Depends(user)) -> Response:
-        states = tuple(request.query_params.getlist("state"))
-        return await cached((me, "computesets", states), lambda: computesets.listing(service, me, list(states)))
+        key = listing_key(me, "computesets", request.url.query)
+        return await cached(key, lambda: computesets.listing(service, me, list(key[2])))
 
     @v1.post("/computeset/", status_code=201, openapi_extra=BODY_SCHEMA)
     async def computeset_create(request: Request, me: str = Depends(user)) -> Response:
@@ -303,6 +306,6 @@ def serve(config: str, port: int | None = None, log_level: str = "info") -> None
     settings = load(config, port)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(settings)
+    app = CachedListings(create_app(settings))  # one process: see docs/comet.md, "One process"
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
                 server_header=False, backlog=2048)

@@ -158,13 +158,21 @@ def assign(service: Service, cs: ComputeSet, given: list[str]) -> dict[str, str]
     return {key: host for host, key in owner.items()}
 
 
-def _each(nodes: list[Node], action: Any) -> list[str]:
+def on_each(nodes: list[Node], action: Any) -> list[str]:
     """Run ``action(node)`` on every node at once (QEMU starts take a while); the errors."""
     if not nodes:
         return []
     with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
         results = list(pool.map(lambda n: _try(action, n), nodes))
     return [r for r in results if r]
+
+
+def timed_power_on(service: Service, node: Node, why: str) -> None:
+    """Power one node on, logging when it began and how long libvirt took (the benchmark reads these lines)."""
+    began = time.monotonic()
+    log.info("%s: powering on %s on %s", why, node.name, node.host)
+    service.power_on(node)
+    log.info("%s: %s powered on in %.2f s", why, node.name, time.monotonic() - began)
 
 
 def _try(action: Any, node: Node) -> str:
@@ -186,7 +194,7 @@ def start_nodes(service: Service, s: Session, cs: ComputeSet, given: list[str]) 
     members = [nodes[k] for k in cs.nodes]
     for node in members:
         node.host = cs.hosts[node.key]
-    errors = _each(members, service.power_on)
+    errors = on_each(members, lambda node: timed_power_on(service, node, f"computeset {cs.id}"))
     if errors:
         _fail(service, s, cs, "; ".join(errors))
         return
@@ -196,7 +204,7 @@ def start_nodes(service: Service, s: Session, cs: ComputeSet, given: list[str]) 
 
 def stop_nodes(service: Service, s: Session, cs: ComputeSet) -> None:
     nodes = nodes_by_key(s, cs.cluster)
-    errors = _each([nodes[k] for k in cs.nodes], service.power_off)
+    errors = on_each([nodes[k] for k in cs.nodes], service.power_off)
     if errors:
         cs.message = "; ".join(errors)
         log.warning("computeset %s: %s", cs.id, cs.message)
@@ -293,7 +301,7 @@ def terminate(service: Service, user: str, cs_id: int, action: str) -> dict[str,
             if cs.state != "running":
                 raise bad(f"computeset {cs_id} is {cs.state}, not running")
             nodes = nodes_by_key(s, cs.cluster)
-            errors = _each([nodes[k] for k in cs.nodes],
+            errors = on_each([nodes[k] for k in cs.nodes],
                            lambda n: getattr(service.hv, action)(service.uri(n), n.domain))
             if errors:
                 raise ApiError(502, "; ".join(errors))

@@ -118,13 +118,18 @@ class Hypervisors:
         self._call(uri, name, "reset", 0)
 
     def change_media(self, uri: str, name: str, iso_path: str) -> None:
-        """Insert (or, with an empty path, eject) the CD-ROM of a running domain."""
+        """Insert (or, with an empty path, eject) the CD-ROM of a running domain.
+
+        Forced: a guest that mounted the old disc keeps its tray locked, and an unforced
+        eject only asks it to open (libvirt gives up after a few seconds: "timed out waiting
+        to open tray").  Swapping a running node's ISO is what the user asked for."""
         libvirt = _libvirt()
         dom = self._domain(uri, name)
         if dom is None:
             return  # applied at the next power on
         try:
-            dom.updateDeviceFlags(cdrom_xml(iso_path), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            dom.updateDeviceFlags(cdrom_xml(iso_path), libvirt.VIR_DOMAIN_AFFECT_LIVE
+                                  | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE)
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"{name}: cannot change the CD-ROM: {exc.get_error_message()}") from exc
 

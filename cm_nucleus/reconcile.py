@@ -13,7 +13,7 @@ import time
 
 from sqlalchemy import select
 
-from cm_nucleus.computesets import end, nodes_by_key, start_nodes
+from cm_nucleus.computesets import on_each, end, nodes_by_key, start_nodes, timed_power_on
 from cm_nucleus.core import JOB_PREFIX, Service, log
 from cm_nucleus.hypervisor import HypervisorError
 from cm_nucleus.slurm import FINAL, SlurmError
@@ -27,14 +27,20 @@ def reconcile(service: Service) -> None:
     except SlurmError as exc:
         log.warning("reconcile: Slurm does not answer: %s", exc)
         jobs = None
+    # libvirt is asked outside the lock too (a busy libvirtd answers slowly, and a job's start callback waits on
+    # the lock): a node missing from this answer is powered on again (a no-op if it started meanwhile); power
+    # states and power-offs come from it only if no computeset or node changed since, else at the next pass
+    version = service.store.version
+    running = _running(service)
     with service.lock, service.store.session() as s:
         if jobs is not None:
             for cs in service.active_sets(s):
-                _computeset(service, s, cs, jobs)
-        _domains(service, s)
+                _computeset(service, s, cs, jobs, running)
+        if service.store.version == version and not (s.new or s.dirty or s.deleted):
+            _domains(service, s, running)
 
 
-def _computeset(service: Service, s, cs: ComputeSet, jobs: dict) -> None:
+def _computeset(service: Service, s, cs: ComputeSet, jobs: dict, running: dict[str, set[str] | None]) -> None:
     if cs.state == "created":
         name = f"{JOB_PREFIX}{cs.cluster}-cs{cs.id}"
         found = [j for j in jobs.values() if j.name == name]
@@ -51,11 +57,11 @@ def _computeset(service: Service, s, cs: ComputeSet, jobs: dict) -> None:
         start_nodes(service, s, cs, hostlist.expand_hostlist(job.nodes))
     elif state == "RUNNING" and cs.state == "running":
         nodes = nodes_by_key(s, cs.cluster)
-        for key in cs.nodes:
-            node = nodes[key]
-            if node.want_on and not _alive(service, node):
-                log.info("reconcile: powering %s on again (its job %s runs)", node.name, cs.job_id)
-                _quietly(service.power_on, node)
+        gone = [nodes[key] for key in cs.nodes if nodes[key].want_on and not _alive(service, nodes[key], running)]
+        for node in gone:
+            log.info("reconcile: powering %s on again (its job %s runs)", node.name, cs.job_id)
+        for error in on_each(gone, lambda node: timed_power_on(service, node, f"reconcile of computeset {cs.id}")):
+            log.warning("reconcile: %s", error)
     elif state in (None, "COMPLETING") or state in FINAL:
         if cs.state in ("submitted", "running"):
             log.info("reconcile: job %s of computeset %s is %s", cs.job_id, cs.id, state or "gone")
@@ -64,23 +70,14 @@ def _computeset(service: Service, s, cs: ComputeSet, jobs: dict) -> None:
             end(service, s, cs)  # the finisher died with the old process
 
 
-def _alive(service: Service, node: Node) -> bool:
-    try:
-        return service.hv.state(service.uri(node), node.domain or service.domain_name(node)) in ("active", "paused",
-                                                                                                 "blocked")
-    except HypervisorError:
-        return True  # cannot tell: do not start a second copy
+def _alive(service: Service, node: Node, running: dict[str, set[str] | None]) -> bool:
+    """Whether the node's domain runs (or is paused) on its host; a host that did not answer counts as yes."""
+    on = running.get(service.uri(node))
+    return on is None or (node.domain or service.domain_name(node)) in on
 
 
-def _quietly(action, node: Node) -> None:
-    try:
-        action(node)
-    except HypervisorError as exc:
-        log.warning("reconcile: %s: %s", node.name, exc)
-
-
-def _domains(service: Service, s) -> None:
-    """No compute runs outside a running computeset; every node's recorded power matches libvirt."""
+def _running(service: Service) -> dict[str, set[str] | None]:
+    """Each host URI -> the domains running there (None: its libvirt does not answer)."""
     running: dict[str, set[str] | None] = {}
     for uri in set(service.settings.hosts.values()):
         try:
@@ -88,6 +85,11 @@ def _domains(service: Service, s) -> None:
         except HypervisorError as exc:
             log.warning("reconcile: %s", exc)
             running[uri] = None
+    return running
+
+
+def _domains(service: Service, s, running: dict[str, set[str] | None]) -> None:
+    """No compute runs outside a running computeset; every node's recorded power matches libvirt."""
     member = {key for cs in service.active_sets(s) if cs.state == "running" for key in [f"{cs.cluster}/{k}" for k in
                                                                                          cs.nodes]}
     for node in s.scalars(select(Node)):

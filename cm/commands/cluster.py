@@ -33,10 +33,19 @@ def list_clusters(ctx: Any, args: Namespace) -> None:
     from cm.clusters import store
     from cm.clusters.report import LIST_COLUMNS, summary_row
 
-    rows = [summary_row(r) for r in store.records(ctx, _clouds(ctx, args))]
+    clouds = _clouds(ctx, args)
+    rows = [summary_row(r) for r in store.records(ctx, clouds)]
+    rows += [own_cluster_row(r, cloud) for cloud in clouds for r in ctx.mirror.records("cloud_cluster", cloud)]
     if args.names:
         rows = [r for r in rows if r["name"] in args.names]
     ctx.emit(LIST_COLUMNS, sorted(rows, key=lambda r: (r["cloud"], r["name"])), args)
+
+
+def own_cluster_row(record: dict[str, Any], cloud: str) -> dict[str, Any]:
+    """A cluster the cloud keeps itself (mirrored by `cm refresh`) as a `cluster list` row."""
+    return {"name": record["name"], "cloud": cloud, "recipe": f"({record.get('source') or 'cloud'})",
+            "state": record.get("state", ""), "nodes": record.get("nodes", ""), "login": record.get("login", ""),
+            "reason": ""}
 
 
 def show_cluster(ctx: Any, args: Namespace) -> None:

@@ -35,20 +35,20 @@ def _provider(ctx, args: Namespace):  # type: ignore[no-untyped-def]
 
 
 def _remember(ctx, cloud: str, clusters: list[dict[str, Any]], whole: bool = True) -> None:
-    """What the endpoint said goes into the mirror: nodes as VMs, clusters as comet_cluster summaries."""
+    """What the endpoint said goes into the mirror: nodes as VMs, clusters as the cloud's own (cloud_cluster)."""
     from cm.inventory import as_record
-    from cm_plugins.comet.provider import cluster_summary, node_rows
+    from cm_plugins.comet.provider import node_rows, own_cluster
 
     vms = [as_record(ctx.provider(cloud)._vm(row)) for c in clusters for row in node_rows(c)]
     with ctx.mirror.transaction():
         if whole:
             ctx.mirror.replace("vm", cloud, vms)
-            ctx.mirror.replace("comet_cluster", cloud, [cluster_summary(c) for c in clusters])
+            ctx.mirror.replace("cloud_cluster", cloud, [own_cluster(c) for c in clusters])
         else:
             for vm in vms:
                 ctx.mirror.put("vm", cloud, vm)
             for c in clusters:
-                ctx.mirror.put("comet_cluster", cloud, cluster_summary(c))
+                ctx.mirror.put("cloud_cluster", cloud, own_cluster(c))
 
 
 def _set_row(cs: dict[str, Any]) -> dict[str, Any]:
@@ -91,20 +91,20 @@ def ll(ctx, args: Namespace) -> None:
 
 
 def cluster(ctx, args: Namespace) -> None:
-    from cm_plugins.comet.provider import node_rows
+    from cm_plugins.comet.provider import cluster_summary, node_rows
 
     cloud, provider = _provider(ctx, args)
     sort = [args.sort] if args.sort else []
     if not args.name:
-        _remember(ctx, cloud, provider.clusters())
+        clusters = provider.clusters()
+        _remember(ctx, cloud, clusters)
         args.sort_column = [*args.sort_column, *sort]
-        ctx.emit(CLUSTER_COLUMNS, provider.list_clusters(), args)
+        ctx.emit(CLUSTER_COLUMNS, [cluster_summary(c) for c in clusters], args)
         return
     data = provider.cluster(args.name)
     _remember(ctx, cloud, [data], whole=False)
     if args.concise:
-        rows = [r for r in provider.list_clusters() if r["name"] == args.name]
-        ctx.emit(CLUSTER_COLUMNS, rows, args)
+        ctx.emit(CLUSTER_COLUMNS, [cluster_summary(data)], args)
         return
     columns = STATUS_COLUMNS if args.status else NODE_COLUMNS
     args.sort_column = [*args.sort_column, *sort]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cm.bulk import proceed
-from cm.errors import AuthError, ConfigError, NotFound, ProviderError
+from cm.errors import AuthError, ConfigError, NotFound, ProviderError, stopped
 from cm.provider import VM, Provider, State
 
 # Node 'state' (libvirt's) -> the shared states
@@ -48,6 +48,16 @@ def cluster_summary(cluster: dict[str, Any]) -> dict[str, Any]:
             "running": sum(n.get("state") == "active" for n in computes),
             "computesets": sorted({n["active_computeset"] for n in computes if n.get("active_computeset")}),
             "allocations": cluster.get("allocations") or [], "description": cluster.get("description", "")}
+
+
+def own_cluster(cluster: dict[str, Any]) -> dict[str, Any]:
+    """A virtual cluster as the contract's ``list_clusters`` row (what `cm cluster list` shows and the mirror keeps)."""
+    summary = cluster_summary(cluster)
+    front = STATES.get(summary["frontend_state"], State.UNKNOWN)
+    return {"name": summary["name"], "source": "comet", "state": f"frontend {front}, {summary['running']} of "
+            f"{summary['nodes']} computes running", "nodes": f"frontend=1, compute={summary['nodes']}",
+            "login": cluster["frontend"].get("pub_ip", ""), "frontend": summary["frontend"],
+            "computes": summary["computes"], "allocations": summary["allocations"]}
 
 
 class CometProvider(Provider):
@@ -127,8 +137,8 @@ class CometProvider(Provider):
         return self.api.get(f"cluster/{name}/", f"cluster {name}")
 
     def list_clusters(self) -> list[dict[str, Any]]:
-        """One summary row per virtual cluster (for `cm cluster list`; the mirror keeps them as 'comet_cluster')."""
-        return [cluster_summary(c) for c in self.clusters()]
+        """One row per virtual cluster (`cm cluster list`; the mirror keeps them as 'cloud_cluster')."""
+        return [own_cluster(c) for c in self.clusters()]
 
     def _vm(self, row: dict[str, Any]) -> VM:
         extra = {k: row[k] for k in ("cluster", "type", "host", "computeset", "cpus", "memory", "iso") if row.get(k)}
@@ -165,11 +175,22 @@ class CometProvider(Provider):
     def start_vm(self, name: str) -> None:
         self._power_vm(name, "poweron")
 
+    def _off(self, row: dict[str, Any]) -> bool:
+        """Whether the node is powered off now (its live state)."""
+        live = self.node_info(row["cluster"], None if row["type"] == "frontend" else row["name"])
+        return STATES.get(live.get("state", ""), State.UNKNOWN) == State.STOPPED
+
     def stop_vm(self, name: str, timeout: float | None = None) -> None:
-        self._power_vm(name, "shutdown")
+        """Shut the node down; one already off stays so (the service refuses to shut down what does not run)."""
+        row = self._row(name)
+        if not self._off(row):
+            self.power(row["cluster"], None if row["type"] == "frontend" else name, "shutdown")
 
     def reboot_vm(self, name: str) -> None:
-        self._power_vm(name, "reboot")
+        row = self._row(name)
+        if self._off(row):
+            raise stopped(name, "rebooted")
+        self.power(row["cluster"], None if row["type"] == "frontend" else name, "reboot")
 
     def rename_vm(self, old: str, new: str) -> VM:
         row = self._row(old)

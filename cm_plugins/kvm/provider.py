@@ -45,7 +45,7 @@ from typing import Any
 import libvirt
 
 from cm.bulk import proceed
-from cm.errors import ConfigError, Conflict, NotFound, ProviderError, Unsupported, UsageError
+from cm.errors import ConfigError, Conflict, NotFound, ProviderError, Unsupported, UsageError, stopped
 from cm.provider import VM, BootSpec, Flavor, Image, Provider
 from cm_plugins.kvm import checkpoint, console, images, seed, stock
 from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
@@ -351,7 +351,7 @@ class KvmProvider(ImageVerbs, StatsVerbs, Provider):
     def _active(self, conn: libvirt.virConnect, name: str, verb: str) -> libvirt.virDomain:
         dom = self._domain(conn, name)
         if not dom.isActive():
-            raise Conflict(f"{name} is stopped, so it cannot be {verb}; start it first (cm vm start {name})")
+            raise stopped(name, verb)
         return dom
 
     def reboot_vm(self, name: str) -> None:

@@ -20,7 +20,7 @@ from openstack import exceptions as os_exc
 from openstack import utils as os_utils
 
 from cm.bulk import proceed
-from cm.errors import CmError, Conflict, NotFound, ProviderError, UsageError
+from cm.errors import CmError, Conflict, NotFound, ProviderError, UsageError, stopped
 from cm.names import ambiguous
 from cm.provider import VM, BootSpec, Flavor, Image, Key, Provider, State
 from cm_plugins.openstack import convert
@@ -360,7 +360,7 @@ class OpenStackProvider(NetworkingMixin, ImagesMixin, Provider):
             if status in done:
                 return
             if verb and convert.state_of(status) == State.STOPPED:
-                raise Conflict(f"{name} is stopped, so it cannot be {verb}; start it first (cm vm start {name})")
+                raise stopped(name, verb)
         proceed()
         getattr(self.service("compute"), (by_status or {}).get(status, action))(server["id"], *args)
 

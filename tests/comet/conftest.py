@@ -8,29 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.comet.nucleus import PASSWORDS, Nucleus, write_config
+from tests.comet.nucleus import PASSWORDS, Nucleus, free_ports, prefix, serving, test_driver_hosts
 from tests.infra.slurm import SlurmCluster
-
-# this helper's port range is 23500-23999
-SERVICE_PORT = 23501
-SLURM_PORT = 23510  # slurmctld, then 3 slurmd
 
 
 @pytest.fixture(scope="session")
 def slurm():
     """A private Slurm with three nodes (n1..n3) on loopback; no accounting (fast)."""
-    with SlurmCluster("comet-a", SLURM_PORT, nodes=3) as cluster:
+    with SlurmCluster(prefix("comet-a"), free_ports(4), nodes=3) as cluster:
         yield cluster
-
-
-def cancel_all(slurm: SlurmCluster) -> None:
-    """Cancel every job and wait until the queue is empty (COMPLETING ones included)."""
-    from tests.comet.nucleus import wait_for
-
-    jobs = slurm.run(["squeue", "-h", "-o", "%i"]).stdout.split()
-    if jobs:
-        slurm.run(["scancel", *jobs])
-    wait_for("an empty Slurm queue", lambda: not slurm.run(["squeue", "-h", "-o", "%i"]).stdout.strip(), 60)
 
 
 @pytest.fixture
@@ -45,22 +31,14 @@ def private_dir():
 @pytest.fixture
 def test_hosts(private_dir: Path) -> dict[str, str]:
     """Each Slurm node's hypervisor: its own instance of libvirt's test driver in the service's process."""
-    hosts = {}
-    for name in ("n1", "n2", "n3"):
-        node = private_dir / f"{name}.xml"
-        node.write_text("<node></node>\n")
-        hosts[name] = f"test://{node}"
-    return hosts
+    return test_driver_hosts(private_dir)
 
 
 @pytest.fixture
 def nucleus(private_dir: Path, slurm: SlurmCluster, test_hosts: dict[str, str]):
     """The service on loopback with a fresh database, stopped after the test (and its jobs cancelled)."""
-    config = write_config(private_dir / "service", SERVICE_PORT, slurm.client_env, test_hosts)
-    service = Nucleus(config, SERVICE_PORT).start()
-    yield service
-    cancel_all(slurm)  # first, while the service answers the jobs' last callbacks (else they retry until killed)
-    service.stop()
+    with serving(private_dir / "service", slurm, test_hosts) as service:
+        yield service
 
 
 @pytest.fixture

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,27 @@ from tests.infra.procs import wait_for  # noqa: F401  (re-exported for the comet
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
+# Slurm prefixes carry the checkout: a start reaps what its own prefix left, never another worktree's running test
+TREE = hashlib.sha256(str(ROOT).encode()).hexdigest()[:4]
+
+
+def prefix(name: str) -> str:
+    """A Slurm cluster prefix private to this checkout (``comet-a`` -> ``comet-a-1f2e``)."""
+    return f"{name}-{TREE}"
+
+
+def free_ports(count: int = 1, low: int = 30000, high: int = 32500) -> int:
+    """The first of ``count`` consecutive loopback ports nobody listens on now (concurrent runs pick others)."""
+    for _ in range(200):
+        base = random.randrange(low, high - count)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} free consecutive ports in {low}-{high}")
 
 
 def write_config(directory: Path, port: int, slurm_env: dict[str, str], hosts: dict[str, str], *,
@@ -103,3 +129,33 @@ class Nucleus:
                                  timeout=30)
         response.raise_for_status()
         return response.json()["key"]
+
+
+def test_driver_hosts(directory: Path, names: tuple[str, ...] = ("n1", "n2", "n3")) -> dict[str, str]:
+    """Each Slurm node's hypervisor: its own instance of libvirt's test driver in the service's process."""
+    hosts = {}
+    for name in names:
+        node = directory / f"{name}.xml"
+        node.write_text("<node></node>\n")
+        hosts[name] = f"test://{node}"
+    return hosts
+
+
+def cancel_all(slurm) -> None:
+    """Cancel every job and wait until the queue is empty (COMPLETING ones included)."""
+    jobs = slurm.run(["squeue", "-h", "-o", "%i"]).stdout.split()
+    if jobs:
+        slurm.run(["scancel", *jobs])
+    wait_for("an empty Slurm queue", lambda: not slurm.run(["squeue", "-h", "-o", "%i"]).stdout.strip(), 60)
+
+
+@contextmanager
+def serving(directory: Path, slurm, hosts: dict[str, str], **options: Any) -> Iterator[Nucleus]:
+    """The service on a free loopback port with a fresh database; its jobs cancelled and it stopped after."""
+    port = free_ports()
+    service = Nucleus(write_config(directory, port, slurm.client_env, hosts, **options), port).start()
+    try:
+        yield service
+    finally:
+        cancel_all(slurm)  # first, while the service answers the jobs' last callbacks (else they retry until killed)
+        service.stop()

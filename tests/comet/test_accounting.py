@@ -8,17 +8,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.comet.conftest import cancel_all, squeue
-from tests.comet.nucleus import Nucleus, wait_for, write_config
+from tests.comet.conftest import squeue
+from tests.comet.nucleus import Nucleus, cancel_all, free_ports, prefix, wait_for, write_config
 from tests.infra.slurm import SlurmCluster
-
-SERVICE_PORT = 23503
 
 
 @pytest.fixture(scope="module")
 def accounted():
     """Slurm with slurmdbd + MariaDB, enforcing associations: only abc101 exists as an account (for root)."""
-    with SlurmCluster("comet-b", 23520, nodes=2, accounting=True, accounts={"abc101": ["root"]},
+    with SlurmCluster(prefix("comet-b"), free_ports(5), nodes=2, accounting=True, accounts={"abc101": ["root"]},
                       extra_conf=["AccountingStorageEnforce=associations"]) as cluster:
         yield cluster
 
@@ -29,9 +27,10 @@ def service(private_dir: Path, accounted: SlurmCluster):
     for name in ("n1", "n2"):
         (private_dir / f"{name}.xml").write_text("<node></node>\n")
         hosts[name] = f"test://{private_dir / name}.xml"
-    config = write_config(private_dir / "service", SERVICE_PORT, accounted.client_env, hosts,
+    port = free_ports()
+    config = write_config(private_dir / "service", port, accounted.client_env, hosts,
                           computes="vm-vc1-[0-1]", compute_hosts="n[1-2]")
-    nucleus = Nucleus(config, SERVICE_PORT).start()
+    nucleus = Nucleus(config, port).start()
     yield nucleus
     cancel_all(accounted)
     nucleus.stop()

@@ -32,15 +32,18 @@ def test_clusters_and_nodes_show_and_land_in_the_mirror(cm, comet):
     assert provider_clusters(cm) == ["vc1"]
     assert cm("refresh", "--cloud", "comet").code == 0  # kinds a comet cloud lacks are skipped
     assert [c["name"] for c in mirrored_clusters()] == ["vc1"]
+    listed = _json(cm("cluster", "list", "--cloud", "comet", "-f", "json"))
+    assert [(c["name"], c["recipe"], c["state"], c["nodes"], c["login"]) for c in listed] == \
+        [("vc1", "(comet)", "frontend stopped, 0 of 4 computes running", "frontend=1, compute=4", "127.0.0.1")]
     long = cm("comet", "ll")
     assert long.code == 0 and "vm-vc1-3" in long.out and "frontend" in long.out
 
 
 def mirrored_clusters() -> list[dict]:
-    """What `cm cluster list` can show offline: the mirror's comet_cluster records."""
+    """What `cm cluster list` can show offline: the mirror's cloud_cluster records."""
     from cm.context import Context
 
-    return Context().mirror.records("comet_cluster", "comet")
+    return Context().mirror.records("cloud_cluster", "comet")
 
 
 def provider_clusters(cm) -> list[str]:
@@ -232,11 +235,14 @@ def test_expired_token_is_renewed_once_and_bad_passwords_are_one_line(cm, comet,
     (cm_home / "comet" / "comet.json").unlink()
     result = cm("comet", "cluster")
     assert result.code == 1 and result.err.strip() == "cm: login refused: Invalid username/password."
-    unreachable = cm("cloud", "add", "gone", "--kind", "comet", "base_url=http://127.0.0.1:23999/nucleus",
+    from tests.comet.nucleus import free_ports
+
+    dead = free_ports()
+    unreachable = cm("cloud", "add", "gone", "--kind", "comet", f"base_url=http://127.0.0.1:{dead}/nucleus",
                      "username=a", "password=b")
     assert unreachable.code == 0
     gone = cm("comet", "cluster", "--cloud", "gone")
-    assert gone.code == 1 and gone.err.startswith("cm: cannot reach http://127.0.0.1:23999/nucleus")
+    assert gone.code == 1 and gone.err.startswith(f"cm: cannot reach http://127.0.0.1:{dead}/nucleus")
     assert len(gone.err.strip().splitlines()) == 1
 
 

@@ -7,16 +7,19 @@ are gone, the usage is in `sacct -A abc101`; a one-minute walltime ends by itsel
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.comet.conftest import cancel_all, squeue
-from tests.comet.nucleus import PASSWORDS, Nucleus, wait_for, write_config
+from tests.comet.conftest import squeue
+from tests.comet.nucleus import PASSWORDS, Nucleus, cancel_all, free_ports, prefix, wait_for, write_config
 from tests.e2e import guest, libvirtd
 from tests.infra.slurm import SlurmCluster
 
@@ -28,7 +31,6 @@ pytestmark = [
 ]
 libvirt = pytest.importorskip("libvirt", reason="e2e: pip install libvirt-python")
 
-SERVICE_PORT = 23504
 TOKEN = f"{os.getpid() % 100000}"
 NODES = f"c{TOKEN}vm-[0-1]"
 BOOT_TIMEOUT = 240  # TCG on 2 shared cores
@@ -63,14 +65,15 @@ def world():
     template = tmp / "domain.xml"
     template.write_text(DOMAIN.replace("@KERNEL@", str(kernel)).replace("@INITRD@", str(initrd)))
     seed = guest.build_seed_iso(tmp / "seed.iso", "comet-node", f"comet-{TOKEN}")
-    slurm = SlurmCluster("comet-e", 23540, nodes=2, accounting=True, accounts={"abc101": ["root"]})
+    slurm = SlurmCluster(prefix("comet-e"), free_ports(5), nodes=2, accounting=True, accounts={"abc101": ["root"]})
     service = None
     try:
         slurm.start()
-        config = write_config(tmp / "service", SERVICE_PORT, slurm.client_env, {"n1": uri, "n2": uri},
+        port = free_ports()
+        config = write_config(tmp / "service", port, slurm.client_env, {"n1": uri, "n2": uri},
                               computes=NODES, compute_hosts="n[1-2]", domain_xml=template)
-        service = Nucleus(config, SERVICE_PORT).start()
-        yield {"conn": conn, "slurm": slurm, "service": service, "seed": seed}
+        service = Nucleus(config, port).start()
+        yield {"conn": conn, "slurm": slurm, "service": service, "seed": seed, "tmp": tmp, "uri": uri}
     finally:
         if slurm.procs:
             cancel_all(slurm)
@@ -117,6 +120,11 @@ def test_computeset_boots_real_guests_and_terminate_ends_them(cm, world):
             logs = {p.name: p.stat().st_size for p in (service.config.parent / "state" / "consoles").iterdir()}
             raise AssertionError(f"console of {name}: {shown.code} {shown.out[-500:]!r} {shown.err!r}; logs {logs}")
         assert "cm-guest: hostname=comet-node" in cm("comet", "console", "vc1", name).out
+    # both nodes were powered on at once: each began before either was done (QEMU starts take seconds)
+    log = service.log.read_text()
+    began = [log.index(f"computeset {cs['id']}: powering on {n}") for n in names]
+    done = [log.index(f"computeset {cs['id']}: {n} powered on in") for n in names]
+    assert max(began) < min(done), log[-2000:]
     assert cm("comet", "terminate", str(cs["id"])).code == 0
     wait_for("the job gone from squeue", lambda: cs["job_id"] not in squeue(slurm), 60)
     assert not any(_running(conn, f"vc1-{n}") for n in names)
@@ -162,3 +170,84 @@ def test_after_kill_9_no_guest_runs_without_its_job(cm, world):
     wait_for("the orphaned guest powered off", lambda: not _running(conn, domain), 60)
     final = _json(cm("comet", "computeset", str(cs["id"]), "--cloud", "comet", "-f", "json"))
     assert final["state"] == "cancelled"
+
+
+def cdrom(uri: str, domain: str) -> str:
+    """The running domain's CD-ROM source as libvirt reports it (`virsh domblklist`; '-' when empty)."""
+    out = subprocess.run(["virsh", "-c", uri, "domblklist", domain, "--details"], capture_output=True, text=True,
+                         check=True).stdout
+    return next(line.split()[-1] for line in out.splitlines() if line.split()[1:2] == ["cdrom"])
+
+
+def console_shows(cm, node: str, text: str, timeout: float = 60) -> None:
+    """Wait until `cm comet console` of the node shows ``text``; fail with what it shows."""
+    try:
+        wait_for(f"{text!r} on the console of {node}", lambda: text in cm("comet", "console", "vc1", node).out,
+                 timeout, 2)
+    except TimeoutError:
+        raise AssertionError(f"{text!r} not on the console of {node}:\n"
+                             f"{cm('comet', 'console', 'vc1', node).out[-1500:]}") from None
+
+
+def type_on_console(conn, domain: str, line: str) -> None:
+    """Type a line into the guest's serial console (its root shell): into the pty libvirt gave its serial port."""
+    import xml.etree.ElementTree as ET
+
+    pty = ET.fromstring(conn.lookupByName(domain).XMLDesc()).find("devices/serial/source").get("path")
+    fd = os.open(pty, os.O_RDWR | os.O_NOCTTY)
+    try:
+        time.sleep(1.5)  # QEMU reads a pty only once it noticed someone opened it (it looks every second)
+        os.write(fd, line.encode() + b"\r")
+        time.sleep(1)
+    finally:
+        os.close(fd)
+
+
+def answered(cm, conn, domain: str, node: str, line: str, answer: str, timeout: float = 90) -> None:
+    """Type ``line`` until the console shows ``answer`` (the shell may drop what comes while it asks the terminal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        type_on_console(conn, domain, line)
+        try:
+            return console_shows(cm, node, answer, 4)
+        except AssertionError:
+            continue
+    console_shows(cm, node, answer, 0)
+
+
+def test_an_iso_swaps_live_on_a_running_node_and_the_guest_reads_it(cm, world):
+    conn, slurm, service = world["conn"], world["slurm"], world["service"]
+    node, domain = f"c{TOKEN}vm-0", f"vc1-c{TOKEN}vm-0"
+    assert cm("cloud", "add", "comet", "--kind", "comet", f"base_url={service.base}", "username=alice",
+              f"password={PASSWORDS['alice']}").code == 0
+    assert cm("default", "cloud=comet").code == 0
+    assert cm("comet", "iso", "upload", str(world["seed"])).code == 0
+    assert cm("comet", "iso", "attach", "seed.iso", "vc1", node).code == 0
+    cs = _json(cm("comet", "start", "vc1", node, "--walltime", "30m", "-f", "json"))[0]
+    assert cs["state"] == "running" and _running(conn, domain)
+    console_shows(cm, node, "cm-guest: ready", BOOT_TIMEOUT)
+    shown = cm("vm", "console", node, "--lines", "400")  # the provider contract's console: the same text
+    assert shown.code == 0 and "cm-guest: hostname=comet-node" in shown.out, (shown.out[-500:], shown.err)
+    public = service.config.parent / "state" / "iso" / "public"
+    assert cdrom(world["uri"], domain) == str(public / "seed.iso")
+    # the guest mounted its seed at boot (the tray is locked): the swap must still reach the running domain
+    swap = guest.build_seed_iso(world["tmp"] / "swap.iso", "swapped-node", f"swap-{TOKEN}")
+    uploaded = cm("comet", "iso", "upload", str(swap))
+    assert uploaded.code == 0 and uploaded.out.strip() == "uploaded public/swap.iso (md5 checked by the service)"
+    assert hashlib.md5((public / "swap.iso").read_bytes()).digest() == hashlib.md5(swap.read_bytes()).digest()
+    attached = cm("comet", "iso", "attach", "swap.iso", "vc1", node, "-f", "json")
+    assert attached.code == 0, (attached.out, attached.err)
+    assert cdrom(world["uri"], domain) == str(public / "swap.iso")
+    assert _json(cm("comet", "node", "info", "vc1", node, "-f", "json"))["iso"] == "public/swap.iso"
+    answered(cm, conn, domain, node, "umount /mnt/seed 2>/dev/null; mkdir -p /mnt/swap && mount -t iso9660 -o ro "
+             "/dev/sr0 /mnt/swap && echo swap-seen=$(sed -n 's/^local-hostname: //p' /mnt/swap/meta-data); "
+             "umount /mnt/swap", "swap-seen=swapped-node")
+    detached = cm("comet", "iso", "detach", "vc1", node, "-f", "json")
+    assert detached.code == 0, (detached.out, detached.err)
+    assert cdrom(world["uri"], domain) == "-"
+    assert _json(cm("comet", "node", "info", "vc1", node, "-f", "json"))["iso"] == ""
+    answered(cm, conn, domain, node, "mount -t iso9660 -o ro /dev/sr0 /mnt/swap 2>/dev/null || echo no-media-$((1+1))",
+             "no-media-2")
+    assert cm("comet", "terminate", str(cs["id"])).code == 0
+    wait_for("the job gone from squeue", lambda: cs["job_id"] not in squeue(slurm), 60)
+    assert not _running(conn, domain)

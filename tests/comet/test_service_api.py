@@ -45,6 +45,28 @@ def test_login_logout_and_tokens(nucleus):
     assert requests.get(f"{nucleus.base}/v1/cluster/", timeout=30).status_code == 401
 
 
+def test_cached_listings_answer_each_user_their_own_and_only_known_tokens(nucleus, slurm):
+    alice, bob = nucleus.token("alice"), nucleus.token("bob")
+    first, again = _get(nucleus, "cluster/", alice), _get(nucleus, "cluster/", alice)  # built, then from the cache
+    assert first.status_code == again.status_code == 200 and first.content == again.content
+    assert again.headers["content-type"] == "application/json"
+    assert [c["name"] for c in again.json()] == ["vc1"]
+    assert [c["name"] for c in _get(nucleus, "cluster/", bob).json()] == ["vc1", "vc2"]
+    assert [c["name"] for c in _get(nucleus, "cluster/", alice).json()] == ["vc1"]
+    running = {"state": ["running", "submitted"]}
+    assert _get(nucleus, "computeset/", alice, params=running).json() == []
+    assert _get(nucleus, "computeset/", alice, params=running).json() == []
+    started = _start(nucleus, alice, count="1").json()
+    assert [cs["id"] for cs in _get(nucleus, "computeset/", alice, params=running).json()] == [started["id"]]
+    assert _get(nucleus, "computeset/", alice, params={"state": "failed"}).json() == []
+    for token in (alice[:-1] + ("0" if alice[-1] != "0" else "1"), ""):  # one wrong character; none
+        refused = _get(nucleus, "cluster/", token)
+        assert refused.status_code == 401 and "detail" in refused.json()
+    requests.post(f"{nucleus.base}/rest-auth/logout/", headers={"Authorization": f"Token {alice}"}, timeout=30)
+    assert _get(nucleus, "computeset/", alice, params=running).status_code == 401
+    assert _get(nucleus, "cluster/", bob).status_code == 200
+
+
 def test_password_is_stored_hashed_only(nucleus):
     text = nucleus.config.read_text() + nucleus.log_text()
     db = (nucleus.config.parent / "state" / "nucleus.db").read_bytes()
@@ -234,11 +256,12 @@ def test_state_survives_kill_9_and_agrees_with_slurm_after_restart(nucleus, slur
 
 
 def test_a_node_that_cannot_power_on_fails_the_computeset_and_ends_its_job(private_dir, slurm, test_hosts):
-    from tests.comet.nucleus import Nucleus, write_config
+    from tests.comet.nucleus import Nucleus, free_ports, write_config
 
     broken = {**test_hosts, "n3": f"test://{private_dir}/missing/n3.xml"}  # libvirt cannot open it
-    config = write_config(private_dir / "broken", 23507, slurm.client_env, broken)
-    nucleus = Nucleus(config, 23507).start()
+    port = free_ports()
+    config = write_config(private_dir / "broken", port, slurm.client_env, broken)
+    nucleus = Nucleus(config, port).start()
     try:
         token = nucleus.token()
         created = _start(nucleus, token, computes="vm-vc1-[0-2]")  # three nodes need all three hosts
