@@ -55,6 +55,7 @@ def main() -> None:
     try:
         with HadoopCluster("hadoop-bench", workers=args.workers) as c:
             print(f"jars, warm cache (checksums checked): {c.timings['fetch']:6.1f} s")
+            print(f"install.sh from a loopback mirror: {c.timings['install']:6.1f} s")
             print(f"start to ready ({args.workers} workers): {c.timings['ready']:6.1f} s")
             c.hdfs(["-mkdir", "-p", "/in"])
             c.hdfs(["-put", *map(str, files), "/in/"])

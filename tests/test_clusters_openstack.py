@@ -196,6 +196,19 @@ def test_dryrun_prints_nodes_and_each_roles_user_data_with_the_secret_masked_and
     assert cloud.servers() == [] and cm("cluster", "list", "-f", "json").out.strip() == "[]"
 
 
+def test_hadoop_dryrun_shows_nodes_advertising_addresses_and_the_install_from_the_given_mirror(cm, cloud):
+    planned = cm("hadoop", "-n", "2", "--name", "d2", "--param", "mirror=https://mirror.example/apache", "--dryrun")
+    assert planned.code == 0, planned.err
+    assert "--- user-data of role worker (d2-worker1; secrets masked) ---" in planned.out
+    out = planned.out
+    assert "<name>yarn.nodemanager.hostname</name><value>${env.CM_NODE_ADDRESS:-0.0.0.0}</value>" in out
+    assert "<name>dfs.datanode.hostname</name><value>${env.CM_NODE_ADDRESS}</value>" in out
+    assert "export CM_NODE_ADDRESS=${CM_NODE_ADDRESS:-$(ip -4 route get ADDRESS-OF-d2-head " in out
+    assert "spark.driver.host                ADDRESS-OF-d2-head" in out
+    assert 'url="https://mirror.example/apache/$path/$file"' in out and "path: /usr/local/sbin/cm-own-name" in out
+    assert cloud.servers() == [] and cm("cluster", "list", "-f", "json").out.strip() == "[]"
+
+
 def _kill_mid_launch(cm, cloud, name: str, how: int = 9) -> tuple[int, str]:
     """Start `cm slurm -n 2 --name NAME` as a process and signal it once its head exists but does not run yet."""
     import os

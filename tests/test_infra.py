@@ -46,6 +46,21 @@ def test_two_namespaced_hosts_ping_each_other_by_name_and_address():
     assert sleeper.wait(timeout=5) != 0
 
 
+def test_a_lab_without_name_resolution_reaches_hosts_by_address_only():
+    with Lab("infra-tr", resolve_names=False) as lab:
+        a, b = lab.add_host("a"), lab.add_host("b")
+        assert a.run(["ping", "-c1", "-W5", b.addr]).returncode == 0
+        assert a.run(["hostname"]).stdout.strip() == "a"
+        for name in ("a", "b"):
+            lookup = a.run(["getent", "hosts", name], timeout=10)
+            assert lookup.returncode != 0 and lookup.stdout == ""
+        # what a host adds to its /etc/hosts is its own
+        a.run(["sh", "-c", f"echo '{a.addr} a' >> /etc/hosts"], check=True)
+        assert a.run(["getent", "hosts", "a"]).stdout.split() == [a.addr, "a"]
+        assert b.run(["getent", "hosts", "a"]).returncode != 0
+    assert list_netns("infra-tr") == []
+
+
 def test_lab_removes_what_a_crashed_run_left_behind_and_nothing_else():
     crashed = Lab("infra-tc").start()
     crashed.add_host("a")

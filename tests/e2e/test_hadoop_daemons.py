@@ -2,8 +2,11 @@
 
 Hadoop's jars come from Maven Central (cached under ~/.cache/cm-tests/hadoop); the head's
 namespace runs the NameNode and ResourceManager, each worker's a DataNode and NodeManager
-(tests/infra/hadoop.py).  A MapReduce wordcount on YARN and a PySpark wordcount on YARN (with
-the recipe's spark-defaults.conf) over the same known input give exactly the right counts.
+(tests/infra/hadoop.py).  As on many clouds, no node's name resolves on another node: they
+find each other by the addresses the recipe has them advertise (and the recipe makes each node's
+own name resolve on that node, to a loopback address, as Hadoop and Spark need).  A MapReduce wordcount on
+YARN and a PySpark wordcount on YARN (with the recipe's spark-defaults.conf) over the same known
+input give exactly the right counts.
 Run with ``-s`` to see the timings.
 """
 
@@ -33,7 +36,8 @@ pytestmark = [
 def hadoop(tmp_path_factory):
     files, counts = known_input(tmp_path_factory.mktemp("hadoop-input"))
     with HadoopCluster("hadoop-e2e", workers=2) as cluster:
-        print(f"\nhadoop: jars {cluster.timings['fetch']:.1f} s, start to ready {cluster.timings['ready']:.1f} s")
+        print(f"\nhadoop: jars {cluster.timings['fetch']:.1f} s, install.sh from the mirror {cluster.timings['install']:.1f} s, "
+              f"start to ready {cluster.timings['ready']:.1f} s")
         cluster.hdfs(["-mkdir", "-p", "/in"])
         cluster.hdfs(["-put", *map(str, files), "/in/"])
         yield cluster, counts
@@ -53,13 +57,24 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
+def test_no_node_resolves_another_nodes_name(hadoop):
+    cluster, _ = hadoop
+    for host in cluster.hosts.values():
+        assert host.run(["hostname"]).stdout.strip() == host.name
+        assert host.run(["getent", "hosts", host.name]).stdout.split() == ["127.0.1.1", host.name]
+        for name in set(cluster.hosts) - {host.name}:
+            lookup = host.run(["getent", "hosts", name], timeout=10)
+            assert lookup.returncode != 0 and not lookup.stdout, f"{name} resolves on {host.name}"
+
+
 def test_recipe_configuration_runs_hdfs_on_every_worker(hadoop):
     cluster, _ = hadoop
     assert f"hdfs://{cluster.head.addr}:9000" in (cluster.conf_dir / "core-site.xml").read_text()
     assert (cluster.conf_dir / "yarn-site.xml").read_text() == cluster.files["yarn-site.xml"]
     report = cluster.java("org.apache.hadoop.hdfs.tools.DFSAdmin", ["-report", "-live"]).stdout
     assert "Live datanodes (2)" in report
-    assert all(f"Name: {h.addr}:9866 ({h.name})" in report for h in cluster.worker_hosts)
+    # registered by address: Hadoop's own name for each DataNode is its address
+    assert all(f"Name: {h.addr}:9866 ({h.addr})" in report for h in cluster.worker_hosts), report
     listing = cluster.hdfs(["-ls", "/in"]).stdout
     assert "/in/part0.txt" in listing and "/in/part1.txt" in listing
 
@@ -73,6 +88,15 @@ def test_recipe_outputs_web_uis_answer(hadoop):
     assert "Hadoop" in cluster.http_get(f"{namenode}/dfshealth.html")
     metrics = json.loads(cluster.http_get(f"{resourcemanager}/ws/v1/cluster/metrics"))
     assert metrics["clusterMetrics"]["activeNodes"] == 2
+    # what the UIs link to (each worker's own UI) is an address a browser on the network can open
+    workers = {h.addr for h in cluster.worker_hosts}
+    nodes = json.loads(cluster.http_get(f"{resourcemanager}/ws/v1/cluster/nodes"))["nodes"]["node"]
+    assert {n["nodeHTTPAddress"] for n in nodes} == {f"{a}:8042" for a in workers}
+    for link in (f"http://{a}:8042/ws/v1/node/info" for a in workers):
+        assert json.loads(cluster.http_get(link))["nodeInfo"]["nodeHostName"] in workers
+    live = json.loads(cluster.http_get(f"{namenode}/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo"))
+    datanodes = json.loads(live["beans"][0]["LiveNodes"]).values()
+    assert {d["infoAddr"] for d in datanodes} == {f"{a}:9864" for a in workers}
 
 
 def test_mapreduce_wordcount_on_yarn(hadoop):

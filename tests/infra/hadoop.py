@@ -13,17 +13,22 @@ The cluster record comes from ``cm.clusters.plan.offline`` (as a launch of ``cm 
 would plan it: nodes ``c1-head``, ``c1-worker1``...); each node is a Lab host of that name whose
 address becomes the node's address, and ``Recipe.render_files`` renders core-site, hdfs-site,
 yarn-site, mapred-site, hadoop-env.sh and spark-defaults.conf from that record, unchanged, into
-``PREFIX/hadoop/etc/hadoop`` (``--param prefix`` is the test's temp dir; ``PREFIX/hadoop/share``
-is the cached jars ``tests.infra.hadoop_jars`` fetched for the recipe's ``hadoop_version``, as
-the recipe's install.sh would unpack a release).  The head runs NameNode (formatted first) and
-ResourceManager; each worker a DataNode and NodeManager, started as Hadoop's scripts do: the
+``PREFIX/hadoop/etc/hadoop`` (``--param prefix`` is the test's temp dir).  ``PREFIX/hadoop`` is
+what the recipe's own install.sh installed: it downloads a release archive of the recipe's
+``hadoop_version`` (``tests.infra.hadoop_release``, built from the jars ``tests.infra.hadoop_jars``
+fetched) from a loopback mirror (``--param mirror=... checksums=...``) and checks its SHA-512.
+The head runs NameNode (formatted first) and ResourceManager; each worker a DataNode and NodeManager, started as Hadoop's scripts do: the
 recipe's hadoop-env.sh sourced (JAVA_HOME, HADOOP_HOME, HADOOP_OPTS with the ``--add-opens``
 Java 17 needs), then ``java $HADOOP_OPTS -cp CONF:... MAIN``.  Each daemon sees its own private dir bind-mounted over /var/lib
 and /var/log (its own mount namespace), so the recipe's paths (/var/lib/hadoop/name, .../data)
 are used as rendered.  Default ports are fine: every node has its own network namespace.
+As on many clouds, no node's name resolves (the Lab's ``resolve_names=False``: not the others',
+not even a node's own) unless ``resolve_names=True``: the nodes find each other by the addresses
+the recipe has them advertise.  Each node first runs the recipe's own-name.sh, as its user-data
+does (it makes the node's own name, and no other, resolve on that node).
 
-Ready as the recipe defines it: ``hdfs dfsadmin -report -live`` lists every worker's address and
-``yarn node -list -states RUNNING`` every worker's name.  Stop kills exactly the pids it started
+Ready as the recipe defines it: ``hdfs dfsadmin -report -live`` and ``yarn node -list -states
+RUNNING`` list every worker's address.  Stop kills exactly the pids it started
 (process groups and descendants, e.g. YARN containers), then the Lab removes the namespaces and
 the temp dir; a start first reaps what a killed run with the same prefix left.
 """
@@ -31,13 +36,15 @@ the temp dir; a start first reaps what a killed run with the same prefix left.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from tests.infra.hadoop_jars import hadoop_home, lib_dir, webapps_dir
+from tests.infra.hadoop_jars import lib_dir, webapps_dir
+from tests.infra.hadoop_release import Mirror, release_tarball, run_install
 from tests.infra.netns import Host, Lab
 from tests.infra.procs import kill_tree, reap_stale, wait_for
 
@@ -55,36 +62,17 @@ DAEMONS = {
     "nodemanager": ("org.apache.hadoop.yarn.server.nodemanager.NodeManager", "192m"),
 }
 ROLES = {"head": ["namenode", "resourcemanager"], "worker": ["datanode", "nodemanager"]}
-LOG4J = """log4j.rootLogger=INFO,console
-log4j.appender.console=org.apache.log4j.ConsoleAppender
-log4j.appender.console.target=System.err
-log4j.appender.console.layout=org.apache.log4j.PatternLayout
-log4j.appender.console.layout.ConversionPattern=%d{HH:mm:ss,SSS} %p %c{2}: %m%n
-"""
-
-# What a release's etc/hadoop holds besides the files the recipe writes over (the recipe copies its
-# files into the release's conf dir): the CapacityScheduler's one default queue.
-RELEASE_CONF = {"capacity-scheduler.xml": """<?xml version="1.0"?>
-<configuration>
-  <property><name>yarn.scheduler.capacity.maximum-am-resource-percent</name><value>0.5</value></property>
-  <property><name>yarn.scheduler.capacity.root.queues</name><value>default</value></property>
-  <property><name>yarn.scheduler.capacity.root.default.capacity</name><value>100</value></property>
-  <property><name>yarn.scheduler.capacity.root.default.maximum-capacity</name><value>100</value></property>
-  <property><name>yarn.scheduler.capacity.root.default.state</name><value>RUNNING</value></property>
-</configuration>
-""", "log4j.properties": LOG4J}
 
 
-def recipe_cluster(workers: int, name: str = "c1", prefix: Path | None = None):
+def recipe_cluster(workers: int, name: str = "c1", params: dict[str, str] | None = None):
     """The shipped Hadoop recipe and a cluster record of it, planned as ``cm hadoop -n WORKERS
-    [--param prefix=PREFIX]``."""
+    [--param K=V ...]``."""
     from cm import recipes
     from cm.clusters import plan
 
     recipe = recipes.load(recipes.shipped_dir() / "hadoop.yaml")
     cluster = plan.offline(recipe, workers, name)
-    if prefix:
-        cluster["params"] = recipe.params({"prefix": str(prefix)})
+    cluster["params"] = recipe.params(params or {})
     return recipe, cluster
 
 
@@ -92,16 +80,15 @@ class HadoopCluster:
     """A Hadoop cluster of real daemons (see the module docstring)."""
 
     def __init__(self, prefix: str, workers: int = 2, name: str = "c1",
-                 timeout: float = HADOOP_TIMEOUT) -> None:
+                 timeout: float = HADOOP_TIMEOUT, resolve_names: bool = False) -> None:
         self.prefix, self.workers, self.name, self.timeout = prefix, workers, name, timeout
-        self.lab = Lab(prefix)
+        self.lab = Lab(prefix, resolve_names=resolve_names)
         self.procs: dict[str, subprocess.Popen] = {}
         self.hosts: dict[str, Host] = {}
         self.roles: dict[str, str] = {}
         self.files: dict[str, str] = {}
         self.outputs: dict[str, str] = {}
         self.tmp: Path | None = None
-        self.home: Path | None = None
         self.timings: dict[str, float] = {}
 
     # -- setup ------------------------------------------------------------------------------
@@ -109,21 +96,29 @@ class HadoopCluster:
         """Fetch the jars, render the recipe for the lab's nodes, start the daemons, wait until ready."""
         reap_stale(self.prefix, "hadoop")
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-hadoop-"))
-        recipe, cluster = recipe_cluster(self.workers, self.name, self.tmp / "opt")
+        mirror = Mirror(self.tmp / "mirror").start()
+        params = {"prefix": str(self.tmp / "opt"), "mirror": mirror.url, "checksums": mirror.url}
+        recipe, cluster = recipe_cluster(self.workers, self.name, params)
         try:
             t0 = time.monotonic()
-            self.home = hadoop_home(str(cluster["params"]["hadoop_version"]))
+            version = str(cluster["params"]["hadoop_version"])
+            archive = release_tarball(version)
             self.timings["fetch"] = time.monotonic() - t0
-            self.install()
+            t0 = time.monotonic()
+            self.install(recipe, cluster, mirror, archive)
+            self.timings["install"] = time.monotonic() - t0
             t0 = time.monotonic()
             self.lab.start()
             self.place_nodes(recipe, cluster)
+            self.name_nodes()
             self.start_daemons()
             self.wait_ready()
             self.timings["ready"] = time.monotonic() - t0
         except BaseException:
             self.stop()
             raise
+        finally:
+            mirror.stop()
         return self
 
     def place_nodes(self, recipe, cluster) -> None:
@@ -139,15 +134,31 @@ class HadoopCluster:
         self.files = recipe.render_files(context)
         self.outputs = recipe.render_outputs(context)
         conf = self.conf_dir
-        for fname, text in {**RELEASE_CONF, **self.files}.items():
-            if fname != "install.sh":
+        for fname, text in self.files.items():
+            if fname not in ("install.sh", "own-name.sh"):
                 (conf / fname).write_text(text)
 
-    def install(self) -> None:
-        """PREFIX/hadoop as the recipe's install.sh leaves it: the release's share/ (the cached jars)
-        and an etc/hadoop that the recipe's files are copied into."""
-        (self.install_dir / "etc" / "hadoop").mkdir(parents=True)
-        (self.install_dir / "share").symlink_to(self.home / "share")
+    def name_nodes(self) -> None:
+        """Run the recipe's own-name.sh on every node; it prints the address the node advertises."""
+        assert self.tmp is not None
+        script = self.tmp / "own-name.sh"
+        script.write_text(self.files["own-name.sh"])
+        for name, host in self.hosts.items():
+            proc = host.run(["sh", str(script)])
+            if proc.returncode != 0 or proc.stdout.strip() != host.addr:
+                raise RuntimeError(f"own-name.sh on {name}: {proc.stdout.strip()} {proc.stderr.strip()}")
+
+    def install(self, recipe, cluster, mirror: Mirror, archive: Path) -> None:
+        """PREFIX/hadoop from the release archive on the mirror, by the recipe's own install.sh."""
+        from cm.clusters import plan
+
+        where = f"hadoop/common/{archive.name.removesuffix('.tar.gz')}"
+        for path in (archive, Path(f"{archive}.sha512")):
+            mirror.publish(where, path.name, path.read_bytes())
+        script = recipe.render_files(plan.context(cluster, recipe, {}, None))["install.sh"]
+        proc, console = run_install(script, "hadoop", self.tmp / "install")
+        if proc.returncode != 0 or not (self.install_dir / "bin" / "hadoop").exists():
+            raise RuntimeError(f"install.sh hadoop failed ({proc.returncode}): {console}{proc.stderr}")
 
     @property
     def install_dir(self) -> Path:
@@ -220,14 +231,15 @@ class HadoopCluster:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def ready(self) -> bool:
-        """The recipe's test: every worker live in `dfsadmin -report -live`, RUNNING in `yarn node -list`."""
+        """The recipe's test: every worker's address live in `dfsadmin -report -live`, RUNNING in `yarn node -list`."""
         self.check_alive()
         report = self.java("org.apache.hadoop.hdfs.tools.DFSAdmin", ["-report", "-live"], check=False)
         if not all(f"Name: {h.addr}:" in report.stdout for h in self.worker_hosts):
             return False
         nodes = self.java("org.apache.hadoop.yarn.client.cli.NodeCLI", ["-list", "-states", "RUNNING"],
                           check=False)
-        return all(h.name in nodes.stdout for h in self.worker_hosts)
+        # as the worker's cm-ready greps it: a line that starts (after padding) with ADDRESS:PORT
+        return all(re.search(rf"^ *{re.escape(h.addr)}:", nodes.stdout, re.M) for h in self.worker_hosts)
 
     def wait_ready(self) -> None:
         try:

@@ -69,7 +69,7 @@ def mapreduce_wordcount(cluster: HadoopCluster, src: str, dst: str, local: bool 
     """`hadoop jar hadoop-mapreduce-examples.jar wordcount SRC DST` on the head; the counts written."""
     where = ["-Dmapreduce.framework.name=local", "-Dfs.defaultFS=file:///"] if local else []
     job = cluster.java("org.apache.hadoop.util.RunJar",
-                       [str(jar(cluster.home, "hadoop-mapreduce-examples")), "wordcount", *MR_SMALL,
+                       [str(jar(cluster.install_dir, "hadoop-mapreduce-examples")), "wordcount", *MR_SMALL,
                         *where, src, dst], timeout=900)
     if "completed successfully" not in job.stderr:
         raise RuntimeError(f"wordcount did not complete:\n{job.stderr[-3000:]}")

@@ -14,7 +14,10 @@ Usage::
 A host's commands run as ``nsenter --net=/run/netns/NS unshare --uts --mount sh -c
 'hostname NAME; mount --bind HOSTS /etc/hosts; exec CMD'`` (never ``ip netns exec``: it
 remounts /sys and breaks slurmd).  Inside, /etc/hosts names every lab host, so hostnames
-resolve.  The subnet (default derived from the prefix, inside 10.231.0.0/16) exists only
+resolve; ``Lab(prefix, resolve_names=False)`` is a network where no name resolves, not even a
+host's own (as on many clouds): each host has its own /etc/hosts, holding only localhost (what a
+host appends to it stays its own), and /etc/resolv.conf names only a nameserver on the host's own
+loopback, where none listens, so every other lookup fails at once.  The subnet (default derived from the prefix, inside 10.231.0.0/16) exists only
 inside the lab's namespaces: the machine's own namespace never routes to it.
 ``cleanup_prefix(prefix)`` removes whatever a crashed run with that prefix left behind (``start``
 calls it): every namespace is listed in the lab's temp dir before it is made, so only those go.
@@ -114,9 +117,8 @@ class Host:
 
     def wrap(self, argv: list[str]) -> list[str]:
         """The argv that runs ``argv`` inside this host (own net, UTS and mount namespace)."""
-        script = (f"hostname {shlex.quote(self.name)} && "
-                  f"mount --bind {shlex.quote(str(self.lab.hosts_file))} /etc/hosts && "
-                  f"exec {shlex.join(argv)}")
+        binds = "".join(f"mount --bind {shlex.quote(str(src))} {dst} && " for src, dst in self.lab.binds(self))
+        script = f"hostname {shlex.quote(self.name)} && {binds}exec {shlex.join(argv)}"
         return ["nsenter", f"--net={NETNS_DIR / self.ns}", "unshare", "--uts", "--mount",
                 "sh", "-c", script]
 
@@ -140,6 +142,7 @@ class Lab:
     subnet: ipaddress.IPv4Network | None = None
     hosts: dict[str, Host] = field(default_factory=dict)
     tmp: Path | None = None
+    resolve_names: bool = True
 
     def __post_init__(self) -> None:
         self.subnet = self.subnet or subnet_for(self.prefix)
@@ -150,11 +153,18 @@ class Lab:
         assert self.tmp is not None
         return self.tmp / "hosts"
 
+    def binds(self, host: Host) -> list[tuple[Path, str]]:
+        """The files ``host`` sees over the machine's own: /etc/hosts (and resolv.conf if no name resolves)."""
+        if self.resolve_names:
+            return [(self.hosts_file, "/etc/hosts")]
+        return [(self.tmp / f"hosts-{host.name}", "/etc/hosts"), (self.tmp / "resolv.conf", "/etc/resolv.conf")]
+
     def start(self) -> "Lab":
         """Create the lab namespace with bridge br0 (idempotent after a crashed run: old names go first)."""
         cleanup_prefix(self.prefix)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-lab-"))
         self.write_hosts()
+        (self.tmp / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         self.add_netns(self.ns)
         sh("ip", "-n", self.ns, "link", "set", "lo", "up")
         sh("ip", "-n", self.ns, "link", "add", "br0", "type", "bridge")
@@ -186,10 +196,11 @@ class Lab:
         host = Host(self, name, ns, addr)
         self.hosts[name] = host
         self.write_hosts()
+        (self.tmp / f"hosts-{name}").write_text("127.0.0.1 localhost\n")
         return host
 
     def write_hosts(self) -> None:
-        """/etc/hosts as seen inside every host: loopback plus each lab host's name."""
+        """/etc/hosts as seen inside every host where names resolve: loopback plus each lab host's name."""
         lines = ["127.0.0.1 localhost"] + [f"{h.addr} {h.name}" for h in self.hosts.values()]
         self.hosts_file.write_text("\n".join(lines) + "\n")
 
