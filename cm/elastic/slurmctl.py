@@ -159,21 +159,12 @@ class Controller:
             return 0
 
 
+
 def _write_local(path: Path, text: str, mode: int) -> None:
     """Replace ``path`` atomically (Slurm's daemons read it at any moment), keeping its mode."""
-    import tempfile
+    from cm.config import write_atomic
 
     if not mode:
         mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".cm")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, mode)
