@@ -144,7 +144,11 @@ def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> l
     def remove(node: str) -> None:
         vm = vm_name(cluster, node)
         if failed:
-            _fail(ctx, cluster, node, vm, provider, ctl, "slurmd did not register before ResumeTimeout", [])
+            # a node whose boot failed stays "powering up" in Slurm until ResumeTimeout: keep that reason
+            before = st["nodes"].get(node, {})
+            why = before.get("reason") if before.get("state") == "failed" and before.get("reason") else \
+                "slurmd did not register before ResumeTimeout"
+            _fail(ctx, cluster, node, vm, provider, ctl, why, [])
             return
         _delete(provider, vm)
         _stopped(home, cluster, node, "gone")
