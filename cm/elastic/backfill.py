@@ -63,8 +63,11 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
 
 
 def _describe(policy: str) -> str:
-    first = "moves the virtual nodes there live to a free host of the cloud, else " if policy == "migrate" else ""
-    return f"a job on a host {first}checkpoints them (jobs suspended, VMs saved) until it ends"
+    """What a job on a host does to the virtual nodes there, in words."""
+    if policy == "migrate":
+        return ("a job on a host moves the virtual nodes there live to a free host of the cloud, else checkpoints "
+                "them (jobs suspended, VMs saved) until it ends")
+    return "a job on a host checkpoints the virtual nodes there (jobs suspended, VMs saved) until it ends"
 
 
 def _rewrite(ctl: Any, st: dict[str, Any], conf: slurmconf.SlurmConf, text: str) -> None:
