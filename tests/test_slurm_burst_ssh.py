@@ -25,6 +25,7 @@ from tests.infra.sshd import LoginHost  # noqa: E402
 from tests.test_kvm import image, one_line  # noqa: E402,F401  (fixtures)
 
 pytestmark = [
+    pytest.mark.e2e,   # real daemons; about 45 s on 2 busy cores (each ssh round trip about 1 s)
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (sshd, slurmctld)"),
     pytest.mark.skipif(not all(shutil.which(t) for t in ("sshd", "slurmctld", "slurmd", "munged")),
                        reason="run scripts/install-system-packages.sh"),
