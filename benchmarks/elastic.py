@@ -187,8 +187,8 @@ def with_low_job(lab: ElasticLab) -> tuple[float, float]:
 
 
 def run_backfill() -> None:
-    home = Path(tempfile.mkdtemp(prefix="elastic-bench-"))
-    with running_lab("elastic-b", "elastic-bench", PORT, home, second_host=True) as lab:
+    with tempfile.TemporaryDirectory(prefix="elastic-bench-") as tmp, \
+            running_lab("elastic-b", "elastic-bench", PORT, Path(tmp), second_host=True) as lab:
         conf = lab.slurm.conf
         done = lab.cm("slurm", "burst", "enable", str(conf), "--cloud", CLOUD, "--max", "1", "--image", "slurmd",
                       "--flavor", "node", "--idle", "600", "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key"),
