@@ -5,9 +5,12 @@
   Slurm adds before calling cm, cm's own work, and Slurm after the registration;
 * `cm vm save` / `cm vm restore` of a 256 MiB and a 1 GiB guest, against libvirt's bare
   managedSave / create of the same guest in the same run;
-* live migration between two libvirt daemons: wall time and the downtime libvirt measured.
+* live migration between two libvirt daemons: wall time and the downtime libvirt measured;
+* backfill: a high-priority job on n1 alone, then while a low-priority job runs in a virtual node
+  on n1's host that cm checkpoints, then one it migrates to a free host (wall time of the high job,
+  ratios against alone, and the low job's longest silence).
 
-Run as root: ``.venv/bin/python benchmarks/elastic.py [--skip-burst] [--skip-checkpoint]``.
+Run as root: ``.venv/bin/python benchmarks/elastic.py [--skip-burst] [--skip-checkpoint] [--skip-backfill]``.
 """
 
 from __future__ import annotations
@@ -149,15 +152,71 @@ def run_checkpoint() -> None:
         conn2.close()
 
 
+def high_job(lab: ElasticLab) -> float:
+    """Seconds from srun to the end of a 1 s job on the physical node n1."""
+    t = time.monotonic()
+    out = lab.slurm.run(["srun", "-p", "debug", "-w", "n1", "sleep", "1"], timeout=600)
+    assert out.returncode == 0, out.stderr
+    return time.monotonic() - t
+
+
+def with_low_job(lab: ElasticLab) -> tuple[float, float]:
+    """(the high job's seconds, the low job's longest silence) while a low job prints every 0.2 s in cloud1."""
+    import threading
+
+    low = subprocess.Popen(lab.slurm.ns_host.wrap(["srun", "-p", "cloud", "-w", "cloud1", "sh", "-c",
+                                                   "while :; do echo .; sleep 0.2; done"]),
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=lab.slurm.env)
+    seen: list[float] = []
+    reader = threading.Thread(target=lambda: [seen.append(time.monotonic()) for _ in low.stdout], daemon=True)
+    reader.start()
+    try:
+        while len(seen) < 5:
+            if low.poll() is not None:
+                raise RuntimeError("the low-priority job ended early")
+            time.sleep(0.2)
+        took = high_job(lab)
+        time.sleep(3)   # its epilog restores a checkpointed VM: count that silence too
+        mark = len(seen)
+        while len(seen) < mark + 5:
+            time.sleep(0.2)
+    finally:
+        low.terminate()
+        low.wait(30)
+    return took, max(b - a for a, b in zip(seen, seen[1:]))
+
+
+def run_backfill() -> None:
+    with tempfile.TemporaryDirectory(prefix="elastic-bench-") as tmp, \
+            running_lab("elastic-b", "elastic-bench", PORT, Path(tmp), second_host=True) as lab:
+        conf = lab.slurm.conf
+        done = lab.cm("slurm", "burst", "enable", str(conf), "--cloud", CLOUD, "--max", "1", "--image", "slurmd",
+                      "--flavor", "node", "--idle", "600", "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key"),
+                      "--restart-command", f"slurmctld -f {conf}")
+        assert done.returncode == 0, done.stderr
+        alone = sorted(high_job(lab) for _ in range(3))[1]
+        print(f"backfill high job alone          {alone:.2f}s (median of 3)")
+        for policy in ("checkpoint", "migrate"):
+            done = lab.cm("slurm", "backfill", "enable", str(conf), "--virtual-partition", "cloud",
+                          "--policy", policy)
+            assert done.returncode == 0, done.stderr
+            took, silence = with_low_job(lab)
+            print(f"backfill high job, {policy:10s}  {took:.2f}s (x{took / alone:.2f} of alone); "
+                  f"low job's longest silence {silence:.2f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-burst", action="store_true")
     parser.add_argument("--skip-checkpoint", action="store_true")
+    parser.add_argument("--skip-backfill", action="store_true")
     args = parser.parse_args()
     if not args.skip_checkpoint:
         run_checkpoint()
     if not args.skip_burst:
         run_burst()
+    if not args.skip_backfill:
+        run_backfill()
 
 
 if __name__ == "__main__":

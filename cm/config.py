@@ -88,6 +88,11 @@ def read_yaml_cached(path: Path, cache: Path) -> dict[str, Any]:
 
 def write_private(path: Path, text: str) -> None:
     """Write atomically, readable by the owner only (the file may hold secrets)."""
+    write_atomic(path, text, 0o600)
+
+
+def write_atomic(path: Path, text: str, mode: int) -> None:
+    """Replace ``path`` with ``text`` at once (readers see the old file or the new, never half), mode ``mode``."""
     import tempfile
 
     # The pid in the name lets a later run tell an orphan (its writer was killed) from a write in progress.
@@ -97,7 +102,7 @@ def write_private(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

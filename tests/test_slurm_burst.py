@@ -182,3 +182,22 @@ def test_the_prolog_ignores_jobs_of_the_virtual_partition(cm_home, conf):
     env = {"SLURM_JOB_ID": "5", "SLURM_JOB_PARTITION": "cloud", "SLURM_JOB_NODELIST": "cloud1"}
     assert backfill.prolog(Ctx(), "lab", env) == []
     assert backfill.epilog(Ctx(), "lab", {"SLURM_JOB_ID": "5"}) == []
+
+
+def test_backfill_disable_refuses_while_vms_are_saved_and_dryrun_shows_the_file_as_before(cm, conf, cm_home):
+    from cm.elastic import slurmconf, state
+
+    hooked = slurmconf.with_block(slurmconf.read(conf), {"PrologSlurmctld": "/p", "SuspendTime": "9"}, [], "t",
+                                  block="backfill")
+    conf.write_text(hooked)
+    saved = {"7": [{"node": "cloud1", "vm": "lab-cloud1", "jobs": ["3"]}]}
+    with state.changing(cm_home, "lab", {"partition": "cloud", "conf": str(conf), "nodes": {},
+                                         "backfill": {"partition": "cloud", "host_map": {}, "saved": saved}}):
+        pass
+    result = cm("slurm", "backfill", "disable", str(conf))
+    assert result.code == 1 and "VMs are saved for job 7" in one_line(result)
+    with state.changing(cm_home, "lab") as now:
+        now["backfill"]["saved"] = {}
+    result = cm("slurm", "backfill", "disable", str(conf), "--dryrun")
+    assert result.code == 0 and result.out == STATIC   # byte for byte, and nothing changed
+    assert conf.read_text() == hooked

@@ -65,7 +65,9 @@ def add_subcommands(subs: Any) -> None:
     verbs = subcommands(burst)
     on = verb(verbs, "enable", enable, "add up to --max cloud nodes, powered up by cm when jobs wait",
               example="cm slurm burst enable /etc/slurm/slurm.conf --cloud kvm --max 4 --idle 300")
-    on.add_argument("cluster", metavar="CLUSTER", help="the cluster's slurm.conf (or a cluster enabled before)")
+    on.add_argument("cluster", metavar="CLUSTER",
+                    help="the cluster's slurm.conf (on --controller when given), or the name of a cluster "
+                         "cm launched or enabled before")
     add_cloud_option(on)
     on.add_argument("--max", type=int, required=True, help="at most this many cloud nodes")
     completes(on.add_argument("--image", help="image the VMs boot (default: the cloud's 'image' default)"), "image")
@@ -73,8 +75,10 @@ def add_subcommands(subs: Any) -> None:
     on.add_argument("--idle", type=int, default=300, help="seconds a cloud node stays idle before its VM goes")
     on.add_argument("--partition", default="cloud", help="partition (and node name prefix) of the cloud nodes")
     on.add_argument("--resume-timeout", type=int, default=300, help="seconds a VM has to register its slurmd")
-    on.add_argument("--munge-key", default="/etc/munge/munge.key", help="the cluster's munge key")
-    on.add_argument("--controller", default="local", help="where slurmctld runs: local or an ssh destination")
+    on.add_argument("--munge-key", default="", help="the cluster's munge key on the controller host (default: "
+                                                     "the key of a cluster cm launched, else /etc/munge/munge.key)")
+    on.add_argument("--controller", default="local",
+                    help="where slurmctld runs: local, an ssh destination, or a slurm cloud's login host")
     on.add_argument("--restart-command", default="",
                     help="how to restart slurmctld when the node set changes (default: slurmctld -f SLURM_CONF)")
     add_dryrun_option(on)

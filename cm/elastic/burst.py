@@ -21,42 +21,35 @@ from typing import Any
 
 from cm.errors import NotFound, ProviderError, UsageError
 from cm.elastic import slurmconf, state
-from cm.elastic.power import controller
 from cm.elastic.slurmctl import Controller
+from cm.elastic.target import Target, cluster_of, controller, munge_key, read_conf
 
 PROGRAMS = {"ResumeProgram": "resume", "SuspendProgram": "suspend", "ResumeFailProgram": "resume-fail"}
 _PARTITION = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,30}$")
 
 
-def cluster_of(ctx: Any, target: str) -> tuple[str, Path]:
-    """(cluster name, slurm.conf) of CLUSTER: a slurm.conf path, or a cluster enabled before."""
-    path = Path(target).expanduser()
-    if path.is_file():
-        return slurmconf.read(path).cluster, path.resolve()
-    if "/" not in target and state.exists(Path(ctx.home), target):
-        return target, Path(state.load(Path(ctx.home), target)["conf"])
-    raise NotFound(f"no slurm.conf at {target} and no cluster '{target}' with bursting enabled")
+def _program(home: Path, cluster: str, verb: str, ctl: Controller, noun: str = "burst") -> Path:
+    """A wrapper slurmctld runs (with a bare environment and stdin closed): `cm slurm NOUN VERB`.
 
-
-def _program(home: Path, cluster: str, verb: str, conf: Path, noun: str = "burst") -> Path:
-    """A wrapper slurmctld runs (with a bare environment and stdin closed): `cm slurm NOUN VERB`."""
+    It is written where slurmctld runs: on a remote controller host it calls cm there, with
+    this cm's home (a home shared with that host, as login and controller hosts often share)."""
     import cm
 
     where = state.directory(home, cluster)
     where.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = where / verb
-    env = {"CM_HOME": str(home), "SLURM_CONF": str(conf), "PYTHONPATH": str(Path(cm.__file__).parent.parent),
+    env = {"CM_HOME": str(home), "SLURM_CONF": str(ctl.conf), "PYTHONPATH": str(Path(cm.__file__).parent.parent),
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     words = ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "cm.main",
              "slurm", noun, verb, cluster]
-    path.write_text(f"#!/bin/sh\n# written by `cm slurm {noun} enable`: slurmctld runs it\n"
-                    f"exec {shlex.join(words)} \"$@\" < /dev/null >> {shlex.quote(str(where / 'programs.log'))} 2>&1\n")
-    path.chmod(0o700)
+    ctl.write_text(path, f"#!/bin/sh\n# written by `cm slurm {noun} enable`: slurmctld runs it\n"
+                         f"exec {shlex.join(words)} \"$@\" < /dev/null >> {shlex.quote(str(where / 'programs.log'))} "
+                         "2>&1\n", mode=0o700)
     return path
 
 
-def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, cluster: str, nodes: str) -> tuple[int, Path]:
-    """Refuse bad input before anything changes; returns (vCPUs of the flavor, munge key)."""
+def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, target: Target, nodes: str) -> tuple[int, bytes]:
+    """Refuse bad input before anything changes; returns (vCPUs of the flavor, the munge key)."""
     from cm.names import expand
 
     if not 1 <= args.max <= 1024:
@@ -72,9 +65,7 @@ def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, cluster: str, nodes: 
     clash = sorted(static & set(expand([nodes]))) if not conf.has_block else []
     if clash:
         raise UsageError(f"{conf.path} already has nodes named {clash[0]}...; name the partition otherwise")
-    key = Path(args.munge_key)
-    if not os.access(key, os.R_OK):
-        raise UsageError(f"cannot read the cluster's munge key {key}; give it with --munge-key PATH")
+    key = munge_key(target, args.munge_key)
     provider = ctx.provider(args.cloud)
     provider.require("create_vm")
     flavors = {f.name: f for f in provider.list_flavors()}
@@ -100,14 +91,15 @@ def _settings(args: Any, conf: slurmconf.SlurmConf, programs: dict[str, Path]) -
 def enable(ctx: Any, args: Any) -> dict[str, Any]:
     """Write the cloud nodes and power settings, make slurmctld use them, and remember the cluster."""
     home = Path(ctx.home)
-    cluster, path = cluster_of(ctx, args.cluster)
-    conf = slurmconf.read(path)
+    target = cluster_of(ctx, args.cluster, args.controller)
+    cluster, ctl = target.cluster, target.ctl
+    conf = target.conf()
     args.cloud = ctx.cloud_name(args)
     args.image = args.image or ctx.value("image", args.cloud)
     args.flavor = args.flavor or ctx.value("flavor", args.cloud)
     nodes = f"{args.partition}[1-{args.max}]" if args.max > 1 else f"{args.partition}1"
-    vcpus, key = _check(ctx, args, conf, cluster, nodes)
-    programs = {k: _program(home, cluster, verb, path) for k, verb in PROGRAMS.items()}
+    vcpus, key = _check(ctx, args, conf, target, nodes)
+    programs = {k: _program(home, cluster, verb, ctl) for k, verb in PROGRAMS.items()}
     settings = _settings(args, conf, programs)
     lines = [f"NodeName={nodes} CPUs={vcpus} State=CLOUD Feature=cloud,cm-burst",
              f"PartitionName={args.partition} Nodes={nodes} MaxTime=INFINITE State=UP"]
@@ -117,25 +109,38 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
         return {}
     old = "\n".join(conf.lines) + "\n"
     old_nodes = _block_nodes(conf)
-    ctl = Controller(path, args.controller, pid_file=conf.get("SlurmctldPidFile"))
-    slurmconf.write(path, text)
+    restart = target.restart_command(args.restart_command)
+    ctl.write_text(ctl.conf, text)
     try:
-        _apply(ctl, args.restart_command or f"slurmctld -f {path}", old_nodes != nodes)
+        _apply(ctl, restart, old_nodes != nodes)
         ctl.scontrol("show", "partition", args.partition)
     except ProviderError as exc:
-        slurmconf.write(path, old)
+        ctl.write_text(ctl.conf, old)
         raise ProviderError(f"{exc}; put the previous slurm.conf back") from None
-    fresh = {"cluster": cluster, "conf": str(path), "controller": args.controller, "cloud": args.cloud,
+    fresh = {"cluster": cluster, **target.saved(), "cloud": args.cloud,
              "image": args.image, "flavor": args.flavor, "max": args.max, "idle": args.idle,
-             "partition": args.partition, "node_list": nodes, "munge_key": str(key),
-             "resume_timeout": args.resume_timeout, "restart_command": args.restart_command or "",
+             "partition": args.partition, "node_list": nodes, "munge_key": _keep_key(home, cluster, target, key, args.munge_key),
+             "resume_timeout": args.resume_timeout, "restart_command": restart,
              "nodes": state.load(home, cluster)["nodes"] if state.exists(home, cluster) else {}}
     with state.changing(home, cluster, fresh):
         pass
     state.log(home, cluster, f"enable: {nodes} on cloud {args.cloud} (image {args.image}, flavor {args.flavor}), "
                              f"idle {args.idle} s, partition {args.partition}")
     return {"cluster": cluster, "partition": args.partition, "nodes": nodes, "cloud": args.cloud,
-            "image": args.image, "flavor": args.flavor, "idle": args.idle, "conf": str(path)}
+            "image": args.image, "flavor": args.flavor, "idle": args.idle, "conf": str(ctl.conf),
+            "controller": ctl.host}
+
+
+def _keep_key(home: Path, cluster: str, target: Target, key: bytes, given: str) -> str:
+    """Where resume finds the munge key: the local file named, else cm's own 0600 copy."""
+    if target.ctl.local and target.munge_key is None:
+        return str(Path(given or "/etc/munge/munge.key").resolve())
+    path = state.directory(home, cluster) / "munge.key"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        handle.write(key)
+    path.chmod(0o600)
+    return str(path)
 
 
 def _block_nodes(conf: slurmconf.SlurmConf) -> str:
@@ -163,7 +168,7 @@ def status(ctx: Any, cluster_arg: str) -> list[dict[str, Any]]:
     """Each cloud node: its Slurm state, VM, cloud, address and node-hours."""
     from cm.names import expand
 
-    cluster, _ = cluster_of(ctx, cluster_arg)
+    cluster = cluster_of(ctx, cluster_arg).cluster
     st = state.load(Path(ctx.home), cluster)
     live = controller(st).nodes(st["node_list"])
     rows = []
@@ -182,12 +187,12 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
     from cm.elastic.power import suspend
 
     home = Path(ctx.home)
-    cluster, path = cluster_of(ctx, cluster_arg)
+    cluster = cluster_of(ctx, cluster_arg).cluster
     st = state.load(home, cluster)
-    if dryrun:
-        ctx.say(slurmconf.without_block(slurmconf.read(path)).rstrip("\n"))
-        return {}
     ctl = controller(st)
+    if dryrun:
+        ctx.say(slurmconf.without_block(read_conf(ctl)).rstrip("\n"))
+        return {}
     ctl.scontrol("update", f"nodename={st['node_list']}", "state=drain", "reason=cm burst disable")
     state.log(home, cluster, f"disable: draining {st['node_list']}")
     deadline = time.monotonic() + timeout
@@ -200,9 +205,10 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
     failed = [f"{n}: {why}" for n, why in suspend(ctx, cluster, up) if why] if up else []
     if failed:
         raise ProviderError(f"could not delete the VMs of {'; '.join(failed)}; bursting stays enabled")
-    slurmconf.write(path, slurmconf.without_block(slurmconf.read(path), "backfill"))  # its hooks serve these nodes
-    slurmconf.write(path, slurmconf.without_block(slurmconf.read(path)))
-    _apply(ctl, st.get("restart_command") or f"slurmctld -f {path}", True)
+    ctl.write_text(ctl.conf, slurmconf.without_block(read_conf(ctl), "backfill"))  # its hooks serve these nodes
+    ctl.write_text(ctl.conf, slurmconf.without_block(read_conf(ctl)))
+    _apply(ctl, st.get("restart_command") or f"slurmctld -f {ctl.conf}", True)
     (state.directory(home, cluster) / "state.json").unlink()
     state.log(home, cluster, "disable: static configuration restored")
-    return {"cluster": cluster, "removed": st["node_list"], "conf": str(path), "vms_deleted": len(up)}
+    return {"cluster": cluster, "removed": st["node_list"], "conf": str(ctl.conf), "vms_deleted": len(up)}
+

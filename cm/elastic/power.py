@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cm.errors import CmError, NotFound, ProviderError
-from cm.elastic import slurmconf, state, userdata
+from cm.elastic import state, userdata
 from cm.elastic.slurmctl import Controller
+from cm.elastic.target import controller, read_conf
 from cm.provider import BootSpec, Provider
 
 POLL = 0.2  # seconds between two looks at a booting VM's address
@@ -27,11 +28,6 @@ POLL = 0.2  # seconds between two looks at a booting VM's address
 def vm_name(cluster: str, node: str) -> str:
     """The cloud VM of ``node``: the cluster's name in front, so two clusters never share one."""
     return f"{cluster}-{node}".replace("_", "-")
-
-
-def controller(st: dict[str, Any]) -> Controller:
-    conf = slurmconf.read(Path(st["conf"]))
-    return Controller(Path(st["conf"]), st.get("controller", "local"), pid_file=conf.get("SlurmctldPidFile"))
 
 
 def jobs_by_node(environ: dict[str, str] | None = None) -> dict[str, list[str]]:
@@ -80,8 +76,8 @@ def resume(ctx: Any, cluster: str, nodes: list[str]) -> list[tuple[str, str]]:
 
     home = Path(ctx.home)
     st = state.load(home, cluster)
-    conf = slurmconf.read(Path(st["conf"]))
     ctl = controller(st)
+    conf = read_conf(ctl)
     provider = ctx.provider(st["cloud"])
     key = Path(st["munge_key"]).read_bytes()
     jobs = jobs_by_node()
@@ -148,7 +144,11 @@ def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> l
     def remove(node: str) -> None:
         vm = vm_name(cluster, node)
         if failed:
-            _fail(ctx, cluster, node, vm, provider, ctl, "slurmd did not register before ResumeTimeout", [])
+            # a node whose boot failed stays "powering up" in Slurm until ResumeTimeout: keep that reason
+            before = st["nodes"].get(node, {})
+            why = before.get("reason") if before.get("state") == "failed" and before.get("reason") else \
+                "slurmd did not register before ResumeTimeout"
+            _fail(ctx, cluster, node, vm, provider, ctl, why, [])
             return
         _delete(provider, vm)
         _stopped(home, cluster, node, "gone")

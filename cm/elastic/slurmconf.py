@@ -52,11 +52,16 @@ class SlurmConf:
 
 
 def read(path: Path) -> SlurmConf:
-    """Parse ``path``; a missing or unreadable file is a usage error naming it."""
+    """Parse the local file ``path``; a missing or unreadable file is a usage error naming it."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise UsageError(f"cannot read slurm.conf {path}: {exc.strerror or exc}") from None
+    return parse(path, text)
+
+
+def parse(path: Path, text: str) -> SlurmConf:
+    """The slurm.conf ``text`` read from ``path`` (here or on the controller host)."""
     conf = SlurmConf(Path(path), text.splitlines())
     for line in conf.lines:
         words = line.split("#", 1)[0].split()
@@ -123,25 +128,6 @@ def _without_block(lines: list[str], block: str) -> list[str]:
         elif not inside:
             out.append(line[len(was):] if line.startswith(was) else line)
     return out
-
-
-def write(path: Path, text: str) -> None:
-    """Replace slurm.conf atomically, keeping its mode (Slurm's daemons read it at any moment)."""
-    import os
-    import tempfile
-
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".cm")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def node_path(conf: SlurmConf, key: str, node: str) -> str:

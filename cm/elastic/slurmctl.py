@@ -1,5 +1,7 @@
-"""Slurm's own commands (scontrol, squeue, slurmctld) for one cluster, run where its controller is:
-here (``local``) or on a controller host reached with ssh (one ControlMaster connection)."""
+"""Slurm's own commands (scontrol, squeue, slurmctld) and its slurm.conf for one cluster, where its
+controller is: here (``local``) or on a controller host reached with the ``ssh`` binary (one
+ControlMaster connection; ``ssh`` options user, port, key, jump, ssh_config as a slurm cloud has
+them)."""
 
 from __future__ import annotations
 
@@ -8,46 +10,92 @@ import re
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cm.errors import ProviderError
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SSH_OPTIONS = ("user", "port", "key", "jump", "ssh_config")
 
 
 @dataclass
 class Controller:
     conf: Path
-    host: str = "local"   # or an ssh destination (user@host)
+    host: str = "local"   # or an ssh destination (user@host, an alias of ssh_config)
     control_dir: Path | None = None
     pid_file: str = ""    # SlurmctldPidFile: tells a restarted slurmctld from the old one
+    ssh: dict[str, str] = field(default_factory=dict)   # SSH_OPTIONS for the controller host
+
+    @property
+    def local(self) -> bool:
+        return self.host == "local"
+
+    def ssh_argv(self) -> list[str]:
+        """``ssh`` with the controller's options, up to its destination."""
+        control = (self.control_dir or Path("/tmp")) / "cm-ssh-%C"
+        argv = ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=60",
+                "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR"]
+        opts = self.ssh
+        if opts.get("ssh_config"):
+            argv += ["-F", str(Path(str(opts["ssh_config"])).expanduser())]
+        if opts.get("port"):
+            argv += ["-p", str(opts["port"])]
+        if opts.get("key"):
+            argv += ["-i", str(Path(str(opts["key"])).expanduser()), "-o", "IdentitiesOnly=yes"]
+        if opts.get("jump"):
+            argv += ["-J", str(opts["jump"])]
+        if opts.get("user"):
+            argv += ["-l", str(opts["user"])]
+        return [*argv, "--", self.host]
 
     def argv(self, words: list[str]) -> list[str]:
-        if self.host == "local":
+        if self.local:
             return words
-        control = (self.control_dir or Path("/tmp")) / "cm-ssh-%C"
-        remote = f"SLURM_CONF={shlex.quote(str(self.conf))} " + shlex.join(words)
-        return ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=60",
-                "-o", "BatchMode=yes", self.host, remote]
+        remote = f"SLURM_CONF={shlex.quote(str(self.conf))} PATH=$PATH:{PATH} " + shlex.join(words)
+        return [*self.ssh_argv(), remote]
 
-    def run(self, words: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(self, words: list[str], timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": os.environ.get("PATH", "") + ":" + PATH}
         try:
             return subprocess.run(self.argv(words), capture_output=True, text=True, timeout=timeout, env=env,
-                                  stdin=subprocess.DEVNULL)
+                                  input=input, stdin=None if input is not None else subprocess.DEVNULL)
         except FileNotFoundError:
             raise ProviderError(f"{words[0]} is not installed here; run cm where Slurm's commands are") from None
         except subprocess.TimeoutExpired:
             raise ProviderError(f"`{shlex.join(words)}` did not finish in {timeout:g} s") from None
 
-    def check(self, words: list[str], timeout: float = 60) -> str:
+    def check(self, words: list[str], timeout: float = 60, input: str | None = None) -> str:
         """Run and return stdout; a failure is one line with Slurm's own message."""
-        proc = self.run(words, timeout)
+        proc = self.run(words, timeout, input)
+        if proc.returncode == 255 and not self.local:
+            why = (proc.stderr.strip() or "ssh failed").splitlines()[-1]
+            raise ProviderError(f"cannot reach the controller host {self.host} with ssh: {why}")
         if proc.returncode != 0:
             why = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()[-1]
             raise ProviderError(f"`{shlex.join(words)}` failed: {why}")
         return proc.stdout
+
+    def read_text(self, path: Path) -> str:
+        """A file on the controller host (slurm.conf, the munge key)."""
+        if self.local:
+            try:
+                return Path(path).read_text()
+            except OSError as exc:
+                raise ProviderError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return self.check(["cat", str(path)], timeout=30)
+
+    def write_text(self, path: Path, text: str, mode: int = 0) -> None:
+        """Replace a file on the controller host atomically, keeping its mode (or giving it ``mode``)."""
+        if self.local:
+            _write_local(Path(path), text, mode)
+            return
+        tmp = f"{path}.cm-{os.getpid()}"
+        keep = f"chmod {mode:o} {shlex.quote(tmp)}" if mode else \
+            f"{{ chmod --reference={shlex.quote(str(path))} {shlex.quote(tmp)} 2>/dev/null || true; }}"
+        script = (f"mkdir -p {shlex.quote(str(Path(path).parent))} && (umask 077; cat > {shlex.quote(tmp)}) && "
+                  f"{keep} && mv -f {shlex.quote(tmp)} {shlex.quote(str(path))} || {{ rm -f {shlex.quote(tmp)}; exit 1; }}")
+        self.check(["sh", "-c", script], timeout=30, input=text)
 
     def scontrol(self, *words: str) -> str:
         return self.check(["scontrol", *words])
@@ -101,15 +149,22 @@ class Controller:
     def _pid(self) -> int:
         if not self.pid_file:
             return -1
-        if self.host != "local":
-            proc = self.run(["cat", self.pid_file], timeout=15)
-            text = proc.stdout
-        else:
-            try:
-                text = Path(self.pid_file).read_text()
-            except OSError:
-                return 0
+        try:
+            text = self.read_text(Path(self.pid_file))
+        except ProviderError:
+            return 0
         try:
             return int(text.split()[0])
         except (ValueError, IndexError):
             return 0
+
+
+
+def _write_local(path: Path, text: str, mode: int) -> None:
+    """Replace ``path`` atomically (Slurm's daemons read it at any moment), keeping its mode."""
+    from cm.config import write_atomic
+
+    if not mode:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text, mode)

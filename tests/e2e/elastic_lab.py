@@ -6,12 +6,17 @@ and the controller reaches their slurmd.  Nothing is sent outside namespaces the
 ``lab`` (module fixture) yields an :class:`ElasticLab`: ``slurm`` (a started
 ``tests.infra.slurm.SlurmCluster``), ``libvirtd`` (a ``PrivateLibvirtd``), ``kernel``/``initrd``
 of the slurmd guest, ``cm(*words)`` running cm inside the namespace (as slurmctld's programs run),
-``domains()`` the VMs libvirt has.
+``domains()`` the VMs libvirt has.  With ``second_host=True`` a second libvirtd (``second``,
+host ``h2`` of the cloud) shares the namespace, the storage directory and the bridge, so a VM
+migrates between the two keeping its address.  ``launched_cluster`` records the lab's Slurm as
+a cluster cm launched, whose head is a real sshd (``tests.infra.sshd.LoginHost``) in the namespace.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -78,6 +83,8 @@ class ElasticLab:
     kernel: Path
     initrd: Path
     cm_home: Path
+    second: PrivateLibvirtd | None = None
+    login: object | None = None   # a tests.infra.sshd.LoginHost: the head of the cluster as cm launched it
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "CM_HOME": str(self.cm_home), "SLURM_CONF": str(self.slurm.conf),
@@ -90,14 +97,16 @@ class ElasticLab:
                               stdin=subprocess.DEVNULL)
 
     def domains(self) -> list[str]:
-        return self.libvirtd.domains()
+        """The VMs of both hosts."""
+        return sorted(self.libvirtd.domains() + (self.second.domains() if self.second else []))
 
     def volumes(self) -> list[str]:
         return self.libvirtd.volumes()
 
 
-def write_cloud(cm_home: Path, daemon: PrivateLibvirtd) -> None:
-    """cm.yaml with the kvm cloud ``burst`` on the private libvirtd, and a small flavor for nodes."""
+def write_cloud(cm_home: Path, daemon: PrivateLibvirtd, second: PrivateLibvirtd | None = None) -> None:
+    """cm.yaml with the kvm cloud ``burst`` on the private libvirtd (and host ``h2`` on ``second``),
+    and a small flavor for nodes."""
     path = cm_home / "cm.yaml"
     config = yaml.safe_load(path.read_text()) if path.exists() else \
         yaml.safe_load((ROOT / "defaults" / "cm.yaml").read_text())
@@ -106,6 +115,9 @@ def write_cloud(cm_home: Path, daemon: PrivateLibvirtd) -> None:
         "kind": "kvm", **settings, "cmdline": "console=ttyS0 panic=-1 quiet",
         "hosts": {"n1": settings["uri"]},   # the static node n1 and the VMs share this machine
         "flavors": {"node": {"vcpus": 1, "ram": 256, "disk": 1}, "big": {"vcpus": 1, "ram": 1024, "disk": 1}}}
+    if second:
+        config["clouds"][CLOUD].update(migrate_storage="shared", hosts={"n1": {"uri": daemon.uri, "tunnelled": True},
+                                                                         "h2": {"uri": second.uri, "tunnelled": True}})
     config["clouds"]["local"]["uri"] = "test:///default"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
@@ -119,21 +131,62 @@ def guest_files() -> tuple[Path, Path]:
 
 
 @contextmanager
-def running_lab(label: str, prefix: str, port: int, cm_home: Path) -> Iterator[ElasticLab]:
+def running_lab(label: str, prefix: str, port: int, cm_home: Path, second_host: bool = False) -> Iterator[ElasticLab]:
     """A started lab: private libvirtd with pool and network, the cloud in cm.yaml, Slurm, the guest image."""
+    from contextlib import nullcontext
+
     from tests.infra.libvirtd_ns import private_libvirtd_running
 
     kernel, initrd = guest_files()
     with private_libvirtd_running(label) as daemon:
         daemon.ensure_pool()
         daemon.ensure_network()
-        write_cloud(cm_home, daemon)
-        with NsSlurm(prefix, port, NsHost(daemon.netns, GATEWAY)) as slurm:
-            lab = ElasticLab(daemon, slurm, kernel, initrd, cm_home)
-            added = lab.cm("image", "add", "slurmd", f"kernel={kernel},initrd={initrd}", "--cloud", CLOUD)
-            if added.returncode != 0:
-                raise RuntimeError(f"cm image add failed: {added.stderr}")
-            yield lab
+        with (PrivateLibvirtd(f"{label}2", netns=daemon.netns) if second_host else nullcontext()) as second:
+            if second:
+                _share_storage_and_bridge(daemon, second)
+            write_cloud(cm_home, daemon, second)
+            with NsSlurm(prefix, port, NsHost(daemon.netns, GATEWAY)) as slurm:
+                lab = ElasticLab(daemon, slurm, kernel, initrd, cm_home, second)
+                added = lab.cm("image", "add", "slurmd", f"kernel={kernel},initrd={initrd}", "--cloud", CLOUD)
+                if added.returncode != 0:
+                    raise RuntimeError(f"cm image add failed: {added.stderr}")
+                yield lab
+
+
+def _share_storage_and_bridge(one: PrivateLibvirtd, two: PrivateLibvirtd) -> None:
+    """``two``'s pool 'default' is ``one``'s directory; its network 'default' is ``one``'s bridge."""
+    _share_pool(one, two)
+    two.ensure_network(bridge=one.bridge())
+
+
+def _share_pool(one: PrivateLibvirtd, two: PrivateLibvirtd) -> None:
+    """``two``'s pool 'default' is ``one``'s directory (shared storage)."""
+    conn = two.connect()
+    try:
+        conn.storagePoolDefineXML(f"<pool type='dir'><name>default</name><target><path>{one.pool_dir}"
+                                  "</path></target></pool>", 0).create(0)
+    finally:
+        conn.close()
+
+
+def launched_cluster(lab: ElasticLab, name: str, login, mirror_cloud: str = CLOUD) -> None:
+    """Record the lab's Slurm as cluster ``name`` that cm launched on ``mirror_cloud``: ready, its head
+    the sshd ``login`` (a LoginHost in the namespace), its munge key in cm's secrets file."""
+    record = {"name": name, "recipe": "slurm", "state": "ready", "params": {}, "cloud": mirror_cloud,
+              "outputs": {"login": login.alias, "user": "root", "ssh_config": str(login.ssh_config),
+                          "slurm_conf": str(lab.slurm.conf)},
+              "nodes": [{"name": f"{name}-head", "role": "head", "state": "ready", "address": GATEWAY}]}
+    secrets = lab.cm_home / "clusters" / mirror_cloud / f"{name}.secrets.json"
+    secrets.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = (lab.slurm.tmp / "munge" / "munge.key").read_bytes()
+    secrets.write_text(json.dumps({"munge_key": base64.b64encode(key).decode()}))
+    secrets.chmod(0o600)
+    script = ("import json, sys\nfrom cm.context import Context\n"
+              f"Context().mirror.put('cluster', {mirror_cloud!r}, json.loads(sys.stdin.read()))\n")
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(record), text=True, capture_output=True,
+                          env=lab.env(), timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not record cluster {name}: {done.stderr}")
 
 
 @contextmanager
@@ -144,10 +197,5 @@ def two_hosts(label: str) -> Iterator[tuple[PrivateLibvirtd, PrivateLibvirtd]]:
         one.ensure_pool()
         one.ensure_network()
         two.ensure_network()
-        conn = two.connect()
-        try:
-            conn.storagePoolDefineXML(f"<pool type='dir'><name>default</name><target><path>{one.pool_dir}"
-                                      "</path></target></pool>", 0).create(0)
-        finally:
-            conn.close()
+        _share_pool(one, two)
         yield one, two

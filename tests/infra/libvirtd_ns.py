@@ -18,6 +18,11 @@
     guest).  ``cloud_settings()`` are the KEY=VALUE words for
     ``cm cloud add NAME --kind kvm``.
 
+    ``PrivateLibvirtd(label, netns=other.netns)`` joins another daemon's network namespace
+    instead of making one (a second host on the same network: ``ensure_network(bridge=other.bridge())``
+    puts its guests on the first daemon's bridge, so a guest migrated between them keeps its
+    address and connections); it then never kills what runs in that namespace nor deletes it.
+
     ``stop()`` destroys its domains and networks, stops exactly the daemons
     it started (by pid), kills whatever else still runs in its network
     namespace (only its own QEMU and dnsmasq can), deletes the namespace and
@@ -78,11 +83,13 @@ def _mount_ns(pid: int) -> str:
 class PrivateLibvirtd:
     """One libvirtd + virtlogd of our own, in namespaces of our own."""
 
-    def __init__(self, label: str = "lv", base: Path | None = None) -> None:
+    def __init__(self, label: str = "lv", base: Path | None = None, netns: str = "") -> None:
         self.label = label
-        self.netns = f"{PREFIX}{label}-{os.getpid()}-{next(_counter)}"
+        self.name = f"{PREFIX}{label}-{os.getpid()}-{next(_counter)}"
+        self.netns = netns or self.name
+        self._own_netns = not netns
         self._own_base = base is None
-        self.base = Path(base) if base else Path(tempfile.gettempdir()) / self.netns
+        self.base = Path(base) if base else Path(tempfile.gettempdir()) / self.name
         self.host_uuid = str(uuid.uuid4())
         self.socket = self.base / "run/libvirt/libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
@@ -153,7 +160,7 @@ class PrivateLibvirtd:
     def _script(self) -> str:
         mounts = "".join(f"mkdir -p {seen}; mount --bind {self.base / private} {seen}\n"
                          for private, seen in BIND_MOUNTS.items())
-        return (f"set -e\n{mounts}hostname {self.netns}\nip link set lo up\n"
+        return (f"set -e\n{mounts}hostname {self.name}\nip link set lo up\n"
                 f"virtlogd -d -p {self.base / 'virtlogd.pid'}\n"
                 f"exec libvirtd -p {self.base / 'libvirtd.pid'}\n")
 
@@ -167,7 +174,8 @@ class PrivateLibvirtd:
         reap_stale()
         system_libvirtd._ensure_user_and_group()
         self._write_config()
-        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
+        if self._own_netns:
+            subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
         try:
             log = open(self.base / "libvirtd.log", "ab")
             self.libvirtd = subprocess.Popen(
@@ -225,8 +233,9 @@ class PrivateLibvirtd:
         finally:
             conn.close()
 
-    def ensure_network(self, name: str = "default", subnet: str = DEFAULT_SUBNET) -> str:
-        """An active NAT network with DHCP (bridge + dnsmasq inside the namespace); returns its name."""
+    def ensure_network(self, name: str = "default", subnet: str = DEFAULT_SUBNET, bridge: str = "") -> str:
+        """An active NAT network with DHCP (bridge + dnsmasq inside the namespace), or with ``bridge`` one
+        whose guests join that existing bridge (another daemon's); returns its name."""
         import ipaddress
 
         import libvirt
@@ -237,11 +246,21 @@ class PrivateLibvirtd:
                 try:
                     net = conn.networkLookupByName(name)
                 except libvirt.libvirtError:
-                    xml = system_libvirtd.network_xml(name, ipaddress.ip_network(subnet), "nat")
+                    xml = (f"<network><name>{escape(name)}</name><forward mode='bridge'/>"
+                           f"<bridge name='{escape(bridge)}'/></network>") if bridge else \
+                        system_libvirtd.network_xml(name, ipaddress.ip_network(subnet), "nat")
                     net = conn.networkDefineXML(xml)
             if not net.isActive():
                 net.create()
             return name
+        finally:
+            conn.close()
+
+    def bridge(self, network: str = "default") -> str:
+        """The bridge device of one of this daemon's networks."""
+        conn = self.connect()
+        try:
+            return conn.networkLookupByName(network).bridgeName()
         finally:
             conn.close()
 
@@ -277,8 +296,8 @@ class PrivateLibvirtd:
                 conn.close()
 
     def namespace_pids(self) -> list[int]:
-        """Processes in our network namespace or our mount namespace (all of them ours)."""
-        pids = set(netns_pids(self.netns))
+        """Processes in our network namespace (when it is ours) or our mount namespace."""
+        pids = set(netns_pids(self.netns)) if self._own_netns else set()
         if self.mount_ns:
             for entry in Path("/proc").iterdir():
                 if entry.name.isdigit() and _mount_ns(int(entry.name)) == self.mount_ns:
@@ -307,14 +326,15 @@ class PrivateLibvirtd:
         if self.virtlogd_pid is not None:
             system_libvirtd._stop_pid(self.virtlogd_pid, "virtlogd", timeout)
         self._kill_all()
-        delete_netns(self.netns)
+        if self._own_netns:
+            delete_netns(self.netns)
         if self._own_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         """What of this daemon still exists: processes in its namespaces, the namespace (empty when clean)."""
         found = [f"pid {pid}" for pid in self.namespace_pids() if system_libvirtd._pid_alive(pid)]
-        if Path(f"/run/netns/{self.netns}").exists():
+        if self._own_netns and Path(f"/run/netns/{self.netns}").exists():
             found.append(f"network namespace {self.netns}")
         return found
 
