@@ -36,8 +36,9 @@ def run_refresh(ctx: Context, args: Namespace) -> int:
             except CmError as exc:
                 failed += 1
                 rows.append({"cloud": cloud, "kind": kind, "result": f"failed: {exc}"})
-                if not asked and number + 1 < len(kinds):  # the cloud failed its first answer: do not wait on it again
-                    rows.append({"cloud": cloud, "kind": ", ".join(kinds[number + 1:]), "result": "skipped"})
+                rest = listable(ctx, cloud, kinds[number + 1:])
+                if not asked and rest:  # the cloud failed its first answer: do not wait on it again
+                    rows.append({"cloud": cloud, "kind": ", ".join(rest), "result": "skipped"})
                     break
                 asked += 1
                 continue
@@ -45,6 +46,15 @@ def run_refresh(ctx: Context, args: Namespace) -> int:
             rows.append({"cloud": cloud, "kind": kind, "result": result})
     ctx.emit(COLUMNS, rows, args)
     return 1 if failed else 0
+
+
+def listable(ctx: Context, cloud: str, kinds: list[str]) -> list[str]:
+    """The ``kinds`` this cloud's provider can list at all (a cloud that cannot even be made: all)."""
+    try:
+        verbs = type(ctx.provider(cloud)).verbs()
+    except CmError:
+        return kinds
+    return [kind for kind in kinds if inventory.FETCHERS[kind] in verbs]
 
 
 def build(parser: ArgumentParser) -> None:
