@@ -48,7 +48,11 @@ def test_slurm_launch_is_ready_with_outputs_then_list_show_nodes_timeline_and_de
     assert [(c["name"], c["recipe"], c["state"], c["nodes"], c["login"]) for c in listed] == [
         ("c1", "slurm", "ready", "head=1, worker=2", head["public"])]
     shown = rows(cm("cluster", "show", "c1", "-f", "json"))[0]
-    assert shown["outputs"] == {"login": head["public"], "first_command": "srun -N2 hostname"}
+    outputs = shown["outputs"]
+    assert {k: outputs[k] for k in ("login", "first_command", "user")} == {
+        "login": head["public"], "first_command": "srun -N2 hostname", "user": "tester"}
+    assert outputs["key"].endswith("/home/.ssh/id_ed25519.pub")  # what `cm hpc` then logs in with
+    assert outputs["known_hosts"].endswith("/clusters/fake/c1.known_hosts")
     assert shown["made"]["secgroups"] == ["c1-cluster"] and shown["made"]["ips"] == [head["public"]]
 
     # Node VMs are ordinary VMs, tagged with their cluster and role, and in the cluster's group.
