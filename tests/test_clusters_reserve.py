@@ -8,16 +8,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
-
-@pytest.fixture
-def local(cm, tmp_path):
-    """The local cloud (the test hypervisor) with an image called cirros."""
-    image = tmp_path / "cirros.qcow2"
-    image.write_bytes(b"\0" * 4096)
-    assert cm("image", "add", "cirros", str(image)).code == 0
-    return cm
+from tests.test_clusters_local import local  # noqa: F401  (the fixture: the test hypervisor with an image)
 
 
 def hypervisor(cm_home: Path, cloud: str = "local") -> ET.Element:
