@@ -130,7 +130,7 @@ def _access(ctx: Any, cloud: str, name: str, template: Any) -> dict[str, str]:
     known = store.known_hosts(ctx, cloud, name)
     known.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return {"user": template.user, "key": public_key_file(ctx, cloud) if template.public_key else "",
-            "known_hosts": str(store.known_hosts(ctx, cloud, name))}
+            "known_hosts": str(known)}
 
 
 def parse_change(text: str) -> int:
