@@ -115,11 +115,14 @@ def delete(ctx: Any, cloud: str, name: str) -> list[str]:
 
 # -- resize -----------------------------------------------------------------------------------
 def on_head(ctx: Any, cloud: str, cluster: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:
-    """Run one shell command on the login node over ssh (the only ssh cm does to a cluster)."""
+    """Run one administrative shell command on the login node over ssh (the only ssh cm does to a cluster):
+    as root, or with sudo as the nodes' own user (whom their seeds give password-less sudo)."""
     from cm.clusters.service import head_address
 
     access = cluster.get("access") or {}
     login = ctx.value("login", cloud) or access.get("user") or "root"
+    if login != "root":
+        command = f"sudo -n sh -c {shlex.quote(command)}"
     key = str(access.get("key") or "").removesuffix(".pub")  # the private half of the key the nodes accept
     identity = ["-i", key] if key and Path(key).is_file() else []
     known = ["-o", f"UserKnownHostsFile={access['known_hosts']}"] if access.get("known_hosts") else []
