@@ -100,9 +100,9 @@ def test_slurm_two_workers_run_srun_then_resize_to_three_then_delete(cm_process,
         print(cm_process("cluster", "timeline", name, "--cloud", "lab").out)
 
         # shrink: cm drains the newest worker through ssh to the head, then deletes its VM and address
-        shrunk = cm_in_lab(daemon, "cluster", "resize", name, "-1", "--cloud", "lab", "-f", "json")
+        shrunk = cm_in_lab(daemon, "cluster", "resize", name, "-1", "--cloud", "lab")
         assert shrunk.returncode == 0, shrunk.stdout + shrunk.stderr
-        assert [n["name"] for n in json.loads(shrunk.stdout)] == [f"{name}-worker3"]
+        assert f"removed {name}-worker3 from cluster '{name}'" in shrunk.stderr
         assert f"{name}-worker3" not in daemon.domains()
         assert f"{name}-worker3" not in dhcp_hosts(daemon)
         answer = on_head(daemon, key, head, "sinfo -h -N -o %N; srun -N2 hostname")
