@@ -100,6 +100,20 @@ class BootSpec:
     secgroups: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     public: bool = False
+    # An address fixed ahead of boot by ``Provider.reserve_addresses`` (None: the cloud picks one at boot).
+    reservation: Reservation | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reservation(Record):
+    """An address a cloud holds for a VM that is not booted yet: its IP, and the MAC or port it comes with."""
+
+    name: str  # the VM it is for
+    address: str
+    network: str = ""
+    mac: str = ""
+    id: str = ""  # the cloud's handle of the reservation (a Neutron port), if it has one
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -229,6 +243,15 @@ class Provider:
 
     def release_public_ip(self, name: str) -> list[str]:
         raise self._unsupported("release public IPs")
+
+    def reserve_addresses(self, names: list[str], network: str = "") -> dict[str, Reservation]:
+        """Fix a private address on ``network`` (default: the cloud's) for each VM of ``names`` before it boots,
+        so nodes can be told each other's addresses and boot at once; a name already holding one keeps it."""
+        raise self._unsupported("reserve addresses")
+
+    def release_addresses(self, names: list[str]) -> None:
+        """Drop the reservations made for ``names`` (those that are left; the VMs may be gone already)."""
+        raise self._unsupported("release addresses")
 
     # -- images, flavors, keys -------------------------------------------------
     def list_images(self) -> list[Image]:

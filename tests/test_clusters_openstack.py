@@ -19,7 +19,8 @@ def resources(cloud) -> dict[str, int]:
     return {"servers": len(cloud.servers()),
             "floating_ips": len(st.floating_ips),
             "secgroups": sum(1 for g in st.security_groups.values() if g["name"] != "default"),
-            "ports": sum(1 for p in st.ports.values() if p.get("device_owner", "").startswith("compute:"))}
+            "ports": sum(1 for p in st.ports.values() if p.get("device_owner", "").startswith("compute:")
+                         or p.get("description", "").startswith("cm: reserved address"))}
 
 
 def test_slurm_launch_is_ready_with_outputs_then_list_show_nodes_timeline_and_delete_leaves_nothing(cm, cloud):
@@ -48,7 +49,11 @@ def test_slurm_launch_is_ready_with_outputs_then_list_show_nodes_timeline_and_de
     assert [(c["name"], c["recipe"], c["state"], c["nodes"], c["login"]) for c in listed] == [
         ("c1", "slurm", "ready", "head=1, worker=2", head["public"])]
     shown = rows(cm("cluster", "show", "c1", "-f", "json"))[0]
-    assert shown["outputs"] == {"login": head["public"], "first_command": "srun -N2 hostname"}
+    outputs = shown["outputs"]
+    assert {k: outputs[k] for k in ("login", "first_command", "user")} == {
+        "login": head["public"], "first_command": "srun -N2 hostname", "user": "tester"}
+    assert outputs["key"].endswith("/home/.ssh/id_ed25519.pub")  # what `cm hpc` then logs in with
+    assert outputs["known_hosts"].endswith("/clusters/fake/c1.known_hosts")
     assert shown["made"]["secgroups"] == ["c1-cluster"] and shown["made"]["ips"] == [head["public"]]
 
     # Node VMs are ordinary VMs, tagged with their cluster and role, and in the cluster's group.
@@ -69,8 +74,11 @@ def test_slurm_launch_is_ready_with_outputs_then_list_show_nodes_timeline_and_de
     assert len(phases) == 3
     for p in phases:
         assert 0 <= p["requested"] <= p["created"] <= p["running"] <= p["configured"] <= p["ready"]
-    workers_requested = min(p["requested"] for p in phases if p["role"] == "worker")
-    assert workers_requested >= next(p["running"] for p in phases if p["role"] == "head") - 0.01  # head's address first
+    # One wave: each node's address was a Neutron port made first, so the workers boot with the head.
+    assert max(p["requested"] for p in phases) < 1
+    ports = {p["name"]: p["fixed_ips"][0]["ip_address"] for p in cloud.state.ports.values()
+             if p.get("description", "").startswith("cm: reserved address")}
+    assert ports == {n["name"]: n["address"] for n in nodes}
     chart = cm("cluster", "timeline", "c1")
     assert chart.code == 0 and "c1-worker2 |" in chart.out and "*" in chart.out
 
@@ -99,21 +107,25 @@ outputs: {{first_command: "echo {{{{ counts.worker }}}}"}}
     (directory / name / "worker.j2").write_text("#cloud-config\nfinal_message: \"" + worker_message + "\"\n")
 
 
-def test_a_node_that_fails_to_boot_is_replaced_and_the_cluster_still_gets_ready(cm, cloud):
-    cloud.fail_next_boot("No valid host was found.")  # the head is booted first: it fails once
-    launched = cm("slurm", "-n", "1", "--name", "c1", "-f", "json")
-    assert launched.code == 0, launched.err
-    assert "c1-head failed (went to ERROR: No valid host was found.); replacing it with c1-head-r1" in launched.err
-    assert [(n["name"], n["state"]) for n in rows(launched)] == [("c1-head", "failed"), ("c1-head-r1", "ready"),
-                                                                 ("c1-worker1", "ready")]
-    servers = {s["name"]: s for s in cloud.servers()}
-    assert sorted(servers) == ["c1-head-r1", "c1-worker1"]  # the failed VM was deleted at once
-    import base64
-
-    head = rows(launched)[1]["address"]
-    assert f"{head} c1-head-r1\n" in base64.b64decode(servers["c1-worker1"]["user_data"]).decode()
+def test_a_node_that_fails_to_boot_is_replaced_with_an_address_of_its_own_and_the_cluster_still_gets_ready(
+        cm, cloud):
+    before = resources(cloud)
+    assert cm("slurm", "-n", "1", "--name", "c1").code == 0
+    cloud.fail_next_boot("No valid host was found.")  # the worker the resize adds fails once
+    grown = cm("cluster", "resize", "c1", "+1", "-f", "json")
+    assert grown.code == 0, grown.err
+    assert "c1-worker2 failed (went to ERROR: No valid host was found.); replacing it with c1-worker2-r1" in grown.err
+    nodes = {n["name"]: n for n in rows(cm("cluster", "nodes", "c1", "--all", "-f", "json"))}
+    assert [(name, n["state"]) for name, n in nodes.items()] == [
+        ("c1-head", "ready"), ("c1-worker1", "ready"), ("c1-worker2", "failed"), ("c1-worker2-r1", "ready")]
+    assert sorted(s["name"] for s in cloud.servers()) == ["c1-head", "c1-worker1", "c1-worker2-r1"]
+    ports = {p["name"]: p["fixed_ips"][0]["ip_address"] for p in cloud.state.ports.values()
+             if p.get("description", "").startswith("cm: reserved address")}
+    # the failed node's port went with it; the replacement booted on a port of its own
+    assert sorted(ports) == ["c1-head", "c1-worker1", "c1-worker2-r1"]
+    assert ports["c1-worker2-r1"] == nodes["c1-worker2-r1"]["address"]
     assert cm("cluster", "delete", "c1").code == 0
-    assert cloud.servers() == []
+    assert resources(cloud) == before
 
 
 def test_every_worker_failing_to_configure_fails_fast_naming_the_node_and_why(cm, cloud, cm_home):
@@ -210,24 +222,25 @@ def test_hadoop_dryrun_shows_nodes_advertising_addresses_and_the_install_from_th
 
 
 def _kill_mid_launch(cm, cloud, name: str, how: int = 9) -> tuple[int, str]:
-    """Start `cm slurm -n 2 --name NAME` as a process and signal it once its head exists but does not run yet."""
+    """Start `cm slurm -n 2 --name NAME` as a process and signal it once its nodes exist but do not run yet."""
     import os
     import subprocess
     import sys
     import time
 
-    cloud.set_build_delay(4)  # the head stays in BUILD: the launch is caught waiting for it
+    cloud.set_build_delay(4)  # the nodes stay in BUILD: the launch is caught waiting for them
     proc = subprocess.Popen([sys.executable, "-m", "cm.main", "slurm", "-n", "2", "--name", name],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(s["name"] == f"{name}-head" for s in cloud.servers()):
+        while time.monotonic() < deadline and len(cloud.servers()) < 3:
             time.sleep(0.1)
         time.sleep(0.5)
     finally:
         os.kill(proc.pid, how)
         _, err = proc.communicate(timeout=30)
-    assert [s["name"] for s in cloud.servers()] == [f"{name}-head"]  # the workers wait for the head's address
+    # one wave: the workers were booted with the head, its address reserved ahead
+    assert sorted(s["name"] for s in cloud.servers()) == [f"{name}-head", f"{name}-worker1", f"{name}-worker2"]
     cloud.set_build_delay(0.2)
     return proc.returncode, err
 
@@ -251,8 +264,8 @@ def test_ctrl_c_stops_the_launch_at_once_keeps_the_record_and_delete_cleans_up(c
     shown = rows(cm("cluster", "show", "i1", "-f", "json"))[0]
     assert shown["state"] == "launching"
     nodes = rows(cm("cluster", "nodes", "i1", "-f", "json"))
-    assert [(n["name"], n["state"]) for n in nodes] == [("i1-head", "created"), ("i1-worker1", "planned"),
-                                                        ("i1-worker2", "planned")]
+    assert [(n["name"], n["state"]) for n in nodes] == [("i1-head", "created"), ("i1-worker1", "created"),
+                                                        ("i1-worker2", "created")]
     assert cm("cluster", "delete", "i1").code == 0
     assert resources(cloud) == before
 

@@ -1,6 +1,10 @@
 """The launch engine: boot a cluster's nodes in parallel, watch them configure themselves
 (cloud-init, no ssh loop) through their consoles, replace failures, and keep the record.
 
+Where the cloud can fix addresses ahead of boot (``Provider.reserve_addresses``), every node
+gets its address first and all roles boot in one wave; otherwise a role that ``needs``
+another boots once that one has addresses (a wave per dependency).
+
 Every step is written to the mirror as it happens, so Ctrl-C or ``kill -9`` leaves a
 record that ``cm cluster delete`` cleans up and that a second launch resumes.
 """
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cm import bulk
 from cm.clusters import markers, model, plan, store
 from cm.errors import CmError, Unsupported
+from cm.provider import Reservation
 
 if TYPE_CHECKING:
     from cm.provider import BootSpec, Provider
@@ -39,6 +44,7 @@ class Launch:
         self.replace = int(recipe.data.get("replace", 1))
         self.vms: dict[str, dict[str, Any]] = {}  # VM records to write with the next save
         self.console_ok = True
+        self.reserving = "reserve_addresses" in type(self.provider).verbs()
 
     # -- the record ---------------------------------------------------------------------------
     def save(self) -> None:
@@ -47,18 +53,45 @@ class Launch:
 
     def _keep_vm(self, node: dict[str, Any], vm: Any) -> None:
         self.vms[node["name"]] = store.tagged(vm, self.cluster["name"], node["role"])
-        if vm.private_ips:
+        if vm.private_ips and not node.get("reserved"):  # a reserved address is the one the others were given
             node["address"] = vm.private_ips[0]
         if vm.public_ips:
             node["public"] = vm.public_ips[0]
             if vm.public_ips[0] not in self.cluster["made"]["ips"]:
                 self.cluster["made"]["ips"].append(vm.public_ips[0])
 
+    # -- addresses ahead of boot --------------------------------------------------------------
+    def _reserve(self) -> None:
+        """Reserve an address for every planned node without one; a cloud that cannot leaves the waves."""
+        nodes = [n for n in model.live_nodes(self.cluster) if n["state"] == model.NODE_PLANNED and not n["address"]]
+        if not self.reserving or not nodes:
+            return
+        network = self.template.networks[0] if self.template.networks else ""
+        try:
+            held = self.provider.reserve_addresses([n["name"] for n in nodes], network)
+        except CmError as exc:
+            self.reserving = False
+            if not isinstance(exc, Unsupported):
+                self.ctx.warn(f"cm: could not reserve addresses ({exc}); booting role by role instead")
+            return
+        for node in nodes:
+            if node["name"] in held:
+                node["address"] = held[node["name"]].address
+                node["reserved"] = held[node["name"]].to_dict()
+        self.save()
+
+    def _release(self, node: dict[str, Any]) -> None:
+        if node.get("reserved") and "release_addresses" in type(self.provider).verbs():
+            try:
+                self.provider.release_addresses([node["name"]])
+            except CmError:
+                pass  # cm cluster delete releases it again
+
     # -- booting ------------------------------------------------------------------------------
     def _bootable(self) -> list[dict[str, Any]]:
-        """Planned nodes whose needed roles are all booted with addresses (every planned node, simulated)."""
+        """Planned nodes whose needed roles all have addresses: booted, or reserved ahead (every node, simulated)."""
         def served(role: str) -> bool:
-            return all(n["state"] != model.NODE_PLANNED and n["address"]
+            return all(n["address"] and (n["state"] != model.NODE_PLANNED or n.get("reserved"))
                        for n in model.live_nodes(self.cluster, role))
 
         return [n for n in self.cluster["nodes"] if n["state"] == model.NODE_PLANNED
@@ -72,6 +105,8 @@ class Launch:
             text = plan.user_data(self.cluster, self.recipe, self.secrets, node)
             specs[node["name"]] = plan.boot_spec(self.template, self.cluster, node, text,
                                                  plan.wants_public(self.provider, spec_role))
+            if node.get("reserved"):
+                specs[node["name"]].reservation = Reservation(**node["reserved"])
             model.mark(node, "requested")
         self.save()  # before the first create: a kill -9 now still leaves names to clean up
         by_name = {n["name"]: n for n in nodes}
@@ -107,6 +142,7 @@ class Launch:
                 node["deleted"] = True
             except CmError:
                 pass  # cm cluster delete tries again
+        self._release(node)
         if node["attempt"] < self.replace and not self._depended_on(node):
             base = node["replaces"] or node["name"]
             new = model.new_node(f"{base}-r{node['attempt'] + 1}", node["role"], node["attempt"] + 1, base)
@@ -174,6 +210,7 @@ class Launch:
     def run(self, wait: bool = True) -> str:
         """Boot what is planned and, unless told not to or nothing can boot, wait for readiness."""
         self.cluster["pid"] = os.getpid()
+        self._reserve()
         if self.cluster["simulated"]:
             self.boot(self._bootable())
             self._watch_cloud()
@@ -184,6 +221,7 @@ class Launch:
         with ThreadPoolExecutor(CONSOLE_READERS) as pool, bulk.waiting(f"launching {self.cluster['name']}"):
             try:
                 while True:
+                    self._reserve()  # a replacement planned last round gets its address now
                     bootable = self._bootable()
                     if bootable:
                         self.boot(bootable)
@@ -215,7 +253,8 @@ def set_outputs(recipe: Recipe, cluster: dict[str, Any]) -> None:
     ctx = plan.context(cluster, recipe, {}, None)
     if head:
         ctx["head"]["address"] = head.get("public") or head["address"]
-    cluster["outputs"] = {"login": ctx["head"].get("address", ""), **recipe.render_outputs(ctx)}
+    access = {k: v for k, v in (cluster.get("access") or {}).items() if v}  # the user and key nodes let in
+    cluster["outputs"] = {"login": ctx["head"].get("address", ""), **access, **recipe.render_outputs(ctx)}
 
 
 def interrupted_elsewhere(cluster: dict[str, Any]) -> bool:

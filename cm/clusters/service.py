@@ -100,9 +100,11 @@ def launch(ctx: Any, request: Request) -> tuple[dict[str, Any], Any]:
         reconcile(provider, cluster)
         ctx.warn(f"cm: resuming the interrupted launch of cluster '{cluster['name']}'")
     cluster["simulated"] = provider.simulated
+    template = _template(ctx, request.cloud)
+    cluster.setdefault("access", _access(ctx, request.cloud, cluster["name"], template))
     store.save(ctx, request.cloud, cluster)
     ensure_secgroup(ctx, request.cloud, recipe, cluster)
-    engine = Launch(ctx, request.cloud, recipe, cluster, _template(ctx, request.cloud), request.timeout)
+    engine = Launch(ctx, request.cloud, recipe, cluster, template, request.timeout)
     try:
         engine.run(wait=request.wait and not cluster["simulated"])
     finally:
@@ -117,6 +119,18 @@ def _template(ctx: Any, cloud: str) -> Any:
 
     key_name, public_key = resolve_key(ctx, cloud, None)
     return BootSpec(name="", image="", flavor="", key_name=key_name, public_key=public_key, user=ctx.user(cloud))
+
+
+def _access(ctx: Any, cloud: str, name: str, template: Any) -> dict[str, str]:
+    """Who logs in to the nodes: the user their seeds create, the public key file they accept, and
+    the cluster's own known-hosts file (its fresh nodes' keys are trusted on first contact, and a
+    later cluster reusing the addresses does not trip over them)."""
+    from cm.commands.key import public_key_file
+
+    known = store.known_hosts(ctx, cloud, name)
+    known.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return {"user": template.user, "key": public_key_file(ctx, cloud) if template.public_key else "",
+            "known_hosts": str(known)}
 
 
 def parse_change(text: str) -> int:

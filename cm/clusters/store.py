@@ -54,6 +54,7 @@ def forget(ctx: Any, cloud: str, cluster: dict[str, Any]) -> None:
             from cm.groups import keep_only
 
             keep_only(ctx, cloud, {r["name"] for r in ctx.mirror.records("vm", cloud)})
+    known_hosts(ctx, cloud, cluster["name"]).unlink(missing_ok=True)
     path = secrets_path(ctx, cloud, cluster["name"])
     path.unlink(missing_ok=True)
     try:
@@ -65,6 +66,11 @@ def forget(ctx: Any, cloud: str, cluster: dict[str, Any]) -> None:
 # -- secrets -----------------------------------------------------------------------------------
 def secrets_path(ctx: Any, cloud: str, name: str) -> Path:
     return Path(ctx.home) / "clusters" / cloud / f"{name}.secrets.json"
+
+
+def known_hosts(ctx: Any, cloud: str, name: str) -> Path:
+    """The ssh known-hosts file of the cluster's nodes (ssh makes it on first contact)."""
+    return Path(ctx.home) / "clusters" / cloud / f"{name}.known_hosts"
 
 
 def secrets(ctx: Any, cloud: str, name: str, wanted: list[str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from cm import bulk
@@ -28,7 +29,19 @@ def delete_vms(ctx: Any, cloud: str, cluster: dict[str, Any], nodes: list[dict[s
     _record_deleted(ctx, cloud, cluster, nodes, failed)
     if outcomes.interrupted:  # what was deleted is recorded: a second delete finishes the rest
         raise KeyboardInterrupt
-    return [f"{name}: {why}" for name, why in failed.items()]
+    problems = [f"{name}: {why}" for name, why in failed.items()]
+    return problems + _release(provider, [n["name"] for n in nodes if n["name"] not in failed])
+
+
+def _release(provider: Any, names: list[str]) -> list[str]:
+    """Drop the addresses reserved for deleted nodes (all of them: an interrupted launch may not have noted one)."""
+    if not names or "release_addresses" not in type(provider).verbs():
+        return []
+    try:
+        provider.release_addresses(names)
+    except CmError as exc:
+        return [f"reserved addresses of {', '.join(names)}: {exc}"]
+    return []
 
 
 def _record_deleted(ctx: Any, cloud: str, cluster: dict[str, Any], nodes: list[dict[str, Any]],
@@ -102,12 +115,19 @@ def delete(ctx: Any, cloud: str, name: str) -> list[str]:
 
 # -- resize -----------------------------------------------------------------------------------
 def on_head(ctx: Any, cloud: str, cluster: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:
-    """Run one shell command on the login node over ssh (the only ssh cm does to a cluster)."""
+    """Run one administrative shell command on the login node over ssh (the only ssh cm does to a cluster):
+    as root, or with sudo as the nodes' own user (whom their seeds give password-less sudo)."""
     from cm.clusters.service import head_address
 
-    login = ctx.value("login", cloud) or "root"
-    words = ["ssh", "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
-             f"{login}@{head_address(cluster)}", command]
+    access = cluster.get("access") or {}
+    login = ctx.value("login", cloud) or access.get("user") or "root"
+    if login != "root":
+        command = f"sudo -n sh -c {shlex.quote(command)}"
+    key = str(access.get("key") or "").removesuffix(".pub")  # the private half of the key the nodes accept
+    identity = ["-i", key] if key and Path(key).is_file() else []
+    known = ["-o", f"UserKnownHostsFile={access['known_hosts']}"] if access.get("known_hosts") else []
+    words = ["ssh", *identity, *known, "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes",
+             "-o", "ConnectTimeout=20", f"{login}@{head_address(cluster)}", command]
     try:
         return subprocess.run(words, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired as exc:

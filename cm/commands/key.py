@@ -27,23 +27,34 @@ PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 def resolve_key(ctx: Context, cloud: str, explicit: str | None) -> tuple[str, str]:
     """(key name, public key text) from --key, the mirror's keys, or ~/.ssh."""
     wanted = ctx.value("key", cloud, explicit)
-    ssh = Path.home() / ".ssh"
     if wanted:
         for scope in (cloud, ""):
             record = ctx.mirror.get("key", scope, wanted)
             if record and record.get("public_key"):
                 return wanted, record["public_key"]
         check_length(str(wanted), "key name")
-        path = Path(str(wanted)).expanduser()
-        for candidate in (path, ssh / f"{wanted}.pub", ssh / str(wanted)):
-            if _is_file(candidate) and candidate.suffix == ".pub":
-                return candidate.stem, read_public_key(candidate)
-        # A key the cloud knows by name only (uploaded elsewhere).
-        return str(wanted), ""
-    for name in PUBLIC_KEYS:
-        if (ssh / name).is_file():
-            return name.removesuffix(".pub"), read_public_key(ssh / name)
-    return "", ""
+    found = _key_file(str(wanted or ""))
+    if found is not None:
+        return found.stem, read_public_key(found)
+    return str(wanted or ""), ""  # a key the cloud knows by name only (uploaded elsewhere), or none
+
+
+def public_key_file(ctx: Context, cloud: str, explicit: str | None = None) -> str:
+    """The file of the public key resolve_key picks, where it is a file ("" for a key known by name only)."""
+    found = _key_file(str(ctx.value("key", cloud, explicit) or ""))
+    return str(found.resolve()) if found is not None else ""
+
+
+def _key_file(wanted: str) -> Path | None:
+    """The .pub file ``wanted`` names (a path, or a name in ~/.ssh); with none wanted, ~/.ssh's default key."""
+    ssh = Path.home() / ".ssh"
+    if not wanted:
+        return next((ssh / name for name in PUBLIC_KEYS if (ssh / name).is_file()), None)
+    path = Path(wanted).expanduser()
+    for candidate in (path, ssh / f"{wanted}.pub", ssh / wanted):
+        if _is_file(candidate) and candidate.suffix == ".pub":
+            return candidate
+    return None
 
 
 def _is_file(path: Path) -> bool:

@@ -54,6 +54,7 @@ class DomainSpec:
     disk_format: str  # qcow2 (an overlay) or raw (a blank disk for kernel images)
     seed_volume: str
     networks: list[str] = field(default_factory=list)
+    macs: dict[str, str] = field(default_factory=dict)  # network -> the MAC its DHCP host entry reserved
     kernel: str = ""  # paths on the hypervisor's host, for direct kernel boot
     initrd: str = ""
     cmdline: str = ""
@@ -81,6 +82,10 @@ def _serial_xml(spec: DomainSpec) -> str:
             "<console type='pty'><target type='serial' port='0'/></console>")
 
 
+def _mac_xml(mac: str) -> str:
+    return f"<mac address={quoteattr(mac)}/>" if mac else ""
+
+
 def _devices_xml(spec: DomainSpec) -> str:
     pool = quoteattr(spec.pool)
     disk = (f"<disk type='volume' device='disk'><driver name='qemu' type={quoteattr(spec.disk_format)}/>"
@@ -89,8 +94,8 @@ def _devices_xml(spec: DomainSpec) -> str:
     seed = ("<disk type='volume' device='cdrom'><driver name='qemu' type='raw'/>"
             f"<source pool={pool} volume={quoteattr(spec.seed_volume)}/><target dev='sda' bus='sata'/>"
             "<readonly/></disk>")
-    nic = "".join(f"<interface type='network'><source network={quoteattr(net)}/><model type='virtio'/></interface>"
-                  for net in spec.networks)
+    nic = "".join(f"<interface type='network'>{_mac_xml(spec.macs.get(net, ''))}<source network={quoteattr(net)}/>"
+                  "<model type='virtio'/></interface>" for net in spec.networks)
     extra = ""
     if spec.domain_type != "test":  # entropy makes cloud images boot faster; the test driver has no rng
         extra = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"

@@ -51,6 +51,7 @@ from cm_plugins.kvm import checkpoint, console, images, seed, stock
 from cm_plugins.kvm.connection import DOMAIN_TYPES, Hypervisor, connect_error, guest_kind, stderr_notice
 from cm_plugins.kvm.domain import DomainSpec, console_log_path, disk_sources, domain_xml, to_vm
 from cm_plugins.kvm.image_verbs import ImageVerbs
+from cm_plugins.kvm.reserve import AddressVerbs
 from cm_plugins.kvm.stats import StatsVerbs
 
 GIB = 1 << 30
@@ -58,7 +59,7 @@ UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_
                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
 
-class KvmProvider(ImageVerbs, StatsVerbs, Provider):
+class KvmProvider(AddressVerbs, ImageVerbs, StatsVerbs, Provider):
     """One libvirt hypervisor as a cm cloud."""
 
     kind = "kvm"
@@ -287,6 +288,7 @@ class KvmProvider(ImageVerbs, StatsVerbs, Provider):
                     name=spec.name, uuid=instance_id, domain_type=domain_type, arch=arch, vcpus=flavor.vcpus,
                     ram_mib=flavor.ram, pool=pool.name(), disk_volume=made[0],
                     disk_format="raw" if blank else "qcow2", seed_volume=made[1], networks=networks,
+                    macs=self._reserved_mac(spec, networks),
                     kernel=image.extra.get("kernel", ""), initrd=image.extra.get("initrd", ""),
                     cmdline=self._cmdline(conn, image) if kernel else "",
                     console_log=self._console_log(spec.name, short),
@@ -389,6 +391,7 @@ class KvmProvider(ImageVerbs, StatsVerbs, Provider):
                     raise
                 dom.undefine()  # drivers without those flags have nothing they would remove
             left = self._delete_vm_volumes(conn, root)
+            self._release_macs(conn, root)
             self._delete_console_log(console_log_path(root))
         if left:
             raise ProviderError(f"deleted {name}, but could not delete its volumes {', '.join(left)}")

@@ -27,6 +27,7 @@ from cm_plugins.openstack import convert
 from cm_plugins.openstack.images import ImagesMixin
 from cm_plugins.openstack.networking import NetworkingMixin
 from cm_plugins.openstack.polling import PollTimeout, poll
+from cm_plugins.openstack.ports import PortsMixin
 from cm_plugins.openstack.session import connect, secrets_of, translate, translated
 
 # OS_* variables of an openrc → (section, key) of the cloud entry ("" = top level).
@@ -62,7 +63,7 @@ def exact(name: str) -> str:
     return "^" + REGEX_SPECIAL.sub(r"\\\1", name) + "$"
 
 
-class OpenStackProvider(NetworkingMixin, ImagesMixin, Provider):
+class OpenStackProvider(PortsMixin, NetworkingMixin, ImagesMixin, Provider):
     """One OpenStack cloud (a clouds.yaml entry or a cm.yaml entry made with --from-env)."""
 
     kind = "openstack"
@@ -316,7 +317,7 @@ class OpenStackProvider(NetworkingMixin, ImagesMixin, Provider):
         self._expire_lookups()
         image = self._image(spec.image)
         flavor = self._flavor(spec.flavor)
-        networks = self._boot_network(spec)
+        networks = self._reserved_networks(spec) or self._boot_network(spec)
         key_name = self._ensure_key(spec)
         if self._name_taken(spec.name):
             raise Conflict(f"a VM named '{spec.name}' already exists on cloud '{self.name}' "

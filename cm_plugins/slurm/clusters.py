@@ -31,7 +31,7 @@ def cloud_of(cluster: dict[str, Any]) -> dict[str, Any] | None:
         return None
     conf: dict[str, Any] = {"kind": "slurm", "host": host, "cluster": cluster.get("name", ""),
                             "cluster_cloud": cluster.get("cloud", "")}
-    for key in ("user", "port", "jump", "ssh_config"):
+    for key in ("user", "port", "jump", "ssh_config", "known_hosts"):
         if outputs.get(key) or params.get(key):
             conf[key] = outputs.get(key) or params.get(key)
     key = str(outputs.get("key") or params.get("key") or "")

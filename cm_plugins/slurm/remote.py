@@ -84,6 +84,8 @@ class Remote:
             cmd += ["-p", str(conf["port"])]
         if conf.get("key"):
             cmd += ["-i", str(Path(str(conf["key"])).expanduser()), "-o", "IdentitiesOnly=yes"]
+        if conf.get("known_hosts"):  # a cluster cm launched: its nodes' fresh keys, trusted on first contact
+            cmd += ["-o", f"UserKnownHostsFile={conf['known_hosts']}", "-o", "StrictHostKeyChecking=accept-new"]
         if conf.get("jump"):
             cmd += ["-J", str(conf["jump"])]
         if conf.get("user"):
