@@ -323,11 +323,15 @@ def test_a_head_that_fails_after_its_workers_booted_fails_the_cluster_instead_of
     assert cm("cluster", "delete", "h2").code == 0 and cloud.servers() == []
 
 
-def test_cluster_ssh_reaches_the_login_node(cm, cloud):
+def test_cluster_ssh_reaches_the_login_node(cm, cloud, cm_home):
     assert cm("slurm", "-n", "1", "--name", "s1").code == 0
     login = rows(cm("cluster", "show", "s1", "-f", "json"))[0]["login"]
     shown = cm("cluster", "ssh", "s1", "--command", "sinfo", "--dryrun")  # (no guest answers ssh here)
-    assert shown.code == 0 and shown.out.strip() == f"ssh -o StrictHostKeyChecking=accept-new root@{login} sinfo"
+    known = cm_home / "clusters" / "fake" / "s1.known_hosts"  # the nodes' user, with the cluster's own host keys
+    assert shown.code == 0 and shown.out.strip() == \
+        f"ssh -o UserKnownHostsFile={known} -o StrictHostKeyChecking=accept-new tester@{login} sinfo"
+    as_root = cm("cluster", "ssh", "s1", "--user", "root", "--dryrun")
+    assert as_root.out.strip().endswith(f"root@{login}")
     unknown = cm("cluster", "ssh", "nosuch")
     assert unknown.code == 2 and "unknown cluster 'nosuch' on cloud 'fake'" in one_line(unknown.err)
     assert cm("cluster", "delete", "s1").code == 0

@@ -114,20 +114,27 @@ def delete(ctx: Any, cloud: str, name: str) -> list[str]:
 
 
 # -- resize -----------------------------------------------------------------------------------
+def ssh_access(ctx: Any, cloud: str, cluster: dict[str, Any], user: str | None = None) -> tuple[str, list[str]]:
+    """(login name, ssh options) that reach the cluster's nodes: the user and key they were booted with,
+    and the cluster's own known-hosts file, unless the user names a login."""
+    access = cluster.get("access") or {}
+    login = ctx.value("login", cloud, user) or access.get("user") or "root"
+    key = str(access.get("key") or "").removesuffix(".pub")  # the private half of the key the nodes accept
+    identity = ["-i", key] if key and Path(key).is_file() else []
+    known = ["-o", f"UserKnownHostsFile={access['known_hosts']}"] if access.get("known_hosts") else []
+    return login, [*identity, *known, "-o", "StrictHostKeyChecking=accept-new"]
+
+
 def on_head(ctx: Any, cloud: str, cluster: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:
     """Run one administrative shell command on the login node over ssh (the only ssh cm does to a cluster):
     as root, or with sudo as the nodes' own user (whom their seeds give password-less sudo)."""
     from cm.clusters.service import head_address
 
-    access = cluster.get("access") or {}
-    login = ctx.value("login", cloud) or access.get("user") or "root"
+    login, options = ssh_access(ctx, cloud, cluster)
     if login != "root":
         command = f"sudo -n sh -c {shlex.quote(command)}"
-    key = str(access.get("key") or "").removesuffix(".pub")  # the private half of the key the nodes accept
-    identity = ["-i", key] if key and Path(key).is_file() else []
-    known = ["-o", f"UserKnownHostsFile={access['known_hosts']}"] if access.get("known_hosts") else []
-    words = ["ssh", *identity, *known, "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes",
-             "-o", "ConnectTimeout=20", f"{login}@{head_address(cluster)}", command]
+    words = ["ssh", *options, "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
+             f"{login}@{head_address(cluster)}", command]
     try:
         return subprocess.run(words, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired as exc:

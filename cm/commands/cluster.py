@@ -71,11 +71,13 @@ def list_nodes(ctx: Any, args: Namespace) -> None:
 
 def ssh_cluster(ctx: Any, args: Namespace) -> int:
     from cm.clusters.service import login
-    from cm.commands.vm import ssh_vm
+    from cm.clusters.teardown import ssh_access
+    from cm.commands.vm import run_ssh
 
-    cloud, _ = _find(ctx, args, args.name)
-    node, _ = login(ctx, cloud, args.name)
-    return ssh_vm(ctx, Namespace(name=node, cloud=cloud, user=args.user, command=args.command, dryrun=args.dryrun))
+    cloud, cluster = _find(ctx, args, args.name)
+    _, address = login(ctx, cloud, args.name)
+    user, options = ssh_access(ctx, cloud, cluster, args.user)
+    return run_ssh(ctx, ["ssh", *options, f"{user}@{address}"], args)
 
 
 def resize_cluster(ctx: Any, args: Namespace) -> int:
@@ -158,7 +160,7 @@ def build(parser: ArgumentParser) -> None:
     ssh = verb(subs, "ssh", ssh_cluster, "log in to the cluster's login node", "cm cluster ssh c1 --command sinfo")
     ssh.add_argument("name", metavar="NAME")
     ssh.add_argument("--command", help="run this command instead of a login shell")
-    ssh.add_argument("--user", help="login name (default: the 'login' default, else root)")
+    ssh.add_argument("--user", help="login name (default: the 'login' default, else the user the nodes were booted with)")
     add_cloud_option(ssh, allow_all=True)
     add_dryrun_option(ssh)
 

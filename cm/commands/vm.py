@@ -337,9 +337,13 @@ def ssh_vm(ctx: Context, args: Namespace) -> int:
     cloud = ctx.cloud_name(args)
     record = inventory.vm_record(ctx, cloud, args.name)
     login = ctx.value("login", cloud, args.user) or "root"
-    command = ["ssh", "-o", "StrictHostKeyChecking=accept-new", f"{login}@{_address(record)}"]
+    return run_ssh(ctx, ["ssh", "-o", "StrictHostKeyChecking=accept-new", f"{login}@{_address(record)}"], args)
+
+
+def run_ssh(ctx: Context, command: list[str], args: Namespace) -> int:
+    """Run ``command`` (ssh up to its destination) with the user's --command, or print it with --dryrun."""
     if args.command:
-        command.append(args.command)
+        command = [*command, args.command]
     if args.dryrun:
         import shlex
 
