@@ -61,19 +61,19 @@ class CloudSource:
         self._pool = None if self.by_hypervisor else ThreadPoolExecutor(max_workers=8)
         self._failed: set[str] = set()
 
-    def read(self) -> tuple[list[VMStats], VMStats | None]:
-        """(the VMs' readings, the host's or None)."""
-        host = None
+    def read(self) -> tuple[list[VMStats], list[VMStats]]:
+        """(the VMs' readings, the hosts' readings: none where cm cannot see them)."""
+        hosts: list[VMStats] = []
         if self.sees_host:
             try:
-                host = self.provider.host_stats()
+                hosts = self.provider.host_stats()
             except Unsupported:
                 self.sees_host = False
         if self.by_hypervisor:
-            return self.provider.vm_stats(self.names), host
+            return self.provider.vm_stats(self.names), hosts
         assert self._pool is not None
         results = list(self._pool.map(self._guest, self.names))
-        return [r for r in results if r is not None], host
+        return [r for r in results if r is not None], hosts
 
     def _guest(self, name: str) -> VMStats | None:
         record = self.ctx.mirror.get("vm", self.cloud, name) or {}
