@@ -60,6 +60,10 @@ class CloudSource:
         self.control_dir = None if self.by_hypervisor else control_dir(home)
         self._pool = None if self.by_hypervisor else ThreadPoolExecutor(max_workers=8)
         self._failed: set[str] = set()
+        # how to log in, read once: the settings do not change under a running collector (start reads them)
+        conf = ctx.config.cloud(cloud)
+        self.login = str(ctx.value("login", cloud) or "root")
+        self.ssh_options = [str(o) for o in conf.get("ssh_options") or []]
 
     def read(self) -> tuple[list[VMStats], list[VMStats]]:
         """(the VMs' readings, the hosts' readings: none where cm cannot see them)."""
@@ -80,10 +84,8 @@ class CloudSource:
         addresses = [*record.get("public_ips", []), *record.get("private_ips", [])]
         if not addresses:
             return None
-        conf = self.ctx.config.cloud(self.cloud)
-        login = str(self.ctx.value("login", self.cloud) or "root")
         assert self.control_dir is not None
-        command = ssh_command(addresses[0], login, self.control_dir, [str(o) for o in conf.get("ssh_options") or []])
+        command = ssh_command(addresses[0], self.login, self.control_dir, self.ssh_options)
         try:
             stats = read_over_ssh(name, command)
         except (CmError, subprocess.TimeoutExpired, ValueError) as exc:
