@@ -64,6 +64,15 @@ def host_connection(provider: KvmProvider, uri: str) -> libvirt.virConnect:
     return conn
 
 
+def close_hosts(provider: KvmProvider) -> None:
+    """Close the connections to the cloud's other hosts (a long-lived collector keeps them open)."""
+    for conn in provider.__dict__.pop("_host_conns", {}).values():
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass  # gone already
+
+
 def other_hosts(provider: KvmProvider) -> dict[str, str]:
     """Host name -> URI of every host but the one the cloud's own uri reaches."""
     own = provider.hv.resolve()

@@ -92,6 +92,7 @@ class KvmProvider(ImageVerbs, StatsVerbs, Provider):
             (getattr(self, "notice", None) or stderr_notice)(text)
 
     def close(self) -> None:
+        checkpoint.close_hosts(self)
         self.hv.close()
 
     # -- settings ---------------------------------------------------------------------------
