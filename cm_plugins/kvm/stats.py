@@ -2,7 +2,9 @@
 
 ``getAllDomainStats`` answers for every running domain in one call (about 5 ms
 per guest under TCG).  libvirt's test hypervisor answers it with ``state.*``
-only, so there the per-domain calls fill in (their numbers are made up).
+only, so there the per-domain calls fill in (their numbers are made up).  A cloud
+that lists ``hosts:`` has each of them sampled (named as listed there), and a VM
+migrated to another of them is read where it runs.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class StatsVerbs:
             found = read_domains(conn, wanted, self._host_name(conn, self.hv.uri),
                                  self.__dict__.setdefault("_devices", {}) if test else None)
         missing = wanted - {s.name for s in found}
-        for host, conn in ([] if test or not missing else self._other_hosts()):
+        for host, _uri, conn in ([] if test or not missing else self._other_hosts()):
             try:  # VMs migrated to another host of the cloud are read there
                 found += read_domains(conn, missing, host)
             except libvirt.libvirtError:
@@ -147,9 +149,9 @@ class StatsVerbs:
             raise self._unsupported("read host statistics")  # type: ignore[attr-defined]
         with self.hv.use("read host statistics") as conn:
             hosts = [read_host(conn, self.hv.is_local, self._host_name(conn, self.hv.uri))]
-        for host, conn in self._other_hosts():
+        for host, uri, conn in self._other_hosts():
             try:
-                hosts.append(read_host(conn, is_local_uri(conn.getURI()), host))
+                hosts.append(read_host(conn, is_local_uri(uri), host))
             except libvirt.libvirtError:
                 continue
         return hosts
@@ -164,12 +166,12 @@ class StatsVerbs:
             names[uri] = conn.getHostname()
         return names[uri]
 
-    def _other_hosts(self) -> list[tuple[str, libvirt.virConnect]]:
-        """(name, connection) of the cloud's other hosts that answer."""
+    def _other_hosts(self) -> list[tuple[str, str, libvirt.virConnect]]:
+        """(name, URI, connection) of the cloud's other hosts that answer."""
         found = []
         for host, uri in checkpoint.other_hosts(self).items():  # type: ignore[arg-type]
             try:
-                found.append((host, checkpoint.host_connection(self, uri)))  # type: ignore[arg-type]
+                found.append((host, uri, checkpoint.host_connection(self, uri)))  # type: ignore[arg-type]
             except ProviderError:
                 continue
         return found
