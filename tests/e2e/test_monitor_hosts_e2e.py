@@ -127,7 +127,7 @@ def percent(text: str) -> float:
 def test_a_cpu_bound_guest_on_a_host_with_cpus_to_spare_is_a_vm_bottleneck(verdicts):
     alone = verdicts["alone"]
     assert alone["bottleneck"] == "cpu", alone
-    assert percent(alone["cpu"]) + percent(alone["steal"]) >= 0.85, alone  # it always wants its vCPU
+    assert percent(alone["cpu"]) + percent(alone["steal"]) >= 0.75, alone  # it (nearly) always wants its vCPU
     if percent(alone["host_cpu"]) < 0.8:  # this machine had a core to spare, as it has when the test runs alone
         assert alone["level"] == "vm", alone
         assert f"while the host's CPUs were {alone['host_cpu']} busy" in alone["why"]
