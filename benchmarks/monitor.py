@@ -3,8 +3,11 @@
 1. Collector overhead, 20 VMs sampled every second: the collector process's CPU
    time (user + system, from /proc) over a measured span, as a share of one core.
    On libvirt's test hypervisor by default (in-process driver: its cost lands in
-   the collector); with ``--real``, on real idle TCG guests of a private libvirtd
-   (needs root; the daemon's own CPU is reported beside the collector's).
+   the collector), against a baseline in the same run: the same collector
+   sampling one VM (its fixed cost per tick), and with ``--against TREE`` the
+   collector of another source tree (e.g. a checkout of main) on the same 20 VMs,
+   the two measured alternately.  With ``--real``, on real idle TCG guests of a
+   private libvirtd (needs root; the daemon's own CPU is reported beside the collector's).
 2. Storage per VM-hour: an hour of 1-s samples of 20 VMs (plus their host)
    written round by round as the collector does, file size per VM-hour.
 3. `cm monitor show` of a 20-node cluster over one hour of samples (synthesized),
@@ -35,12 +38,12 @@ from cm.monitoring.store import Store, path_in  # noqa: E402
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def env_for(home: Path) -> dict[str, str]:
-    return {**os.environ, "CM_HOME": str(home), "PYTHONPATH": str(ROOT)}
+def env_for(home: Path, root: Path = ROOT) -> dict[str, str]:
+    return {**os.environ, "CM_HOME": str(home), "PYTHONPATH": str(root)}
 
 
-def cm(home: Path, *words: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "cm.main", *words], env=env_for(home), capture_output=True,
+def cm(home: Path, *words: str, check: bool = True, root: Path = ROOT) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "cm.main", *words], env=env_for(home, root), capture_output=True,
                           text=True, cwd=tempfile.gettempdir())
     if check and done.returncode != 0:
         raise SystemExit(f"cm {' '.join(words)} failed: {done.stderr}")
@@ -48,20 +51,23 @@ def cm(home: Path, *words: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def cpu_seconds(pid: int) -> float:
+    """User + system time of the process and of the children it waited for (ssh, when guests are read over ssh)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return sum(int(f) for f in fields[11:15]) / TICKS
 
 
 def collector_share(home: Path, targets: str, span: float, cloud: str = "local",
-                    others: list[int] = ()) -> tuple[float, list[float], int]:
+                    others: list[int] = (), root: Path = ROOT) -> tuple[float, list[float], int]:
     """(collector CPU share of one core, each other pid's share, samples stored) over ``span`` seconds."""
-    cm(home, "monitor", "start", targets, "--interval", "1s", "--cloud", cloud)
+    for leftover in (home / "monitor").glob("samples.db*"):  # each measurement counts its own samples
+        leftover.unlink()
+    cm(home, "monitor", "start", targets, "--interval", "1s", "--cloud", cloud, root=root)
     pid = int((home / "monitor" / "collector.pid").read_text())
     time.sleep(3)  # past start-up (imports, first connection)
     before, others_before, t0 = cpu_seconds(pid), [cpu_seconds(p) for p in others], time.monotonic()
     time.sleep(span)
     after, others_after, t1 = cpu_seconds(pid), [cpu_seconds(p) for p in others], time.monotonic()
-    cm(home, "monitor", "stop")
+    cm(home, "monitor", "stop", root=root)
     store = Store(path_in(home))
     stored = store.count()
     store.close()
@@ -83,12 +89,24 @@ def test_hypervisor_home(vms: int) -> Path:
     return home
 
 
-def bench_overhead_test_hypervisor(vms: int, span: float) -> None:
+def bench_overhead_test_hypervisor(vms: int, span: float, rounds: int, against: Path | None) -> None:
     home = test_hypervisor_home(vms)
+    names = f"node[01-{vms:02d}]"
+    trees = {"this tree": ROOT, **({f"{against}": against} if against else {})}
+    shares: dict[str, list[float]] = {label: [] for label in trees}
+    base: list[float] = []
     try:
-        share, _, stored = collector_share(home, f"node[01-{vms:02d}]", span)
-        print(f"collector, {vms} VMs every 1 s, libvirt test hypervisor: {share:.2%} of one core "
-              f"(target <= 2%); {stored} samples in {span:.0f} s")
+        for _ in range(rounds):  # alternately, so load from elsewhere falls on both alike
+            base.append(collector_share(home, "node01", span)[0])
+            for label, root in trees.items():
+                share, _, stored = collector_share(home, names, span, root=root)
+                shares[label].append(share)
+        one = statistics.median(base)
+        for label, values in shares.items():
+            share = statistics.median(values)
+            print(f"collector ({label}), {vms} VMs every 1 s, libvirt test hypervisor: {share:.2%} of one core "
+                  f"(target <= 2%; median of {rounds} x {span:.0f} s: {', '.join(f'{v:.2%}' for v in values)}); "
+                  f"baseline 1 VM {one:.2%}, ratio {share / one:.1f}x, {(share - one) / (vms - 1):.3%} per more VM")
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -175,11 +193,15 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=0, metavar="N", help="also measure N real idle TCG guests")
     parser.add_argument("--span", type=float, default=20.0, help="seconds the collector is measured")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--against", type=Path, metavar="TREE",
+                        help="also measure the collector of this source tree (e.g. a checkout of main)")
+    parser.add_argument("--overhead-only", action="store_true", help="skip the storage and show benchmarks")
     args = parser.parse_args()
-    bench_overhead_test_hypervisor(20, args.span)
+    bench_overhead_test_hypervisor(20, args.span, args.runs, args.against)
     if args.real:
         bench_overhead_real(args.real, args.span)
-    bench_storage_and_show(20, args.runs)
+    if not args.overhead_only:
+        bench_storage_and_show(20, args.runs)
 
 
 if __name__ == "__main__":

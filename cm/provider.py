@@ -327,8 +327,8 @@ class Provider:
         """Cumulative counters of each running VM of ``names``, read by the hypervisor (others left out)."""
         raise self._unsupported("read VM statistics")
 
-    def host_stats(self) -> VMStats:
-        """Cumulative counters of the physical host the cloud's VMs run on, where cm can read them."""
+    def host_stats(self) -> list[VMStats]:
+        """Cumulative counters of the physical hosts the cloud's VMs run on, where cm can read them."""
         raise self._unsupported("read host statistics")
 
     def set_vm_vcpus(self, name: str, count: int) -> int:

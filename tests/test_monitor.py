@@ -233,10 +233,12 @@ KINDS = {
     "mem": (100, 20, 96, 0, 0, 200),
     "net": (300, 50, 20, 0, 0, 8_000_000),
     "starved": (250, 700, 20, 0, 0, 200),  # wants its CPU, waits for the host's
+    "waits": (600, 350, 20, 0, 0, 200),  # busy, and waits a little for a host CPU (emulation, other guests)
 }
 
 
-def synthetic_run(store, name: str, node: str, kind: str, start: int, seed: int, host_cpu: int = 300) -> None:
+def synthetic_run(store, name: str, node: str, kind: str, start: int, seed: int, host_cpu: int = 300,
+                  host: str = "hv1") -> None:
     """Thirty 1-s samples of ``node`` doing ``kind`` (with a little noise), its host beside it, and the run."""
     import random
 
@@ -244,8 +246,8 @@ def synthetic_run(store, name: str, node: str, kind: str, start: int, seed: int,
 
     rnd = random.Random(seed)
     cpu, steal, mem, disk, busy, net = KINDS[kind]
-    vm = store.node_id(node, "vm", "local", host="hv1")
-    host = store.node_id("hv1", "host")
+    vm = store.node_id(node, "vm", "local", host=host)
+    host_id = store.node_id(host, "host", "local")
 
     def noisy(value: float) -> int:
         return max(0, int(value * rnd.uniform(0.9, 1.1)))
@@ -256,7 +258,7 @@ def synthetic_run(store, name: str, node: str, kind: str, start: int, seed: int,
         rows.append((vm, Sample(t, 1, min(1000, noisy(cpu)), bytes([min(100, cpu // 10)]), noisy(steal), 0,
                                 noisy(mem * 2000), 200_000, noisy(disk / 2), noisy(disk / 2), noisy(busy),
                                 noisy(net / 2), noisy(net / 2))))
-        rows.append((host, Sample(t, 2, host_cpu, b"\x1e\x1e", 0, 0, 4_000_000, 16_000_000, 1000, 1000, 10, 0, 0)))
+        rows.append((host_id, Sample(t, 2, host_cpu, b"\x1e\x1e", 0, 0, 4_000_000, 16_000_000, 1000, 1000, 10, 0, 0)))
     store.add(rows)
     store.save_run({"name": name, "nodes": [node], "start": start, "end": start + 29_000, "label": kind})
 
@@ -268,7 +270,7 @@ def learnt(cm, cm_home, vms):
     store = Store(path_in(cm_home))
     start = int((time.time() - 3600) * 1000)
     for i, kind in enumerate(k for k in KINDS for _ in range(3)):
-        if kind != "starved":
+        if kind not in ("starved", "waits"):
             synthetic_run(store, f"{kind}-{i % 3 + 1}", "mon1", kind, start + i * 40_000, seed=i)
     synthetic_run(store, "starved-1", "mon2", "starved", start + 20 * 40_000, seed=99, host_cpu=1000)
     synthetic_run(store, "disk-slow", "mon3", "disk", start + 21 * 40_000, seed=98)
@@ -307,6 +309,46 @@ def test_a_vm_starved_by_its_host_is_a_host_bottleneck_and_tune_says_move_it(cm,
     rows = json.loads(cm("monitor", "tune", "starved-1", "--apply", "-f", "json").out)
     assert rows[0]["node"] == "mon2" and "cm vm migrate mon2 --to HOST" in rows[0]["change"]
     assert rows[0]["result"].startswith("not applied")
+
+
+def test_waiting_for_a_host_cpu_is_the_hosts_fault_only_while_the_host_is_busy(cm, learnt):
+    from cm.monitoring.store import Store, path_in
+
+    start = int((time.time() - 600) * 1000)
+    with Store(path_in(os.environ["CM_HOME"])) as store:
+        synthetic_run(store, "waits-idle-host", "mon4", "waits", start, seed=5, host_cpu=450, host="hv2")
+        synthetic_run(store, "waits-busy-host", "mon5", "waits", start + 40_000, seed=6, host_cpu=950, host="hv3")
+    spare = check(cm, "waits-idle-host")
+    assert (spare["bottleneck"], spare["level"], spare["host_cpu"]) == ("cpu", "vm", "45%"), spare
+    assert "while the host's CPUs were 45% busy" in spare["why"]
+    busy = check(cm, "waits-busy-host")
+    assert (busy["bottleneck"], busy["level"], busy["host_cpu"]) == ("cpu", "host", "95%"), busy
+
+
+def test_tune_moves_a_starved_vm_to_the_least_loaded_other_host(cm, learnt):
+    from cm.monitoring.store import Store, path_in
+
+    with Store(path_in(os.environ["CM_HOME"])) as store:
+        run = store.runs(["starved-1"])[0]
+        for name, busy in (("hv2", 700), ("hv3", 200)):  # sampled over the starved run's window
+            node = store.node_id(name, "host", "local")
+            store.add([(node, synthetic_host(t, busy)) for t in range(run["start"], run["end"] + 1, 1000)])
+        other = store.node_id("hv9", "host", "elsewhere")  # another cloud's host is no candidate
+        store.add([(other, synthetic_host(t, 0)) for t in range(run["start"], run["end"] + 1, 1000)])
+    rows = json.loads(cm("monitor", "tune", "starved-1", "-f", "json").out)
+    assert rows[0]["change"].startswith("move it to the least loaded other host: cm vm migrate mon2 --to hv3 ")
+    assert "hv3's CPUs 20% busy" in rows[0]["change"] and rows[0]["result"] == "suggested"
+    dry = json.loads(cm("monitor", "tune", "starved-1", "--dryrun", "-f", "json").out)
+    assert dry[0]["result"] == "would call migrate_vm(mon2, hv3)"
+    applied = cm("monitor", "tune", "starved-1", "--apply", "-f", "json")
+    assert applied.code == 1  # the test hypervisor lists no hosts: the cloud refuses, cm says why
+    assert "has no host 'hv3'" in json.loads(applied.out)[0]["result"]
+
+
+def synthetic_host(t: int, busy: int):
+    from cm.monitoring.sample import Sample
+
+    return Sample(t, 2, busy, b"\x1e\x1e", 0, 0, 4_000_000, 16_000_000, 1000, 1000, 10, 0, 0)
 
 
 def test_a_slow_disk_deviates_from_its_profile(cm, learnt):

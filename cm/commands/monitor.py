@@ -204,7 +204,8 @@ def tune(ctx, args: Namespace) -> int:
     with _store(ctx) as store:
         verdict = profiles.check(store, args.run_name)
         run = store.runs([args.run_name])[0]
-    changes = tuning.suggest(ctx, args, run, verdict)
+        target = tuning.least_loaded_host(store, ctx.cloud_name(args), run) if verdict["level"] == "host" else None
+    changes = tuning.suggest(ctx, args, run, verdict, target)
     failed = tuning.apply(ctx, args, changes) if args.apply or args.dryrun else False
     ctx.emit(tuning.COLUMNS, [{k: v for k, v in row.items() if not k.startswith("_")} for row in changes], args)
     return 1 if failed else 0

@@ -7,6 +7,8 @@ across resources (under emulation every I/O also costs CPU), so each is
 measured against the learnt runs: the bottleneck is the resource on which the
 run stands out most (by STANDS_OUT standard deviations); on a resource where
 the learnt runs all look alike, a pressure of SATURATED or more stands out.
+A CPU bottleneck is the host's when the VM waited for a host CPU (STARVED) on
+a host whose CPUs were busy (SATURATED); otherwise the VM wants more vCPUs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ RESOURCES = ("cpu", "memory", "disk", "network")
 STANDS_OUT = 0.75  # standard deviations above the learnt runs
 UNIFORM = 0.05  # learnt runs closer than this on a resource tell nothing about it
 SATURATED = 0.8
+STARVED = 0.25  # a VM that waited this share of the CPU time it wanted was starved by its host
 NET_FLOOR = 1e6  # B/s: runs that all move less than this are not network-bound however alike they are
 
 
@@ -38,9 +41,15 @@ def reference(described: list[dict[str, Any]]) -> dict[str, Any]:
 def _level(resource: str, f: dict[str, Any]) -> tuple[str, str]:
     """('vm' or 'host', why) for the bottleneck resource."""
     if resource == "cpu":
-        if f["steal"] > f["cpu"]:
-            return "host", f"its vCPUs waited for a host CPU {f['steal']:.0%} of the time and ran {f['cpu']:.0%}"
-        return "vm", f"its vCPUs were busy {f['cpu']:.0%} of the time"
+        host_cpu = f.get("host_cpu")
+        # Waiting for a host CPU points at the host only while the host has none to spare: on a host
+        # with idle CPUs the wait is scheduling noise (under emulation a busy vCPU always waits a little).
+        if f["steal"] >= STARVED * f["demand"] and (host_cpu is None or host_cpu >= SATURATED):
+            busy = "" if host_cpu is None else f"; the host's CPUs were {host_cpu:.0%} busy"
+            return "host", (f"its vCPUs waited for a host CPU {f['steal']:.0%} of the time and ran "
+                            f"{f['cpu']:.0%}{busy}")
+        spare = "" if host_cpu is None else f" while the host's CPUs were {host_cpu:.0%} busy"
+        return "vm", f"its vCPUs were busy {f['cpu']:.0%} of the time{spare}"
     if resource == "memory":
         if (f.get("host_mem") or 0) >= 0.9:
             return "host", f"the host has {f['host_mem']:.0%} of its memory in use"

@@ -51,18 +51,18 @@ class Collector:
         rows = []
         for source in self.sources:
             try:
-                vms, host = source.read()
+                vms, hosts = source.read()
             except Exception as exc:  # a cloud that fails now may answer at the next round
                 self._say(f"cloud '{source.cloud}': {exc}")
                 continue
-            readings = [("vm", source.cloud, s) for s in vms] + ([("host", "", host)] if host else [])
-            for kind, cloud, stats in readings:
-                key = (kind, cloud, stats.name)
+            # a host is kept under its cloud: `tune` looks among the cloud's hosts for a less loaded one
+            for kind, stats in [("vm", s) for s in vms] + [("host", h) for h in hosts]:
+                key = (kind, source.cloud, stats.name)
                 before, self.last[key] = self.last.get(key), stats
                 sample = between(before, stats) if before else None
                 if sample is not None:
-                    rows.append((self.store.node_id(stats.name, kind, cloud, stats.host if kind == "vm" else ""),
-                                 sample))
+                    rows.append((self.store.node_id(stats.name, kind, source.cloud,
+                                                    stats.host if kind == "vm" else ""), sample))
         return self.store.add(rows) if rows else 0
 
     def run(self) -> None:

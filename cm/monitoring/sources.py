@@ -60,30 +60,32 @@ class CloudSource:
         self.control_dir = None if self.by_hypervisor else control_dir(home)
         self._pool = None if self.by_hypervisor else ThreadPoolExecutor(max_workers=8)
         self._failed: set[str] = set()
+        # how to log in, read once: the settings do not change under a running collector (start reads them)
+        conf = ctx.config.cloud(cloud)
+        self.login = str(ctx.value("login", cloud) or "root")
+        self.ssh_options = [str(o) for o in conf.get("ssh_options") or []]
 
-    def read(self) -> tuple[list[VMStats], VMStats | None]:
-        """(the VMs' readings, the host's or None)."""
-        host = None
+    def read(self) -> tuple[list[VMStats], list[VMStats]]:
+        """(the VMs' readings, the hosts' readings: none where cm cannot see them)."""
+        hosts: list[VMStats] = []
         if self.sees_host:
             try:
-                host = self.provider.host_stats()
+                hosts = self.provider.host_stats()
             except Unsupported:
                 self.sees_host = False
         if self.by_hypervisor:
-            return self.provider.vm_stats(self.names), host
+            return self.provider.vm_stats(self.names), hosts
         assert self._pool is not None
         results = list(self._pool.map(self._guest, self.names))
-        return [r for r in results if r is not None], host
+        return [r for r in results if r is not None], hosts
 
     def _guest(self, name: str) -> VMStats | None:
         record = self.ctx.mirror.get("vm", self.cloud, name) or {}
         addresses = [*record.get("public_ips", []), *record.get("private_ips", [])]
         if not addresses:
             return None
-        conf = self.ctx.config.cloud(self.cloud)
-        login = str(self.ctx.value("login", self.cloud) or "root")
         assert self.control_dir is not None
-        command = ssh_command(addresses[0], login, self.control_dir, [str(o) for o in conf.get("ssh_options") or []])
+        command = ssh_command(addresses[0], self.login, self.control_dir, self.ssh_options)
         try:
             stats = read_over_ssh(name, command)
         except (CmError, subprocess.TimeoutExpired, ValueError) as exc:

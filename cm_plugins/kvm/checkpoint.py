@@ -52,7 +52,7 @@ def hosts(provider: KvmProvider) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _connection(provider: KvmProvider, uri: str) -> libvirt.virConnect:
+def host_connection(provider: KvmProvider, uri: str) -> libvirt.virConnect:
     """An open connection to one of the cloud's other hosts, kept for the provider's life."""
     cache: dict[str, libvirt.virConnect] = provider.__dict__.setdefault("_host_conns", {})
     conn = cache.get(uri)
@@ -64,7 +64,16 @@ def _connection(provider: KvmProvider, uri: str) -> libvirt.virConnect:
     return conn
 
 
-def _others(provider: KvmProvider) -> dict[str, str]:
+def close_hosts(provider: KvmProvider) -> None:
+    """Close the connections to the cloud's other hosts (a long-lived collector keeps them open)."""
+    for conn in provider.__dict__.pop("_host_conns", {}).values():
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass  # gone already
+
+
+def other_hosts(provider: KvmProvider) -> dict[str, str]:
     """Host name -> URI of every host but the one the cloud's own uri reaches."""
     own = provider.hv.resolve()
     return {name: h["uri"] for name, h in hosts(provider).items() if h["uri"] != own}
@@ -92,9 +101,9 @@ def host_of(provider: KvmProvider, dom: libvirt.virDomain) -> str:
 
 def elsewhere(provider: KvmProvider, name: str) -> libvirt.virDomain | None:
     """The domain called ``name`` on another host of the cloud, or None."""
-    for uri in _others(provider).values():
+    for uri in other_hosts(provider).values():
         try:
-            return _connection(provider, uri).lookupByName(name)
+            return host_connection(provider, uri).lookupByName(name)
         except libvirt.libvirtError:
             continue
     return None
@@ -103,9 +112,9 @@ def elsewhere(provider: KvmProvider, name: str) -> libvirt.virDomain | None:
 def other_domains(provider: KvmProvider) -> list[libvirt.virDomain]:
     """Every domain on the cloud's other hosts (a host that does not answer is skipped)."""
     found = []
-    for uri in _others(provider).values():
+    for uri in other_hosts(provider).values():
         try:
-            found += _connection(provider, uri).listAllDomains()
+            found += host_connection(provider, uri).listAllDomains()
         except (libvirt.libvirtError, ProviderError):
             continue
     return found
@@ -154,7 +163,7 @@ def _destination(provider: KvmProvider, host: str) -> dict[str, Any]:
 
 def _refresh_pools(provider: KvmProvider, uri: str) -> None:
     """Shared storage: let the destination see volumes made since it last looked (the VM's disk and seed)."""
-    conn = provider.hv._live() if uri == provider.hv.resolve() else _connection(provider, uri)
+    conn = provider.hv._live() if uri == provider.hv.resolve() else host_connection(provider, uri)
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
         try:
             pool.refresh(0)

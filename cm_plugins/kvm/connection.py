@@ -108,6 +108,12 @@ def translate(exc: libvirt.libvirtError, cloud: str, uri: str, verb: str = "") -
     return ProviderError(f"cloud '{cloud}' (libvirt {shown_uri(uri)}): {message}")
 
 
+def is_local_uri(uri: str) -> bool:
+    """A libvirt URI whose daemon runs on this machine (its files are ours to read)."""
+    parsed = urlsplit(uri)
+    return not parsed.hostname and "+ssh" not in parsed.scheme and "+tcp" not in parsed.scheme
+
+
 def _cpu_has_virtualization() -> bool:
     """Hardware virtualization (vmx/svm) on this host's CPU; /dev/kvm without it (nested
     paravirtual KVM, as on the machines cm is tested on) hangs ordinary guests."""
@@ -163,8 +169,7 @@ class Hypervisor:
     @property
     def is_local(self) -> bool:
         """The hypervisor runs on this machine (its files are ours to read)."""
-        parsed = urlsplit(self.resolve())
-        return not parsed.hostname and "+ssh" not in parsed.scheme and "+tcp" not in parsed.scheme
+        return is_local_uri(self.resolve())
 
     def _test_node(self, uri: str, demo_image: bool) -> TestNode:
         path = urlsplit(uri).path

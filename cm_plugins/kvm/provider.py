@@ -93,6 +93,7 @@ class KvmProvider(AddressVerbs, ImageVerbs, StatsVerbs, Provider):
             (getattr(self, "notice", None) or stderr_notice)(text)
 
     def close(self) -> None:
+        checkpoint.close_hosts(self)
         self.hv.close()
 
     # -- settings ---------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 ``getAllDomainStats`` answers for every running domain in one call (about 5 ms
 per guest under TCG).  libvirt's test hypervisor answers it with ``state.*``
-only, so there the per-domain calls fill in (their numbers are made up).
+only, so there the per-domain calls fill in (their numbers are made up).  A cloud
+that lists ``hosts:`` has each of them sampled (named as listed there), and a VM
+migrated to another of them is read where it runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import libvirt
 
 from cm.errors import Conflict, ProviderError
 from cm.provider import VMStats
+from cm_plugins.kvm import checkpoint
+from cm_plugins.kvm.connection import is_local_uri
 
 STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
          | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
@@ -55,60 +59,58 @@ def from_record(name: str, record: dict[str, Any], when: float, host: str) -> VM
         extra={"balloon_kib": int(record.get("balloon.current", 0))})
 
 
-def _by_calls(dom: libvirt.virDomain, when: float, host: str) -> VMStats:
-    """The test hypervisor's made-up numbers through the per-domain calls."""
-    _state, maximum, memory, vcpus, cpu = dom.info()
+def _devices(dom: libvirt.virDomain) -> tuple[list[str], list[str]]:
+    """(disk targets, NIC targets) from the domain's XML."""
     root = ET.fromstring(dom.XMLDesc())
+    return ([t.get("dev") or "" for t in root.findall("devices/disk/target") if t.get("dev")],
+            [t.get("dev") or "" for t in root.findall("devices/interface/target") if t.get("dev")])
+
+
+def _by_calls(dom: libvirt.virDomain, when: float, host: str, devices: dict[str, Any]) -> VMStats:
+    """The test hypervisor's made-up numbers through the per-domain calls.
+
+    ``devices`` caches each domain's disk and NIC names by UUID: parsing its XML every
+    round was most of the collector's time on this driver.
+    """
+    _state, maximum, memory, vcpus, cpu = dom.info()
     record: dict[str, Any] = {"cpu.time": cpu, "vcpu.current": vcpus, "vcpu.maximum": vcpus,
                               "balloon.current": memory, "balloon.maximum": maximum}
     for i, (_n, _s, ns, _cpu) in enumerate(dom.vcpus()[0]):
         record[f"vcpu.{i}.time"] = ns
     memory_stats = dom.memoryStats()
     record.update({f"balloon.{k}": v for k, v in memory_stats.items() if k in ("available", "usable", "unused", "rss")})
-    disks = [t.get("dev") for t in root.findall("devices/disk/target")]
-    for i, dev in enumerate(d for d in disks if d):
+    key = dom.UUIDString()
+    if key not in devices:
+        devices[key] = _devices(dom)
+    disks, nics = devices[key]
+    for i, dev in enumerate(disks):
         try:
-            rd_req, rd, wr_req, wr, _err = dom.blockStats(dev)
+            _rd_req, rd, _wr_req, wr, _err = dom.blockStats(dev)
         except libvirt.libvirtError:
             continue  # the test driver knows only some of its disks
         record.update({"block.count": i + 1, f"block.{i}.rd.bytes": rd, f"block.{i}.wr.bytes": wr})
-    nics = [t.get("dev") for t in root.findall("devices/interface/target")]
-    for i, dev in enumerate(d for d in nics if d):
+    for i, dev in enumerate(nics):
         stats = dom.interfaceStats(dev)
         record.update({"net.count": i + 1, f"net.{i}.rx.bytes": stats[0], f"net.{i}.tx.bytes": stats[4]})
     return from_record(dom.name(), record, when, host)
 
 
-_hostnames: dict[int, str] = {}
-
-
-def _hostname(conn: libvirt.virConnect) -> str:
-    """The hypervisor's name, asked once per connection (an RPC each round otherwise)."""
-    key = id(conn)
-    if key not in _hostnames:
-        _hostnames.clear()  # one live connection at a time: forget the old ones' names
-        _hostnames[key] = conn.getHostname()
-    return _hostnames[key]
-
-
-def read_domains(conn: libvirt.virConnect, names: list[str], test: bool) -> list[VMStats]:
-    """Counters of the running domains among ``names``."""
-    wanted = set(names)
-    host = _hostname(conn)
+def read_domains(conn: libvirt.virConnect, names: set[str], host: str,
+                 devices: dict[str, Any] | None = None) -> list[VMStats]:
+    """Counters of the running domains among ``names`` on ``host`` (``devices``: the test hypervisor's cache)."""
     when = time.time()
     found = []
     for dom, record in conn.getAllDomainStats(STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE):
         name = dom.name()
-        if name not in wanted or record.get("state.state") != RUNNING:
+        if name not in names or record.get("state.state") != RUNNING:
             continue
-        found.append(_by_calls(dom, when, host) if test and "cpu.time" not in record
+        found.append(_by_calls(dom, when, host, devices) if devices is not None and "cpu.time" not in record
                      else from_record(name, record, when, host))
     return found
 
 
-def read_host(conn: libvirt.virConnect, local: bool) -> VMStats:
+def read_host(conn: libvirt.virConnect, local: bool, name: str) -> VMStats:
     """The hypervisor host: CPU and memory through libvirt (remote hosts too), disks and NICs from /proc here."""
-    name = _hostname(conn)
     if local:
         from cm.monitoring.procfs import read_local
 
@@ -128,14 +130,51 @@ class StatsVerbs:
     hv: Any
 
     def vm_stats(self, names: list[str]) -> list[VMStats]:
+        wanted = set(names)
         with self.hv.use("read VM statistics") as conn:
-            return read_domains(conn, names, self.hv.is_test)
+            test = self.hv.is_test
+            found = read_domains(conn, wanted, self._host_name(conn, self.hv.uri),
+                                 self.__dict__.setdefault("_devices", {}) if test else None)
+        missing = wanted - {s.name for s in found}
+        for host, _uri, conn in ([] if test or not missing else self._other_hosts()):
+            try:  # VMs migrated to another host of the cloud are read there
+                found += read_domains(conn, missing, host)
+            except libvirt.libvirtError:
+                continue  # that host does not answer now: its VMs come back with it
+            missing -= {s.name for s in found}
+        return found
 
-    def host_stats(self) -> VMStats:
+    def host_stats(self) -> list[VMStats]:
         if self.hv.is_test:
             raise self._unsupported("read host statistics")  # type: ignore[attr-defined]
         with self.hv.use("read host statistics") as conn:
-            return read_host(conn, self.hv.is_local)
+            hosts = [read_host(conn, self.hv.is_local, self._host_name(conn, self.hv.uri))]
+        for host, uri, conn in self._other_hosts():
+            try:
+                hosts.append(read_host(conn, is_local_uri(uri), host))
+            except libvirt.libvirtError:
+                continue
+        return hosts
+
+    def _host_name(self, conn: libvirt.virConnect, uri: str) -> str:
+        """The host's name in the cloud's ``hosts:`` (what `cm vm migrate --to` takes), else its hostname."""
+        for name, host in checkpoint.hosts(self).items():  # type: ignore[arg-type]
+            if host["uri"] == uri:
+                return name
+        names: dict[str, str] = self.__dict__.setdefault("_hostnames", {})
+        if uri not in names:  # asked once: an RPC each round otherwise
+            names[uri] = conn.getHostname()
+        return names[uri]
+
+    def _other_hosts(self) -> list[tuple[str, str, libvirt.virConnect]]:
+        """(name, URI, connection) of the cloud's other hosts that answer."""
+        found = []
+        for host, uri in checkpoint.other_hosts(self).items():  # type: ignore[arg-type]
+            try:
+                found.append((host, uri, checkpoint.host_connection(self, uri)))  # type: ignore[arg-type]
+            except ProviderError:
+                continue
+        return found
 
     def set_vm_vcpus(self, name: str, count: int) -> int:
         with self.hv.use("change vCPUs of running VMs", write=True) as conn:

@@ -39,7 +39,7 @@ API_TIMEOUT = 60.0  # seconds per HTTP request, so a hung cloud cannot hang cm
 POOL_SIZE = 64  # parallel boots share one connection pool; urllib3's default of 10 would churn
 # Keys of a cm cloud entry that are cm's own, not openstacksdk's.
 CM_KEYS = {"kind", "cloud", "source", "file", "defaults", "timeout", "network", "public_network",
-           "name", "where"}
+           "name", "where", "ssh_options"}  # ssh_options: how cm logs into the VMs (cm monitor)
 
 PASSWORD_AUTH = ("password", "v3password", "v2password")
 

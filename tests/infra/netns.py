@@ -177,10 +177,11 @@ class Lab:
             listed.write(ns + "\n")
         sh("ip", "netns", "add", ns)
 
-    def add_host(self, name: str) -> Host:
-        """A new namespace ``PREFIX-NAME`` whose eth0 is on the lab bridge with the next free address."""
+    def add_host(self, name: str, addr: str | None = None) -> Host:
+        """A new namespace ``PREFIX-NAME`` whose eth0 is on the lab bridge with ``addr`` (default: the next
+        free address), e.g. the address a cloud gave the VM this host stands for."""
         ns = f"{self.prefix}-{name}"
-        addr = str(self.subnet.network_address + len(self.hosts) + 2)
+        addr = addr or str(self.subnet.network_address + len(self.hosts) + 2)
         veth = f"v{len(self.hosts)}"
         self.add_netns(ns)
         try:
