@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,13 @@ def test_spooled_requests_survive_a_killed_agent_and_are_handled_once(cm, image,
         wait_for("the restarted agent to drop the handled request", lambda: not spooled[0].exists(), 30, 0.2)
         actions = (cm_home / "elastic" / cluster / "actions.log").read_text()
         assert actions.count("resume cloud1: booting VM") == 1, actions
+
+        # the SuspendProgram as slurmctld runs it (no SLURM_RESUME_FILE, stdin closed): recorded at once
+        ran = subprocess.run(["env", "-i", str(SPOOL / cluster / "suspend"), "cloud2"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=10)
+        assert ran.returncode == 0 and not ran.stdout + ran.stderr
+        wait_for("the agent to handle the suspend", lambda: "suspend cloud2: done" in (cm_home / "elastic" / cluster
+                                                                                      / "agent.log").read_text(), 30, 0.2)
     finally:
         slurm.run(["scancel", job])
 

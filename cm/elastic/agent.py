@@ -61,7 +61,7 @@ def script(cluster: str, action: str) -> str:
 d={where}
 t=$(date +%s%N)
 umask 077
-{{ echo "{action} $1 $t"; [ -r "$SLURM_RESUME_FILE" ] && cat "$SLURM_RESUME_FILE"; }} > "$d/.$t.$$" || exit 1
+{{ echo "{action} $1 $t"; if [ -r "$SLURM_RESUME_FILE" ]; then cat "$SLURM_RESUME_FILE"; fi; }} > "$d/.$t.$$" || exit 1
 exec mv -f "$d/.$t.$$" "$d/$t.$$.req"
 """
 
