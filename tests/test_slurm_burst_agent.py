@@ -11,7 +11,6 @@ tests/e2e/test_burst_agent_e2e.py boots real VMs.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from tests.infra.procs import wait_for  # noqa: E402
 from tests.infra.slurm import SlurmCluster  # noqa: E402
 from tests.infra.sshd import LoginHost  # noqa: E402
 from tests.test_kvm import image, one_line  # noqa: E402,F401  (fixtures)
+from tests.test_slurm_burst_ssh import record_launched  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (sshd, slurmctld, mount namespaces)"),
@@ -39,19 +39,10 @@ SPOOL = Path("/var/spool/cm-burst")
 
 @pytest.fixture
 def controller(cm_home):
-    """Slurm and an sshd on loopback whose sessions see cm's home empty; recorded as slurm cloud 'far'."""
-    from cm.context import Context
-
+    """Slurm and an sshd on loopback whose sessions see cm's home empty; recorded as cluster 'far'."""
     with SlurmCluster("bwatch-s", 21600, nodes=1) as slurm:
         with LoginHost("bwatch-l", 21650, env=slurm.client_env, hide=[cm_home]) as login:
-            key = (slurm.tmp / "munge" / "munge.key").read_bytes()
-            secrets = cm_home / "clusters" / "local" / "far.secrets.json"
-            secrets.parent.mkdir(parents=True)
-            secrets.write_text(json.dumps({"munge_key": base64.b64encode(key).decode()}))
-            Context().mirror.put("cluster", "local", {
-                "name": "far", "recipe": "slurm", "state": "ready", "cloud": "local", "params": {},
-                "outputs": {"login": login.alias, "user": "root", "ssh_config": str(login.ssh_config)},
-                "nodes": [{"name": "far-head", "role": "head", "state": "ready", "address": "127.0.0.1"}]})
+            record_launched(cm_home, slurm, login, "far", {})
             yield slurm, login
             folder = cm_home / "elastic" / slurm.cluster_name
             _stop_agent(folder)

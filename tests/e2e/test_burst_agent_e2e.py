@@ -12,14 +12,12 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.infra.procs import wait_for
-from tests.infra.sshd import LoginHost
-from tests.e2e.elastic_lab import CLOUD, launched_cluster, running_lab
+from tests.e2e.elastic_lab import CLOUD, burst_status, job_in_guest, lab_with_head, ok
 
 pytestmark = [
     pytest.mark.e2e,
@@ -34,36 +32,21 @@ pytest.importorskip("pycdlib")
 PORT = 21610
 SSH_PORT = 21690
 NAME = "farc"        # the lab's Slurm as a cluster cm launched: the --controller
-JOB_TIMEOUT = 300    # submission to output under TCG on 2 busy cores
 SPOOL = Path("/var/spool/cm-burst")
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
     cm_home = tmp_path_factory.mktemp("bwagent-cmhome")
-    with running_lab("bwagent", "bwagent-s", PORT, cm_home) as lab:
-        with LoginHost("bwagent-l", SSH_PORT, env={"SLURM_CONF": str(lab.slurm.conf)}, host=lab.slurm.ns_host,
-                       hide=[cm_home]) as login:
-            launched_cluster(lab, NAME, login)
-            lab.login = login
-            try:
-                yield lab
-            finally:
-                folder = cm_home / "elastic" / lab.slurm.cluster_name
-                lab.cm("slurm", "burst", "disable", str(lab.slurm.conf), "--timeout", "30")   # if the test did not
-                for log in ("agent.log", "actions.log"):
-                    print(f"--- {log}\n" + ((folder / log).read_text() if (folder / log).exists() else "(none)"))
-                shutil.rmtree(SPOOL / lab.slurm.cluster_name, ignore_errors=True)
-
-
-def status(lab) -> dict[str, dict]:
-    rows = json.loads(ok(lab.cm("slurm", "burst", "status", str(lab.slurm.conf), "-f", "json")))
-    return {r["node"]: r for r in rows}
+    with lab_with_head("bwagent", "bwagent-s", PORT, SSH_PORT, cm_home, NAME, hide=(cm_home,)) as lab:
+        try:
+            yield lab
+        finally:
+            folder = cm_home / "elastic" / lab.slurm.cluster_name
+            lab.cm("slurm", "burst", "disable", str(lab.slurm.conf), "--timeout", "30")   # if the test did not
+            for log in ("agent.log", "actions.log"):
+                print(f"--- {log}\n" + ((folder / log).read_text() if (folder / log).exists() else "(none)"))
+            shutil.rmtree(SPOOL / lab.slurm.cluster_name, ignore_errors=True)
 
 
 def test_a_job_bursts_through_the_agent_and_disable_stops_it_and_restores_the_file(lab):
@@ -77,18 +60,12 @@ def test_a_job_bursts_through_the_agent_and_disable_stops_it_and_restores_the_fi
                                  "--restart-command", f"slurmctld -f {lab.slurm.conf}",
                                  "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key"), "-f", "json")))
     assert shown["agent"] and shown["controller"] == lab.login.alias
-    assert status(lab)["cloud1"]["agent"] == f"running (pid {shown['agent']})"
+    assert burst_status(lab)["cloud1"]["agent"] == f"running (pid {shown['agent']})"
     resume = SPOOL / cluster / "resume"
     assert f"ResumeProgram={resume}" in lab.slurm.conf.read_text() and "python" not in resume.read_text()
     vm = f"{cluster}-cloud1".replace("_", "-")
 
-    started = time.monotonic()
-    job = lab.slurm.run(["srun", "-p", "cloud", "-N1", "sh", "-c", "hostname; ip -4 -o addr"], timeout=JOB_TIMEOUT)
-    took = time.monotonic() - started
-    assert job.returncode == 0, job.stderr + lab.slurm.log("slurmctld")[-2000:]
-    assert job.stdout.split()[0] == vm, job.stdout   # answered from inside the guest
-    address = status(lab)["cloud1"]["address"]
-    assert address and address in job.stdout
+    _, address, took = job_in_guest(lab, "cloud1")   # answered from inside the guest
     print(f"\njob ran in the burst VM {took:.1f} s after srun, through the spool and the agent")
 
     wait_for("the idle VM to be deleted", lambda: vm not in lab.domains(), 240, 1.0)
