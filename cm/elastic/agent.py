@@ -109,11 +109,21 @@ def parse(listing: str) -> list[Request]:
         name, _, body = chunk.partition("\n")
         head, _, resume_file = body.partition("\n")
         words = head.split()
-        if len(words) != 3 or words[0] not in ACTIONS or not words[2].isdigit():
+        if len(words) != 3 or words[0] not in ACTIONS or not words[2].isdigit() or not _hostlist(words[1]):
             found.append(Request(name.strip(), "damaged", head.strip()[:80], 0.0, {}))
             continue
         found.append(Request(name.strip(), words[0], words[1], int(words[2]) / 1e9, jobs_from(resume_file)))
     return sorted(found, key=lambda r: r.name)
+
+
+def _hostlist(text: str) -> bool:
+    """Whether ``text`` is a hostlist cm can expand."""
+    from cm.names import expand
+
+    try:
+        return bool(expand([text]))
+    except CmError:
+        return False
 
 
 def pending(ctl: Controller, cluster: str) -> list[Request]:
@@ -148,7 +158,8 @@ class Agent:
         self.ctl = controller(state.load(self.home, cluster))
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.busy: dict[str, threading.Thread] = {}
+        self.busy: dict[str, list[str]] = {}   # request in flight -> its nodes
+        self.threads: list[threading.Thread] = []
         self.done = self._load_done()
         self.unreachable = ""
 
@@ -186,12 +197,17 @@ class Agent:
             for request in found:
                 self._dispatch(request)
             self.stop.wait(POLL)
-        for thread in list(self.busy.values()):
+        for thread in list(self.threads):
             thread.join(timeout=600)   # a boot in flight ends (or fails and cleans up) before we go
 
     def _dispatch(self, request: Request) -> None:
+        from cm.names import expand
+
+        nodes = expand([request.nodes]) if request.action != "damaged" else []
         with self.lock:
-            if request.name in self.busy:
+            taken = {n for held in self.busy.values() for n in held}
+            # one request per node at a time, in the order slurmctld made them: a later one waits its turn
+            if request.name in self.busy or taken & set(nodes):
                 return
             if request.name in self.done:   # handled before a kill: only its removal was missing
                 try:
@@ -200,9 +216,11 @@ class Agent:
                 except CmError:
                     pass
                 return
-            thread = threading.Thread(target=self._handle, args=(request,), name=request.name, daemon=True)
-            self.busy[request.name] = thread
-        thread.start()
+            self.busy[request.name] = nodes
+            self.threads = [t for t in self.threads if t.is_alive()]
+            self.threads.append(threading.Thread(target=self._handle, args=(request,), name=request.name,
+                                                 daemon=True))
+            self.threads[-1].start()
 
     def _handle(self, request: Request) -> None:
         from cm.context import Context

@@ -123,6 +123,8 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
         ctl.scontrol("show", "partition", args.partition)
     except ProviderError as exc:
         ctl.write_text(ctl.conf, old)
+        if spooled and not conf.has_block:
+            agent.uninstall(ctl, cluster)
         raise ProviderError(f"{exc}; put the previous slurm.conf back") from None
     fresh = {"cluster": cluster, **target.saved(), "cloud": args.cloud,
              "image": args.image, "flavor": args.flavor, "max": args.max, "idle": args.idle,
