@@ -209,18 +209,19 @@ class Agent:
             # one request per node at a time, in the order slurmctld made them: a later one waits its turn
             if request.name in self.busy or taken & set(nodes):
                 return
-            if request.name in self.done:   # handled before a kill: only its removal was missing
-                try:
-                    self._remove(request.name)
-                    self.say(f"{request.action} {request.nodes}: handled before ({request.name}); removed")
-                except CmError:
-                    pass
-                return
-            self.busy[request.name] = nodes
-            self.threads = [t for t in self.threads if t.is_alive()]
-            self.threads.append(threading.Thread(target=self._handle, args=(request,), name=request.name,
-                                                 daemon=True))
-            self.threads[-1].start()
+            handled = request.name in self.done
+            if not handled:
+                self.busy[request.name] = nodes
+                self.threads = [t for t in self.threads if t.is_alive()]
+                self.threads.append(threading.Thread(target=self._handle, args=(request,), name=request.name,
+                                                     daemon=True))
+                self.threads[-1].start()
+        if handled:   # handled before a kill: only its removal was missing
+            try:
+                self._remove(request.name)
+                self.say(f"{request.action} {request.nodes}: handled before ({request.name}); removed")
+            except CmError:
+                pass   # the next look tries again
 
     def _handle(self, request: Request) -> None:
         from cm.context import Context
