@@ -105,6 +105,10 @@ def test_spooled_requests_survive_a_killed_agent_and_are_handled_once(cm, image,
         wait_for("the handled request to leave the spool", lambda: not list(requests.glob("*.req")), 30, 0.2)
         actions = (cm_home / "elastic" / cluster / "actions.log").read_text()
         assert actions.count("resume cloud1: booting VM") == 1 and "fail cloud1: boot failed" in actions
+        # every poll and scontrol of the agent (and cm's own commands) went over one ssh connection
+        established = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{login.port} )"],
+                                     capture_output=True, text=True, timeout=10).stdout.splitlines()
+        assert len(established) == 1, established
         log = (cm_home / "elastic" / cluster / "agent.log").read_text()
         assert re.search(r"resume cloud1: requested [\d.]+ s ago", log) and "resume cloud1: " in log
 
