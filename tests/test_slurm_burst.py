@@ -146,6 +146,35 @@ def test_resume_file_jobs_by_node(tmp_path):
     assert jobs_by_node({}) == {}
 
 
+def test_the_spool_program_records_a_request_the_agent_reads(tmp_path):
+    """The program slurmctld runs on a host without cm, run by sh as slurmctld would (its spool moved to
+    tmp): one complete file per request, the resume file's jobs kept; damaged files are named, not guessed."""
+    import subprocess
+
+    from cm.elastic import agent
+
+    requests = tmp_path / "requests"
+    requests.mkdir()
+    text = agent.script("c", "resume").replace(str(agent.spool("c") / "requests"), str(requests))
+    resume = tmp_path / "resume.json"
+    resume.write_text('{"all_nodes": "cloud[1-2]", "jobs": [{"job_id": 7, "nodes": "cloud[1-2]"}]}')
+    ran = subprocess.run(["sh", "-c", text, "resume", "cloud[1-2]"], env={"SLURM_RESUME_FILE": str(resume),
+                         "PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    assert ran.returncode == 0 and not ran.stdout + ran.stderr
+    suspend = agent.script("c", "suspend").replace(str(agent.spool("c") / "requests"), str(requests))
+    assert subprocess.run(["sh", "-c", suspend, "suspend", "cloud2"], env={"PATH": "/usr/bin:/bin"},
+                          timeout=10).returncode == 0
+    files = sorted(requests.iterdir())
+    assert [f.suffix for f in files] == [".req", ".req"] and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    listing = "".join(f"\n{agent.MARK}{f.name}\n{f.read_text()}" for f in files)
+    listing += f"\n{agent.MARK}zz.req\nresume cloud[1- 17\n"
+    found = agent.parse(listing)
+    assert [(r.action, r.nodes, r.jobs) for r in found] == [
+        ("resume", "cloud[1-2]", {"cloud1": ["7"], "cloud2": ["7"]}), ("suspend", "cloud2", {}),
+        ("damaged", "resume cloud[1- 17", {})]
+    assert found[0].at > 1.7e9 and found[0].name == files[0].name
+
+
 def test_backfill_needs_the_burst_partition_and_good_host_maps(cm, conf, key, image, cm_home):
     import json
 

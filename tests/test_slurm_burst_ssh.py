@@ -40,21 +40,27 @@ def head():
             yield slurm, login
 
 
-@pytest.fixture
-def launched(cm_home, head):
-    """Cluster 'labs' in the mirror as cm's slurm launcher leaves it, with its munge key in cm's secrets."""
+def record_launched(cm_home, slurm: SlurmCluster, login: LoginHost, name: str, outputs: dict) -> None:
+    """Cluster NAME in the mirror as cm's slurm launcher leaves it, its head ``login``, its munge key in cm's
+    secrets (this process's cm home)."""
     from cm.context import Context
 
-    slurm, login = head
     key = (slurm.tmp / "munge" / "munge.key").read_bytes()
-    secrets = cm_home / "clusters" / "local" / "labs.secrets.json"
+    secrets = cm_home / "clusters" / "local" / f"{name}.secrets.json"
     secrets.parent.mkdir(parents=True)
     secrets.write_text(json.dumps({"munge_key": base64.b64encode(key).decode()}))
     Context().mirror.put("cluster", "local", {
-        "name": "labs", "recipe": "slurm", "state": "ready", "cloud": "local", "params": {},
-        "outputs": {"login": login.alias, "user": "root", "ssh_config": str(login.ssh_config),
-                    "slurm_conf": os.path.relpath(slurm.conf, login.home)},   # from the login directory
-        "nodes": [{"name": "labs-head", "role": "head", "state": "ready", "address": "127.0.0.1"}]})
+        "name": name, "recipe": "slurm", "state": "ready", "cloud": "local", "params": {},
+        "outputs": {"login": login.alias, "user": "root", "ssh_config": str(login.ssh_config), **outputs},
+        "nodes": [{"name": f"{name}-head", "role": "head", "state": "ready", "address": "127.0.0.1"}]})
+
+
+@pytest.fixture
+def launched(cm_home, head):
+    """Cluster 'labs' in the mirror as cm's slurm launcher leaves it, with its munge key in cm's secrets."""
+    slurm, login = head
+    # slurm.conf named from the login directory
+    record_launched(cm_home, slurm, login, "labs", {"slurm_conf": os.path.relpath(slurm.conf, login.home)})
     before = slurm.conf.read_text()
     yield slurm, login
     slurm.conf.write_text(before)

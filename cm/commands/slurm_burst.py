@@ -2,7 +2,8 @@
 
 Added to the `slurm` noun through its EXTENSIONS (``add_subcommands(subs)``).  The
 resume, suspend and resume-fail subcommands are what slurmctld runs (through the small
-programs `burst enable` writes); users run enable, status and disable.
+programs `burst enable` writes, or through the agent that handles the requests those programs
+spool on a controller host without cm); users run enable, status, agent and disable.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from cm.commands import add_cloud_option, add_dryrun_option, completes, subcommands, verb
 from cm.output import add_format_options
 
-STATUS_COLUMNS = ["node", "slurm_state", "vm", "cloud", "address", "node_hours", "reason"]
+STATUS_COLUMNS = ["node", "slurm_state", "vm", "cloud", "address", "node_hours", "reason", "agent"]
 
 
 def show_done(ctx: Any, args: Namespace, done: dict[str, Any]) -> None:
@@ -32,6 +33,12 @@ def status(ctx: Any, args: Namespace) -> None:
     from cm.elastic.burst import status as run
 
     ctx.emit(STATUS_COLUMNS, run(ctx, args.cluster), args)
+
+
+def agent(ctx: Any, args: Namespace) -> None:
+    from cm.elastic.burst import start_agent
+
+    ctx.emit_one(start_agent(ctx, args.cluster), args)
 
 
 def disable(ctx: Any, args: Namespace) -> None:
@@ -84,9 +91,14 @@ def add_subcommands(subs: Any) -> None:
     add_dryrun_option(on)
     add_format_options(on)
 
-    st = verb(verbs, "status", status, "each cloud node: Slurm state, VM, cloud, node-hours")
+    st = verb(verbs, "status", status, "each cloud node: Slurm state, VM, cloud, node-hours; the agent")
     st.add_argument("cluster", metavar="CLUSTER")
     add_format_options(st)
+
+    ag = verb(verbs, "agent", agent, "start the agent that handles a remote controller's requests, unless it runs",
+              example="cm slurm burst agent mycluster")
+    ag.add_argument("cluster", metavar="CLUSTER")
+    add_format_options(ag)
 
     off = verb(verbs, "disable", disable, "drain the cloud nodes, delete their VMs, restore the static config")
     off.add_argument("cluster", metavar="CLUSTER")

@@ -1,6 +1,9 @@
 """`cm slurm burst enable|status|disable`: prepare a Slurm cluster to grow with cloud VMs, show its
 cloud nodes, and return it to its static configuration.
 
+On a controller host that cannot run this cm (its home), the programs only spool their requests
+and an agent on this machine handles them (cm.elastic.agent).
+
 Enable writes cm's block into slurm.conf (cloud nodes ``PARTITION[1-N]`` with State=CLOUD, their
 partition, and the power-saving settings: Resume/Suspend/ResumeFail programs that call cm,
 SuspendTime, timeouts, TreeWidth, NoAddrCache, SuspendExcNodes for the static nodes, ...), then
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cm.errors import NotFound, ProviderError, UsageError
-from cm.elastic import slurmconf, state
+from cm.elastic import agent, slurmconf, state
 from cm.elastic.slurmctl import Controller
 from cm.elastic.target import Target, cluster_of, controller, munge_key, read_conf
 
@@ -99,7 +102,9 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
     args.flavor = args.flavor or ctx.value("flavor", args.cloud)
     nodes = f"{args.partition}[1-{args.max}]" if args.max > 1 else f"{args.partition}1"
     vcpus, key = _check(ctx, args, conf, target, nodes)
-    programs = {k: _program(home, cluster, verb, ctl) for k, verb in PROGRAMS.items()}
+    spooled = not ctl.local and not agent.cm_runs_there(ctl, home)
+    programs = {k: agent.spool(cluster) / verb for k, verb in PROGRAMS.items()} if spooled else \
+        {k: _program(home, cluster, verb, ctl) for k, verb in PROGRAMS.items()}
     settings = _settings(args, conf, programs)
     lines = [f"NodeName={nodes} CPUs={vcpus} State=CLOUD Feature=cloud,cm-burst",
              f"PartitionName={args.partition} Nodes={nodes} MaxTime=INFINITE State=UP"]
@@ -109,6 +114,8 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
         return {}
     old = "\n".join(conf.lines) + "\n"
     old_nodes = _block_nodes(conf)
+    if spooled:
+        agent.install(ctl, cluster, conf.get("SlurmUser", "root"), PROGRAMS)
     restart = target.restart_command(args.restart_command)
     ctl.write_text(ctl.conf, text)
     try:
@@ -116,19 +123,58 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
         ctl.scontrol("show", "partition", args.partition)
     except ProviderError as exc:
         ctl.write_text(ctl.conf, old)
+        if spooled and not conf.has_block:
+            agent.uninstall(ctl, cluster)
         raise ProviderError(f"{exc}; put the previous slurm.conf back") from None
     fresh = {"cluster": cluster, **target.saved(), "cloud": args.cloud,
              "image": args.image, "flavor": args.flavor, "max": args.max, "idle": args.idle,
              "partition": args.partition, "node_list": nodes, "munge_key": _keep_key(home, cluster, target, key, args.munge_key),
-             "resume_timeout": args.resume_timeout, "restart_command": restart,
+             "resume_timeout": args.resume_timeout, "restart_command": restart, "agent": spooled,
              "nodes": state.load(home, cluster)["nodes"] if state.exists(home, cluster) else {}}
     with state.changing(home, cluster, fresh):
         pass
     state.log(home, cluster, f"enable: {nodes} on cloud {args.cloud} (image {args.image}, flavor {args.flavor}), "
                              f"idle {args.idle} s, partition {args.partition}")
+    pid = _agent_for(home, cluster, spooled)
     return {"cluster": cluster, "partition": args.partition, "nodes": nodes, "cloud": args.cloud,
             "image": args.image, "flavor": args.flavor, "idle": args.idle, "conf": str(ctl.conf),
-            "controller": ctl.host}
+            "controller": ctl.host, "agent": pid or ""}
+
+
+def _agent_for(home: Path, cluster: str, spooled: bool, verb: str = "enable") -> int | None:
+    """Start the agent of a cluster whose programs spool their requests (stop it when they no longer do)."""
+    if not spooled:
+        if agent.stop(home, cluster):
+            state.log(home, cluster, f"{verb}: programs call cm on the controller host; agent stopped")
+        return None
+    try:
+        pid = agent.start(home, cluster)
+    except ProviderError as exc:
+        raise ProviderError(f"{exc}; bursting is enabled but nothing handles its requests: "
+                            f"start the agent with `cm slurm burst agent {cluster}`") from None
+    state.log(home, cluster, f"{verb}: agent {pid} handles the requests spooled in {agent.spool(cluster)} "
+                             f"on {state.load(home, cluster)['controller']}")
+    return pid
+
+
+def start_agent(ctx: Any, cluster_arg: str) -> dict[str, Any]:
+    """Start the agent of a cluster whose programs spool their requests, unless it runs."""
+    home = Path(ctx.home)
+    cluster = cluster_of(ctx, cluster_arg).cluster
+    st = state.load(home, cluster)
+    if not st.get("agent"):
+        raise UsageError(f"cluster '{cluster}' needs no agent: its programs call cm on {st['controller']}")
+    before = agent.running_pid(home, cluster)
+    pid = before or _agent_for(home, cluster, True, "agent")
+    return {"cluster": cluster, "agent": pid, "started": before is None, "log": str(agent.log_path(home, cluster))}
+
+
+def agent_state(home: Path, st: dict[str, Any]) -> str:
+    """What `status` shows of the agent: running (pid N), stopped, or - (the programs call cm)."""
+    if not st.get("agent"):
+        return "-"
+    pid = agent.running_pid(home, st["cluster"])
+    return f"running (pid {pid})" if pid else "stopped"
 
 
 def _keep_key(home: Path, cluster: str, target: Target, key: bytes, given: str) -> str:
@@ -171,14 +217,14 @@ def status(ctx: Any, cluster_arg: str) -> list[dict[str, Any]]:
     cluster = cluster_of(ctx, cluster_arg).cluster
     st = state.load(Path(ctx.home), cluster)
     live = controller(st).nodes(st["node_list"])
-    rows = []
+    rows, helper = [], agent_state(Path(ctx.home), st)
     for node in expand([st["node_list"]]):
         have = st["nodes"].get(node, {})
         slurm = live.get(node, {})
         rows.append({"node": node, "slurm_state": slurm.get("State", "unknown").lower(),
                      "vm": have.get("vm", "") if have.get("since") else "", "cloud": st["cloud"],
                      "address": have.get("address", ""), "node_hours": state.node_hours(have) if have else 0.0,
-                     "reason": have.get("reason", "")})
+                     "reason": have.get("reason", ""), "agent": helper})
     return rows
 
 
@@ -201,6 +247,8 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
             raise ProviderError(f"jobs still run on {st['node_list']} after {timeout:g} s; they stay drained: "
                                 "wait for them or cancel them, then run disable again")
         time.sleep(1)
+    if st.get("agent") and agent.stop(home, cluster):
+        state.log(home, cluster, "disable: agent stopped")
     up = [n for n, v in st["nodes"].items() if v.get("since")]
     failed = [f"{n}: {why}" for n, why in suspend(ctx, cluster, up) if why] if up else []
     if failed:
@@ -208,6 +256,8 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
     ctl.write_text(ctl.conf, slurmconf.without_block(read_conf(ctl), "backfill"))  # its hooks serve these nodes
     ctl.write_text(ctl.conf, slurmconf.without_block(read_conf(ctl)))
     _apply(ctl, st.get("restart_command") or f"slurmctld -f {ctl.conf}", True)
+    if st.get("agent"):
+        agent.uninstall(ctl, cluster)
     (state.directory(home, cluster) / "state.json").unlink()
     state.log(home, cluster, "disable: static configuration restored")
     return {"cluster": cluster, "removed": st["node_list"], "conf": str(ctl.conf), "vms_deleted": len(up)}

@@ -32,15 +32,23 @@ def vm_name(cluster: str, node: str) -> str:
 
 def jobs_by_node(environ: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Node -> job ids, from the JSON file slurmctld names in SLURM_RESUME_FILE (22.05+)."""
-    from cm.names import expand
-
     path = (environ or os.environ).get("SLURM_RESUME_FILE", "")
     try:
-        data = json.loads(Path(path).read_text()) if path else {}
-    except (OSError, ValueError):
+        return jobs_from(Path(path).read_text()) if path else {}
+    except OSError:
+        return {}
+
+
+def jobs_from(text: str) -> dict[str, list[str]]:
+    """Node -> job ids, from the JSON text of a SLURM_RESUME_FILE (nothing when it is not JSON)."""
+    from cm.names import expand
+
+    try:
+        data = json.loads(text) if text.strip() else {}
+    except ValueError:
         return {}
     found: dict[str, list[str]] = {}
-    for job in data.get("jobs") or []:
+    for job in (data.get("jobs") or []) if isinstance(data, dict) else []:
         for node in expand([job.get("nodes", "")]) if job.get("nodes") else []:
             found.setdefault(node, []).append(str(job.get("job_id")))
     return found
@@ -70,8 +78,11 @@ def _delete(provider: Provider, vm: str) -> None:
         pass
 
 
-def resume(ctx: Any, cluster: str, nodes: list[str]) -> list[tuple[str, str]]:
-    """Boot the nodes' VMs in parallel; returns (node, "" or why it failed) for each."""
+def resume(ctx: Any, cluster: str, nodes: list[str],
+           jobs: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
+    """Boot the nodes' VMs in parallel; returns (node, "" or why it failed) for each.
+
+    ``jobs`` (node -> job ids to requeue if it fails) defaults to SLURM_RESUME_FILE's."""
     from cm import bulk
 
     home = Path(ctx.home)
@@ -80,7 +91,7 @@ def resume(ctx: Any, cluster: str, nodes: list[str]) -> list[tuple[str, str]]:
     conf = read_conf(ctl)
     provider = ctx.provider(st["cloud"])
     key = Path(st["munge_key"]).read_bytes()
-    jobs = jobs_by_node()
+    jobs = jobs_by_node() if jobs is None else jobs
 
     def boot(node: str) -> str:
         vm = vm_name(cluster, node)

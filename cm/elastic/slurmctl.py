@@ -49,6 +49,13 @@ class Controller:
             argv += ["-l", str(opts["user"])]
         return [*argv, "--", self.host]
 
+    def disconnect(self) -> None:
+        """Close the ControlMaster connection to the controller host, if one is open."""
+        if not self.local:
+            argv = self.ssh_argv()
+            subprocess.run([*argv[:-2], "-O", "exit", *argv[-2:]], capture_output=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+
     def argv(self, words: list[str]) -> list[str]:
         if self.local:
             return words

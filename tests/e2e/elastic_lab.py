@@ -21,6 +21,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -167,6 +168,51 @@ def _share_pool(one: PrivateLibvirtd, two: PrivateLibvirtd) -> None:
                                   "</path></target></pool>", 0).create(0)
     finally:
         conn.close()
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    """The stdout of a command that must have succeeded (else its exit code, stdout and stderr)."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+JOB_TIMEOUT = 300   # submission to output under TCG on 2 busy cores
+
+
+def burst_status(lab: ElasticLab) -> dict[str, dict]:
+    """`cm slurm burst status` of the lab's cluster: node -> its row."""
+    rows = json.loads(ok(lab.cm("slurm", "burst", "status", str(lab.slurm.conf), "-f", "json")))
+    return {r["node"]: r for r in rows}
+
+
+def job_in_guest(lab: ElasticLab, node: str) -> tuple[str, str, float]:
+    """srun on cloud node ``node`` (powered down: cm boots it); asserts the job answered from inside the node's
+    VM at the address cm recorded; returns (its output, that address, seconds from srun to output)."""
+    vm = f"{lab.slurm.cluster_name}-{node}".replace("_", "-")
+    started = time.monotonic()
+    job = lab.slurm.run(["srun", "-p", "cloud", "-N1", "-w", node, "sh", "-c", "hostname; ip -4 -o addr"],
+                        timeout=JOB_TIMEOUT)
+    took = time.monotonic() - started
+    assert job.returncode == 0, job.stderr + lab.slurm.log("slurmctld")[-2000:]
+    assert job.stdout.split()[0] == vm, job.stdout   # answered from inside the guest
+    address = burst_status(lab)[node]["address"]
+    assert address and address in job.stdout, (address, job.stdout)
+    return job.stdout, address, took
+
+
+@contextmanager
+def lab_with_head(label: str, prefix: str, port: int, ssh_port: int, cm_home: Path, name: str,
+                  hide: tuple[Path, ...] = (), second_host: bool = False) -> Iterator[ElasticLab]:
+    """A started lab whose Slurm is cluster ``name`` cm launched, its head a real sshd (``lab.login``) in
+    the namespace; ``hide``: directories that sshd's sessions see empty."""
+    from tests.infra.sshd import LoginHost
+
+    with running_lab(label, prefix, port, cm_home, second_host=second_host) as lab:
+        with LoginHost(f"{label}-l", ssh_port, env={"SLURM_CONF": str(lab.slurm.conf)}, host=lab.slurm.ns_host,
+                       hide=list(hide)) as login:
+            launched_cluster(lab, name, login)
+            lab.login = login
+            yield lab
 
 
 def launched_cluster(lab: ElasticLab, name: str, login, mirror_cloud: str = CLOUD) -> None:

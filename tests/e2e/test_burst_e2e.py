@@ -17,8 +17,7 @@ import time
 import pytest
 
 from tests.infra.procs import wait_for
-from tests.infra.sshd import LoginHost
-from tests.e2e.elastic_lab import CLOUD, ElasticLab, launched_cluster, running_lab
+from tests.e2e.elastic_lab import CLOUD, JOB_TIMEOUT, ElasticLab, burst_status, job_in_guest, lab_with_head, ok
 
 pytestmark = [
     pytest.mark.e2e,
@@ -33,23 +32,14 @@ pytest.importorskip("pycdlib")
 PORT = 24500
 SSH_PORT = 24590
 NAME = "labc"       # the lab's Slurm as a cluster cm launched
-JOB_TIMEOUT = 300   # submission to output under TCG on 2 busy cores
 SHORT = 120         # a ResumeTimeout a VM meets with its address on 2 busy cores (measured: 10-91 s)
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
     cm_home = tmp_path_factory.mktemp("elastic-cmhome")
-    with running_lab("elastic", "elastic-burst", PORT, cm_home, second_host=True) as lab:
-        with LoginHost("elastic-l", SSH_PORT, env={"SLURM_CONF": str(lab.slurm.conf)}, host=lab.slurm.ns_host) as login:
-            launched_cluster(lab, NAME, login)
-            lab.login = login
-            yield lab
+    with lab_with_head("elastic", "elastic-burst", PORT, SSH_PORT, cm_home, NAME, second_host=True) as lab:
+        yield lab
         for log in (cm_home / "elastic").glob("*/actions.log"):
             print(log.read_text())
 
@@ -66,8 +56,7 @@ def wait(what: str, check, timeout: float = 180):
 
 
 def status(lab: ElasticLab) -> dict[str, dict]:
-    rows = json.loads(ok(lab.cm("slurm", "burst", "status", str(lab.slurm.conf), "-f", "json")))
-    return {r["node"]: r for r in rows}
+    return burst_status(lab)
 
 
 def test_a_job_boots_a_vm_runs_inside_it_and_the_idle_vm_goes(lab):
@@ -83,14 +72,7 @@ def test_a_job_boots_a_vm_runs_inside_it_and_the_idle_vm_goes(lab):
     assert sinfo.split()[0] == "2" and "~" in sinfo   # two powered-down cloud nodes
     vm = f"{cluster}-cloud1".replace("_", "-")
 
-    started = time.monotonic()
-    first = lab.slurm.run(["srun", "-p", "cloud", "-N1", "-w", "cloud1", "sh", "-c", "hostname; ip -4 -o addr"],
-                          timeout=JOB_TIMEOUT)
-    took = time.monotonic() - started
-    assert first.returncode == 0, first.stderr + lab.slurm.log("slurmctld")[-2000:]
-    assert first.stdout.split()[0] == vm, first.stdout   # answered from inside the guest
-    address = status(lab)["cloud1"]["address"]
-    assert address and address in first.stdout
+    _, address, took = job_in_guest(lab, "cloud1")
     print(f"\nfirst job ran in the burst VM {took:.1f} s after srun")
 
     wait("the idle VM to be deleted", lambda: vm not in lab.domains(), timeout=240)
@@ -101,11 +83,7 @@ def test_a_job_boots_a_vm_runs_inside_it_and_the_idle_vm_goes(lab):
                                                                               "-o", "%t"])), timeout=120)
 
     # the same node again: a new VM, a new address, told to Slurm again; the job runs there
-    again = lab.slurm.run(["srun", "-p", "cloud", "-w", "cloud1", "sh", "-c", "hostname; ip -4 -o addr"],
-                          timeout=JOB_TIMEOUT)
-    assert again.returncode == 0, again.stderr + lab.slurm.log("slurmctld")[-2000:]
-    second = status(lab)["cloud1"]["address"]
-    assert second in again.stdout and again.stdout.split()[0] == vm
+    _, second, _ = job_in_guest(lab, "cloud1")
     node = ok(lab.slurm.run(["scontrol", "show", "node", "cloud1"]))
     assert f"NodeAddr={second}" in node
     log = (lab.cm_home / "elastic" / cluster / "actions.log").read_text()

@@ -17,7 +17,8 @@ Loopback mode (``host=None``): sshd listens on 127.0.0.1:PORT in this namespace,
 ``tests.infra.netns.Host``, e.g. ``SlurmCluster(networked=True).head``): sshd runs inside that
 host on ADDR:PORT; since the lab subnet must not be reached from this namespace, the ssh_config
 carries ``ProxyCommand nsenter --net=/run/netns/NS socat STDIO TCP:%h:%p`` (the TCP
-connection is made inside the namespace).  ``env`` (e.g. ``{"SLURM_CONF": ...}``) is set for
+connection is made inside the namespace).  ``hide=[paths]``: every session sees those directories
+empty (a tmpfs in its own mount namespace), as on a host that does not share them.  ``env`` (e.g. ``{"SLURM_CONF": ...}``) is set for
 every login session through sshd's ``SetEnv``, so ``ssh ... sinfo`` reaches the cluster.
 
 pytest: ``login = login_fixture("infra-l", 21510, cluster="slurm")`` makes a fixture that uses
@@ -42,8 +43,9 @@ class LoginHost:
     """A real sshd reachable as root with a generated key (see the module docstring)."""
 
     def __init__(self, prefix: str, port: int, env: dict[str, str] | None = None,
-                 host: Host | None = None, timeout: float = 30.0) -> None:
+                 host: Host | None = None, timeout: float = 30.0, hide: list[Path] | None = None) -> None:
         self.alias = prefix
+        self.hide = [Path(p) for p in hide or []]
         self.port = port
         self.env = env or {}
         self.host = host
@@ -131,8 +133,13 @@ class LoginHost:
         the requested command, sftp, or a login shell."""
         (self.tmp / "home").mkdir()
         script = self.tmp / "session"
+        # hidden directories: each session runs in its own mount namespace with an empty tmpfs on them
+        hide = "" if not self.hide else f"""[ -n "$LOGIN_HIDDEN" ] || exec env LOGIN_HIDDEN=1 unshare --mount sh -c \\
+    'for d in {" ".join(shlex.quote(str(p)) for p in self.hide)}; do mount -t tmpfs -o size=64k none "$d" || exit 1; \\
+     done; exec "$0"' {shlex.quote(str(script))}
+"""
         script.write_text(f"""#!/bin/sh
-cd {shlex.quote(str(self.tmp / 'home'))} || exit 1
+{hide}cd {shlex.quote(str(self.tmp / 'home'))} || exit 1
 case "$SSH_ORIGINAL_COMMAND" in
     "") exec "${{SHELL:-/bin/sh}}" -l ;;
     sftp|internal-sftp) exec /usr/lib/openssh/sftp-server ;;
