@@ -6,6 +6,9 @@ against one system, against all three (`--cloud all`, target <= 1.5x one), offli
 mirror, and the bare `ssh login squeue --format` it wraps, alone and three at once: the bare-ssh
 ratio is the floor on this machine, where the three login hosts share the cores with cm (and
 `squeue --json`, for comparison).  Ratios are taken within each round, with the load average.
+The login hosts' sessions skip this machine's ~/.bashrc (root's here runs `pyenv init`: 0.16 s of
+CPU per read, twice per ssh command) unless `--with-rc`: a real login node starts its shells on
+its own CPUs, not on the 2 cores cm is measured on.
 
 build: `cm singularity build --from ROOT` of a 50 MB root of real files against `mksquashfs`
 alone on the same root (target <= 1.2x).
@@ -60,14 +63,15 @@ def load() -> str:
     return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
-def _systems(count: int, stack, base_port: int):
+def _systems(count: int, stack, base_port: int, with_rc: bool = False):
     from tests.infra.slurm import SlurmCluster
     from tests.infra.sshd import LoginHost
 
     systems = []
     for i in range(count):
         slurm = stack.enter_context(SlurmCluster(f"hpc-bench{i}", base_port + 20 * i, nodes=1))
-        login = stack.enter_context(LoginHost(f"hpc-benchl{i}", base_port + 20 * i + 10, env=slurm.client_env))
+        login = stack.enter_context(LoginHost(f"hpc-benchl{i}", base_port + 20 * i + 10, env=slurm.client_env,
+                                                 mask=[] if with_rc else [Path.home() / ".bashrc"]))
         held = slurm.run(["sh", "-c", f"for i in $(seq {JOBS}); do sbatch --hold --parsable -J b$i --wrap true "
                                       ">/dev/null || exit 1; done"], timeout=900)
         if held.returncode:
@@ -76,7 +80,7 @@ def _systems(count: int, stack, base_port: int):
     return systems
 
 
-def bench_queue(runs: int, base_port: int = BASE_PORT) -> None:
+def bench_queue(runs: int, base_port: int = BASE_PORT, with_rc: bool = False) -> None:
     from contextlib import ExitStack
 
     home = Path(tempfile.mkdtemp(prefix="cm-bench-hpc-"))
@@ -84,9 +88,10 @@ def bench_queue(runs: int, base_port: int = BASE_PORT) -> None:
     cm = cm_command()
     with ExitStack() as stack:
         started = time.perf_counter()
-        systems = _systems(3, stack, base_port)
+        systems = _systems(3, stack, base_port, with_rc)
         print(f"\n== `cm hpc queue`, {JOBS:,} jobs per system, 3 systems over ssh "
-              f"(set up in {time.perf_counter() - started:.0f} s), median of {runs} runs; {load()}")
+              f"(set up in {time.perf_counter() - started:.0f} s), median of {runs} runs; {load()}; "
+              f"login shells {'read' if with_rc else 'skip'} ~/.bashrc")
         for i, (_, login) in enumerate(systems):
             subprocess.run([*cm, "cloud", "add", f"sys{i}", "--kind", "slurm", f"host={login.alias}",
                             f"ssh_config={login.ssh_config}"], env=env, check=True, capture_output=True)
@@ -161,12 +166,14 @@ def main() -> None:
     parser.add_argument("--only", choices=["queue", "build"], action="append")
     parser.add_argument("--base-port", type=int, default=BASE_PORT,
                         help=f"the first of the 100 loopback ports it uses (default {BASE_PORT})")
+    parser.add_argument("--with-rc", action="store_true",
+                        help="the login hosts' sessions read this machine's ~/.bashrc (skipped by default)")
     args = parser.parse_args()
     wanted = args.only or ["build", "queue"]
     if "build" in wanted:
         bench_build(args.runs)
     if "queue" in wanted:
-        bench_queue(args.runs, args.base_port)
+        bench_queue(args.runs, args.base_port, args.with_rc)
 
 
 if __name__ == "__main__":

@@ -172,13 +172,16 @@ def _refresh_pools(provider: KvmProvider, uri: str) -> None:
 
 
 def _limit_downtime(provider: KvmProvider, dom: libvirt.virDomain) -> None:
-    """Ask QEMU to switch over only when the last pass fits in ``migrate_max_downtime`` ms (libvirt's default: 300)."""
+    """Keep the guest's stand-still at the switch-over within ``migrate_max_downtime`` ms (libvirt's default: 300).
+
+    QEMU's limit covers only its estimate of the last memory pass; device state and the switch-over
+    itself come on top (a 100 ms limit measured 65-111 ms here), so QEMU gets half of the budget."""
     try:
-        limit = int(provider.config.get("migrate_max_downtime") or 100)
+        budget = int(provider.config.get("migrate_max_downtime") or 100)
     except (TypeError, ValueError):
         raise ConfigError(f"cloud '{provider.name}': migrate_max_downtime must be a number of milliseconds") from None
     try:
-        dom.migrateSetMaxDowntime(limit, 0)
+        dom.migrateSetMaxDowntime(max(1, budget // 2), 0)
     except libvirt.libvirtError:
         pass  # an older libvirt accepts it only during a migration: its default applies
 

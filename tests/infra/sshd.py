@@ -18,7 +18,8 @@ Loopback mode (``host=None``): sshd listens on 127.0.0.1:PORT in this namespace,
 host on ADDR:PORT; since the lab subnet must not be reached from this namespace, the ssh_config
 carries ``ProxyCommand nsenter --net=/run/netns/NS socat STDIO TCP:%h:%p`` (the TCP
 connection is made inside the namespace).  ``hide=[paths]``: every session sees those directories
-empty (a tmpfs in its own mount namespace), as on a host that does not share them.  ``env`` (e.g. ``{"SLURM_CONF": ...}``) is set for
+empty (a tmpfs in its own mount namespace), as on a host that does not share them; ``mask=[files]``:
+sshd and every session see those files empty (e.g. this machine's ~/.bashrc).  ``env`` (e.g. ``{"SLURM_CONF": ...}``) is set for
 every login session through sshd's ``SetEnv``, so ``ssh ... sinfo`` reaches the cluster.
 
 pytest: ``login = login_fixture("infra-l", 21510, cluster="slurm")`` makes a fixture that uses
@@ -43,9 +44,12 @@ class LoginHost:
     """A real sshd reachable as root with a generated key (see the module docstring)."""
 
     def __init__(self, prefix: str, port: int, env: dict[str, str] | None = None,
-                 host: Host | None = None, timeout: float = 30.0, hide: list[Path] | None = None) -> None:
+                 host: Host | None = None, timeout: float = 30.0, hide: list[Path] | None = None,
+                 mask: list[Path] | None = None) -> None:
         self.alias = prefix
         self.hide = [Path(p) for p in hide or []]
+        # files sshd and every session see empty: sshd runs in its own mount namespace with /dev/null over them
+        self.mask = [Path(p) for p in mask or [] if Path(p).is_file()]
         self.port = port
         self.env = env or {}
         self.host = host
@@ -88,6 +92,9 @@ class LoginHost:
             self.write_ssh_config()
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # sshd's privilege-separation dir
             argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.tmp / "sshd_config")]
+            if self.mask:
+                binds = "".join(f"mount --bind /dev/null {shlex.quote(str(p))} && " for p in self.mask)
+                argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{binds}exec {shlex.join(argv)}"]
             log = open(self.tmp / "sshd.log", "ab")
             if self.host:
                 self.proc = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT)
