@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cm.errors import ProviderError
+from cm.ssh import login_options
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SSH_OPTIONS = ("user", "port", "key", "jump", "ssh_config")
@@ -36,17 +37,7 @@ class Controller:
         control = (self.control_dir or Path("/tmp")) / "cm-ssh-%C"
         argv = ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=60",
                 "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR"]
-        opts = self.ssh
-        if opts.get("ssh_config"):
-            argv += ["-F", str(Path(str(opts["ssh_config"])).expanduser())]
-        if opts.get("port"):
-            argv += ["-p", str(opts["port"])]
-        if opts.get("key"):
-            argv += ["-i", str(Path(str(opts["key"])).expanduser()), "-o", "IdentitiesOnly=yes"]
-        if opts.get("jump"):
-            argv += ["-J", str(opts["jump"])]
-        if opts.get("user"):
-            argv += ["-l", str(opts["user"])]
+        argv += login_options(self.ssh)
         return [*argv, "--", self.host]
 
     def disconnect(self) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cm.errors import ConfigError, ProviderError
+from cm.ssh import login_options
 
 LOCAL_HOSTS = {"localhost", "local", "127.0.0.1", "::1"}
 SSH_FAILED = 255  # ssh's own exit status when it could not connect
@@ -78,18 +79,7 @@ class Remote:
         cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(float(conf.get('connect_timeout') or 10))}",
                "-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_dir}/%C", "-o", "ControlPersist=300",
                "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR"]
-        if conf.get("ssh_config"):
-            cmd += ["-F", str(Path(str(conf["ssh_config"])).expanduser())]
-        if conf.get("port"):
-            cmd += ["-p", str(conf["port"])]
-        if conf.get("key"):
-            cmd += ["-i", str(Path(str(conf["key"])).expanduser()), "-o", "IdentitiesOnly=yes"]
-        if conf.get("known_hosts"):  # a cluster cm launched: its nodes' fresh keys, trusted on first contact
-            cmd += ["-o", f"UserKnownHostsFile={conf['known_hosts']}", "-o", "StrictHostKeyChecking=accept-new"]
-        if conf.get("jump"):
-            cmd += ["-J", str(conf["jump"])]
-        if conf.get("user"):
-            cmd += ["-l", str(conf["user"])]
+        cmd += login_options(conf)
         return [*cmd, "--", self.host]
 
     def argv(self, script: str) -> list[str]:
