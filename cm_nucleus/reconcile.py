@@ -36,7 +36,7 @@ def reconcile(service: Service) -> None:
         if jobs is not None:
             for cs in service.active_sets(s):
                 _computeset(service, s, cs, jobs, running)
-        if service.store.version == version and not (s.new or s.dirty or s.deleted):
+        if service.store.version == version and not (s.new or s.dirty or s.deleted or s.info.get("changed")):
             _domains(service, s, running)
 
 

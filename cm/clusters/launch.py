@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from cm import bulk
-from cm.clusters import markers, model, plan, store
+from cm.clusters import markers, model, plan, store, teardown
 from cm.errors import CmError, Unsupported
 from cm.provider import Reservation
 
@@ -71,6 +71,7 @@ class Launch:
             held = self.provider.reserve_addresses([n["name"] for n in nodes], network)
         except CmError as exc:
             self.reserving = False
+            teardown.release_addresses(self.provider, [n["name"] for n in nodes])  # any held before the failure
             if not isinstance(exc, Unsupported):
                 self.ctx.warn(f"cm: could not reserve addresses ({exc}); booting role by role instead")
             return
@@ -81,11 +82,8 @@ class Launch:
         self.save()
 
     def _release(self, node: dict[str, Any]) -> None:
-        if node.get("reserved") and "release_addresses" in type(self.provider).verbs():
-            try:
-                self.provider.release_addresses([node["name"]])
-            except CmError:
-                pass  # cm cluster delete releases it again
+        if node.get("reserved"):
+            teardown.release_addresses(self.provider, [node["name"]])  # on failure cm cluster delete tries again
 
     # -- booting ------------------------------------------------------------------------------
     def _bootable(self) -> list[dict[str, Any]]:

@@ -101,7 +101,8 @@ def launch(ctx: Any, request: Request) -> tuple[dict[str, Any], Any]:
         ctx.warn(f"cm: resuming the interrupted launch of cluster '{cluster['name']}'")
     cluster["simulated"] = provider.simulated
     template = _template(ctx, request.cloud)
-    cluster.setdefault("access", _access(ctx, request.cloud, cluster["name"], template))
+    if "access" not in cluster:  # a resumed launch keeps the access its nodes were booted with
+        cluster["access"] = _access(ctx, request.cloud, cluster["name"], template)
     store.save(ctx, request.cloud, cluster)
     ensure_secgroup(ctx, request.cloud, recipe, cluster)
     engine = Launch(ctx, request.cloud, recipe, cluster, template, request.timeout)

@@ -30,10 +30,10 @@ def delete_vms(ctx: Any, cloud: str, cluster: dict[str, Any], nodes: list[dict[s
     if outcomes.interrupted:  # what was deleted is recorded: a second delete finishes the rest
         raise KeyboardInterrupt
     problems = [f"{name}: {why}" for name, why in failed.items()]
-    return problems + _release(provider, [n["name"] for n in nodes if n["name"] not in failed])
+    return problems + release_addresses(provider, [n["name"] for n in nodes if n["name"] not in failed])
 
 
-def _release(provider: Any, names: list[str]) -> list[str]:
+def release_addresses(provider: Any, names: list[str]) -> list[str]:
     """Drop the addresses reserved for deleted nodes (all of them: an interrupted launch may not have noted one)."""
     if not names or "release_addresses" not in type(provider).verbs():
         return []
@@ -117,12 +117,14 @@ def delete(ctx: Any, cloud: str, name: str) -> list[str]:
 def ssh_access(ctx: Any, cloud: str, cluster: dict[str, Any], user: str | None = None) -> tuple[str, list[str]]:
     """(login name, ssh options) that reach the cluster's nodes: the user and key they were booted with,
     and the cluster's own known-hosts file, unless the user names a login."""
+    from cm.ssh import login_options
+
     access = cluster.get("access") or {}
     login = ctx.value("login", cloud, user) or access.get("user") or "root"
     key = str(access.get("key") or "").removesuffix(".pub")  # the private half of the key the nodes accept
-    identity = ["-i", key] if key and Path(key).is_file() else []
-    known = ["-o", f"UserKnownHostsFile={access['known_hosts']}"] if access.get("known_hosts") else []
-    return login, [*identity, *known, "-o", "StrictHostKeyChecking=accept-new"]
+    options = login_options({"key": key if key and Path(key).is_file() else "",
+                             "known_hosts": access.get("known_hosts")})
+    return login, options if access.get("known_hosts") else [*options, "-o", "StrictHostKeyChecking=accept-new"]
 
 
 def on_head(ctx: Any, cloud: str, cluster: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:

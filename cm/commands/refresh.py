@@ -23,7 +23,7 @@ def run_refresh(ctx: Context, args: Namespace) -> int:
     kinds = list(inventory.FETCHERS) if args.what == "all" else [args.what]
     rows, failed = [], 0
     for cloud in ctx.cloud_names(args):
-        asked = 0  # kinds this cloud was really asked for (not refused up front as Unsupported)
+        asked = False  # whether this cloud was really asked for a kind (not refused up front as Unsupported)
         for number, kind in enumerate(kinds):
             try:
                 with bulk.waiting(f"refreshing {kind} records of {cloud}"):
@@ -36,13 +36,14 @@ def run_refresh(ctx: Context, args: Namespace) -> int:
             except CmError as exc:
                 failed += 1
                 rows.append({"cloud": cloud, "kind": kind, "result": f"failed: {exc}"})
-                rest = listable(ctx, cloud, kinds[number + 1:])
-                if not asked and rest:  # the cloud failed its first answer: do not wait on it again
-                    rows.append({"cloud": cloud, "kind": ", ".join(rest), "result": "skipped"})
-                    break
-                asked += 1
+                if not asked:  # the cloud failed its first answer: do not wait on it again
+                    rest = listable(ctx, cloud, kinds[number + 1:])
+                    if rest:
+                        rows.append({"cloud": cloud, "kind": ", ".join(rest), "result": "skipped"})
+                        break
+                asked = True
                 continue
-            asked += 1
+            asked = True
             rows.append({"cloud": cloud, "kind": kind, "result": result})
     ctx.emit(COLUMNS, rows, args)
     return 1 if failed else 0

@@ -176,6 +176,8 @@ def _migrate(provider: Any, vm: str, node: str, host: str, free: list[str] | Non
             done.append(f"could not move VM {vm} of {node} to free host {there}: {exc}")
             continue
         done.append(f"migrated VM {vm} of {node} from host {host} to free host {there}; its jobs run on")
+        free.remove(there)  # the next VM tries the other free hosts first: spread, not piled on one
+        free.append(there)
         return True
     if free is not None:
         done.append(f"no free host for VM {vm} of {node}: checkpointing it")

@@ -17,7 +17,7 @@ from cm.errors import ProviderError
 from cm.ssh import login_options
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SSH_OPTIONS = ("user", "port", "key", "jump", "ssh_config")
+SSH_OPTIONS = ("user", "port", "key", "jump", "ssh_config", "known_hosts")  # cm.ssh.login_options
 
 
 @dataclass
