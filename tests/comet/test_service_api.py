@@ -160,6 +160,22 @@ def test_computeset_is_a_slurm_job_that_powers_nodes_on_and_off(nucleus, slurm):
     assert all(c["state"] == "shutoff" and c["active_computeset"] is None for c in cluster["computes"])
 
 
+def test_computesets_started_together_all_run_with_their_own_nodes(nucleus, slurm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = nucleus.token()
+    with ThreadPoolExecutor(3) as pool:
+        created = list(pool.map(lambda c: _start(nucleus, token, computes=c).json(), ["vm-vc1-0", "vm-vc1-1",
+                                                                                    "vm-vc1-2"]))
+    started = [_wait_state(nucleus, token, cs["id"], {"running"}) for cs in created]
+    assert sorted(cs["computes"][0]["name"] for cs in started) == ["vm-vc1-0", "vm-vc1-1", "vm-vc1-2"]
+    assert len({cs["computes"][0]["host"] for cs in started}) == 3 and all(
+        cs["computes"][0]["state"] == "active" for cs in started)
+    assert sorted(squeue(slurm).values()) == ["RUNNING"] * 3
+    log = nucleus.log_text()
+    assert all(log.count(f"computeset {cs['id']}: powering on") == 1 for cs in started)  # each node once
+
+
 def test_bad_requests_get_the_api_codes_and_change_nothing(nucleus, slurm):
     token = nucleus.token()
     auth = {"Authorization": f"Token {token}"}
