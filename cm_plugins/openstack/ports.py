@@ -7,14 +7,16 @@ given when the VM goes, so ``release_addresses`` deletes the ports cm made.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cm.bulk import proceed
-from cm.errors import Unsupported
+from cm.errors import ProviderError, Unsupported
 from cm.provider import BootSpec, Reservation
 from cm_plugins.openstack.session import translated
 
 TAG = "cm: reserved address of VM "  # the description of the ports cm makes, so it deletes only its own
+UNBIND_TIMEOUT = 120.0  # Nova unbinds a deleted server's ports when the delete has run through
 
 
 class PortsMixin:
@@ -49,6 +51,24 @@ class PortsMixin:
             out[name] = Reservation(name=name, address=str(port.fixed_ips[0]["ip_address"]), network=net.name,
                                     mac=str(port.mac_address), id=str(port.id))
         return out
+
+    @translated("renew reserved addresses")
+    def renew_addresses(self, held: list[Reservation]) -> None:
+        """A port cm made outlives its VM: wait until Nova has unbound it from the deleted one (deletes finish late)."""
+        neutron = self.service("network")  # type: ignore[attr-defined]
+        for reservation in held:
+            deadline = time.monotonic() + UNBIND_TIMEOUT
+            while True:
+                port = next((p for p in neutron.ports(name=reservation.name) if p.id == reservation.id), None)
+                if port is None or port.description != TAG + reservation.name:
+                    raise ProviderError(f"the port reserved for {reservation.name} ({reservation.address}) is gone")
+                if not port.device_id:
+                    break
+                if time.monotonic() > deadline:
+                    raise ProviderError(f"the port of {reservation.name} ({reservation.address}) is still bound to "
+                                        f"server {port.device_id} after {UNBIND_TIMEOUT:g} s")
+                proceed()
+                time.sleep(0.5)
 
     @translated("release addresses")
     def release_addresses(self, names: list[str]) -> None:
