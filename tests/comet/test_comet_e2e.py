@@ -253,6 +253,20 @@ def test_an_iso_swaps_live_on_a_running_node_and_the_guest_reads_it(cm, world):
     assert not _running(conn, domain)
 
 
+def _free_nodes(service, auth: dict[str, str]) -> None:
+    """End the computesets earlier tests left running, and wait until their nodes are free."""
+    import requests
+
+    def active() -> list[dict]:
+        return requests.get(f"{service.base}/v1/computeset/", headers=auth, timeout=30,
+                            params={"state": ["created", "submitted", "running", "ending"]}).json()
+
+    for cs in active():
+        if cs["state"] in ("submitted", "running"):
+            requests.put(f"{service.base}/v1/computeset/{cs['id']}/shutdown", headers=auth, timeout=30)
+    wait_for("no active computeset", lambda: not active(), 60)
+
+
 def _log_position(text: str, line: str) -> int:
     assert line in text, f"{line!r} not in the service log:\n{text[-3000:]}"
     return text.index(line)
@@ -266,6 +280,7 @@ def test_two_computesets_started_together_power_on_at_the_same_time(world):
     service, conn = world["service"], world["conn"]
     token = service.token()
     auth = {"Authorization": f"Token {token}"}
+    _free_nodes(service, auth)
     names = [f"c{TOKEN}vm-0", f"c{TOKEN}vm-1"]
     created: dict[str, dict] = {}
 
@@ -301,6 +316,7 @@ def test_a_computeset_cancelled_while_its_node_powers_on_leaves_no_guest_and_the
 
     service, conn = world["service"], world["conn"]
     auth = {"Authorization": f"Token {service.token()}"}
+    _free_nodes(service, auth)
     name = f"c{TOKEN}vm-0"
 
     def start() -> dict | str:
