@@ -266,7 +266,7 @@ def together_figures(service: Nucleus, count: int, rounds: int = 3) -> None:
 
     auth = {"Authorization": f"Token {service.token()}"}
 
-    def start_and_wait(node: str) -> float:
+    def start_and_wait(node: str) -> tuple[float, str]:
         t0 = time.perf_counter()
         cs = requests.post(f"{service.base}/v1/computeset/", headers=auth, timeout=60,
                            json={"cluster": "vc1", "computes": node, "walltime_mins": "30"}).json()
@@ -275,29 +275,40 @@ def together_figures(service: Nucleus, count: int, rounds: int = 3) -> None:
             time.sleep(0.02)
         took = time.perf_counter() - t0
         requests.put(f"{service.base}/v1/computeset/{cs['id']}/shutdown", headers=auth, timeout=30)
-        return took
+        return took, str(cs["id"])
 
     def settle() -> None:  # the nodes are free again once their computesets ended
         while requests.get(f"{service.base}/v1/computeset/", headers=auth, timeout=30,
                            params={"state": ["submitted", "running", "ending"]}).json():
             time.sleep(0.2)
 
-    alone, together = [], []
+    alone, together, groups = [], [], []
     for _ in range(rounds):
-        alone.append(start_and_wait("bvm-0"))
+        alone.append(start_and_wait("bvm-0")[0])
         settle()
         with ThreadPoolExecutor(count) as pool:
-            together.append(max(pool.map(start_and_wait, [f"bvm-{i}" for i in range(count)])))
+            results = list(pool.map(start_and_wait, [f"bvm-{i}" for i in range(count)]))
+        together.append(max(t for t, _ in results))
+        groups.append([cid for _, cid in results])
         settle()
     log = (service.config.parent / "service.log").read_text()
-    per_node = [float(m) for m in re.findall(r"computeset \d+: \S+ powered on in ([\d.]+) s", log)]
+    began = service_times(log, r"^computeset (\d+): powering on")
+    done = service_times(log, r"^computeset (\d+): \S+ powered on in", last=True)
     print(f"{count} computesets started at once -> all running, {rounds} rounds "
           f"(load average {os.getloadavg()[0]:.1f}):")
     print(f"  alone     median {statistics.median(alone):.2f} s")
     ratio = statistics.median(together) / statistics.median(alone)
     print(f"  together  median {statistics.median(together):.2f} s   ratio {ratio:.2f}x")
-    if per_node:
-        print(f"  one node's power-on: median {statistics.median(per_node):.2f} s")
+    for ids in groups:
+        if not all(c in began and c in done for c in ids):
+            continue
+        spans = [(done[c] - began[c]).total_seconds() for c in ids]
+        window = (max(done[c] for c in ids) - min(began[c] for c in ids)).total_seconds()
+        spread = (max(began[c] for c in ids) - min(began[c] for c in ids)).total_seconds()
+        overlapped = max(began[c] for c in ids) < min(done[c] for c in ids)
+        print(f"  round: power-ons {', '.join(f'{x:.2f}' for x in spans)} s; first start to last done {window:.2f} s "
+              f"(taking turns: at least {sum(spans):.2f} s); starts spread {spread:.2f} s; "
+              f"{'all overlapped' if overlapped else 'not all overlapped'}")
 
 
 if __name__ == "__main__":
