@@ -333,17 +333,23 @@ def event(service: Service, cs_id: int, secret: str, what: str, job: str, nodes:
         else:
             raise bad(f"unknown event '{what}'")
         answer = {"id": cs.id, "state": cs.state}
-    if claim:  # after the claim's commit, outside the lock: another computeset's start need not wait for libvirt
-        failure = power_on_claimed(service, claim)
-    elif underway is not None:
-        underway.wait(600)
     if claim or underway is not None:
-        with service.store.session() as s:
-            answer = {"id": cs_id, "state": s.get(ComputeSet, cs_id).state}
-            failure = failure or (s.get(ComputeSet, cs_id).message if answer["state"] == "failed" else "")
+        answer, failure = _started_outcome(service, cs_id, claim, underway)
     if failure:  # after the commit: the failed state is kept, and the job's script gives up
         raise ApiError(409, failure)
     return answer
+
+
+def _started_outcome(service: Service, cs_id: int, claim: Claim | None,
+                     underway: threading.Event | None) -> tuple[dict[str, Any], str]:
+    """After the claim's commit, outside the lock (another computeset's start need not wait for libvirt): power
+    the nodes on, or wait for the start already under way; the computeset's state and its failure."""
+    failure = power_on_claimed(service, claim) if claim else ""
+    if underway is not None:
+        underway.wait(600)
+    with service.store.session() as s:
+        cs = s.get(ComputeSet, cs_id)
+        return {"id": cs_id, "state": cs.state}, failure or (cs.message if cs.state == "failed" else "")
 
 
 def end(service: Service, s: Session, cs: ComputeSet) -> None:
