@@ -132,6 +132,7 @@ def test_a_head_that_fails_in_one_wave_boots_again_on_its_own_port_and_the_worke
         cm, cloud):
     before = resources(cloud)
     cloud.fail_next_boot("No valid host was found.", name="c1-head")  # the workers boot with it and do not fail
+    cloud.set_action_delay(1.0)  # Nova deletes late: the new head boots once the failed one is gone
     launched = cm("slurm", "-n", "2", "--name", "c1", "-f", "json")
     assert launched.code == 0, launched.err
     head = rows(launched)[0]

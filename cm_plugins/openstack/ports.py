@@ -1,6 +1,6 @@
 """Addresses fixed before boot on OpenStack: a Neutron port per VM, made first and booted with.
 
-A mixin of :class:`cm_plugins.openstack.provider.OpenStackProvider` (it uses ``service()``,
+A mixin of :class:`cm_plugins.openstack.provider.OpenStackProvider` (it uses ``service()``, ``_servers_named()``,
 ``_network()``, ``_boot_network()`` and ``_group()``).  Nova only unbinds a port it was
 given when the VM goes, so ``release_addresses`` deletes the ports cm made.
 """
@@ -54,7 +54,8 @@ class PortsMixin:
 
     @translated("renew reserved addresses")
     def renew_addresses(self, held: list[Reservation]) -> None:
-        """A port cm made outlives its VM: wait until Nova has unbound it from the deleted one (deletes finish late)."""
+        """A port cm made outlives its VM: wait until Nova has unbound it and the deleted VM is gone (deletes finish
+        late), so a VM of the same name boots on it next."""
         neutron = self.service("network")  # type: ignore[attr-defined]
         for reservation in held:
             deadline = time.monotonic() + UNBIND_TIMEOUT
@@ -62,11 +63,11 @@ class PortsMixin:
                 port = next((p for p in neutron.ports(name=reservation.name) if p.id == reservation.id), None)
                 if port is None or port.description != TAG + reservation.name:
                     raise ProviderError(f"the port reserved for {reservation.name} ({reservation.address}) is gone")
-                if not port.device_id:
+                if not port.device_id and not self._servers_named(reservation.name):  # type: ignore[attr-defined]
                     break
                 if time.monotonic() > deadline:
-                    raise ProviderError(f"the port of {reservation.name} ({reservation.address}) is still bound to "
-                                        f"server {port.device_id} after {UNBIND_TIMEOUT:g} s")
+                    raise ProviderError(f"the VM {reservation.name} (port {reservation.address}) is still being "
+                                        f"deleted after {UNBIND_TIMEOUT:g} s")
                 proceed()
                 time.sleep(0.5)
 
