@@ -1,6 +1,6 @@
 """Benchmarks of the comet client and the Nucleus service on a private Slurm (run on demand, not in tests).
 
-    python benchmarks/comet.py [--clients 50] [--requests 20] [--sets 5] [--qemu]
+    python benchmarks/comet.py [--clients 50] [--requests 20] [--sets 5] [--qemu] [--together 3 [--only-together]]
 
 1. 50 concurrent clients listing clusters and computesets: p50/p99 latency
    (target p99 <= 100 ms), against the same clients fetching the service's
@@ -8,6 +8,8 @@
 2. Slurm starts a computeset's job -> its nodes are powered on (target <= 2 s):
    slurmd's "Launching batch job" to the service's "computeset N running".
 3. `cm comet start` -> nodes running, and where the time goes.
+4. --together N: N one-node computesets started at the same moment -> all running,
+   against one started alone (the baseline, same run), and how their power-ons overlapped.
 With --qemu the nodes are real QEMU guests on the system libvirtd (the e2e guest).
 """
 
@@ -120,6 +122,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="requests per client")
     parser.add_argument("--sets", type=int, default=5, help="computesets started for the start-latency figures")
     parser.add_argument("--qemu", action="store_true", help="real QEMU guests on the system libvirtd")
+    parser.add_argument("--together", type=int, default=0, help="computesets started at once (at most 3)")
+    parser.add_argument("--only-together", action="store_true", help="skip the listing and start figures")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cm-comet-bench-"))
     work.chmod(0o755)
@@ -139,8 +143,11 @@ def main() -> None:
         config = write_config(work / "service", port, slurm.client_env, hosts, domain_xml=template,
                               computes="bvm-[0-3]", compute_hosts="n[1-3]")
         service = Nucleus(config, port).start()
-        latency(service, args)
-        start_figures(service, slurm, work, args)
+        if not args.only_together:
+            latency(service, args)
+            start_figures(service, slurm, work, args)
+        if args.together:
+            together_figures(service, min(args.together, 3))
     finally:
         if service:
             service.stop()
@@ -251,6 +258,57 @@ def start_figures(service: Nucleus, slurm: SlurmCluster, work: Path, args: argpa
     t0 = time.perf_counter()
     subprocess.run(start, env=env, capture_output=True)
     print(f"  (of which starting cm itself: `cm --version` {time.perf_counter() - t0:.2f} s)")
+
+
+def together_figures(service: Nucleus, count: int, rounds: int = 3) -> None:
+    """Computesets started at the same moment, each of one node on its own host, against one alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    auth = {"Authorization": f"Token {service.token()}"}
+
+    def start_and_wait(node: str) -> tuple[float, str]:
+        t0 = time.perf_counter()
+        cs = requests.post(f"{service.base}/v1/computeset/", headers=auth, timeout=60,
+                           json={"cluster": "vc1", "computes": node, "walltime_mins": "30"}).json()
+        while requests.get(f"{service.base}/v1/computeset/{cs['id']}/", headers=auth,
+                           timeout=30).json()["state"] != "running":
+            time.sleep(0.02)
+        took = time.perf_counter() - t0
+        requests.put(f"{service.base}/v1/computeset/{cs['id']}/shutdown", headers=auth, timeout=30)
+        return took, str(cs["id"])
+
+    def settle() -> None:  # the nodes are free again once their computesets ended
+        while requests.get(f"{service.base}/v1/computeset/", headers=auth, timeout=30,
+                           params={"state": ["submitted", "running", "ending"]}).json():
+            time.sleep(0.2)
+
+    alone, together, groups = [], [], []
+    for _ in range(rounds):
+        alone.append(start_and_wait("bvm-0")[0])
+        settle()
+        with ThreadPoolExecutor(count) as pool:
+            results = list(pool.map(start_and_wait, [f"bvm-{i}" for i in range(count)]))
+        together.append(max(t for t, _ in results))
+        groups.append([cid for _, cid in results])
+        settle()
+    log = (service.config.parent / "service.log").read_text()
+    began = service_times(log, r"^computeset (\d+): powering on")
+    done = service_times(log, r"^computeset (\d+): \S+ powered on in", last=True)
+    print(f"{count} computesets started at once -> all running, {rounds} rounds "
+          f"(load average {os.getloadavg()[0]:.1f}):")
+    print(f"  alone     median {statistics.median(alone):.2f} s")
+    ratio = statistics.median(together) / statistics.median(alone)
+    print(f"  together  median {statistics.median(together):.2f} s   ratio {ratio:.2f}x")
+    for ids in groups:
+        if not all(c in began and c in done for c in ids):
+            continue
+        spans = [(done[c] - began[c]).total_seconds() for c in ids]
+        window = (max(done[c] for c in ids) - min(began[c] for c in ids)).total_seconds()
+        spread = (max(began[c] for c in ids) - min(began[c] for c in ids)).total_seconds()
+        overlapped = max(began[c] for c in ids) < min(done[c] for c in ids)
+        print(f"  round: power-ons {', '.join(f'{x:.2f}' for x in spans)} s; first start to last done {window:.2f} s "
+              f"(taking turns: at least {sum(spans):.2f} s); starts spread {spread:.2f} s; "
+              f"{'all overlapped' if overlapped else 'not all overlapped'}")
 
 
 if __name__ == "__main__":

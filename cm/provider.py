@@ -253,6 +253,11 @@ class Provider:
         """Drop the reservations made for ``names`` (those that are left; the VMs may be gone already)."""
         raise self._unsupported("release addresses")
 
+    def renew_addresses(self, held: list[Reservation]) -> None:
+        """Make each reservation hold again, unchanged (same address, and MAC or port), once its VM is deleted,
+        so a replacement VM of the same name boots on it; raise if one cannot be had back."""
+        raise self._unsupported("renew reserved addresses")
+
     # -- images, flavors, keys -------------------------------------------------
     def list_images(self) -> list[Image]:
         raise self._unsupported("list images")

@@ -82,6 +82,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     listings: dict[tuple[Any, ...], bytes] = {}  # (store version, *listing_key) -> JSON; fastpath reads it too
     app.state.listings = listings
+    # what the fast path and the routes each answered: an operator (and the tests) can see the cache work
+    metrics = {"listings_from_fastpath": 0, "listings_from_cache": 0, "listings_built": 0}
+    app.state.metrics = metrics
     building = asyncio.Lock()
 
     async def cached(key: tuple[Any, ...], build) -> Response:
@@ -93,9 +96,12 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
                 body = listings.get((version, *key))
                 if body is None:
                     body = json.dumps(await run_in_threadpool(build)).encode()
+                    metrics["listings_built"] += 1
                     if len(listings) > 256:
                         listings.clear()
                     listings[(version, *key)] = body
+                    return Response(body, media_type="application/json")
+        metrics["listings_from_cache"] += 1
         return Response(body, media_type="application/json")
 
     top = APIRouter(prefix=base)
@@ -115,6 +121,14 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         if scheme.lower() == "token" and token.strip():
             auth.logout(token.strip())
         return {"detail": "Successfully logged out."}
+
+    @top.get("/metrics", response_class=PlainTextResponse)
+    def metrics_text() -> str:
+        """The counters in Prometheus' text format (no user data: counts only)."""
+        lines = []
+        for name, value in metrics.items():
+            lines += [f"# TYPE nucleus_{name}_total counter", f"nucleus_{name}_total {value}"]
+        return "\n".join(lines) + "\n"
 
     @top.get("/getkey")
     def getkey(request: Request) -> Any:

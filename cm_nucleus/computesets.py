@@ -7,12 +7,13 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cm_nucleus.core import ACTIVE_STATES, JOB_PREFIX, ApiError, Service, bad, log
+from cm_nucleus.core import ACTIVE_STATES, JOB_PREFIX, ApiError, PowerOn, Service, bad, log
 from cm_nucleus.hypervisor import HypervisorError
 from cm_nucleus.slurm import FINAL, SlurmError, holder_script
 from cm_nucleus.store import ComputeSet, Node
@@ -168,11 +169,18 @@ def on_each(nodes: list[Node], action: Any) -> list[str]:
 
 
 def timed_power_on(service: Service, node: Node, why: str) -> None:
-    """Power one node on, logging when it began and how long libvirt took (the benchmark reads these lines)."""
+    """Power one node on (under the lock), logging when it began and how long libvirt took."""
+    plan = service.power_plan(node)
+    timed(service, plan, why)
+    node.domain, node.power, node.want_on = plan.domain, "active", 1
+
+
+def timed(service: Service, plan: PowerOn, why: str) -> None:
+    """Create one domain, logging when it began and how long libvirt took (the benchmark reads these lines)."""
     began = time.monotonic()
-    log.info("%s: powering on %s on %s", why, node.name, node.host)
-    service.power_on(node)
-    log.info("%s: %s powered on in %.2f s", why, node.name, time.monotonic() - began)
+    log.info("%s: powering on %s on %s", why, plan.name, plan.host)
+    service.hv.power_on(plan.uri, plan.domain, plan.xml)
+    log.info("%s: %s powered on in %.2f s", why, plan.name, time.monotonic() - began)
 
 
 def _try(action: Any, node: Node) -> str:
@@ -183,23 +191,94 @@ def _try(action: Any, node: Node) -> str:
         return str(exc)
 
 
-def start_nodes(service: Service, s: Session, cs: ComputeSet, given: list[str]) -> None:
-    """The job runs on ``given``: power every node on there (a failure fails the computeset)."""
+@dataclass
+class Claim:
+    """A computeset's power-on, claimed under the lock and done outside it."""
+
+    cs_id: int
+    plans: list[PowerOn]
+    after: list[threading.Event]  # power-ons of the same nodes by a computeset that ended meanwhile
+
+
+def start_nodes(service: Service, s: Session, cs: ComputeSet, given: list[str]) -> Claim | None:
+    """Under the lock: the job runs on ``given``, so place the nodes there and claim their power-on.
+
+    Returns what ``power_on_claimed`` then does outside the lock (None: the computeset failed),
+    so two computesets starting at once power their nodes on at the same time."""
     nodes = nodes_by_key(s, cs.cluster)
     try:
         cs.hosts = assign(service, cs, given)
     except HypervisorError as exc:
         _fail(service, s, cs, str(exc))
-        return
+        return None
     members = [nodes[k] for k in cs.nodes]
     for node in members:
         node.host = cs.hosts[node.key]
-    errors = on_each(members, lambda node: timed_power_on(service, node, f"computeset {cs.id}"))
-    if errors:
-        _fail(service, s, cs, "; ".join(errors))
-        return
+    keys = [f"{cs.cluster}/{k}" for k in cs.nodes]
+    after = [service.starting[c] for c in {service.powering[k] for k in keys if k in service.powering}]
+    service.starting[cs.id] = threading.Event()
+    service.powering.update(dict.fromkeys(keys, cs.id))
+    return Claim(cs.id, [service.power_plan(n) for n in members], after)
+
+
+def power_on_claimed(service: Service, claim: Claim) -> str:
+    """Outside the lock: create the claimed domains at once, then record the outcome under it; the failure."""
+    cs_id, plans = claim.cs_id, claim.plans
+    failed: dict[str, str] = {}
+
+    def one(plan: PowerOn) -> None:
+        try:
+            timed(service, plan, f"computeset {cs_id}")
+        except HypervisorError as exc:
+            failed[plan.key] = str(exc)
+            raise
+
+    try:
+        for earlier in claim.after:  # that one powers its domain off again unless it is ours by then
+            earlier.wait(600)
+        on_each(plans, one)
+    finally:
+        with service.lock:
+            try:
+                with service.store.session() as s:
+                    failure = _record_start(service, s, s.get(ComputeSet, cs_id), plans, failed)
+            finally:
+                for key in (f"{p.cluster}/{p.key}" for p in plans):
+                    if service.powering.get(key) == cs_id:
+                        del service.powering[key]
+                service.starting.pop(cs_id).set()
+    return failure
+
+
+def _record_start(service: Service, s: Session, cs: ComputeSet, plans: list[PowerOn], failed: dict[str, str]) -> str:
+    """The state after the power-on, checked again: a computeset ended meanwhile gets its new domains off."""
+    if cs.state != "submitted":  # cancelled, ended or reconciled while libvirt worked
+        busy = service.busy(s, cs.cluster)
+        for plan in plans:
+            other = busy.get(plan.key)
+            host = other.hosts.get(plan.key) if other is not None and other.id != cs.id else None
+            if plan.key in failed:
+                log.info("computeset %s is %s: %s did not power on (%s)", cs.id, cs.state, plan.name, failed[plan.key])
+                continue
+            if host and service.settings.hosts[host] == plan.uri:
+                continue  # the computeset that claimed the node since wants it there: it is theirs now
+            log.info("computeset %s is %s: powering %s off again", cs.id, cs.state, plan.name)
+            try:
+                service.hv.power_off(plan.uri, plan.domain)
+            except HypervisorError as exc:
+                log.warning("computeset %s: %s", cs.id, exc)
+        return ""
+    nodes = nodes_by_key(s, cs.cluster)
+    for plan in plans:
+        if plan.key not in failed:
+            node = nodes[plan.key]
+            node.domain, node.power, node.want_on = plan.domain, "active", 1
+    if failed:
+        _fail(service, s, cs, "; ".join(failed[p.key] for p in plans if p.key in failed))
+        return cs.message
     cs.state, cs.start_time = "running", time.time()
-    log.info("computeset %s running on %s", cs.id, ",".join(given))
+    log.info("computeset %s running on %s", cs.id, ",".join(sorted(set(cs.hosts.values()))))
+    return ""
 
 
 def stop_nodes(service: Service, s: Session, cs: ComputeSet) -> None:
@@ -228,7 +307,7 @@ def event(service: Service, cs_id: int, secret: str, what: str, job: str, nodes:
 
     import hostlist
 
-    failure = ""
+    failure, claim, underway = "", None, None
     with service.lock, service.store.session() as s:
         cs = s.get(ComputeSet, cs_id)
         if cs is None or not hmac.compare_digest(cs.secret, secret or ""):
@@ -236,25 +315,41 @@ def event(service: Service, cs_id: int, secret: str, what: str, job: str, nodes:
         if job and cs.job_id and job != cs.job_id:
             raise ApiError(409, f"computeset {cs_id} belongs to job {cs.job_id}, not {job}")
         if what == "started":
+            underway = service.starting.get(cs.id)  # a retried callback, or the reconciler was first
             if cs.state == "running":
                 return {"id": cs.id, "state": cs.state}  # the reconciler saw the job run first
-            if cs.state != "submitted":
+            if underway is None and cs.state != "submitted":
                 raise ApiError(409, f"computeset {cs_id} is {cs.state}")
-            try:
-                given = hostlist.expand_hostlist(nodes)
-            except hostlist.BadHostlist:
-                raise bad(f"malformed hostlist '{nodes}'") from None
-            start_nodes(service, s, cs, given)
-            failure = "" if cs.state == "running" else cs.message
+            if underway is None:
+                try:
+                    given = hostlist.expand_hostlist(nodes)
+                except hostlist.BadHostlist:
+                    raise bad(f"malformed hostlist '{nodes}'") from None
+                claim = start_nodes(service, s, cs, given)
+                failure = cs.message if claim is None else ""
         elif what == "ending":
             if cs.state in ("submitted", "running"):
                 end(service, s, cs)
         else:
             raise bad(f"unknown event '{what}'")
         answer = {"id": cs.id, "state": cs.state}
+    if claim or underway is not None:
+        answer, failure = _started_outcome(service, cs_id, claim, underway)
     if failure:  # after the commit: the failed state is kept, and the job's script gives up
         raise ApiError(409, failure)
     return answer
+
+
+def _started_outcome(service: Service, cs_id: int, claim: Claim | None,
+                     underway: threading.Event | None) -> tuple[dict[str, Any], str]:
+    """After the claim's commit, outside the lock (another computeset's start need not wait for libvirt): power
+    the nodes on, or wait for the start already under way; the computeset's state and its failure."""
+    failure = power_on_claimed(service, claim) if claim else ""
+    if underway is not None:
+        underway.wait(600)
+    with service.store.session() as s:
+        cs = s.get(ComputeSet, cs_id)
+        return {"id": cs_id, "state": cs.state}, failure or (cs.message if cs.state == "failed" else "")
 
 
 def end(service: Service, s: Session, cs: ComputeSet) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,6 +34,19 @@ def bad(message: str) -> ApiError:
     return ApiError(400, message)
 
 
+@dataclass(frozen=True)
+class PowerOn:
+    """One node's power-on, as plain values: the node (cluster, key, name, host) and its domain (URI, name, XML)."""
+
+    cluster: str
+    key: str
+    name: str
+    host: str
+    uri: str
+    domain: str
+    xml: str
+
+
 class Service:
     """The running service; routes and background work reach everything through it."""
 
@@ -48,6 +62,11 @@ class Service:
         # so a Slurm callback, a request and the reconciler never interleave.
         self.lock = threading.RLock()
         self.stopping = threading.Event()
+        # Computesets whose nodes libvirt is powering on outside the lock (id -> set when done), and those
+        # nodes ("cluster/key" -> that computeset): the reconciler neither starts them again nor powers them off
+        # meanwhile, and a computeset claiming such a node next waits for that power-on to be recorded.
+        self.starting: dict[int, threading.Event] = {}
+        self.powering: dict[str, int] = {}
 
     # -- lookups ------------------------------------------------------------------------
     def user(self, name: str) -> User:
@@ -100,8 +119,8 @@ class Service:
     def console_log(self, domain: str) -> str:
         return str(self.settings.console_dir / f"{domain}.log")
 
-    def power_on(self, node: Node) -> None:
-        """Create the node's domain on its host (node.host set) from the cluster's template."""
+    def power_plan(self, node: Node) -> PowerOn:
+        """What powering the node on (node.host set) takes, read from the database so libvirt can work unlocked."""
         from cm_nucleus.hypervisor import domain_xml
 
         spec = self.spec(node.cluster, node.key)
@@ -112,8 +131,13 @@ class Service:
                          cluster=node.cluster, memory=spec.memory, cpus=spec.cpus, mac=mac(node.cluster, node.key),
                          console_log=self.console_log(domain), iso_path=iso,
                          domain_type="test" if uri.startswith("test:") else "qemu")
-        self.hv.power_on(uri, domain, xml)
-        node.domain, node.power, node.want_on = domain, "active", 1
+        return PowerOn(node.cluster, node.key, node.name, node.host, uri, domain, xml)
+
+    def power_on(self, node: Node) -> None:
+        """Create the node's domain on its host (node.host set) from the cluster's template."""
+        plan = self.power_plan(node)
+        self.hv.power_on(plan.uri, plan.domain, plan.xml)
+        node.domain, node.power, node.want_on = plan.domain, "active", 1
 
     def power_off(self, node: Node) -> None:
         if node.domain:

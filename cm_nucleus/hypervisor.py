@@ -29,9 +29,12 @@ class Hypervisors:
     def __init__(self) -> None:
         self._conns: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._opening: dict[str, threading.Lock] = {}  # per URI: a slow host does not hold up the others
 
     def conn(self, uri: str) -> Any:
         with self._lock:
+            opening = self._opening.setdefault(uri, threading.Lock())
+        with opening:
             conn = self._conns.get(uri)
             if conn is not None:
                 try:
@@ -44,7 +47,8 @@ class Hypervisors:
                 conn = libvirt.open(uri)
             except libvirt.libvirtError as exc:
                 raise HypervisorError(f"{uri}: {exc.get_error_message()}") from exc
-            self._conns[uri] = conn
+            with self._lock:
+                self._conns[uri] = conn
             return conn
 
     def _domain(self, uri: str, name: str) -> Any | None:

@@ -13,7 +13,7 @@ import time
 
 from sqlalchemy import select
 
-from cm_nucleus.computesets import on_each, end, nodes_by_key, start_nodes, timed_power_on
+from cm_nucleus.computesets import Claim, end, nodes_by_key, on_each, power_on_claimed, start_nodes, timed_power_on
 from cm_nucleus.core import JOB_PREFIX, Service, log
 from cm_nucleus.hypervisor import HypervisorError
 from cm_nucleus.slurm import FINAL, SlurmError
@@ -32,21 +32,29 @@ def reconcile(service: Service) -> None:
     # states and power-offs come from it only if no computeset or node changed since, else at the next pass
     version = service.store.version
     running = _running(service)
+    claims: list[Claim | None] = []
     with service.lock, service.store.session() as s:
         if jobs is not None:
-            for cs in service.active_sets(s):
-                _computeset(service, s, cs, jobs, running)
+            claims = [_computeset(service, s, cs, jobs, running) for cs in service.active_sets(s)]
         if service.store.version == version and not (s.new or s.dirty or s.deleted or s.info.get("changed")):
             _domains(service, s, running)
+    for claim in filter(None, claims):  # claimed above and committed: libvirt works outside the lock
+        failure = power_on_claimed(service, claim)
+        if failure:
+            log.warning("reconcile: computeset %s: %s", claim.cs_id, failure)
 
 
-def _computeset(service: Service, s, cs: ComputeSet, jobs: dict, running: dict[str, set[str] | None]) -> None:
+def _computeset(service: Service, s, cs: ComputeSet, jobs: dict,
+                running: dict[str, set[str] | None]) -> Claim | None:
+    """Bring one active computeset in line with its job; the power-ons it claimed (to run after the lock)."""
+    if cs.id in service.starting:
+        return None  # its nodes are being powered on right now; the start records the outcome
     if cs.state == "created":
         name = f"{JOB_PREFIX}{cs.cluster}-cs{cs.id}"
         found = [j for j in jobs.values() if j.name == name]
         if not found:
             cs.state, cs.message, cs.end_time = "failed", "the service stopped before submitting the job", time.time()
-            return
+            return None
         cs.job_id, cs.state = found[0].id, "submitted"
     job = jobs.get(cs.job_id)
     state = job.state if job else None
@@ -54,7 +62,7 @@ def _computeset(service: Service, s, cs: ComputeSet, jobs: dict, running: dict[s
         import hostlist
 
         log.info("reconcile: computeset %s runs without its start callback", cs.id)
-        start_nodes(service, s, cs, hostlist.expand_hostlist(job.nodes))
+        return start_nodes(service, s, cs, hostlist.expand_hostlist(job.nodes))
     elif state == "RUNNING" and cs.state == "running":
         nodes = nodes_by_key(s, cs.cluster)
         gone = [nodes[key] for key in cs.nodes if nodes[key].want_on and not _alive(service, nodes[key], running)]
@@ -68,6 +76,7 @@ def _computeset(service: Service, s, cs: ComputeSet, jobs: dict, running: dict[s
             end(service, s, cs)
         elif cs.state == "ending" and state is None:
             end(service, s, cs)  # the finisher died with the old process
+    return None
 
 
 def _alive(service: Service, node: Node, running: dict[str, set[str] | None]) -> bool:
@@ -93,8 +102,8 @@ def _domains(service: Service, s, running: dict[str, set[str] | None]) -> None:
     member = {key for cs in service.active_sets(s) if cs.state == "running" for key in [f"{cs.cluster}/{k}" for k in
                                                                                          cs.nodes]}
     for node in s.scalars(select(Node)):
-        if node.cluster not in service.settings.clusters:
-            continue
+        if node.cluster not in service.settings.clusters or f"{node.cluster}/{node.key}" in service.powering:
+            continue  # a node being powered on is not seen yet in ``running``: its start records it
         spec = service.spec(node.cluster, node.key) if _configured(service, node) else None
         if spec is None:
             continue

@@ -128,6 +128,39 @@ def test_a_node_that_fails_to_boot_is_replaced_with_an_address_of_its_own_and_th
     assert resources(cloud) == before
 
 
+def test_a_head_that_fails_in_one_wave_boots_again_on_its_own_port_and_the_workers_configuration_stays_right(
+        cm, cloud):
+    before = resources(cloud)
+    cloud.fail_next_boot("No valid host was found.", name="c1-head")  # the workers boot with it and do not fail
+    cloud.set_action_delay(1.0)  # Nova deletes late: the new head boots once the failed one is gone
+    launched = cm("slurm", "-n", "2", "--name", "c1", "-f", "json")
+    assert launched.code == 0, launched.err
+    head = rows(launched)[0]
+    assert f"c1-head failed (went to ERROR: No valid host was found.); booting it again on its reserved address " \
+           f"{head['address']}" in launched.err
+    nodes = rows(cm("cluster", "nodes", "c1", "--all", "-f", "json"))
+    assert [(n["name"], n["state"]) for n in nodes] == [
+        ("c1-head", "failed"), ("c1-head", "ready"), ("c1-worker1", "ready"), ("c1-worker2", "ready")]
+    assert nodes[0]["address"] == nodes[1]["address"] == head["address"]
+    # one port per node, made once: the new head is bound to the port the failed one had
+    assert cloud.request_count("POST", r"/v2.0/ports$") == 3
+    servers = {s["name"]: s for s in cloud.servers()}
+    assert sorted(servers) == ["c1-head", "c1-worker1", "c1-worker2"]
+    ports = {p["name"]: p for p in cloud.state.ports.values()
+             if p.get("description", "").startswith("cm: reserved address")}
+    assert ports["c1-head"]["device_id"] == servers["c1-head"]["id"]
+    assert ports["c1-head"]["fixed_ips"][0]["ip_address"] == head["address"]
+    import base64
+
+    worker = base64.b64decode(servers["c1-worker1"]["user_data"]).decode()
+    assert "SlurmctldHost=c1-head\n" in worker and f"      {head['address']} c1-head\n" in worker
+    timeline = rows(cm("cluster", "timeline", "c1", "-f", "json"))
+    assert [(r["node"], r["state"]) for r in timeline][:2] == [("c1-head", "failed"), ("c1-head", "ready")]
+    assert timeline[0]["ready"] == "" and timeline[1]["requested"] >= timeline[0]["created"]
+    assert cm("cluster", "delete", "c1").code == 0
+    assert resources(cloud) == before
+
+
 def test_every_worker_failing_to_configure_fails_fast_naming_the_node_and_why(cm, cloud, cm_home):
     import time
 
@@ -312,14 +345,16 @@ def test_a_node_never_ready_fails_at_the_timeout_and_is_replaced_once(cm, cloud,
     assert cm("cluster", "delete", "q1").code == 0 and cloud.servers() == []
 
 
-def test_a_head_that_fails_after_its_workers_booted_fails_the_cluster_instead_of_stranding_them(cm, cloud, cm_home):
+def test_a_head_that_keeps_failing_after_its_workers_booted_is_retried_on_its_address_then_fails_the_cluster(
+        cm, cloud, cm_home):
     user_recipe(cm_home, "headless", "{{ marker.ready }}", replace=1)
     (cm_home / "launchers" / "headless" / "head.j2").write_text("#cloud-config\nfinal_message: \"no marker\"\n")
     launched = cm("launcher", "run", "headless", "-n", "1", "--name", "h2", "--timeout", "1.5")
     assert launched.code == 1
+    assert launched.err.count("h2-head failed (not ready 1.5 s after it started running); booting it again") == 1
     assert "cluster 'h2' is failed: every head node failed: h2-head not ready 1.5 s after it started running" \
         in launched.err
-    assert "replacing" not in launched.err  # its worker already has its address
+    assert "replacing" not in launched.err  # never under another name: its worker has its name and address
     assert cm("cluster", "delete", "h2").code == 0 and cloud.servers() == []
 
 

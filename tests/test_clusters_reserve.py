@@ -65,3 +65,33 @@ def test_a_cloud_whose_vms_are_on_no_network_cannot_reserve_and_still_launches(l
     assert [n["state"] for n in json.loads(launched.out)] == ["running", "running"]
     assert "reserve" not in launched.err
     assert cm("cluster", "delete", "s2", "--cloud", "bare").code == 0
+
+
+def test_a_deleted_nodes_address_is_renewed_with_its_mac_and_ip_and_refused_once_another_took_it(local, cm_home):
+    """What the launcher does for a failed head that workers were given the address of: delete, renew, boot again."""
+    import pytest
+
+    from cm.errors import ProviderError
+    from cm.provider import Reservation
+    from cm_plugins.kvm.provider import KvmProvider
+
+    cm = local
+    assert cm("slurm", "-n", "1", "--name", "s1").code == 0
+    mac, ip = dhcp_hosts(cm_home)["s1-head"]
+    held = Reservation(name="s1-head", address=ip, network="default", mac=mac)
+    provider = KvmProvider("local", {"uri": "test:///default", "pool": "default", "network": "default"})
+    provider.state_dir = cm_home
+    try:
+        provider.delete_vm("s1-head")
+        assert "s1-head" not in dhcp_hosts(cm_home)  # a deleted VM's entry goes with it
+        provider.renew_addresses([held])
+        provider.renew_addresses([held])  # already held: nothing to do
+        assert dhcp_hosts(cm_home)["s1-head"] == (mac, ip)
+        other = Reservation(name="s1-other", address=ip, network="default", mac="52:54:00:aa:bb:cc")
+        with pytest.raises(ProviderError, match=rf"the address {ip} of s1-other was given to another entry "
+                                                rf"\(s1-head {mac} {ip}\) meanwhile"):
+            provider.renew_addresses([other])
+    finally:
+        provider.close()
+    assert cm("cluster", "delete", "s1").code == 0
+    assert dhcp_hosts(cm_home) == {}

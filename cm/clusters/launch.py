@@ -2,8 +2,10 @@
 (cloud-init, no ssh loop) through their consoles, replace failures, and keep the record.
 
 Where the cloud can fix addresses ahead of boot (``Provider.reserve_addresses``), every node
-gets its address first and all roles boot in one wave; otherwise a role that ``needs``
-another boots once that one has addresses (a wave per dependency).
+gets its address first and all roles boot in one wave; a failed node that others were given
+the address of (the head) boots again under its name on its reservation
+(``Provider.renew_addresses``).  Otherwise a role that ``needs`` another boots once that
+one has addresses (a wave per dependency).
 
 Every step is written to the mirror as it happens, so Ctrl-C or ``kill -9`` leaves a
 record that ``cm cluster delete`` cleans up and that a second launch resumes.
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cm import bulk
 from cm.clusters import markers, model, plan, store, teardown
-from cm.errors import CmError, Unsupported
+from cm.errors import CmError, NotFound, Unsupported
 from cm.provider import Reservation
 
 if TYPE_CHECKING:
@@ -134,12 +136,18 @@ class Launch:
     def _failed(self, node: dict[str, Any], why: str) -> None:
         """Mark the node failed, delete its VM, and plan a replacement while attempts remain."""
         model.fail(node, why)
-        if node["times"].get("created"):
+        gone = not node["times"].get("created")
+        if not gone:
             try:
                 self.provider.delete_vm(node["name"])
-                node["deleted"] = True
+                node["deleted"] = gone = True
+            except NotFound:
+                gone = True
             except CmError:
                 pass  # cm cluster delete tries again
+        if node["attempt"] < self.replace and self._depended_on(node):
+            if gone and self._replace_on_reservation(node, why):
+                return
         self._release(node)
         if node["attempt"] < self.replace and not self._depended_on(node):
             base = node["replaces"] or node["name"]
@@ -148,6 +156,24 @@ class Launch:
             nodes = self.cluster["nodes"]
             nodes.insert(nodes.index(node) + 1, new)  # beside the one it replaces: the head stays first
             self.ctx.warn(f"cm: {node['name']} failed ({why}); replacing it with {new['name']}")
+
+    def _replace_on_reservation(self, node: dict[str, Any], why: str) -> bool:
+        """Boot a node that others were given the address of again, under its name on its reservation (MAC and IP,
+        or port): the nodes configured with its name and address stay right.  False where that cannot be."""
+        if not node.get("reserved") or "renew_addresses" not in type(self.provider).verbs():
+            return False
+        try:
+            self.provider.renew_addresses([Reservation(**node["reserved"])])
+        except CmError as exc:
+            self.ctx.warn(f"cm: {node['name']} failed ({why}) and its address cannot be had back ({exc})")
+            return False
+        new = model.new_node(node["name"], node["role"], node["attempt"] + 1, node["replaces"] or node["name"])
+        new["address"], new["reserved"] = node["address"], node["reserved"]
+        node["replaced_by"] = new["name"]
+        nodes = self.cluster["nodes"]
+        nodes.insert(nodes.index(node) + 1, new)
+        self.ctx.warn(f"cm: {node['name']} failed ({why}); booting it again on its reserved address {node['address']}")
+        return True
 
     def _depended_on(self, node: dict[str, Any]) -> bool:
         """True once nodes that were given this node's address have booted: a replacement would strand them."""

@@ -108,6 +108,18 @@ def reserve(net: Any, names: list[str], leases: list[str]) -> dict[str, Reservat
     return out
 
 
+def renew(net: Any, held: Reservation) -> None:
+    """Put the host entry (MAC, IP, name) of ``held`` back on ``net``, unless it is there; refuse if taken since."""
+    entry = {"mac": held.mac, "name": held.name, "ip": held.address}
+    for other in hosts(net):
+        if other == entry:
+            return
+        if other["name"] == held.name or other["ip"] == held.address or other["mac"].lower() == held.mac.lower():
+            raise ProviderError(f"the address {held.address} of {held.name} was given to another entry "
+                                f"({other['name']} {other['mac']} {other['ip']}) meanwhile")
+    net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, SECTION, -1, _host_xml(entry), _flags(net))
+
+
 def release(net: Any, names: set[str] | None = None, macs: set[str] | None = None) -> int:
     """Delete the host entries with one of ``names`` or ``macs``; return how many went."""
     gone = 0
@@ -162,6 +174,18 @@ class AddressVerbs:
             return [lease["ipaddr"] for lease in net.DHCPLeases() or []]
         except libvirt.libvirtError:
             return []  # a network without dnsmasq leases: host entries are all there is
+
+    def renew_addresses(self, held: list[Reservation]) -> None:
+        """Put the DHCP host entries back that deleting their VMs dropped: a replacement gets the same MAC and IP."""
+        with self.hv.use("renew reserved addresses", write=True) as conn:
+            for reservation in held:
+                try:
+                    net = conn.networkLookupByName(reservation.network)
+                except libvirt.libvirtError as exc:
+                    raise ProviderError(f"network '{reservation.network}' of {reservation.name}'s address: "
+                                        f"{exc.get_error_message()}") from exc
+                proceed()
+                renew(net, reservation)
 
     def release_addresses(self, names: list[str]) -> None:
         """Delete the DHCP host entries named ``names`` from every network of the hypervisor."""

@@ -1,20 +1,22 @@
 """Addresses fixed before boot on OpenStack: a Neutron port per VM, made first and booted with.
 
-A mixin of :class:`cm_plugins.openstack.provider.OpenStackProvider` (it uses ``service()``,
+A mixin of :class:`cm_plugins.openstack.provider.OpenStackProvider` (it uses ``service()``, ``_servers_named()``,
 ``_network()``, ``_boot_network()`` and ``_group()``).  Nova only unbinds a port it was
 given when the VM goes, so ``release_addresses`` deletes the ports cm made.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cm.bulk import proceed
-from cm.errors import Unsupported
+from cm.errors import ProviderError, Unsupported
 from cm.provider import BootSpec, Reservation
 from cm_plugins.openstack.session import translated
 
 TAG = "cm: reserved address of VM "  # the description of the ports cm makes, so it deletes only its own
+UNBIND_TIMEOUT = 120.0  # Nova unbinds a deleted server's ports when the delete has run through
 
 
 class PortsMixin:
@@ -49,6 +51,25 @@ class PortsMixin:
             out[name] = Reservation(name=name, address=str(port.fixed_ips[0]["ip_address"]), network=net.name,
                                     mac=str(port.mac_address), id=str(port.id))
         return out
+
+    @translated("renew reserved addresses")
+    def renew_addresses(self, held: list[Reservation]) -> None:
+        """A port cm made outlives its VM: wait until Nova has unbound it and the deleted VM is gone (deletes finish
+        late), so a VM of the same name boots on it next."""
+        neutron = self.service("network")  # type: ignore[attr-defined]
+        for reservation in held:
+            deadline = time.monotonic() + UNBIND_TIMEOUT
+            while True:
+                port = next((p for p in neutron.ports(name=reservation.name) if p.id == reservation.id), None)
+                if port is None or port.description != TAG + reservation.name:
+                    raise ProviderError(f"the port reserved for {reservation.name} ({reservation.address}) is gone")
+                if not port.device_id and not self._servers_named(reservation.name):  # type: ignore[attr-defined]
+                    break
+                if time.monotonic() > deadline:
+                    raise ProviderError(f"the VM {reservation.name} (port {reservation.address}) is still being "
+                                        f"deleted after {UNBIND_TIMEOUT:g} s")
+                proceed()
+                time.sleep(0.5)
 
     @translated("release addresses")
     def release_addresses(self, names: list[str]) -> None:

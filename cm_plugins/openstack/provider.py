@@ -401,6 +401,9 @@ class OpenStackProvider(PortsMixin, NetworkingMixin, ImagesMixin, Provider):
         self._release_ips_of(server["id"], delete_ours=True, only_ours=True)
         proceed()  # abandoned meanwhile: the VM stays
         self.service("compute").delete_server(server["id"])
+        with self._lock:
+            if self._taken is not None:
+                self._taken[1].discard(name)  # a VM of this name may be booted again (a replacement on its port)
 
     @translated("rename the VM")
     def rename_vm(self, old: str, new: str) -> VM:

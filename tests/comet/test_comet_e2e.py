@@ -251,3 +251,102 @@ def test_an_iso_swaps_live_on_a_running_node_and_the_guest_reads_it(cm, world):
     assert cm("comet", "terminate", str(cs["id"])).code == 0
     wait_for("the job gone from squeue", lambda: cs["job_id"] not in squeue(slurm), 60)
     assert not _running(conn, domain)
+
+
+def _free_nodes(service, auth: dict[str, str]) -> None:
+    """End the computesets earlier tests left running, and wait until their nodes are free."""
+    import requests
+
+    def active() -> list[dict]:
+        return requests.get(f"{service.base}/v1/computeset/", headers=auth, timeout=30,
+                            params={"state": ["created", "submitted", "running", "ending"]}).json()
+
+    for cs in active():
+        if cs["state"] in ("submitted", "running"):
+            requests.put(f"{service.base}/v1/computeset/{cs['id']}/shutdown", headers=auth, timeout=30)
+    wait_for("no active computeset", lambda: not active(), 60)
+
+
+def _log_position(text: str, line: str) -> int:
+    assert line in text, f"{line!r} not in the service log:\n{text[-3000:]}"
+    return text.index(line)
+
+
+def test_two_computesets_started_together_power_on_at_the_same_time(world):
+    import threading
+
+    import requests
+
+    service, conn = world["service"], world["conn"]
+    token = service.token()
+    auth = {"Authorization": f"Token {token}"}
+    _free_nodes(service, auth)
+    names = [f"c{TOKEN}vm-0", f"c{TOKEN}vm-1"]
+    created: dict[str, dict] = {}
+
+    def start(name: str) -> None:
+        created[name] = requests.post(f"{service.base}/v1/computeset/", headers=auth, timeout=60,
+                                      json={"cluster": "vc1", "computes": name, "walltime_mins": "30"}).json()
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    def state(cs_id: int) -> str:
+        return requests.get(f"{service.base}/v1/computeset/{cs_id}/", headers=auth, timeout=30).json()["state"]
+
+    ids = [created[n]["id"] for n in names]
+    wait_for("both computesets running", lambda: all(state(i) == "running" for i in ids), BOOT_TIMEOUT)
+    assert all(_running(conn, f"vc1-{n}") for n in names)
+    log = service.log.read_text()
+    began = [_log_position(log, f"computeset {i}: powering on {n}") for i, n in zip(ids, names)]
+    done = [_log_position(log, f"computeset {i}: {n} powered on in") for i, n in zip(ids, names)]
+    assert max(began) < min(done), log[-3000:]  # each began before the other was done: they overlapped
+    for cs_id in ids:
+        assert requests.put(f"{service.base}/v1/computeset/{cs_id}/shutdown", headers=auth,
+                            timeout=30).status_code == 200
+    wait_for("both cancelled", lambda: all(state(i) == "cancelled" for i in ids), 60)
+    assert not any(_running(conn, f"vc1-{n}") for n in names)
+
+
+def test_a_computeset_cancelled_while_its_node_powers_on_leaves_no_guest_and_the_next_gets_the_node(world):
+    import requests
+
+    service, conn = world["service"], world["conn"]
+    auth = {"Authorization": f"Token {service.token()}"}
+    _free_nodes(service, auth)
+    name = f"c{TOKEN}vm-0"
+
+    def start() -> dict | str:
+        return requests.post(f"{service.base}/v1/computeset/", headers=auth, timeout=60,
+                             json={"cluster": "vc1", "computes": name, "walltime_mins": "30"}).json()
+
+    def shown(cs_id: int) -> dict:
+        return requests.get(f"{service.base}/v1/computeset/{cs_id}/", headers=auth, timeout=30).json()
+
+    first = start()
+    wait_for("the first power-on under way", lambda: f"computeset {first['id']}: powering on {name}"
+             in service.log.read_text(), 60, 0.02)
+    # the service's lock is free while QEMU starts (seconds under TCG): the cancel is answered meanwhile
+    assert requests.put(f"{service.base}/v1/computeset/{first['id']}/shutdown", headers=auth,
+                        timeout=30).json()["state"] == "ending"
+    # its power-on, checked again once libvirt was done, found it ended: it powered the new guest off again, or
+    # (the cancel destroyed the guest while QEMU started) recorded that the guest never came up
+    ended = (f"computeset {first['id']} is ending: powering {name} off again",
+             f"computeset {first['id']} is ending: {name} did not power on")
+    wait_for("the first power-on's outcome", lambda: any(line in service.log.read_text() for line in ended), 60)
+    wait_for("the first cancelled", lambda: shown(first["id"])["state"] == "cancelled", 60)
+    log = service.log.read_text()
+    assert not _running(conn, f"vc1-{name}")
+    assert shown(first["id"])["computes"][0]["state"] == "shutoff"
+    second = start()  # the node is free again, and powers on once, for the new computeset
+    assert isinstance(second, dict), second
+    wait_for("the second running", lambda: shown(second["id"])["state"] == "running", BOOT_TIMEOUT)
+    assert _running(conn, f"vc1-{name}") and shown(second["id"])["computes"][0]["state"] == "active"
+    assert service.log.read_text().count(f"powering on {name}") == log.count(f"powering on {name}") + 1
+    assert requests.put(f"{service.base}/v1/computeset/{second['id']}/shutdown", headers=auth,
+                        timeout=30).status_code == 200
+    wait_for("the second cancelled", lambda: shown(second["id"])["state"] == "cancelled", 60)
+    assert not _running(conn, f"vc1-{name}")

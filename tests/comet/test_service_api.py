@@ -45,10 +45,21 @@ def test_login_logout_and_tokens(nucleus):
     assert requests.get(f"{nucleus.base}/v1/cluster/", timeout=30).status_code == 401
 
 
+def _served(nucleus) -> dict[str, int]:
+    """The service's counters of listings: answered by the fast path, from the routes' cache, built."""
+    text = requests.get(f"{nucleus.base}/metrics", timeout=30).text
+    return {line.split()[0][len("nucleus_"):-len("_total")]: int(line.split()[1])
+            for line in text.splitlines() if line.startswith("nucleus_")}
+
+
 def test_cached_listings_answer_each_user_their_own_and_only_known_tokens(nucleus, slurm):
     alice, bob = nucleus.token("alice"), nucleus.token("bob")
+    before = _served(nucleus)
     first, again = _get(nucleus, "cluster/", alice), _get(nucleus, "cluster/", alice)  # built, then from the cache
     assert first.status_code == again.status_code == 200 and first.content == again.content
+    after = _served(nucleus)
+    assert after["listings_built"] == before["listings_built"] + 1
+    assert after["listings_from_fastpath"] == before["listings_from_fastpath"] + 1  # the wrapper answered the second
     assert again.headers["content-type"] == "application/json"
     assert [c["name"] for c in again.json()] == ["vc1"]
     assert [c["name"] for c in _get(nucleus, "cluster/", bob).json()] == ["vc1", "vc2"]
@@ -62,9 +73,35 @@ def test_cached_listings_answer_each_user_their_own_and_only_known_tokens(nucleu
     for token in (alice[:-1] + ("0" if alice[-1] != "0" else "1"), ""):  # one wrong character; none
         refused = _get(nucleus, "cluster/", token)
         assert refused.status_code == 401 and "detail" in refused.json()
+    _wait_state(nucleus, alice, started["id"], {"running"})  # no change pending: the listing stays cached
+    assert _get(nucleus, "cluster/", alice).status_code == 200
+    listed = _served(nucleus)
+    assert _get(nucleus, "cluster/", alice).status_code == 200 and _served(nucleus)["listings_from_fastpath"] == \
+        listed["listings_from_fastpath"] + 1  # cached for alice now
     requests.post(f"{nucleus.base}/rest-auth/logout/", headers={"Authorization": f"Token {alice}"}, timeout=30)
+    refused = _get(nucleus, "cluster/", alice)
+    assert refused.status_code == 401 and refused.json() == {"detail": "Invalid token."}
     assert _get(nucleus, "computeset/", alice, params=running).status_code == 401
+    assert _served(nucleus)["listings_from_fastpath"] == listed["listings_from_fastpath"] + 1  # not from the cache
     assert _get(nucleus, "cluster/", bob).status_code == 200
+
+
+def test_an_expired_token_is_refused_though_its_listing_is_cached(private_dir, slurm, test_hosts):
+    from tests.comet.nucleus import serving
+
+    with serving(private_dir / "short", slurm, test_hosts, extra={"token_ttl": 3}) as nucleus:
+        old = nucleus.token()
+        assert _get(nucleus, "cluster/", old).status_code == 200  # built and cached
+        hits = _served(nucleus)["listings_from_fastpath"]
+        assert _get(nucleus, "cluster/", old).status_code == 200
+        assert _served(nucleus)["listings_from_fastpath"] == hits + 1
+        time.sleep(3.2)
+        expired = _get(nucleus, "cluster/", old)
+        assert expired.status_code == 401 and expired.json() == {"detail": "Token has expired."}
+        assert _served(nucleus)["listings_from_fastpath"] == hits + 1
+        fresh = _get(nucleus, "cluster/", nucleus.token())  # the listing is still cached: a new token gets it so
+        assert fresh.status_code == 200 and _served(nucleus)["listings_from_fastpath"] == hits + 2
+        assert _get(nucleus, "cluster/", old).status_code == 401  # and the expired one stays refused
 
 
 def test_password_is_stored_hashed_only(nucleus):
@@ -121,6 +158,22 @@ def test_computeset_is_a_slurm_job_that_powers_nodes_on_and_off(nucleus, slurm):
     assert wait_for("job gone", lambda: cs["job_id"] not in squeue(slurm) or None, 30) is True
     cluster = _get(nucleus, "cluster/vc1/", token).json()
     assert all(c["state"] == "shutoff" and c["active_computeset"] is None for c in cluster["computes"])
+
+
+def test_computesets_started_together_all_run_with_their_own_nodes(nucleus, slurm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = nucleus.token()
+    with ThreadPoolExecutor(3) as pool:
+        created = list(pool.map(lambda c: _start(nucleus, token, computes=c).json(), ["vm-vc1-0", "vm-vc1-1",
+                                                                                    "vm-vc1-2"]))
+    started = [_wait_state(nucleus, token, cs["id"], {"running"}) for cs in created]
+    assert sorted(cs["computes"][0]["name"] for cs in started) == ["vm-vc1-0", "vm-vc1-1", "vm-vc1-2"]
+    assert len({cs["computes"][0]["host"] for cs in started}) == 3 and all(
+        cs["computes"][0]["state"] == "active" for cs in started)
+    assert sorted(squeue(slurm).values()) == ["RUNNING"] * 3
+    log = nucleus.log_text()
+    assert all(log.count(f"computeset {cs['id']}: powering on") == 1 for cs in started)  # each node once
 
 
 def test_bad_requests_get_the_api_codes_and_change_nothing(nucleus, slurm):

@@ -16,7 +16,7 @@ Control surface of ``FakeOpenStack`` (all thread-safe, effective at once):
   set_build_delay(s), set_create_delay(s), set_action_delay(s)
   inject_fault(method, path_regex, status=500, count=1, message=None)
   drop_connection(method, path_regex, count=1), inject_latency(s, method, path_regex)
-  clear_faults(), fail_next_boot(message, code=500, count=1), corrupt_next_upload(count=1)
+  clear_faults(), fail_next_boot(message, code=500, count=1, name=''), corrupt_next_upload(count=1)
   set_quota(instances=.., cores=.., ram=.., key_pairs=.., floatingip=.., security_group=..)
   add_server_directly(name, flavor=, image=, network=, status=) -> id
   add_keypair_directly(name, public_key), expire_tokens()

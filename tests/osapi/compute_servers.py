@@ -142,8 +142,8 @@ def create_server(req: Request) -> Response:
             s["hints"] = hints
             _attach_ports(st, s, net_reqs, sg_ids, t)
             failure = compute_groups.place(st, group, s)
-            if failure is None and st.boot_failures:
-                failure = st.boot_failures.pop(0)
+            if failure is None:
+                failure = _next_boot_failure(st, sname)
             _schedule_build(st, s, failure)
             if first is None:
                 first = s
@@ -227,6 +227,14 @@ def _schedule_build(st: State, s: dict[str, Any], failure: dict[str, Any] | None
         apply(s, s["created"])
     else:
         s["pending"] = {"at": s["created"] + delay, "apply": apply}
+
+
+def _next_boot_failure(st: State, name: str) -> dict[str, Any] | None:
+    """The first queued boot fault meant for any server or for one of this name (it is used up)."""
+    for i, fault in enumerate(st.boot_failures):
+        if fault.get("name", "") in ("", name):
+            return st.boot_failures.pop(i)
+    return None
 
 
 def _attach_ports(st: State, s: dict[str, Any], net_reqs: list[dict[str, Any]],

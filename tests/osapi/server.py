@@ -173,12 +173,12 @@ class FakeOpenStack:
             return sum(x["seconds"] for x in self.state.latency if _applies(x, method, path))
 
     def fail_next_boot(self, message: str = DEFAULT_BOOT_FAULT, code: int = 500,
-                       count: int = 1, details: str = "") -> None:
-        """The next ``count`` servers created go BUILD -> ERROR with this fault."""
+                       count: int = 1, details: str = "", name: str = "") -> None:
+        """The next ``count`` servers created (named ``name``, if given) go BUILD -> ERROR with this fault."""
         with self.state.lock:
             for _ in range(count):
                 self.state.boot_failures.append({"message": message, "code": code,
-                                                 "details": details})
+                                                 "details": details, "name": name})
 
     # ------------------------------------------------------------ quotas
     def set_quota(self, **limits: int) -> None:
