@@ -55,7 +55,8 @@ def _io(path: str) -> int:
 
 
 def find_pids(uuids: set[str]) -> dict[str, int]:
-    """The QEMU pid of each domain UUID, by its ``-uuid`` argument; a UUID two processes carry is left out."""
+    """The QEMU pid of each domain UUID, by its ``-uuid`` argument (0: two processes carry it, as while a
+    domain migrates between two daemons of this machine)."""
     wanted = {f"-uuid\0{u}\0".encode(): u for u in uuids}
     found: dict[str, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -71,7 +72,7 @@ def find_pids(uuids: set[str]) -> dict[str, int]:
         for key, uuid in wanted.items():
             if key in cmdline:
                 found.setdefault(uuid, []).append(int(entry))
-    return {u: pids[0] for u, pids in found.items() if len(pids) == 1}  # two during a migration on this machine
+    return {u: pids[0] if len(pids) == 1 else 0 for u, pids in found.items()}
 
 
 def domain_cgroup(pid: int) -> Path | None:

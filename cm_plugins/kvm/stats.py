@@ -179,6 +179,8 @@ class LocalDomains:
             return
         pids = find_pids({uuid for (uuid, _id), _dom in new})
         for key, dom in new:
+            if pids.get(key[0]) == 0:
+                continue  # which is it? libvirt answers this round, and it is looked for again next round
             try:
                 self.qemus[key] = Qemu.find(pids[key[0]], dom.XMLDesc()) if key[0] in pids else None
             except (OSError, ValueError, IndexError, libvirt.libvirtError):
