@@ -34,8 +34,9 @@ STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | l
 RUNNING = libvirt.VIR_DOMAIN_RUNNING
 ACTIVE = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
 BALLOON, BLOCK = libvirt.VIR_DOMAIN_STATS_BALLOON, libvirt.VIR_DOMAIN_STATS_BLOCK
+INTERFACE = libvirt.VIR_DOMAIN_STATS_INTERFACE
 MEMORY_EVERY = 5.0  # seconds between balloon reads of a directly read domain (the guest's view changes slowly)
-BLOCK_EVERY = 30.0  # seconds between block reads of a domain whose disks stood still
+BLOCK_EVERY = 30.0  # seconds between block reads of a domain whose disks stood still (and NIC count checks)
 SLACK = 0.25  # a round a little early still counts as due
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 
@@ -164,6 +165,9 @@ class LocalDomains:
                     if record.get("state.state") == RUNNING:
                         found.append(from_record(dom.name(), record, when, host))
                     continue
+                qemu = self.qemus.get(key)
+                if flags & INTERFACE and qemu is not None and record.get("net.count", 0) != len(qemu.taps):
+                    self.qemus.pop(key)  # a NIC came or went: its taps are read from the XML again next round
                 kept = self.kept.setdefault(key, {})
                 if flags & BLOCK:  # the disk list may have changed: drop the old figures
                     for old in [k for k in kept if k.startswith("block.")]:
@@ -203,7 +207,9 @@ class LocalDomains:
         # a disk that moved is read this round and the next (QEMU counts a request a moment after its bytes)
         if qemu.disk_moved:
             moving.add(key)
-        if key in moving or key in self.moving or self._due(key, BLOCK, BLOCK_EVERY):
+        if self._due(key, BLOCK, BLOCK_EVERY):
+            flags |= BLOCK | INTERFACE
+        elif key in moving or key in self.moving:
             flags |= BLOCK
         return flags
 
