@@ -89,6 +89,7 @@ def test_the_collector_outlives_the_command_and_stops_cleanly(cm, cm_process, cm
     status = json.loads(cm("monitor", "status", "-f", "json").out)
     assert status["running"] is True and status["pid"] == collector
     assert status["targets"] == "local: mon1,mon2,mon3" and status["samples"] >= 6
+    assert status["sampling"].startswith("local: ") and "balloon statistics every 5 s" in status["sampling"]
     again = cm_process("monitor", "start", "mon1")
     assert again.code == 1 and "already runs" in one_error_line(again)
     stopped = cm_process("monitor", "stop")

@@ -15,8 +15,8 @@ HELP = "Monitor VMs and hosts: collect samples, show dashboards, learn workload 
 EXAMPLE = "cm monitor start mycluster --interval 1s"
 
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-STATUS_COLUMNS = ["running", "pid", "interval", "retention", "targets", "samples", "nodes", "last_sample", "store",
-                  "store_size"]
+STATUS_COLUMNS = ["running", "pid", "interval", "retention", "targets", "sampling", "samples", "nodes", "last_sample",
+                  "store", "store_size"]
 
 
 def seconds(text: str, what: str = "duration") -> float:
@@ -63,10 +63,25 @@ def status(ctx, args: Namespace) -> None:
         record = {"running": pid is not None, "pid": pid or "", "interval": conf.get("interval", ""),
                   "retention": conf.get("retention", ""),
                   "targets": ", ".join(f"{c}: {','.join(n)}" for c, n in conf.get("targets", {}).items()),
+                  "sampling": "; ".join(f"{c}: {_sampling(ctx, c)}" for c in conf.get("targets", {})),
                   "samples": store.count(), "nodes": len(store.nodes()),
                   "last_sample": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last / 1000)) if last else "",
                   "store": str(store.path), "store_size": _size(store.path)}
     ctx.emit_one(record, args)
+
+
+def _sampling(ctx, cloud: str) -> str:
+    """How the collector reads a cloud's VMs: what its provider says, else the guests over ssh."""
+    from cm.errors import CmError
+    from cm.plugins import provider_class
+
+    try:
+        kind = provider_class(ctx.config.cloud(cloud)["kind"])
+    except (CmError, KeyError):
+        return "unknown (the cloud is gone)"
+    if "vm_stats" not in kind.verbs():
+        return "each guest's /proc over ssh every interval"
+    return getattr(kind, "SAMPLING", "") or "the hypervisor's statistics every interval"
 
 
 def _size(path) -> int:

@@ -2,13 +2,13 @@
 
 Run as ``python -m cm.monitoring.collector HOME`` by ``cm monitor start``
 (see :mod:`cm.monitoring.daemon`); it reads its targets from
-``HOME/monitor/collector.json``, writes its pid file, and on SIGTERM or SIGINT
-finishes the round in flight, removes the pid file and exits 0.
+``HOME/monitor/collector.json`` (taking over what `start` staged), writes its
+pid file, and on SIGTERM or SIGINT finishes the round in flight, removes the
+pid file and exits 0.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cm.monitoring.daemon import take_settings
 from cm.monitoring.sample import between
 from cm.monitoring.store import Store, path_in
 from cm.provider import VMStats
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> int:
     home = Path(argv[0])
     os.environ["CM_HOME"] = str(home)
     monitor = home / "monitor"
-    settings = json.loads((monitor / "collector.json").read_text())
+    settings = take_settings(monitor)
     collector = Collector(home, settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: collector.stop.set())

@@ -6,6 +6,7 @@ so it outlives the `cm monitor start` that started it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from cm import detached
 from cm.errors import Conflict
 
 MODULE = "cm.monitoring.collector"
+STAGED = "collector.next.json"  # settings of a collector being started
 
 
 def monitor_dir(home: Path) -> Path:
@@ -37,14 +39,29 @@ def settings(home: Path) -> dict[str, Any]:
 
 def start(home: Path, targets: dict[str, list[str]], interval: float, retention: float,
           wait: float = 30.0) -> int:
-    """Start the collector; return its pid once it runs (it writes its pid file after loading)."""
-    pid = running_pid(home)
-    if pid is not None:
-        raise Conflict(f"the collector already runs (pid {pid}); `cm monitor stop` first")
+    """Start the collector; return its pid once it runs (it writes its pid file after loading).
+
+    Its settings are staged beside ``collector.json``, which the new collector takes over as it
+    starts: a collector that already runs (detached.start refuses then) keeps its own.
+    """
     folder = monitor_dir(home)
-    (folder / "collector.json").write_text(json.dumps({"targets": targets, "interval": interval,
-                                                       "retention": retention, "started": time.time()}))
-    return detached.start(folder, "collector", MODULE, [str(home)], home, wait)
+    staged = folder / STAGED
+    staged.write_text(json.dumps({"targets": targets, "interval": interval, "retention": retention,
+                                  "started": time.time()}))
+    try:
+        return detached.start(folder, "collector", MODULE, [str(home)], home, wait)
+    except Conflict as exc:
+        raise Conflict(f"{exc}; `cm monitor stop` first") from None
+    finally:
+        staged.unlink(missing_ok=True)  # taken over by a collector that started
+
+
+def take_settings(folder: Path) -> dict[str, Any]:
+    """The settings `start` staged, now this collector's (``collector.json``), else the ones it has."""
+    settings = Path(folder) / "collector.json"
+    with contextlib.suppress(FileNotFoundError):
+        (Path(folder) / STAGED).replace(settings)
+    return json.loads(settings.read_text())
 
 
 def stop(home: Path, wait: float = 30.0) -> int | None:

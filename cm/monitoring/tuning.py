@@ -53,7 +53,10 @@ def least_loaded_host(store: Any, cloud: str, run: dict[str, Any]) -> tuple[str,
         count, cpu = store.summary(host["id"], run["start"], run["end"])[:2]
         if count:
             loads.append((cpu / 100, host["name"]))
-    return (min(loads)[1], min(loads)[0]) if loads else None
+    if not loads:
+        return None
+    cpu, name = min(loads)
+    return name, cpu
 
 
 def suggest(ctx: Any, args: Namespace, run: dict[str, Any], verdict: dict[str, Any],

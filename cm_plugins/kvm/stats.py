@@ -1,10 +1,18 @@
 """Monitoring verbs of the kvm provider: libvirt's domain statistics, the host's, live vCPU and balloon changes.
 
 ``getAllDomainStats`` answers for every running domain in one call (about 5 ms
-per guest under TCG).  libvirt's test hypervisor answers it with ``state.*``
-only, so there the per-domain calls fill in (their numbers are made up).  A cloud
-that lists ``hosts:`` has each of them sampled (named as listed there), and a VM
-migrated to another of them is read where it runs.
+per guest under TCG), but costs libvirtd about 1.5 ms of CPU per guest.  So on a
+hypervisor of this machine (``stats: auto``, the default) CPU, vCPU, NIC and RSS
+counters are read from the kernel (:mod:`cm_plugins.kvm.direct`); libvirt is
+asked each round only which domains run, for the balloon's statistics every
+``MEMORY_EVERY`` seconds (carried in between), and for block counters while a
+disk moves (and at least every ``BLOCK_EVERY`` seconds).  A domain whose QEMU
+cannot be read so is read wholly through libvirt, as are remote hosts and every
+host of a cloud with ``stats: libvirt``.  libvirt's test hypervisor answers
+``getAllDomainStats`` with ``state.*`` only, so there the per-domain calls fill
+in (their numbers are made up).  A cloud that lists ``hosts:`` has each of them
+sampled (named as listed there), and a VM migrated to another of them is read
+where it runs.
 """
 
 from __future__ import annotations
@@ -15,14 +23,21 @@ from typing import Any
 
 import libvirt
 
-from cm.errors import Conflict, ProviderError
+from cm.errors import ConfigError, Conflict, ProviderError
 from cm.provider import VMStats
 from cm_plugins.kvm import checkpoint
 from cm_plugins.kvm.connection import is_local_uri
+from cm_plugins.kvm.direct import Qemu, find_pids
 
 STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
          | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
 RUNNING = libvirt.VIR_DOMAIN_RUNNING
+ACTIVE = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+BALLOON, BLOCK = libvirt.VIR_DOMAIN_STATS_BALLOON, libvirt.VIR_DOMAIN_STATS_BLOCK
+INTERFACE = libvirt.VIR_DOMAIN_STATS_INTERFACE
+MEMORY_EVERY = 5.0  # seconds between balloon reads of a directly read domain (the guest's view changes slowly)
+BLOCK_EVERY = 30.0  # seconds between block reads of a domain whose disks stood still (and NIC count checks)
+SLACK = 0.25  # a round a little early still counts as due
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 
 
@@ -109,6 +124,104 @@ def read_domains(conn: libvirt.virConnect, names: set[str], host: str,
     return found
 
 
+class LocalDomains:
+    """The domains of a hypervisor on this machine, read from the kernel where it can, and what that remembers."""
+
+    def __init__(self) -> None:
+        self.qemus: dict[tuple[str, int], Qemu | None] = {}  # (UUID, domain id) -> its QEMU, None: libvirt only
+        self.kept: dict[tuple[str, int], dict[str, Any]] = {}  # libvirt's last balloon.* and block.* figures
+        self.asked: dict[tuple[tuple[str, int], int], float] = {}  # (domain, stats) -> when libvirt was asked
+        self.moving: set[tuple[str, int]] = set()  # domains whose disks moved in the last round
+
+    def read(self, conn: libvirt.virConnect, names: set[str], host: str) -> list[VMStats]:
+        """Counters of the running domains among ``names``, as :func:`read_domains` gives them."""
+        when = time.time()
+        running = [dom for dom, record in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, ACTIVE)
+                   if dom.name() in names and record.get("state.state") == RUNNING]
+        keys = {(dom.UUIDString(), dom.ID()): dom for dom in running}
+        for gone in set(self.qemus) - set(keys):
+            self.qemus.pop(gone)
+            self.kept.pop(gone, None)
+            for stats in (BALLOON, BLOCK):
+                self.asked.pop((gone, stats), None)
+        self._find([(key, dom) for key, dom in keys.items() if key not in self.qemus])
+        direct: dict[tuple[str, int], dict[str, Any]] = {}
+        asks: dict[int, list[libvirt.virDomain]] = {}
+        moving: set[tuple[str, int]] = set()
+        for key, dom in keys.items():
+            flags = self._direct(key, direct, moving)
+            if flags:
+                asks.setdefault(flags, []).append(dom)
+        self.moving = moving
+        found = []
+        for flags, doms in asks.items():
+            try:
+                answers = conn.domainListGetStats(doms, flags)
+            except libvirt.libvirtError:
+                continue  # a domain stopped meanwhile: the others come back next round
+            for dom, record in answers:
+                key = (dom.UUIDString(), dom.ID())
+                if key not in direct:
+                    if record.get("state.state") == RUNNING:
+                        found.append(from_record(dom.name(), record, when, host))
+                    continue
+                qemu = self.qemus.get(key)
+                if flags & INTERFACE and qemu is not None and record.get("net.count", 0) != len(qemu.taps):
+                    self.qemus.pop(key)  # a NIC came or went: its taps are read from the XML again next round
+                kept = self.kept.setdefault(key, {})
+                if flags & BLOCK:  # the disk list may have changed: drop the old figures
+                    for old in [k for k in kept if k.startswith("block.")]:
+                        kept.pop(old)
+                kept.update({k: v for k, v in record.items() if k.startswith(("balloon.", "block."))})
+        for key, record in direct.items():
+            found.append(from_record(keys[key].name(), {**self.kept.get(key, {}), **record}, when, host))
+        return found
+
+    def _find(self, new: list[tuple[tuple[str, int], libvirt.virDomain]]) -> None:
+        """Find the QEMU of each newly seen domain (one pass over /proc for them all)."""
+        if not new:
+            return
+        pids = find_pids({uuid for (uuid, _id), _dom in new})
+        for key, dom in new:
+            if pids.get(key[0]) == 0:
+                continue  # which is it? libvirt answers this round, and it is looked for again next round
+            try:
+                self.qemus[key] = Qemu.find(pids[key[0]], dom.XMLDesc()) if key[0] in pids else None
+            except (OSError, ValueError, IndexError, libvirt.libvirtError):
+                self.qemus[key] = None
+
+    def _direct(self, key: tuple[str, int], direct: dict[tuple[str, int], dict[str, Any]],
+                moving: set[tuple[str, int]]) -> int:
+        """Read one domain from the kernel into ``direct`` (into ``moving`` if its disks did I/O);
+        return the stats libvirt must still give."""
+        qemu = self.qemus.get(key)
+        if qemu is None:
+            return STATS
+        try:
+            record = qemu.read()
+        except (OSError, KeyError, ValueError, IndexError, StopIteration):
+            self.qemus.pop(key)  # looked for again next round; libvirt answers this one
+            return STATS
+        direct[key] = record
+        flags = BALLOON if self._due(key, BALLOON, MEMORY_EVERY) else 0
+        # a disk that moved is read this round and the next (QEMU counts a request a moment after its bytes)
+        if qemu.disk_moved:
+            moving.add(key)
+        if self._due(key, BLOCK, BLOCK_EVERY):
+            flags |= BLOCK | INTERFACE
+        elif key in moving or key in self.moving:
+            flags |= BLOCK
+        return flags
+
+    def _due(self, key: tuple[str, int], stats: int, every: float) -> bool:
+        """Whether libvirt's ``stats`` of a domain are ``every`` seconds old (then they are asked now)."""
+        now = time.monotonic()
+        due = (key, stats) not in self.asked or now - self.asked[(key, stats)] >= every - SLACK
+        if due:
+            self.asked[(key, stats)] = now
+        return due
+
+
 def read_host(conn: libvirt.virConnect, local: bool, name: str) -> VMStats:
     """The hypervisor host: CPU and memory through libvirt (remote hosts too), disks and NICs from /proc here."""
     if local:
@@ -128,17 +241,22 @@ class StatsVerbs:
     """The monitoring and live-tuning verbs, mixed into the kvm provider (which has ``hv`` and ``_domain``)."""
 
     hv: Any
+    SAMPLING = (f"on this machine's hypervisor (stats: auto) CPU, vCPUs, NICs, RSS from /proc every interval, "
+                f"balloon statistics every {MEMORY_EVERY:g} s (carried between), disks through libvirt while they "
+                f"move (else every {BLOCK_EVERY:g} s); elsewhere or with stats: libvirt all through libvirt "
+                "every interval")
 
     def vm_stats(self, names: list[str]) -> list[VMStats]:
         wanted = set(names)
         with self.hv.use("read VM statistics") as conn:
             test = self.hv.is_test
-            found = read_domains(conn, wanted, self._host_name(conn, self.hv.uri),
-                                 self.__dict__.setdefault("_devices", {}) if test else None)
+            host = self._host_name(conn, self.hv.uri)
+            found = (read_domains(conn, wanted, host, self.__dict__.setdefault("_devices", {})) if test
+                     else self._read(conn, self.hv.uri, wanted, host))
         missing = wanted - {s.name for s in found}
-        for host, _uri, conn in ([] if test or not missing else self._other_hosts()):
+        for host, uri, conn in ([] if test or not missing else self._other_hosts()):
             try:  # VMs migrated to another host of the cloud are read there
-                found += read_domains(conn, missing, host)
+                found += self._read(conn, uri, missing, host)
             except libvirt.libvirtError:
                 continue  # that host does not answer now: its VMs come back with it
             missing -= {s.name for s in found}
@@ -155,6 +273,16 @@ class StatsVerbs:
             except libvirt.libvirtError:
                 continue
         return hosts
+
+    def _read(self, conn: libvirt.virConnect, uri: str, names: set[str], host: str) -> list[VMStats]:
+        """The domains of one host: from the kernel where it is this machine (``stats: auto``), else libvirt's."""
+        source = self.config.get("stats") or "auto"  # type: ignore[attr-defined]
+        if source not in ("auto", "libvirt"):
+            raise ConfigError(f"stats: {source}: use auto (the kernel's counters where it can) or libvirt")
+        if source == "libvirt" or not is_local_uri(uri):
+            return read_domains(conn, names, host)
+        readers: dict[str, LocalDomains] = self.__dict__.setdefault("_local_domains", {})
+        return readers.setdefault(uri, LocalDomains()).read(conn, names, host)
 
     def _host_name(self, conn: libvirt.virConnect, uri: str) -> str:
         """The host's name in the cloud's ``hosts:`` (what `cm vm migrate --to` takes), else its hostname."""

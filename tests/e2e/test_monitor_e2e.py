@@ -242,3 +242,41 @@ def test_vcpu_hot_add_through_the_contract_and_the_samples_follow(monitored, lab
         assert time.monotonic() < deadline, rows[-3:]
         time.sleep(1)
     assert len(rows[-1]["vcpu"].split(";")) == 2
+
+
+def test_the_kernels_counters_equal_libvirts(monitored, lab):
+    """On this machine the counters come from /proc and the cgroup: each lies between libvirt's read just
+    before and just after (counters only grow), for every guest, CPU, vCPU, NIC and disk alike."""
+    from cm_plugins.kvm.provider import KvmProvider
+    from cm_plugins.kvm.stats import STATS, from_record
+
+    conn = lab["daemon"].connect()
+
+    def libvirts() -> dict:
+        return {d.name(): from_record(d.name(), r, 0, "") for d, r in conn.getAllDomainStats(STATS)}
+
+    provider = KvmProvider("lab", {"uri": lab["daemon"].uri, "pool": "default", "network": "default"})
+    provider.state_dir = monitored["home"]
+    try:
+        for round_ in range(4):  # the first round asks libvirt for balloon and block, the later ones mostly not
+            before = libvirts()
+            direct = {s.name: s for s in provider.vm_stats(list(GUESTS))}
+            after = libvirts()
+            assert set(direct) == set(GUESTS)
+            for name, got in direct.items():
+                lo, hi = before[name], after[name]
+                for field in ("cpu_ns", "steal_ns", "disk_rd_bytes", "disk_wr_bytes", "disk_time_ns",
+                              "net_rx_bytes", "net_tx_bytes"):
+                    assert getattr(lo, field) <= getattr(got, field) <= getattr(hi, field), (name, field)
+                assert len(lo.vcpu_ns) == len(got.vcpu_ns) == len(hi.vcpu_ns), name
+                assert all(a <= b <= c for a, b, c in zip(lo.vcpu_ns, got.vcpu_ns, hi.vcpu_ns)), name
+                if round_ == 0:  # later rounds carry the balloon's figures for a few seconds
+                    assert got.mem_total_kib in (lo.mem_total_kib, hi.mem_total_kib), name
+            time.sleep(1)
+        readers = provider.__dict__["_local_domains"]
+        qemus = [q for reader in readers.values() for q in reader.qemus.values()]
+        assert len(qemus) == len(GUESTS) and all(q is not None for q in qemus), "every guest was read from /proc"
+        assert sum(bool(q.taps) for q in qemus) == 2 and all(q.file_disks for q in qemus)
+    finally:
+        provider.close()
+        conn.close()
