@@ -137,6 +137,25 @@ def test_the_boot_script_makes_the_vm_node_of_this_cluster(conf):
     assert STATIC.strip() in script
 
 
+def test_a_node_is_reached_at_its_fixed_address_on_the_network_named_first():
+    """A Nova server on two networks, one with a floating IP: Slurm gets the fixed IP on the burst network."""
+    from cm.elastic.power import node_address
+    from cm_plugins.openstack.convert import to_vm
+
+    def entry(addr: str, kind: str = "fixed") -> dict:
+        return {"version": 4, "addr": addr, "OS-EXT-IPS:type": kind}
+
+    server = {"id": "s1", "name": "lab-cloud1", "status": "ACTIVE",
+              "addresses": {"storage": [entry("10.9.0.5")],
+                            "slurmnet": [entry("10.1.0.7"), entry("203.0.113.10", "floating")]}}
+    vm = to_vm(server, {}, {})
+    assert vm.public_ips == ["203.0.113.10"]
+    assert node_address(vm, ["slurmnet", "storage"]) == "10.1.0.7"
+    assert node_address(vm, []) == "10.9.0.5"   # no network named: a fixed address, never the floating one
+    booting = to_vm({**server, "addresses": {"storage": [entry("10.9.0.5")]}}, {}, {})
+    assert node_address(booting, ["slurmnet"]) == ""   # not on the named network yet: cm waits for it
+
+
 def test_resume_file_jobs_by_node(tmp_path):
     from cm.elastic.power import jobs_by_node
 

@@ -251,10 +251,9 @@ def running_pid(home: Path, cluster: str) -> int | None:
     return detached.running_pid(state.directory(home, cluster), NAME, MODULE)
 
 
-def start(home: Path, cluster: str) -> int:
-    """Start the cluster's agent unless it runs; its pid."""
-    return running_pid(home, cluster) or detached.start(state.directory(home, cluster), NAME, MODULE,
-                                                        [str(home), cluster], home)
+def start(home: Path, cluster: str) -> tuple[int, bool]:
+    """Start the cluster's agent unless it runs: (its pid, whether this call started it)."""
+    return detached.ensure(state.directory(home, cluster), NAME, MODULE, [str(home), cluster], home)
 
 
 def log_path(home: Path, cluster: str) -> Path:

@@ -24,7 +24,7 @@ from typing import Any
 
 from cm.errors import CmError, Conflict, UsageError
 from cm.elastic import slurmconf, state
-from cm.elastic.burst import _program
+from cm.elastic.burst import _program, program_env
 from cm.elastic.target import cluster_of, controller, read_conf
 
 BUSY = ("ALLOCATED", "MIXED", "COMPLETING")   # a physical node in these states needs its host
@@ -43,8 +43,9 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
     ctl = controller(st)
     conf = read_conf(ctl)
     pause = max(args.max_pause, int(conf.get("SlurmdTimeout", "300") or 300))
-    settings = {"PrologSlurmctld": str(_program(home, cluster, "prolog", ctl, noun="backfill")),
-                "EpilogSlurmctld": str(_program(home, cluster, "epilog", ctl, noun="backfill")),
+    env = program_env(ctx, st.get("cloud", ""))
+    settings = {"PrologSlurmctld": str(_program(home, cluster, "prolog", ctl, noun="backfill", cloud_env=env)),
+                "EpilogSlurmctld": str(_program(home, cluster, "epilog", ctl, noun="backfill", cloud_env=env)),
                 # a saved virtual node cannot answer pings: Slurm must not set it DOWN (and kill its job)
                 "SlurmdTimeout": str(pause)}
     text = slurmconf.with_block(conf, settings, [], f"virtual partition {args.virtual_partition}, written by cm",
