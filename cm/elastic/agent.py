@@ -8,7 +8,9 @@ cluster's state directory), looks at the spool about every second through one ss
 connection, and hands each request to the code the local programs run (cm.elastic.power), whose
 scontrol calls go over that same connection.  A request leaves the spool only once handled; the
 names handled are also kept here (``agent-done``), so an agent killed between handling and
-removing one never handles it twice.
+removing one never handles it twice.  Nodes whose request failed only because the controller host
+could not be reached (ssh) are tried again with backoff while Slurm's ResumeTimeout allows; any other
+failure is final (slurmctld then marks the node down and calls the ResumeFailProgram).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ POLL = 1.0          # seconds between two looks at the spool
 MARK = "@@cm-request "
 KEEP_DONE = 500     # names of handled requests remembered
 ACTIONS = ("resume", "suspend", "resume-fail")
+RETRY_FIRST, RETRY_MAX = 1.0, 16.0   # seconds before the first try again, and at most between two
 
 
 @dataclass
@@ -230,10 +233,7 @@ class Agent:
         self.say(f"{request.action} {request.nodes}: requested {waited:.1f} s ago ({request.name})")
         ctx = Context(out=self.say, err=self.say)
         try:
-            for node, why in handle(ctx, self.cluster, request):
-                self.say(f"{request.action} {node}: {why or 'done'}")
-        except CmError as exc:
-            self.say(f"{request.action} {request.nodes}: failed: {exc}")
+            self._until_reached(ctx, request)
         except Exception as exc:   # noqa: BLE001  one bad request must not end the agent
             self.say(f"{request.action} {request.nodes}: failed: {type(exc).__name__}: {exc}")
         finally:
@@ -245,6 +245,45 @@ class Agent:
             self.say(f"could not remove {request.name} from the spool ({exc}); removing it later")
         with self.lock:
             self.busy.pop(request.name, None)
+
+
+    def _until_reached(self, ctx: Any, request: Request) -> None:
+        """Handle the request; nodes that failed only because the controller host was unreachable are tried
+        again with backoff until Slurm's ResumeTimeout (counted from the request) would pass, then left to
+        slurmctld (it marks them down and calls the ResumeFailProgram).  Any other failure is final."""
+        from dataclasses import replace
+
+        deadline = (request.at or time.time()) + float(state.load(self.home, self.cluster).get("resume_timeout", 300))
+        delay, nodes = RETRY_FIRST, request.nodes
+        while True:
+            again, why = self._once(ctx, replace(request, nodes=nodes))
+            if not again:
+                return
+            nodes = ",".join(again)
+            if self.stop.is_set() or time.time() + delay >= deadline:
+                self.say(f"{request.action} {nodes}: giving up ({why}); Slurm's ResumeTimeout takes over")
+                return
+            self.say(f"{request.action} {nodes}: {why}; trying again in {delay:g} s")
+            self.stop.wait(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _once(self, ctx: Any, request: Request) -> tuple[list[str], str]:
+        """One try: (the nodes to try again because the controller was unreachable, why)."""
+        from cm.elastic.slurmctl import Unreachable, unreachable
+        from cm.names import expand
+
+        try:
+            outcomes = handle(ctx, self.cluster, request)
+        except Unreachable as exc:   # before any node was tried
+            return expand([request.nodes]), str(exc)
+        except CmError as exc:
+            self.say(f"{request.action} {request.nodes}: failed: {exc}")
+            return [], ""
+        again = [(node, why) for node, why in outcomes if why and unreachable(why)]
+        for node, why in outcomes:
+            if not (why and unreachable(why)):
+                self.say(f"{request.action} {node}: {why or 'done'}")
+        return [node for node, _ in again], again[0][1] if again else ""
 
 
 def running_pid(home: Path, cluster: str) -> int | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from cm.errors import CmError, NotFound, ProviderError
 from cm.elastic import state, userdata
-from cm.elastic.slurmctl import Controller
+from cm.elastic.slurmctl import Controller, Unreachable
 from cm.elastic.target import controller, read_conf
 from cm.provider import VM, BootSpec, Provider
 
@@ -116,6 +116,10 @@ def resume(ctx: Any, cluster: str, nodes: list[str],
                                         networks=st.get("networks", []), secgroups=st.get("secgroups", [])))
             address = _address(provider, vm, float(st["resume_timeout"]), st.get("networks", []))
             ctl.scontrol("update", f"nodename={node}", f"nodeaddr={address}", f"nodehostname={vm}")
+        except Unreachable:
+            _delete(provider, vm)   # Slurm cannot be told of it: no VM without a node (the agent tries again)
+            state.log(home, cluster, f"resume {node}: controller unreachable; deleted VM {vm}")
+            raise
         except CmError as exc:
             _fail(ctx, cluster, node, vm, provider, ctl, f"boot failed: {exc}", jobs.get(node, []))
             raise
