@@ -101,7 +101,8 @@ def test_a_request_is_tried_again_while_ssh_is_down_and_given_up_at_resume_timeo
         node = slurm.run(["scontrol", "show", "node", "cloud1"]).stdout
         assert f"NodeAddr={address} " in node, node
         log = actions.read_text()
-        assert log.count("resume cloud1: booting VM") == 2 and "resume cloud1: controller unreachable; deleted VM" in log
+        assert log.count("resume cloud1: booting VM") == 2
+        assert "resume cloud1: controller unreachable; deleted VM" in log
 
         # 2. a permanent failure (the server goes to ERROR) is not tried again
         fake.fail_next_boot(NO_HOST)

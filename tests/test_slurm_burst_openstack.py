@@ -123,7 +123,8 @@ def test_a_job_creates_a_server_runs_on_it_at_its_fixed_ip_and_the_idle_server_g
     assert f"NodeAddr={on_slurmnet} " in lab.node("cloud1")   # Slurm talks on the network named first
     assert f"NodeHostName={vm} " in lab.node("cloud1")
     shown = json.loads(ok(lab.cm("vm", "show", vm, "--cloud", CLOUD, "--refresh", "-f", "json")))
-    assert "slurmd" in json.dumps(shown)   # booted in the security group that lets slurmctld in
+    assert shown["extra"]["security_groups"] == ["slurmd"]   # the group that lets slurmctld and srun in
+    assert shown["extra"]["networks"] == ["private", "slurmnet"]
     assert lab.guests.booted == [vm] and "cm-burst: slurmd cloud1 started" in lab.guests.output(vm)
 
     wait_for("the idle server to be deleted", lambda: lab.vm(vm) is None, 120, 1.0)

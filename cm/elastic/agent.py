@@ -246,7 +246,6 @@ class Agent:
         with self.lock:
             self.busy.pop(request.name, None)
 
-
     def _until_reached(self, ctx: Any, request: Request) -> None:
         """Handle the request; nodes that failed only because the controller host was unreachable are tried
         again with backoff until Slurm's ResumeTimeout (counted from the request) would pass, then left to

@@ -132,8 +132,9 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
     nodes = f"{args.partition}[1-{args.max}]" if args.max > 1 else f"{args.partition}1"
     vcpus, key = _check(ctx, args, conf, target, nodes)
     spooled = not ctl.local and not agent.cm_runs_there(ctl, home)
+    cloud_env = program_env(ctx, args.cloud)
     programs = {k: agent.spool(cluster) / verb for k, verb in PROGRAMS.items()} if spooled else \
-        {k: _program(home, cluster, verb, ctl, cloud_env=program_env(ctx, args.cloud)) for k, verb in PROGRAMS.items()}
+        {k: _program(home, cluster, verb, ctl, cloud_env=cloud_env) for k, verb in PROGRAMS.items()}
     settings = _settings(args, conf, programs)
     lines = [f"NodeName={nodes} CPUs={vcpus} State=CLOUD Feature=cloud,cm-burst",
              f"PartitionName={args.partition} Nodes={nodes} MaxTime=INFINITE State=UP"]
