@@ -21,13 +21,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cm import detached
 from cm.errors import CmError
-from cm.elastic import state
+from cm.elastic import spool_hooks, state
 from cm.elastic.slurmctl import Controller
 
 SPOOL = Path("/var/spool/cm-burst")
@@ -37,6 +37,7 @@ POLL = 1.0          # seconds between two looks at the spool
 MARK = "@@cm-request "
 KEEP_DONE = 500     # names of handled requests remembered
 ACTIONS = ("resume", "suspend", "resume-fail")
+HOOKS = tuple(spool_hooks.HOOKS.values())   # backfill's prolog and epilog, spooled too
 RETRY_FIRST, RETRY_MAX = 1.0, 16.0   # seconds before the first try again, and at most between two
 
 
@@ -49,6 +50,7 @@ class Request:
     nodes: str      # a hostlist
     at: float
     jobs: dict[str, list[str]]
+    env: dict[str, str] = field(default_factory=dict)   # a backfill hook's job (cm.elastic.spool_hooks)
 
 
 def spool(cluster: str) -> Path:
@@ -112,6 +114,11 @@ def parse(listing: str) -> list[Request]:
         name, _, body = chunk.partition("\n")
         head, _, resume_file = body.partition("\n")
         words = head.split()
+        if len(words) == 5 and words[0] in HOOKS and words[2].isdigit() and words[3].isdigit() and \
+                (words[1] == "none" or _hostlist(words[1])):
+            found.append(Request(name.strip(), words[0], words[1], int(words[2]) / 1e9, {},
+                                 spool_hooks.environ(words[1], words[3], words[4])))
+            continue
         if len(words) != 3 or words[0] not in ACTIONS or not words[2].isdigit() or not _hostlist(words[1]):
             found.append(Request(name.strip(), "damaged", head.strip()[:80], 0.0, {}))
             continue
@@ -144,6 +151,11 @@ def handle(ctx: Any, cluster: str, request: Request) -> list[tuple[str, str]]:
 
     if request.action == "damaged":
         return [(request.name, f"not a request cm's programs write ({request.nodes!r}); removed")]
+    if request.action in HOOKS:   # its effects are in the cluster's log
+        from cm.elastic import backfill
+
+        getattr(backfill, request.action)(ctx, cluster, request.env if request.nodes != "none" else {})
+        return [(f"job {request.env['SLURM_JOB_ID']}", "")]
     nodes = expand([request.nodes])
     if request.action == "resume":
         return power.resume(ctx, cluster, nodes, request.jobs)
@@ -221,6 +233,8 @@ class Agent:
                 self.threads[-1].start()
         if handled:   # handled before a kill: only its removal was missing
             try:
+                if request.action == "prolog":
+                    spool_hooks.answer(self.ctl, spool(self.cluster), request.name)
                 self._remove(request.name)
                 self.say(f"{request.action} {request.nodes}: handled before ({request.name}); removed")
             except CmError:
@@ -238,6 +252,11 @@ class Agent:
             self.say(f"{request.action} {request.nodes}: failed: {type(exc).__name__}: {exc}")
         finally:
             ctx.close()
+        if request.action == "prolog":   # its job waits for this (whatever the outcome)
+            try:
+                spool_hooks.answer(self.ctl, spool(self.cluster), request.name)
+            except CmError as exc:
+                self.say(f"could not answer {request.name} ({exc}); its job starts when the prolog's wait ends")
         self._mark_done(request.name)
         try:
             self._remove(request.name)
