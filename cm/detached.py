@@ -37,12 +37,32 @@ def running_pid(folder: Path, name: str, module: str) -> int | None:
     return pid if runs(pid, module) else None
 
 
-def start(folder: Path, name: str, module: str, argv: list[str], home: Path, wait: float = 30.0) -> int:
-    """Start ``python -m module ARGV`` detached; return its pid once it wrote its pid file."""
+def ensure(folder: Path, name: str, module: str, argv: list[str], home: Path,
+           wait: float = 30.0) -> tuple[int, bool]:
+    """Start ``python -m module ARGV`` detached unless it runs: (its pid, whether this call started it).
+
+    The one place that checks "already running": under a lock, so two cm commands at once start one."""
+    import fcntl
+
     folder = Path(folder)
-    pid = running_pid(folder, name, module)
-    if pid is not None:
+    with open(folder / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pid = running_pid(folder, name, module)
+        if pid is not None:
+            return pid, False
+        return _spawn(folder, name, module, argv, home, wait), True
+
+
+def start(folder: Path, name: str, module: str, argv: list[str], home: Path, wait: float = 30.0) -> int:
+    """Start ``python -m module ARGV`` detached; return its pid once it wrote its pid file (Conflict if it runs)."""
+    pid, started = ensure(folder, name, module, argv, home, wait)
+    if not started:
         raise Conflict(f"the {name} already runs (pid {pid})")
+    return pid
+
+
+def _spawn(folder: Path, name: str, module: str, argv: list[str], home: Path, wait: float) -> int:
+    """Run the process and wait until it wrote its pid file."""
     (folder / f"{name}.pid").unlink(missing_ok=True)
     log_path = folder / f"{name}.log"
     log = open(log_path, "ab")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.netns import Lab, list_netns, netns_pids
+from tests.infra.netns import Lab, in_netns, list_netns, netns_pids
 from tests.infra.procs import descendants, wait_for
 from tests.infra.slurm import SlurmCluster, cluster_fixture
 from tests.infra.sshd import LoginHost, login_fixture
@@ -32,6 +32,28 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_removed_host_loses_its_processes_and_a_socket_opened_in_a_namespace_listens_there():
+    import socket
+
+    with Lab("infra-tx") as lab:
+        a, b = lab.add_host("a"), lab.add_host("b")
+        sleeper = b.popen(["sleep", "60"])
+        lab.remove_host("b")
+        assert sleeper.wait(timeout=10) is not None and list_netns("infra-tx") == ["infra-tx-a", "infra-tx-lab"]
+        again = lab.add_host("b", b.addr)   # the same name and address again (a new VM at a reused IP)
+        assert a.run(["ping", "-c1", "-W5", again.addr]).returncode == 0
+        listener = in_netns(a.ns, lambda: socket.create_server(("127.0.0.1", 0)))
+        try:
+            port = listener.getsockname()[1]
+            probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 5)"
+            assert a.run([sys.executable, "-c", probe]).returncode == 0   # a's loopback
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), 2)      # not this namespace's
+        finally:
+            listener.close()
+    assert list_netns("infra-tx") == []
 
 
 def test_two_namespaced_hosts_ping_each_other_by_name_and_address():

@@ -137,6 +137,25 @@ def test_the_boot_script_makes_the_vm_node_of_this_cluster(conf):
     assert STATIC.strip() in script
 
 
+def test_a_node_is_reached_at_its_fixed_address_on_the_network_named_first():
+    """A Nova server on two networks, one with a floating IP: Slurm gets the fixed IP on the burst network."""
+    from cm.elastic.power import node_address
+    from cm_plugins.openstack.convert import to_vm
+
+    def entry(addr: str, kind: str = "fixed") -> dict:
+        return {"version": 4, "addr": addr, "OS-EXT-IPS:type": kind}
+
+    server = {"id": "s1", "name": "lab-cloud1", "status": "ACTIVE",
+              "addresses": {"storage": [entry("10.9.0.5")],
+                            "slurmnet": [entry("10.1.0.7"), entry("203.0.113.10", "floating")]}}
+    vm = to_vm(server, {}, {})
+    assert vm.public_ips == ["203.0.113.10"]
+    assert node_address(vm, ["slurmnet", "storage"]) == "10.1.0.7"
+    assert node_address(vm, []) == "10.9.0.5"   # no network named: a fixed address, never the floating one
+    booting = to_vm({**server, "addresses": {"storage": [entry("10.9.0.5")]}}, {}, {})
+    assert node_address(booting, ["slurmnet"]) == ""   # not on the named network yet: cm waits for it
+
+
 def test_resume_file_jobs_by_node(tmp_path):
     from cm.elastic.power import jobs_by_node
 
@@ -230,3 +249,33 @@ def test_backfill_disable_refuses_while_vms_are_saved_and_dryrun_shows_the_file_
     result = cm("slurm", "backfill", "disable", str(conf), "--dryrun")
     assert result.code == 0 and result.out == STATIC   # byte for byte, and nothing changed
     assert conf.read_text() == hooked
+
+
+def test_the_spooled_prolog_records_the_job_and_waits_for_the_agents_answer(tmp_path):
+    """The backfill prolog on a host without cm, run by sh as slurmctld would (its spool in tmp): the job is
+    recorded as a request the agent reads, and the prolog returns only once the answer is there."""
+    import subprocess
+    import time
+
+    from cm.elastic import agent, spool_hooks
+
+    (tmp_path / "requests").mkdir()
+    spool_hooks.answers(tmp_path).mkdir()
+    text = spool_hooks.script(tmp_path, "prolog", "cloud")
+    job = {"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "12", "SLURM_JOB_PARTITION": "debug", "SLURM_JOB_NODELIST": "n1"}
+    low = subprocess.run(["sh", "-c", text], env={**job, "SLURM_JOB_PARTITION": "cloud"}, timeout=10)
+    assert low.returncode == 0 and not list((tmp_path / "requests").iterdir())   # the virtual partition's own
+    prolog = subprocess.Popen(["sh", "-c", text], env=job, stdin=subprocess.DEVNULL)
+    try:
+        from tests.infra.procs import wait_for
+
+        [request] = wait_for("the request", lambda: list((tmp_path / "requests").glob("*.req")), 10, 0.05)
+        [found] = agent.parse(f"\n{agent.MARK}{request.name}\n{request.read_text()}")
+        assert (found.action, found.nodes, found.env) == ("prolog", "n1", {
+            "SLURM_JOB_ID": "12", "SLURM_JOB_PARTITION": "debug", "SLURM_JOB_NODELIST": "n1"})
+        time.sleep(0.5)
+        assert prolog.poll() is None   # the job waits
+        (spool_hooks.answers(tmp_path) / request.name).touch()   # what the agent does once it handled it
+        assert prolog.wait(timeout=5) == 0 and not list(spool_hooks.answers(tmp_path).iterdir())
+    finally:
+        prolog.kill()

@@ -75,6 +75,8 @@ def test_spooled_requests_survive_a_killed_agent_and_are_handled_once(cm, image,
     assert result.code == 0, result.err
     pid = json.loads(result.out)["agent"]
     assert pid and agent_pid(cm, cluster) == pid
+    again = json.loads(cm("slurm", "burst", "agent", cluster, "-f", "json").out)   # one agent per cluster
+    assert again["started"] is False and again["agent"] == pid
     conf = slurm.conf.read_text()
     program = SPOOL / cluster / "resume"
     assert f"ResumeProgram={program}" in conf and f"SuspendProgram={SPOOL / cluster / 'suspend'}" in conf

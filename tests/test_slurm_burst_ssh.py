@@ -103,9 +103,16 @@ def test_enable_and_disable_by_name_go_through_ssh_and_restore_the_file_byte_for
     again = cm("slurm", "backfill", "disable", "labs")
     assert again.code == 2 and "backfill is not enabled for cluster" in one_line(again)
 
+    # both blocks in the file: --dryrun shows the very file disable then writes, and changes nothing
+    assert cm("slurm", "backfill", "enable", "labs", "--virtual-partition", "cloud", "--max-pause", "600").code == 0
+    both = slurm.conf.read_text()
+    assert "# BEGIN cm backfill" in both and "# BEGIN cm burst" in both
+    shown = cm("slurm", "burst", "disable", "labs", "--dryrun")
+    assert shown.code == 0, shown.err
+    assert shown.out == before and slurm.conf.read_text() == both   # byte for byte, over ssh
     result = cm("slurm", "burst", "disable", "labs", "-f", "json")
     assert result.code == 0, result.err
-    assert slurm.conf.read_text() == before   # byte for byte
+    assert slurm.conf.read_text() == before   # byte for byte: both blocks gone in one write
     assert slurm.run(["sinfo", "-h", "-N", "-o", "%N"]).stdout.split() == ["n1"]
 
 

@@ -82,6 +82,12 @@ def add_subcommands(subs: Any) -> None:
     on.add_argument("--idle", type=int, default=300, help="seconds a cloud node stays idle before its VM goes")
     on.add_argument("--partition", default="cloud", help="partition (and node name prefix) of the cloud nodes")
     on.add_argument("--resume-timeout", type=int, default=300, help="seconds a VM has to register its slurmd")
+    completes(on.add_argument("--network", action="append", default=[],
+                              help="network the VMs join (repeatable; Slurm reaches a node at its address on the "
+                                   "first; default: the cloud's)"), "network")
+    completes(on.add_argument("--secgroup", action="append", default=[],
+                              help="security group of the VMs (repeatable): it must let slurmctld and srun reach "
+                                   "slurmd (default: the cloud's)"), "secgroup")
     on.add_argument("--munge-key", default="", help="the cluster's munge key on the controller host (default: "
                                                      "the key of a cluster cm launched, else /etc/munge/munge.key)")
     on.add_argument("--controller", default="local",

@@ -8,7 +8,9 @@ cluster's state directory), looks at the spool about every second through one ss
 connection, and hands each request to the code the local programs run (cm.elastic.power), whose
 scontrol calls go over that same connection.  A request leaves the spool only once handled; the
 names handled are also kept here (``agent-done``), so an agent killed between handling and
-removing one never handles it twice.
+removing one never handles it twice.  Nodes whose request failed only because the controller host
+could not be reached (ssh) are tried again with backoff while Slurm's ResumeTimeout allows; any other
+failure is final (slurmctld then marks the node down and calls the ResumeFailProgram).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cm import detached
 from cm.errors import CmError
-from cm.elastic import state
+from cm.elastic import spool_hooks, state
 from cm.elastic.slurmctl import Controller
 
 SPOOL = Path("/var/spool/cm-burst")
@@ -35,6 +37,8 @@ POLL = 1.0          # seconds between two looks at the spool
 MARK = "@@cm-request "
 KEEP_DONE = 500     # names of handled requests remembered
 ACTIONS = ("resume", "suspend", "resume-fail")
+HOOKS = tuple(spool_hooks.HOOKS.values())   # backfill's prolog and epilog, spooled too
+RETRY_FIRST, RETRY_MAX = 1.0, 16.0   # seconds before the first try again, and at most between two
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Request:
     nodes: str      # a hostlist
     at: float
     jobs: dict[str, list[str]]
+    env: dict[str, str] = field(default_factory=dict)   # a backfill hook's job (cm.elastic.spool_hooks)
 
 
 def spool(cluster: str) -> Path:
@@ -109,6 +114,11 @@ def parse(listing: str) -> list[Request]:
         name, _, body = chunk.partition("\n")
         head, _, resume_file = body.partition("\n")
         words = head.split()
+        if len(words) == 5 and words[0] in HOOKS and words[2].isdigit() and words[3].isdigit() and \
+                (words[1] == "none" or _hostlist(words[1])):
+            found.append(Request(name.strip(), words[0], words[1], int(words[2]) / 1e9, {},
+                                 spool_hooks.environ(words[1], words[3], words[4])))
+            continue
         if len(words) != 3 or words[0] not in ACTIONS or not words[2].isdigit() or not _hostlist(words[1]):
             found.append(Request(name.strip(), "damaged", head.strip()[:80], 0.0, {}))
             continue
@@ -141,6 +151,11 @@ def handle(ctx: Any, cluster: str, request: Request) -> list[tuple[str, str]]:
 
     if request.action == "damaged":
         return [(request.name, f"not a request cm's programs write ({request.nodes!r}); removed")]
+    if request.action in HOOKS:   # its effects are in the cluster's log
+        from cm.elastic import backfill
+
+        getattr(backfill, request.action)(ctx, cluster, request.env if request.nodes != "none" else {})
+        return [(f"job {request.env['SLURM_JOB_ID']}", "")]
     nodes = expand([request.nodes])
     if request.action == "resume":
         return power.resume(ctx, cluster, nodes, request.jobs)
@@ -218,6 +233,8 @@ class Agent:
                 self.threads[-1].start()
         if handled:   # handled before a kill: only its removal was missing
             try:
+                if request.action == "prolog":
+                    spool_hooks.answer(self.ctl, spool(self.cluster), request.name)
                 self._remove(request.name)
                 self.say(f"{request.action} {request.nodes}: handled before ({request.name}); removed")
             except CmError:
@@ -230,14 +247,16 @@ class Agent:
         self.say(f"{request.action} {request.nodes}: requested {waited:.1f} s ago ({request.name})")
         ctx = Context(out=self.say, err=self.say)
         try:
-            for node, why in handle(ctx, self.cluster, request):
-                self.say(f"{request.action} {node}: {why or 'done'}")
-        except CmError as exc:
-            self.say(f"{request.action} {request.nodes}: failed: {exc}")
+            self._until_reached(ctx, request)
         except Exception as exc:   # noqa: BLE001  one bad request must not end the agent
             self.say(f"{request.action} {request.nodes}: failed: {type(exc).__name__}: {exc}")
         finally:
             ctx.close()
+        if request.action == "prolog":   # its job waits for this (whatever the outcome)
+            try:
+                spool_hooks.answer(self.ctl, spool(self.cluster), request.name)
+            except CmError as exc:
+                self.say(f"could not answer {request.name} ({exc}); its job starts when the prolog's wait ends")
         self._mark_done(request.name)
         try:
             self._remove(request.name)
@@ -246,15 +265,52 @@ class Agent:
         with self.lock:
             self.busy.pop(request.name, None)
 
+    def _until_reached(self, ctx: Any, request: Request) -> None:
+        """Handle the request; nodes that failed only because the controller host was unreachable are tried
+        again with backoff until Slurm's ResumeTimeout (counted from the request) would pass, then left to
+        slurmctld (it marks them down and calls the ResumeFailProgram).  Any other failure is final."""
+        from dataclasses import replace
+
+        deadline = (request.at or time.time()) + float(state.load(self.home, self.cluster).get("resume_timeout", 300))
+        delay, nodes = RETRY_FIRST, request.nodes
+        while True:
+            again, why = self._once(ctx, replace(request, nodes=nodes))
+            if not again:
+                return
+            nodes = ",".join(again)
+            if self.stop.is_set() or time.time() + delay >= deadline:
+                self.say(f"{request.action} {nodes}: giving up ({why}); Slurm's ResumeTimeout takes over")
+                return
+            self.say(f"{request.action} {nodes}: {why}; trying again in {delay:g} s")
+            self.stop.wait(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _once(self, ctx: Any, request: Request) -> tuple[list[str], str]:
+        """One try: (the nodes to try again because the controller was unreachable, why)."""
+        from cm.elastic.slurmctl import Unreachable, unreachable
+        from cm.names import expand
+
+        try:
+            outcomes = handle(ctx, self.cluster, request)
+        except Unreachable as exc:   # before any node was tried
+            return expand([request.nodes]), str(exc)
+        except CmError as exc:
+            self.say(f"{request.action} {request.nodes}: failed: {exc}")
+            return [], ""
+        again = [(node, why) for node, why in outcomes if why and unreachable(why)]
+        for node, why in outcomes:
+            if not (why and unreachable(why)):
+                self.say(f"{request.action} {node}: {why or 'done'}")
+        return [node for node, _ in again], again[0][1] if again else ""
+
 
 def running_pid(home: Path, cluster: str) -> int | None:
     return detached.running_pid(state.directory(home, cluster), NAME, MODULE)
 
 
-def start(home: Path, cluster: str) -> int:
-    """Start the cluster's agent unless it runs; its pid."""
-    return running_pid(home, cluster) or detached.start(state.directory(home, cluster), NAME, MODULE,
-                                                        [str(home), cluster], home)
+def start(home: Path, cluster: str) -> tuple[int, bool]:
+    """Start the cluster's agent unless it runs: (its pid, whether this call started it)."""
+    return detached.ensure(state.directory(home, cluster), NAME, MODULE, [str(home), cluster], home)
 
 
 def log_path(home: Path, cluster: str) -> Path:

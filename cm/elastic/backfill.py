@@ -3,7 +3,8 @@ nodes; a job that needs such a host makes cm move the virtual nodes there to a f
 checkpoint them, instead of killing their jobs.
 
 Slurm's own hooks drive it: ``PrologSlurmctld`` (before any job starts) and
-``EpilogSlurmctld`` (after it ends) call `cm slurm backfill prolog|epilog CLUSTER`.  For a job
+``EpilogSlurmctld`` (after it ends) call `cm slurm backfill prolog|epilog CLUSTER` (on a controller
+host without cm they are spool hooks the burst agent answers: cm.elastic.spool_hooks).  For a job
 outside the virtual partition, the prolog finds the virtual nodes whose VMs run on the hosts of
 the job's nodes (the kvm cloud's ``hosts:``; a physical node's host is its own name unless
 ``--host-map n1=h1`` says otherwise).  With ``--policy migrate`` (the default) each such VM
@@ -24,7 +25,7 @@ from typing import Any
 
 from cm.errors import CmError, Conflict, UsageError
 from cm.elastic import slurmconf, state
-from cm.elastic.burst import _program
+from cm.elastic.burst import _program, program_env
 from cm.elastic.target import cluster_of, controller, read_conf
 
 BUSY = ("ALLOCATED", "MIXED", "COMPLETING")   # a physical node in these states needs its host
@@ -43,10 +44,9 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
     ctl = controller(st)
     conf = read_conf(ctl)
     pause = max(args.max_pause, int(conf.get("SlurmdTimeout", "300") or 300))
-    settings = {"PrologSlurmctld": str(_program(home, cluster, "prolog", ctl, noun="backfill")),
-                "EpilogSlurmctld": str(_program(home, cluster, "epilog", ctl, noun="backfill")),
-                # a saved virtual node cannot answer pings: Slurm must not set it DOWN (and kill its job)
-                "SlurmdTimeout": str(pause)}
+    settings = {k: str(v) for k, v in _hooks(ctx, cluster, st, ctl, conf, args).items()}
+    # a saved virtual node cannot answer pings: Slurm must not set it DOWN (and kill its job)
+    settings["SlurmdTimeout"] = str(pause)
     text = slurmconf.with_block(conf, settings, [], f"virtual partition {args.virtual_partition}, written by cm",
                                 block="backfill")
     if args.dryrun:
@@ -60,6 +60,22 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
                              f"{_describe(args.policy)}")
     return {"cluster": cluster, "virtual_partition": args.virtual_partition, "policy": args.policy,
             "prolog": settings["PrologSlurmctld"], "epilog": settings["EpilogSlurmctld"], "slurmd_timeout": pause}
+
+
+def _hooks(ctx: Any, cluster: str, st: dict[str, Any], ctl: Any, conf: slurmconf.SlurmConf,
+           args: Any) -> dict[str, Path]:
+    """PrologSlurmctld and EpilogSlurmctld: programs that call cm there, or, where the burst programs only
+    spool (no cm on the controller host), spool hooks the agent answers (cm.elastic.spool_hooks)."""
+    from cm.elastic import agent, spool_hooks
+
+    if st.get("agent"):
+        if args.dryrun:
+            return {k: agent.spool(cluster) / v for k, v in spool_hooks.HOOKS.items()}
+        return spool_hooks.install(ctl, agent.spool(cluster), conf.get("SlurmUser", "root"),
+                                   args.virtual_partition)
+    env = program_env(ctx, st.get("cloud", ""))
+    return {k: _program(Path(ctx.home), cluster, v, ctl, noun="backfill", cloud_env=env)
+            for k, v in spool_hooks.HOOKS.items()}
 
 
 def _describe(policy: str) -> str:

@@ -31,7 +31,19 @@ PROGRAMS = {"ResumeProgram": "resume", "SuspendProgram": "suspend", "ResumeFailP
 _PARTITION = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,30}$")
 
 
-def _program(home: Path, cluster: str, verb: str, ctl: Controller, noun: str = "burst") -> Path:
+def program_env(ctx: Any, cloud: str) -> dict[str, str]:
+    """What cm needs to find ``cloud`` again when slurmctld runs it with a bare environment: HOME, and the
+    file the cloud's settings came from when not cm.yaml (a clouds.yaml found now through
+    $OS_CLIENT_CONFIG_FILE, the working directory or HOME, none of which slurmctld passes on)."""
+    env = {"HOME": str(Path.home())}
+    source = (ctx.config.clouds().get(cloud) or {}).get("file")
+    if source:
+        env["OS_CLIENT_CONFIG_FILE"] = str(Path(source).resolve())
+    return env
+
+
+def _program(home: Path, cluster: str, verb: str, ctl: Controller, noun: str = "burst",
+             cloud_env: dict[str, str] | None = None) -> Path:
     """A wrapper slurmctld runs (with a bare environment and stdin closed): `cm slurm NOUN VERB`.
 
     It is written where slurmctld runs: on a remote controller host it calls cm there, with
@@ -41,7 +53,8 @@ def _program(home: Path, cluster: str, verb: str, ctl: Controller, noun: str = "
     where = state.directory(home, cluster)
     where.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = where / verb
-    env = {"CM_HOME": str(home), "SLURM_CONF": str(ctl.conf), "PYTHONPATH": str(Path(cm.__file__).parent.parent),
+    env = {**(cloud_env or {}), "CM_HOME": str(home), "SLURM_CONF": str(ctl.conf),
+           "PYTHONPATH": str(Path(cm.__file__).parent.parent),
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     words = ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "cm.main",
              "slurm", noun, verb, cluster]
@@ -77,7 +90,23 @@ def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, target: Target, nodes
     images = {i.name for i in provider.list_images()}
     if args.image not in images:
         raise NotFound(f"unknown image '{args.image}' on cloud '{args.cloud}' (images: {', '.join(sorted(images))})")
+    args.network = _named(args.network, "network", args.cloud, provider.list_networks)
+    args.secgroup = _named(args.secgroup, "secgroup", args.cloud, provider.list_secgroups)
     return flavors[args.flavor].vcpus, key
+
+
+def _named(given: list[str], noun: str, cloud: str, listing: Any) -> list[str]:
+    """The names of the networks or security groups given (by name or id): each must be on the cloud
+    (found now, not when a job waits); names, since a VM's addresses are listed by network name."""
+    if not given:
+        return []
+    names = {}
+    for item in listing():
+        names.update({item.name: item.name, item.id: item.name})
+    for name in given:
+        if name not in names:
+            raise NotFound(f"unknown {noun} '{name}' on cloud '{cloud}' (see `cm {noun} list --refresh`)")
+    return [names[name] for name in given]
 
 
 def _settings(args: Any, conf: slurmconf.SlurmConf, programs: dict[str, Path]) -> dict[str, str]:
@@ -103,8 +132,9 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
     nodes = f"{args.partition}[1-{args.max}]" if args.max > 1 else f"{args.partition}1"
     vcpus, key = _check(ctx, args, conf, target, nodes)
     spooled = not ctl.local and not agent.cm_runs_there(ctl, home)
+    cloud_env = program_env(ctx, args.cloud)
     programs = {k: agent.spool(cluster) / verb for k, verb in PROGRAMS.items()} if spooled else \
-        {k: _program(home, cluster, verb, ctl) for k, verb in PROGRAMS.items()}
+        {k: _program(home, cluster, verb, ctl, cloud_env=cloud_env) for k, verb in PROGRAMS.items()}
     settings = _settings(args, conf, programs)
     lines = [f"NodeName={nodes} CPUs={vcpus} State=CLOUD Feature=cloud,cm-burst",
              f"PartitionName={args.partition} Nodes={nodes} MaxTime=INFINITE State=UP"]
@@ -130,31 +160,34 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
              "image": args.image, "flavor": args.flavor, "max": args.max, "idle": args.idle,
              "partition": args.partition, "node_list": nodes, "munge_key": _keep_key(home, cluster, target, key, args.munge_key),
              "resume_timeout": args.resume_timeout, "restart_command": restart, "agent": spooled,
+             "networks": list(args.network), "secgroups": list(args.secgroup),
              "nodes": state.load(home, cluster)["nodes"] if state.exists(home, cluster) else {}}
     with state.changing(home, cluster, fresh):
         pass
     state.log(home, cluster, f"enable: {nodes} on cloud {args.cloud} (image {args.image}, flavor {args.flavor}), "
                              f"idle {args.idle} s, partition {args.partition}")
-    pid = _agent_for(home, cluster, spooled)
+    pid, _ = _agent_for(home, cluster, spooled)
     return {"cluster": cluster, "partition": args.partition, "nodes": nodes, "cloud": args.cloud,
             "image": args.image, "flavor": args.flavor, "idle": args.idle, "conf": str(ctl.conf),
             "controller": ctl.host, "agent": pid or ""}
 
 
-def _agent_for(home: Path, cluster: str, spooled: bool, verb: str = "enable") -> int | None:
-    """Start the agent of a cluster whose programs spool their requests (stop it when they no longer do)."""
+def _agent_for(home: Path, cluster: str, spooled: bool, verb: str = "enable") -> tuple[int | None, bool]:
+    """Start the agent of a cluster whose programs spool their requests unless it runs (stop it when they
+    no longer spool): (its pid, whether this call started it)."""
     if not spooled:
         if agent.stop(home, cluster):
             state.log(home, cluster, f"{verb}: programs call cm on the controller host; agent stopped")
-        return None
+        return None, False
     try:
-        pid = agent.start(home, cluster)
+        pid, started = agent.start(home, cluster)
     except ProviderError as exc:
         raise ProviderError(f"{exc}; bursting is enabled but nothing handles its requests: "
                             f"start the agent with `cm slurm burst agent {cluster}`") from None
-    state.log(home, cluster, f"{verb}: agent {pid} handles the requests spooled in {agent.spool(cluster)} "
-                             f"on {state.load(home, cluster)['controller']}")
-    return pid
+    if started:
+        state.log(home, cluster, f"{verb}: agent {pid} handles the requests spooled in {agent.spool(cluster)} "
+                                 f"on {state.load(home, cluster)['controller']}")
+    return pid, started
 
 
 def start_agent(ctx: Any, cluster_arg: str) -> dict[str, Any]:
@@ -164,9 +197,8 @@ def start_agent(ctx: Any, cluster_arg: str) -> dict[str, Any]:
     st = state.load(home, cluster)
     if not st.get("agent"):
         raise UsageError(f"cluster '{cluster}' needs no agent: its programs call cm on {st['controller']}")
-    before = agent.running_pid(home, cluster)
-    pid = before or _agent_for(home, cluster, True, "agent")
-    return {"cluster": cluster, "agent": pid, "started": before is None, "log": str(agent.log_path(home, cluster))}
+    pid, started = _agent_for(home, cluster, True, "agent")
+    return {"cluster": cluster, "agent": pid, "started": started, "log": str(agent.log_path(home, cluster))}
 
 
 def agent_state(home: Path, st: dict[str, Any]) -> str:
@@ -228,6 +260,11 @@ def status(ctx: Any, cluster_arg: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _static(ctl: Controller) -> str:
+    """slurm.conf without cm's blocks (backfill's too: its hooks serve these nodes), from one read."""
+    return slurmconf.without_block(read_conf(ctl), "backfill", "burst")
+
+
 def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) -> dict[str, Any]:
     """Drain the cloud nodes, wait for their jobs, delete their VMs, restore the static slurm.conf."""
     from cm.elastic.power import suspend
@@ -237,7 +274,7 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
     st = state.load(home, cluster)
     ctl = controller(st)
     if dryrun:
-        ctx.say(slurmconf.without_block(read_conf(ctl)).rstrip("\n"))
+        ctx.say(_static(ctl).rstrip("\n"))
         return {}
     ctl.scontrol("update", f"nodename={st['node_list']}", "state=drain", "reason=cm burst disable")
     state.log(home, cluster, f"disable: draining {st['node_list']}")
@@ -253,8 +290,7 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
     failed = [f"{n}: {why}" for n, why in suspend(ctx, cluster, up) if why] if up else []
     if failed:
         raise ProviderError(f"could not delete the VMs of {'; '.join(failed)}; bursting stays enabled")
-    ctl.write_text(ctl.conf, slurmconf.without_block(read_conf(ctl), "backfill"))  # its hooks serve these nodes
-    ctl.write_text(ctl.conf, slurmconf.without_block(read_conf(ctl)))
+    ctl.write_text(ctl.conf, _static(ctl))   # read now: the file as it is after the wait
     _apply(ctl, st.get("restart_command") or f"slurmctld -f {ctl.conf}", True)
     if st.get("agent"):
         agent.uninstall(ctl, cluster)

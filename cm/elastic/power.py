@@ -18,9 +18,9 @@ from typing import Any
 
 from cm.errors import CmError, NotFound, ProviderError
 from cm.elastic import state, userdata
-from cm.elastic.slurmctl import Controller
+from cm.elastic.slurmctl import Controller, Unreachable
 from cm.elastic.target import controller, read_conf
-from cm.provider import BootSpec, Provider
+from cm.provider import VM, BootSpec, Provider
 
 POLL = 0.2  # seconds between two looks at a booting VM's address
 
@@ -54,7 +54,17 @@ def jobs_from(text: str) -> dict[str, list[str]]:
     return found
 
 
-def _address(provider: Provider, vm: str, timeout: float) -> str:
+def node_address(vm: VM, networks: list[str]) -> str:
+    """Where slurmctld reaches the node: its fixed address on the first network named (a VM may sit on
+    several), else its first fixed address; a public one only when it has none (a floating IP is for
+    reaching the VM from outside the cloud, where the controller usually is not)."""
+    by_network = vm.extra.get("addresses")
+    if networks and isinstance(by_network, dict):
+        return next(iter(by_network.get(networks[0], [])), "")   # not yet there: wait for it, not for another
+    return next(iter([*vm.private_ips, *vm.public_ips]), "")
+
+
+def _address(provider: Provider, vm: str, timeout: float, networks: list[str]) -> str:
     """Poll the cloud until the VM reports an address; an error state or the timeout fails."""
     deadline = time.monotonic() + timeout
     while True:
@@ -63,9 +73,9 @@ def _address(provider: Provider, vm: str, timeout: float) -> str:
             raise ProviderError(f"VM {vm} went to ERROR" + (f": {found.fault}" if found.fault else ""))
         if str(found.state) in ("stopped", "deleted"):
             raise ProviderError(f"VM {vm} stopped while booting")
-        ips = [*found.public_ips, *found.private_ips]
-        if ips:
-            return ips[0]
+        address = node_address(found, networks)
+        if address:
+            return address
         if time.monotonic() >= deadline:
             raise ProviderError(f"VM {vm} had no address after {timeout:g} s")
         time.sleep(POLL)
@@ -102,9 +112,14 @@ def resume(ctx: Any, cluster: str, nodes: list[str],
         try:
             _delete(provider, vm)  # a VM left from an earlier life of this node would hold the name
             provider.create_vm(BootSpec(name=vm, image=st["image"], flavor=st["flavor"],
-                                        user_data=userdata.script(conf, node, key)))
-            address = _address(provider, vm, float(st["resume_timeout"]))
+                                        user_data=userdata.script(conf, node, key),
+                                        networks=st.get("networks", []), secgroups=st.get("secgroups", [])))
+            address = _address(provider, vm, float(st["resume_timeout"]), st.get("networks", []))
             ctl.scontrol("update", f"nodename={node}", f"nodeaddr={address}", f"nodehostname={vm}")
+        except Unreachable:
+            _delete(provider, vm)   # Slurm cannot be told of it: no VM without a node (the agent tries again)
+            state.log(home, cluster, f"resume {node}: controller unreachable; deleted VM {vm}")
+            raise
         except CmError as exc:
             _fail(ctx, cluster, node, vm, provider, ctl, f"boot failed: {exc}", jobs.get(node, []))
             raise

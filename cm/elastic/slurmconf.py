@@ -112,9 +112,12 @@ def with_block(conf: SlurmConf, settings: dict[str, str], lines: list[str], note
     return "\n".join(out + text) + "\n"
 
 
-def without_block(conf: SlurmConf, block: str = "burst") -> str:
-    """The file as it was before cm wrote its block."""
-    return "\n".join(_without_block(conf.lines, block)) + "\n"
+def without_block(conf: SlurmConf, *blocks: str) -> str:
+    """The file as it was before cm wrote its blocks (default: burst's), in one pass over the text."""
+    lines = conf.lines
+    for block in blocks or ("burst",):
+        lines = _without_block(lines, block)
+    return "\n".join(lines) + "\n"
 
 
 def _without_block(lines: list[str], block: str) -> list[str]:

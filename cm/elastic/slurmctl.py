@@ -20,6 +20,18 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SSH_OPTIONS = ("user", "port", "key", "jump", "ssh_config", "known_hosts")  # cm.ssh.login_options
 
 
+UNREACHABLE = "cannot reach the controller host"
+
+
+class Unreachable(ProviderError):
+    """ssh could not reach the controller host: nothing ran there (a reason that may pass)."""
+
+
+def unreachable(why: str) -> bool:
+    """Whether a failure's message (one node's outcome of a bulk run) is an Unreachable's."""
+    return why.startswith(UNREACHABLE)
+
+
 @dataclass
 class Controller:
     conf: Path
@@ -68,7 +80,7 @@ class Controller:
         proc = self.run(words, timeout, input)
         if proc.returncode == 255 and not self.local:
             why = (proc.stderr.strip() or "ssh failed").splitlines()[-1]
-            raise ProviderError(f"cannot reach the controller host {self.host} with ssh: {why}")
+            raise Unreachable(f"{UNREACHABLE} {self.host} with ssh: {why}")
         if proc.returncode != 0:
             why = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()[-1]
             raise ProviderError(f"`{shlex.join(words)}` failed: {why}")

@@ -59,6 +59,12 @@ def addresses(server: dict[str, Any]) -> tuple[list[str], list[str]]:
     return public, private
 
 
+def fixed_addresses(server: dict[str, Any]) -> dict[str, list[str]]:
+    """{network: its fixed (not floating) addresses}: which address a VM has on which network."""
+    return {net: [e["addr"] for e in entries if e.get("addr") and e.get("OS-EXT-IPS:type") != "floating"]
+            for net, entries in (server.get("addresses") or {}).items()}
+
+
 def flavor_name(server: dict[str, Any], flavors: dict[str, str]) -> str:
     flavor = server.get("flavor") or {}
     # Microversion 2.47+ embeds the flavor (original_name); older ones only link it by id.
@@ -81,6 +87,7 @@ def to_vm(server: dict[str, Any], images: dict[str, str], flavors: dict[str, str
     extra = {"status": server.get("status", ""), "task_state": server.get("OS-EXT-STS:task_state") or "",
              "security_groups": sorted({g.get("name", "") for g in server.get("security_groups") or []}),
              "networks": sorted((server.get("addresses") or {}).keys()),
+             "addresses": fixed_addresses(server),
              "availability_zone": server.get("OS-EXT-AZ:availability_zone") or ""}
     iid = image_id(server)
     # Nova keeps a server ACTIVE while it deletes it: never show such a VM as running again.

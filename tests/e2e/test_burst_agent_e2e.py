@@ -18,6 +18,7 @@ import pytest
 
 from tests.infra.procs import wait_for
 from tests.e2e.elastic_lab import CLOUD, burst_status, job_in_guest, lab_with_head, ok
+from tests.e2e.test_burst_e2e import count_while_a_job_needs_n1
 
 pytestmark = [
     pytest.mark.e2e,
@@ -82,3 +83,34 @@ def test_a_job_bursts_through_the_agent_and_disable_stops_it_and_restores_the_fi
     assert "agent stopped" in (folder / "agent.log").read_text()
     assert not (SPOOL / cluster).exists() and not (folder / "agent.pid").exists()
     assert ok(lab.slurm.run(["sinfo", "-h", "-N", "-o", "%N"])).split() == ["n1"]
+
+
+def test_backfill_through_the_agent_checkpoints_the_virtual_node_while_a_job_needs_its_host(lab):
+    """No cm on the controller host: the PrologSlurmctld only records the n1 job and waits; the agent suspends
+    the low job, saves its VM and answers; the EpilogSlurmctld's record makes the agent restore both."""
+    cluster = lab.slurm.cluster_name
+    folder = lab.cm_home / "elastic" / cluster
+    before = lab.slurm.conf.read_text()
+    ok(lab.cm("slurm", "burst", "enable", str(lab.slurm.conf), "--controller", NAME, "--cloud", CLOUD, "--max", "1",
+              "--image", "slurmd", "--flavor", "node", "--idle", "60", "--resume-timeout", "240",
+              "--restart-command", f"slurmctld -f {lab.slurm.conf}",
+              "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key")))
+    shown = json.loads(ok(lab.cm("slurm", "backfill", "enable", str(lab.slurm.conf), "--virtual-partition", "cloud",
+                                 "--max-pause", "900", "--policy", "checkpoint", "-f", "json")))
+    assert shown["prolog"] == str(SPOOL / cluster / "prolog") and "python" not in Path(shown["prolog"]).read_text()
+
+    counts, gap, high_took = count_while_a_job_needs_n1(lab)
+    assert counts == list(range(1, 26)), counts   # paused, never restarted
+    assert gap >= 6, f"the low-priority job never paused (largest gap {gap:.1f} s)"
+    log = (folder / "actions.log").read_text()
+    assert re.search(r"backfill prolog job \d+ \(debug\) on n1: suspended job \d+ on cloud1", log), log
+    assert "saved VM" in log and "restored VM" in log and re.search(r"resumed job \d+ on cloud1", log)
+    agent_log = (folder / "agent.log").read_text()
+    assert re.search(r"prolog n1: requested [\d.]+ s ago", agent_log) and "epilog n1: requested" in agent_log
+    assert not list((SPOOL / cluster / "answers").iterdir())   # the prolog took its answer
+    print(f"\nhigh-priority job took {high_took:.1f} s with the checkpoint through the agent; "
+          f"low job's largest pause {gap:.1f} s")
+
+    ok(lab.cm("slurm", "burst", "disable", str(lab.slurm.conf)))   # both blocks, one write
+    assert lab.slurm.conf.read_text() == before
+    assert not (SPOOL / cluster).exists()

@@ -183,7 +183,8 @@ def count_while_a_job_needs_n1(lab: ElasticLab) -> tuple[list[int], float, float
             low.kill()
         reader.join(timeout=10)
     where = lab.cm_home / "elastic" / lab.slurm.cluster_name
-    print((where / "actions.log").read_text()[-3000:], (where / "programs.log").read_text()[-3000:])
+    print(*((where / log).read_text()[-3000:] for log in ("actions.log", "programs.log", "agent.log")
+            if (where / log).exists()))
     gap = max(b[0] - a[0] for a, b in zip(lines, lines[1:]))
     return [int(text) for _, text in lines if text.isdigit()], gap, high_took
 

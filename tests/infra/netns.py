@@ -9,6 +9,8 @@ Usage::
         b = lab.add_host("b")
         a.run(["ping", "-c1", b.addr])           # CompletedProcess, runs inside a's netns
         p = b.popen(["sleep", "60"])             # a process with hostname "b" (UTS ns)
+        lab.remove_host("b")                     # its processes killed, its namespace gone
+        in_netns(a.ns, make_server)              # a server whose socket listens inside a's namespace
     # exit: every process left in the namespaces is killed, the namespaces are deleted
 
 A host's commands run as ``nsenter --net=/run/netns/NS unshare --uts --mount sh -c
@@ -37,8 +39,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -106,6 +111,34 @@ def subnet_for(prefix: str) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(f"10.231.{octet}.0/24")
 
 
+def in_netns(ns: str, make: Callable[[], T]) -> T:
+    """``make()`` run in a thread that entered namespace ``ns``: the sockets it opens live there (a server
+    bound to 127.0.0.1 answers on that namespace's loopback), while this process stays where it is."""
+    import ctypes
+    import threading
+
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def enter_and_make() -> None:
+        fd = os.open(NETNS_DIR / ns, os.O_RDONLY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {ns}")
+            result.append(make())
+        except BaseException as exc:   # handed to the caller's thread
+            failure.append(exc)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=enter_and_make, name=f"in-{ns}")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
 @dataclass
 class Host:
     """One namespaced host: name (also its hostname), netns name and address on the lab bridge."""
@@ -143,6 +176,7 @@ class Lab:
     hosts: dict[str, Host] = field(default_factory=dict)
     tmp: Path | None = None
     resolve_names: bool = True
+    made: int = 0   # hosts added so far (names their veth pairs)
 
     def __post_init__(self) -> None:
         self.subnet = self.subnet or subnet_for(self.prefix)
@@ -182,7 +216,8 @@ class Lab:
         free address), e.g. the address a cloud gave the VM this host stands for."""
         ns = f"{self.prefix}-{name}"
         addr = addr or str(self.subnet.network_address + len(self.hosts) + 2)
-        veth = f"v{len(self.hosts)}"
+        self.made += 1
+        veth = f"v{self.made}"   # never reused: a host removed and added again gets a new pair
         self.add_netns(ns)
         try:
             sh("ip", "-n", self.ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
@@ -199,6 +234,13 @@ class Lab:
         self.write_hosts()
         (self.tmp / f"hosts-{name}").write_text("127.0.0.1 localhost\n")
         return host
+
+    def remove_host(self, name: str) -> None:
+        """Kill what runs in host ``name`` and delete its namespace (its veth pair goes with it)."""
+        host = self.hosts.pop(name, None)
+        if host is not None:
+            delete_netns(host.ns)
+            self.write_hosts()
 
     def write_hosts(self) -> None:
         """/etc/hosts as seen inside every host where names resolve: loopback plus each lab host's name."""

@@ -11,6 +11,7 @@ Usage::
                                            # StrictHostKeyChecking accept-new, own known_hosts)
         login.key, login.addr, login.port  # ssh -p PORT -i KEY root@ADDR (loopback mode)
         login.home                         # cwd of every session (job output, scp targets)
+        login.down(); login.up()           # sshd and its sessions killed, then sshd back (same keys)
 
 Loopback mode (``host=None``): sshd listens on 127.0.0.1:PORT in this namespace, so plain
 ``ssh -p PORT -i KEY root@127.0.0.1`` works.  Namespaced mode (``host=`` a
@@ -90,19 +91,7 @@ class LoginHost:
             auth.chmod(0o600)
             self.write_sshd_config()
             self.write_ssh_config()
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # sshd's privilege-separation dir
-            argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.tmp / "sshd_config")]
-            if self.mask:
-                binds = "".join(f"mount --bind /dev/null {shlex.quote(str(p))} && " for p in self.mask)
-                argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{binds}exec {shlex.join(argv)}"]
-            log = open(self.tmp / "sshd.log", "ab")
-            if self.host:
-                self.proc = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT)
-            else:
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
-            log.close()
-            wait_for(f"sshd on {self.addr}:{self.port}", self.answers, self.timeout, 0.2)
+            self.up()
         except BaseException as exc:
             log_text = (self.tmp / "sshd.log").read_text(errors="replace")[-2000:] \
                 if (self.tmp / "sshd.log").exists() else ""
@@ -113,11 +102,36 @@ class LoginHost:
         self.started_in = time.monotonic() - t0
         return self
 
+    def up(self) -> None:
+        """Run sshd (again after ``down``: same keys, port and configs); return once it answers a real login."""
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # sshd's privilege-separation dir
+        argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.tmp / "sshd_config")]
+        if self.mask:
+            binds = "".join(f"mount --bind /dev/null {shlex.quote(str(p))} && " for p in self.mask)
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{binds}exec {shlex.join(argv)}"]
+        log = open(self.tmp / "sshd.log", "ab")
+        if self.host:
+            self.proc = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        else:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(f"sshd on {self.addr}:{self.port}", self.answers, self.timeout, 0.2)
+
+    def down(self) -> None:
+        """Kill sshd and every session it forked (the host stops answering ssh); ``up`` brings it back."""
+        if self.proc:
+            kill_tree(self.proc)
+            self.proc = None
+
     def answers(self) -> bool:
         """True once a real login runs ``true``."""
         if self.proc and self.proc.poll() is not None:
             raise RuntimeError(f"sshd exited with {self.proc.returncode}")
-        return self.ssh("true", timeout=15).returncode == 0
+        try:
+            return self.ssh("true", timeout=15).returncode == 0
+        except subprocess.TimeoutExpired:   # a busy machine: not yet
+            return False
 
     def write_sshd_config(self) -> None:
         """sshd_config: key-only root login, own host key, pid file and session environment."""
@@ -183,9 +197,7 @@ esac
 
     def stop(self) -> None:
         """Kill sshd and every session it forked; remove the temp dir."""
-        if self.proc:
-            kill_tree(self.proc)
-            self.proc = None
+        self.down()
         if self.tmp != Path() and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -20,6 +20,7 @@ Control surface of ``FakeOpenStack`` (all thread-safe, effective at once):
   set_quota(instances=.., cores=.., ram=.., key_pairs=.., floatingip=.., security_group=..)
   add_server_directly(name, flavor=, image=, network=, status=) -> id
   add_keypair_directly(name, public_key), expire_tokens()
+  add_network_directly(name, cidr, first=, last=) -> id, fixed_addresses(server_id)
   server(id) / servers() (internal records incl. user_data),
   request_log, request_count(method, path_regex), clear_request_log()
 

@@ -213,6 +213,25 @@ class FakeOpenStack:
                                created=created)
         return str(s["id"])
 
+    def add_network_directly(self, name: str, cidr: str, first: str = "", last: str = "") -> str:
+        """A private network of this project with one subnet (addresses handed out from ``first`` to
+        ``last`` when given, as an operator's allocation pool); returns its id."""
+        with self.state.lock:
+            net = self.state.add_network(name, PROJECT_ID, time.time(), external=False)
+            sub = self.state.add_subnet(net, f"{name}-subnet", cidr, time.time())
+            pool = sub["allocation_pools"][0]
+            pool.update({k: v for k, v in (("start", first), ("end", last)) if v})
+            return str(net["id"])
+
+    def fixed_addresses(self, server_id: str) -> dict[str, list[str]]:
+        """{network name: the fixed addresses of the server's ports there}: what a guest learns by DHCP."""
+        with self.state.lock:
+            s = self.state.servers.get(server_id)
+            if s is None:
+                return {}
+            return {net: [e["addr"] for e in entries if e["OS-EXT-IPS:type"] == "fixed"]
+                    for net, entries in self.state.addresses(s).items()}
+
     def add_keypair_directly(self, name: str, public_key: str) -> None:
         with self.state.lock:
             self.state.add_keypair(name, public_key, ssh_fingerprint(public_key))
