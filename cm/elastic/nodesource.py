@@ -156,10 +156,13 @@ class ComputesetSource:
         return f"virtual cluster {self.vc} on cloud {self.st['cloud']}"
 
     def start(self, cluster: str, node: str, user_data: str, timeout: float) -> Started:
-        from cm.elastic import state
+        from cm.elastic import state, watch
 
         compute = self._claim(cluster, node)
+        began = time.monotonic()
         iso = self._seed(cluster, node, compute, user_data)
+        state.log(self.home, cluster, f"resume {node}: compute node {compute} of {self.vc}; seed {iso} "
+                                      f"attached in {time.monotonic() - began:.1f} s")
         began = time.monotonic()
         cs = self.provider.start_computeset(self.vc, allocation=self.st["allocation"],
                                             walltime_mins=int(self.st["walltime_mins"]), computes=compute)
@@ -167,7 +170,11 @@ class ComputesetSource:
             now["nodes"][node].update(computeset=cs["id"])
         cs = self._running(cs, timeout)
         state.log(self.home, cluster, f"resume {node}: computeset {cs['id']} (job {cs.get('job_id')}) running "
-                                            f"{time.monotonic() - began:.1f} s after it was asked for")
+                                      f"{time.monotonic() - began:.1f} s after it was asked for")
+        try:
+            watch.start(self.home, cluster, node, cs["id"])
+        except CmError as exc:  # the node works without it; Slurm then finds an ended one not responding
+            state.log(self.home, cluster, f"resume {node}: no watcher for computeset {cs['id']}: {exc}")
         return Started("", compute, {"vm": compute, "computeset": cs["id"], "seed": iso})
 
     def stop(self, cluster: str, node: str, entry: dict[str, Any]) -> str:

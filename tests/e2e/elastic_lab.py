@@ -185,10 +185,11 @@ def burst_status(lab: ElasticLab) -> dict[str, dict]:
     return {r["node"]: r for r in rows}
 
 
-def job_in_guest(lab: ElasticLab, node: str) -> tuple[str, str, float]:
+def job_in_guest(lab: ElasticLab, node: str, hostname: str = "") -> tuple[str, str, float]:
     """srun on cloud node ``node`` (powered down: cm boots it); asserts the job answered from inside the node's
-    VM at the address cm recorded; returns (its output, that address, seconds from srun to output)."""
-    vm = f"{lab.slurm.cluster_name}-{node}".replace("_", "-")
+    VM (whose hostname is ``hostname``, by default the VM cm names) at the address `burst status` shows;
+    returns (its output, that address, seconds from srun to output)."""
+    vm = hostname or f"{lab.slurm.cluster_name}-{node}".replace("_", "-")
     started = time.monotonic()
     job = lab.slurm.run(["srun", "-p", "cloud", "-N1", "-w", node, "sh", "-c", "hostname; ip -4 -o addr"],
                         timeout=JOB_TIMEOUT)
