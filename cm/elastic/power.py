@@ -135,6 +135,9 @@ def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> l
             _fail(ctx, cluster, node, source, ctl, why, [])
             return
         done = source.stop(cluster, node, before)
+        if before.get("state") == "failed":  # powered down by ended(): keep why it failed
+            state.log(home, cluster, f"suspend {node}: powered down after it failed; {done}")
+            return
         _stopped(home, cluster, node, "gone")
         state.log(home, cluster, f"suspend {node}: idle; {done}")
 
@@ -144,9 +147,13 @@ def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> l
 
 def ended(ctx: Any, cluster: str, source: Source, ctl: Controller) -> list[str]:
     """Nodes whose machine ended under them (a computeset failed or reached its walltime): DOWN with
-    the reason, their jobs requeued, what is left stopped; returns their names."""
+    the reason, their jobs requeued, what is left stopped; returns their names.
+
+    Slurm still counts such a node powered up, so it is then powered down (which keeps the reason):
+    the next job that needs it starts a fresh machine rather than waiting on a silent one."""
     gone = source.ended(state.load(Path(ctx.home), cluster)["nodes"])
     for node, why in gone.items():
         jobs = ctl.check(["squeue", "-h", "-w", node, "-o", "%i"]).split()
         _fail(ctx, cluster, node, source, ctl, why, jobs)
+        ctl.run(["scontrol", "update", f"nodename={node}", "state=power_down"])
     return sorted(gone)

@@ -146,7 +146,8 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
 
 def test_a_computeset_whose_walltime_ends_leaves_the_node_down_with_the_reason_and_nothing_running(world):
     """A one-minute walltime and a long idle time: the centre ends the computeset under the node; cm's
-    watcher sets the node DOWN with the reason, detaches its seed and exits; no guest, no centre job is left."""
+    watcher sets the node DOWN with the reason, detaches its seed, has Slurm power it down and exits; no guest,
+    no centre job is left."""
     lab, centre, service = world
     cluster = lab.slurm.cluster_name
     ok(lab.cm("slurm", "burst", "enable", str(lab.slurm.conf), "--cloud", "comet", "--max", "1",
@@ -160,10 +161,40 @@ def test_a_computeset_whose_walltime_ends_leaves_the_node_down_with_the_reason_a
     assert reason.group(1).startswith(f"cm: computeset {cs_id} ended: its walltime of 1 min ended"), reason.group(1)
     assert not [d for d in lab.domains() if "vm-vc1-0" in d]
     assert not ok(centre.run(["squeue", "-h", "-o", "%i"])).strip()
+    # then powered down, the reason kept: the next job starts a fresh computeset
+    wait_for("cloud1 powered down", lambda: ok(lab.slurm.run(["sinfo", "-h", "-n", "cloud1", "-o", "%t"])).strip()
+             == "idle~", 120, 2)
+    assert "cm: computeset" in ok(lab.slurm.run(["sinfo", "-h", "-n", "cloud1", "-o", "%E"]))
     row = burst_status(lab)["cloud1"]
-    assert row["slurm_state"].startswith("down") and row["vm"] == "" and "walltime" in row["reason"]
+    assert row["vm"] == "" and row["computeset"] == "" and "walltime of 1 min ended" in row["reason"]
     node = json.loads(ok(lab.cm("comet", "node", "info", "vc1", "vm-vc1-0", "--cloud", "comet", "-f", "json")))
     assert node["iso"] == ""
     folder = lab.cm_home / "elastic" / cluster
     wait_for("the watcher to exit", lambda: not (folder / "watch-cloud1.pid").exists(), 30)
     assert f"cloud1: computeset {cs_id} ended; node set DOWN" in (folder / "watch-cloud1.log").read_text()
+
+
+def test_a_node_without_a_free_compute_node_is_down_with_the_reason_and_its_job_requeued(world):
+    """Both compute nodes are in the user's own computesets: resume finds none free, the node goes DOWN
+    with the reason, the batch job is requeued, and no computeset of cm's is left."""
+    lab, centre, service = world
+    taken = [json.loads(ok(lab.cm("comet", "start", "vc1", compute, "--walltime", "10m", "--no-wait",
+                                  "--cloud", "comet", "-f", "json")))[0] for compute in ("vm-vc1-0", "vm-vc1-1")]
+    before = {cs["id"] for cs in json.loads(ok(lab.cm("comet", "computeset", "--state", "all", "--cloud", "comet",
+                                                      "-f", "json")))}
+    job = ok(lab.slurm.run(["sbatch", "--parsable", "-p", "cloud", "-w", "cloud1", "--wrap", "hostname"])).strip()
+    try:
+        reason = wait_for("cloud1 down with cm's reason", lambda: re.search(
+            r"Reason=(cm: boot failed[^\n]*)", ok(lab.slurm.run(["scontrol", "show", "node", "cloud1"]))), 120, 1)
+        assert "virtual cluster vc1 has no free compute node" in reason.group(1)
+        shown = ok(lab.slurm.run(["scontrol", "show", "job", job]))
+        assert re.search(r"JobState=PENDING", shown) and re.search(r"Restarts=[1-9]|Requeue=1", shown), shown
+        after = {cs["id"] for cs in json.loads(ok(lab.cm("comet", "computeset", "--state", "all", "--cloud",
+                                                         "comet", "-f", "json")))}
+        assert after == before   # cm started none
+        row = burst_status(lab)["cloud1"]
+        assert row["slurm_state"].startswith("down") and row["computeset"] == ""
+    finally:
+        lab.slurm.run(["scancel", job])
+        for cs in taken:   # one host at the centre: the second waits in its queue until then
+            ok(lab.cm("comet", "terminate", str(cs["id"]), "--cloud", "comet"))
