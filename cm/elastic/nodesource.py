@@ -38,6 +38,7 @@ class Started:
 
     address: str
     hostname: str
+    what: str  # for the log: "VM NAME", "compute node NAME"
     entry: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,15 +71,15 @@ class VmSource:
             raise NotFound(f"unknown image '{args.image}' on cloud '{args.cloud}' (images: {', '.join(sorted(images))})")
         return Prepared(flavors[args.flavor].vcpus, {"image": args.image, "flavor": args.flavor})
 
-    def describe(self) -> str:
-        return f"VM on cloud {self.st['cloud']}"
+    def describe(self, cluster: str, node: str) -> str:
+        return f"booting VM {vm_name(cluster, node)} on cloud {self.st['cloud']}"
 
     def start(self, cluster: str, node: str, user_data: str, timeout: float) -> Started:
         vm = vm_name(cluster, node)
         self._delete(vm)  # a VM left from an earlier life of this node would hold the name
         self.provider.create_vm(BootSpec(name=vm, image=self.st["image"], flavor=self.st["flavor"],
                                          user_data=user_data))
-        return Started(self._address(vm, timeout), vm, {"vm": vm})
+        return Started(self._address(vm, timeout), vm, f"VM {vm}", {"vm": vm})
 
     def stop(self, cluster: str, node: str, entry: dict[str, Any]) -> str:
         """Delete the node's VM; returns what was done."""
@@ -152,8 +153,8 @@ class ComputesetSource:
                          "image": "", "flavor": ""},
                         {"SlurmctldParameters": "idle_on_node_suspend,cloud_reg_addrs"})
 
-    def describe(self) -> str:
-        return f"virtual cluster {self.vc} on cloud {self.st['cloud']}"
+    def describe(self, cluster: str, node: str) -> str:
+        return f"starting a computeset on virtual cluster {self.vc} of cloud {self.st['cloud']}"
 
     def start(self, cluster: str, node: str, user_data: str, timeout: float) -> Started:
         from cm.elastic import state, watch
@@ -175,7 +176,7 @@ class ComputesetSource:
             watch.start(self.home, cluster, node, cs["id"])
         except CmError as exc:  # the node works without it; Slurm then finds an ended one not responding
             state.log(self.home, cluster, f"resume {node}: no watcher for computeset {cs['id']}: {exc}")
-        return Started("", compute, {"vm": compute, "computeset": cs["id"], "seed": iso})
+        return Started("", compute, f"compute node {compute}", {"vm": compute, "computeset": cs["id"], "seed": iso})
 
     def stop(self, cluster: str, node: str, entry: dict[str, Any]) -> str:
         """End the node's computeset (its compute node powers off) and detach its seed."""

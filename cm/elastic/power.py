@@ -20,7 +20,7 @@ from typing import Any
 
 from cm.errors import CmError
 from cm.elastic import state, userdata
-from cm.elastic.nodesource import ComputesetSource, VmSource, source_for, vm_name  # noqa: F401 (vm_name: re-export)
+from cm.elastic.nodesource import ComputesetSource, VmSource, source_for
 from cm.elastic.slurmctl import Controller
 from cm.elastic.target import controller, read_conf
 
@@ -71,7 +71,7 @@ def resume(ctx: Any, cluster: str, nodes: list[str],
         with state.changing(home, cluster) as now:
             now["nodes"][node] = {**now["nodes"].get(node, {}), "cloud": st["cloud"], "address": "",
                                   "state": "booting", "reason": "", "since": time.time(), "booted": 0.0}
-        state.log(home, cluster, f"resume {node}: starting a {source.describe()}")
+        state.log(home, cluster, f"resume {node}: {source.describe(cluster, node)}")
         try:
             up = source.start(cluster, node, userdata.script(conf, node, key), float(st["resume_timeout"]))
             if up.address:
@@ -82,7 +82,7 @@ def resume(ctx: Any, cluster: str, nodes: list[str],
         with state.changing(home, cluster) as now:
             now["nodes"][node].update(up.entry, address=up.address, state="booted", booted=time.time())
         told = f"; told Slurm nodeaddr={up.address}" if up.address else "; Slurm learns its address when it registers"
-        state.log(home, cluster, f"resume {node}: {up.hostname} at {up.address or '?'}{told}")
+        state.log(home, cluster, f"resume {node}: {up.what} at {up.address or '?'}{told}")
         return up.address
 
     outcomes = bulk.run_each(nodes, boot, "resume")

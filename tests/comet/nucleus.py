@@ -141,6 +141,31 @@ class Nucleus:
         return response.json()["key"]
 
 
+DOMAIN = """<domain type='qemu'>
+  <name>$$domain</name>
+  <memory unit='MiB'>$$memory</memory>
+  <vcpu>$$cpus</vcpu>
+  <os><type arch='x86_64'>hvm</type><kernel>$kernel</kernel><initrd>$initrd</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
+  <features><acpi/></features>
+  <on_crash>destroy</on_crash>
+  <devices>
+    $$iso_disk$devices
+    <serial type='pty'><log file='$$console_log' append='off'/><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def domain_template(kernel: Path, initrd: Path, devices: str = "") -> str:
+    """The service's domain template (``domain_xml``) for a direct-kernel-boot test guest, plus ``devices``."""
+    from string import Template
+
+    return Template(DOMAIN).substitute(kernel=kernel, initrd=initrd, devices=devices)
+
+
 def test_driver_hosts(directory: Path, names: tuple[str, ...] = ("n1", "n2", "n3")) -> dict[str, str]:
     """Each Slurm node's hypervisor: its own instance of libvirt's test driver in the service's process."""
     hosts = {}

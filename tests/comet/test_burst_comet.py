@@ -10,28 +10,7 @@ from pathlib import Path
 
 import pytest
 
-STATIC = """ClusterName=lab
-SlurmctldHost=head(10.0.0.1)
-AuthInfo=socket=/run/lab/munge.sock
-NodeName=n[1-2] NodeAddr=10.0.0.[11-12] CPUs=2
-PartitionName=debug Nodes=ALL Default=YES
-"""
-
-
-@pytest.fixture
-def conf(tmp_path: Path) -> Path:
-    path = tmp_path / "slurm.conf"
-    path.write_text(STATIC)
-    return path
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> Path:
-    path = tmp_path / "munge.key"
-    path.write_bytes(b"k" * 1024)
-    path.chmod(0o600)
-    return path
-
+from tests.test_slurm_burst import STATIC, conf, key  # noqa: F401  (fixtures: the site's slurm.conf, a munge key)
 
 def burst(cm, conf: Path, key: Path, *extra: str):
     return cm("slurm", "burst", "enable", str(conf), "--munge-key", str(key), "--dryrun", *extra)
@@ -43,6 +22,7 @@ def test_dryrun_backs_the_cloud_nodes_with_the_virtual_cluster(cm, comet, conf, 
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert "NodeName=cloud[1-4] CPUs=1 State=CLOUD Feature=cloud,cm-burst" in lines
+    assert "SuspendExcNodes=n[1-4]" in lines
     # the service knows no guest addresses: Slurm takes each from the node's registration
     assert "SlurmctldParameters=idle_on_node_suspend,cloud_reg_addrs" in lines
     assert conf.read_text() == STATIC

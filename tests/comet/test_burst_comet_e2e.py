@@ -12,7 +12,6 @@ guest, its slurmd registers, the job runs inside it; idle, the computeset ends a
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -22,17 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.comet.nucleus import PASSWORDS, Nucleus, cancel_all, prefix, write_config
-from tests.e2e.elastic_lab import GATEWAY, NsHost, NsSlurm, burst_status, job_in_guest, ok, running_lab
+from tests.comet.nucleus import PASSWORDS, Nucleus, cancel_all, domain_template, prefix, write_config
+from tests.e2e.elastic_lab import GATEWAY, NsHost, NsSlurm, burst_status, job_in_guest, lab_marks, ok, running_lab
 from tests.infra.procs import wait_for
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(os.geteuid() != 0, reason="e2e: needs root (namespaces, libvirtd)"),
-    pytest.mark.skipif(not all(shutil.which(t) for t in ("libvirtd", "qemu-system-x86_64", "slurmctld", "slurmd",
-                                                         "munged", "dnsmasq", "curl")),
-                       reason="e2e: run scripts/install-system-packages.sh"),
-]
+pytestmark = lab_marks("curl")
 pytest.importorskip("libvirt")
 pytest.importorskip("pycdlib")
 
@@ -42,24 +35,9 @@ SERVICE_PORT = 24720  # the Comet service, on the namespace's loopback
 COMPUTES = "vm-vc1-[0-1]"
 IDLE = 20
 
-DOMAIN = """<domain type='qemu'>
-  <name>$domain</name>
-  <memory unit='MiB'>$memory</memory>
-  <vcpu>$cpus</vcpu>
-  <os><type arch='x86_64'>hvm</type><kernel>@KERNEL@</kernel><initrd>@INITRD@</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
-  <features><acpi/></features>
-  <on_crash>destroy</on_crash>
-  <devices>
-    $iso_disk
+NETWORK = """
     <interface type='network'><mac address='$mac'/><source network='default'/><model type='virtio'/></interface>
-    <serial type='pty'><log file='$console_log' append='off'/><target port='0'/></serial>
-    <console type='pty'><target type='serial' port='0'/></console>
-    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"""
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +50,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         with running_lab("cometb", prefix("cometb-lab"), PORT, cm_home) as lab:
             host = NsHost(lab.libvirtd.netns, GATEWAY)
             template = tmp / "domain.xml"
-            template.write_text(DOMAIN.replace("@KERNEL@", str(lab.kernel)).replace("@INITRD@", str(lab.initrd)))
+            template.write_text(domain_template(lab.kernel, lab.initrd, NETWORK))
             with NsSlurm(prefix("cometb-ctr"), CENTRE_PORT, host) as centre:
                 config = write_config(tmp / "service", SERVICE_PORT, centre.client_env, {"n1": lab.libvirtd.uri},
                                       computes=COMPUTES, compute_hosts="n1", domain_xml=template, memory=256)
@@ -121,7 +99,7 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     # where the time went (cm's log and Slurm's node times have whole seconds): Slurm waking cm, cm's seed, the
     # centre's computeset start, the guest's boot to slurmd registration, then Slurm starting the job
     log = (lab.cm_home / "elastic" / cluster / "actions.log").read_text()
-    woke = _stamp(re.search(r"^(\S+) resume cloud1: starting", log, re.M).group(1))
+    woke = _stamp(re.search(r"^(\S+) resume cloud1: starting a computeset", log, re.M).group(1))
     seed = float(re.search(r"seed \S+ attached in ([\d.]+) s", log).group(1))
     cs_took = float(re.search(r"computeset \d+ \(job \d+\) running ([\d.]+) s after", log).group(1))
     fields = dict(w.split("=", 1) for w in ok(lab.slurm.run(["scontrol", "-o", "show", "node", "cloud1"])).split()

@@ -37,6 +37,18 @@ GATEWAY = str(next(ipaddress.ip_network(DEFAULT_SUBNET).hosts()))
 CLOUD = "burst"
 
 
+def lab_marks(*tools: str) -> list:
+    """The pytest marks of a test module on the lab: e2e, root, and the daemons (plus ``tools``) installed."""
+    import shutil
+
+    import pytest
+
+    needed = ("libvirtd", "qemu-system-x86_64", "slurmctld", "slurmd", "munged", "dnsmasq", *tools)
+    return [pytest.mark.e2e,
+            pytest.mark.skipif(os.geteuid() != 0, reason="e2e: needs root (namespaces, libvirtd)"),
+            pytest.mark.skipif(not all(shutil.which(t) for t in needed), reason="e2e: run scripts/install-system-packages.sh")]
+
+
 class NsHost:
     """A place for SlurmCluster's daemons and clients: the private libvirtd's network namespace."""
 
