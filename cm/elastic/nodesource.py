@@ -234,11 +234,12 @@ class ComputesetSource:
         return compute
 
     def _seed(self, cluster: str, node: str, compute: str, user_data: str) -> str:
-        """Upload a NoCloud seed with the user-data (as secret as the munge key in it) and attach it."""
+        """Upload a NoCloud seed with the user-data (as secret as the munge key in it) and attach it; a fresh
+        instance-id each boot, so cloud-init on the node's own disk runs the user-data again."""
         from cm.elastic import state
         from cm_plugins.kvm.seed import Seed, iso_bytes, meta_data
 
-        name = f"cm-seed-{cluster}-{node}-{secrets.token_hex(6)}.iso".replace("_", "-")
+        name = f"cm-seed-{cluster}-{node}.iso".replace("_", "-")  # replaced at each boot: one per node at most
         data = iso_bytes(Seed(meta_data(f"{compute}-{secrets.token_hex(4)}", compute), user_data))
         fd, path = tempfile.mkstemp(prefix=".cm-seed-", suffix=".iso")  # 0600: it holds the munge key
         try:

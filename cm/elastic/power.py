@@ -65,7 +65,7 @@ def resume(ctx: Any, cluster: str, nodes: list[str],
     source = source_for(ctx, st)
     key = Path(st["munge_key"]).read_bytes()
     jobs = jobs_by_node() if jobs is None else jobs
-    ended(ctx, cluster, source, ctl)
+    _look_for_ended(ctx, cluster, source, ctl)
 
     def boot(node: str) -> str:
         with state.changing(home, cluster) as now:
@@ -124,7 +124,7 @@ def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> l
     st = state.load(home, cluster)
     source = source_for(ctx, st)
     ctl = controller(st)
-    ended(ctx, cluster, source, ctl)
+    _look_for_ended(ctx, cluster, source, ctl)
 
     def remove(node: str) -> None:
         before = state.load(home, cluster)["nodes"].get(node, {})
@@ -143,6 +143,14 @@ def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> l
 
     outcomes = bulk.run_each(nodes, remove, "suspend")
     return [(o.name, "" if o.ok else o.message) for o in outcomes]
+
+
+def _look_for_ended(ctx: Any, cluster: str, source: Source, ctl: Controller) -> None:
+    """ended() on the way: a cloud that does not answer now must not stop the nodes asked for."""
+    try:
+        ended(ctx, cluster, source, ctl)
+    except CmError as exc:
+        state.log(Path(ctx.home), cluster, f"could not look for ended machines: {exc}")
 
 
 def ended(ctx: Any, cluster: str, source: Source, ctl: Controller) -> list[str]:

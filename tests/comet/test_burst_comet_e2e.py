@@ -94,7 +94,7 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     assert sets["state"] == "running" and sets["account"] == "abc101"
     assert ok(centre.run(["squeue", "-h", "-j", str(sets["job_id"]), "-o", "%T"])).strip() == "RUNNING"
     node = json.loads(ok(lab.cm("comet", "node", "info", "vc1", "vm-vc1-0", "--cloud", "comet", "-f", "json")))
-    assert node["iso"].startswith(f"public/cm-seed-{cluster.replace('_', '-')}-cloud1-")
+    assert node["iso"] == f"public/cm-seed-{cluster.replace('_', '-')}-cloud1.iso"
 
     # where the time went (cm's log and Slurm's node times have whole seconds): Slurm waking cm, cm's seed, the
     # centre's computeset start, the guest's boot to slurmd registration, then Slurm starting the job
