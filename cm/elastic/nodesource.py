@@ -135,6 +135,10 @@ class ComputesetSource:
         from cm_plugins.comet.walltime import minutes
 
         provider = ctx.provider(args.cloud)
+        for option in ("image", "flavor"):
+            if getattr(args, option, None):
+                raise UsageError(f"--{option} is for VMs; the compute nodes of cloud '{args.cloud}' boot their "
+                                 "virtual cluster's own disk")
         walltime = minutes(args.walltime or "2d")
         if not args.comet_cluster:
             names = sorted(c["name"] for c in provider.clusters())
