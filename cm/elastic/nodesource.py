@@ -183,7 +183,9 @@ class ComputesetSource:
         return Started("", compute, f"compute node {compute}", {"vm": compute, "computeset": cs["id"], "seed": iso})
 
     def stop(self, cluster: str, node: str, entry: dict[str, Any]) -> str:
-        """End the node's computeset (its compute node powers off) and detach its seed."""
+        """End the node's computeset (its compute node powers off) and detach its seed; the node then holds neither."""
+        from cm.elastic import state
+
         done = []
         cs_id, compute = entry.get("computeset"), entry.get("compute")
         if cs_id:
@@ -196,6 +198,8 @@ class ComputesetSource:
         if compute and entry.get("seed"):
             self.provider.attach_iso("", self.vc, compute)
             done.append(f"detached the seed of {compute}")
+        with state.changing(self.home, cluster) as now:  # the compute node stays only as a preference
+            now["nodes"].setdefault(node, {}).update(computeset=None, seed="")
         return "; ".join(done) or "nothing to stop"
 
     def row(self, entry: dict[str, Any]) -> dict[str, Any]:
