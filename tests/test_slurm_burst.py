@@ -139,7 +139,7 @@ def test_the_boot_script_makes_the_vm_node_of_this_cluster(conf):
 
 def test_a_node_is_reached_at_its_fixed_address_on_the_network_named_first():
     """A Nova server on two networks, one with a floating IP: Slurm gets the fixed IP on the burst network."""
-    from cm.elastic.power import node_address
+    from cm.elastic.nodesource import node_address
     from cm_plugins.openstack.convert import to_vm
 
     def entry(addr: str, kind: str = "fixed") -> dict:

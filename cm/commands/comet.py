@@ -132,7 +132,7 @@ def computeset(ctx, args: Namespace) -> None:
 
 
 # -- starting and ending computesets ---------------------------------------------------------------
-def _allocation(ctx, data: dict[str, Any], given: str | None) -> str:
+def allocation_of(ctx, data: dict[str, Any], given: str | None) -> str:
     """--allocation, else the cluster's only one; several are asked for at a terminal, refused in scripts."""
     mine = list(data.get("allocations") or [])
     if given:
@@ -195,7 +195,7 @@ def start(ctx, args: Namespace) -> int:
     walltime = minutes(args.walltime)
     data = provider.cluster(args.cluster)
     _free_check(data, names, args.count)
-    allocation = _allocation(ctx, data, args.allocation)
+    allocation = allocation_of(ctx, data, args.allocation)
     what = collect(names) if names else f"{args.count} nodes"
     if args.dryrun:
         ctx.say(f"would start {what} of {args.cluster} for {show(walltime)} on allocation {allocation}")

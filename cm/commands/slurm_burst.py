@@ -14,7 +14,7 @@ from typing import Any
 from cm.commands import add_cloud_option, add_dryrun_option, completes, subcommands, verb
 from cm.output import add_format_options
 
-STATUS_COLUMNS = ["node", "slurm_state", "vm", "cloud", "address", "node_hours", "reason", "agent"]
+STATUS_COLUMNS = ["node", "slurm_state", "vm", "computeset", "cloud", "address", "node_hours", "reason", "agent"]
 
 
 def show_done(ctx: Any, args: Namespace, done: dict[str, Any]) -> None:
@@ -77,8 +77,16 @@ def add_subcommands(subs: Any) -> None:
                          "cm launched or enabled before")
     add_cloud_option(on)
     on.add_argument("--max", type=int, required=True, help="at most this many cloud nodes")
-    completes(on.add_argument("--image", help="image the VMs boot (default: the cloud's 'image' default)"), "image")
+    completes(on.add_argument("--image", help="image the VMs boot (default: the cloud's 'image' default); "
+                                              "a comet cloud's nodes boot their own disk"), "image")
     completes(on.add_argument("--flavor", help="flavor of the VMs (default: the cloud's 'flavor' default)"), "flavor")
+    on.add_argument("--comet-cluster", default="", metavar="VC",
+                    help="on a comet cloud: the virtual cluster whose compute nodes back the cloud nodes "
+                         "(default: its only one)")
+    on.add_argument("--allocation", default="", help="on a comet cloud: the allocation the computesets charge "
+                                                     "(default: the virtual cluster's only one)")
+    on.add_argument("--walltime", default="", help="on a comet cloud: walltime of each node's computeset "
+                                                   "(90m, 2h, 3d, 1w; default 2d)")
     on.add_argument("--idle", type=int, default=300, help="seconds a cloud node stays idle before its VM goes")
     on.add_argument("--partition", default="cloud", help="partition (and node name prefix) of the cloud nodes")
     on.add_argument("--resume-timeout", type=int, default=300, help="seconds a VM has to register its slurmd")

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cm.errors import NotFound, ProviderError, UsageError
+from cm.errors import ProviderError, UsageError
 from cm.elastic import agent, slurmconf, state
+from cm.elastic.nodesource import Prepared, kind_for
 from cm.elastic.slurmctl import Controller
 from cm.elastic.target import Target, cluster_of, controller, munge_key, read_conf
 
@@ -64,8 +65,8 @@ def _program(home: Path, cluster: str, verb: str, ctl: Controller, noun: str = "
     return path
 
 
-def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, target: Target, nodes: str) -> tuple[int, bytes]:
-    """Refuse bad input before anything changes; returns (vCPUs of the flavor, the munge key)."""
+def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, target: Target, nodes: str) -> tuple[Prepared, bytes]:
+    """Refuse bad input before anything changes; returns (what the node source prepared, the munge key)."""
     from cm.names import expand
 
     if not 1 <= args.max <= 1024:
@@ -82,39 +83,16 @@ def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, target: Target, nodes
     if clash:
         raise UsageError(f"{conf.path} already has nodes named {clash[0]}...; name the partition otherwise")
     key = munge_key(target, args.munge_key)
-    provider = ctx.provider(args.cloud)
-    provider.require("create_vm")
-    flavors = {f.name: f for f in provider.list_flavors()}
-    if args.flavor not in flavors:
-        raise NotFound(f"unknown flavor '{args.flavor}' on cloud '{args.cloud}' (flavors: {', '.join(sorted(flavors))})")
-    images = {i.name for i in provider.list_images()}
-    if args.image not in images:
-        raise NotFound(f"unknown image '{args.image}' on cloud '{args.cloud}' (images: {', '.join(sorted(images))})")
-    args.network = _named(args.network, "network", args.cloud, provider.list_networks)
-    args.secgroup = _named(args.secgroup, "secgroup", args.cloud, provider.list_secgroups)
-    return flavors[args.flavor].vcpus, key
+    return kind_for(ctx, args.cloud).prepare(ctx, args), key
 
 
-def _named(given: list[str], noun: str, cloud: str, listing: Any) -> list[str]:
-    """The names of the networks or security groups given (by name or id): each must be on the cloud
-    (found now, not when a job waits); names, since a VM's addresses are listed by network name."""
-    if not given:
-        return []
-    names = {}
-    for item in listing():
-        names.update({item.name: item.name, item.id: item.name})
-    for name in given:
-        if name not in names:
-            raise NotFound(f"unknown {noun} '{name}' on cloud '{cloud}' (see `cm {noun} list --refresh`)")
-    return [names[name] for name in given]
-
-
-def _settings(args: Any, conf: slurmconf.SlurmConf, programs: dict[str, Path]) -> dict[str, str]:
+def _settings(args: Any, conf: slurmconf.SlurmConf, programs: dict[str, Path],
+              extra: dict[str, str]) -> dict[str, str]:
     wanted = {**{k: str(v) for k, v in programs.items()},
               "SuspendTime": str(args.idle), "SuspendTimeout": "60", "ResumeTimeout": str(args.resume_timeout),
               "ResumeRate": "0", "SuspendRate": "0", "TreeWidth": "65533",
               "CommunicationParameters": "NoAddrCache", "SlurmctldParameters": "idle_on_node_suspend",
-              "PrivateData": "cloud"}
+              "PrivateData": "cloud", **extra}
     if conf.nodes:
         wanted["SuspendExcNodes"] = ",".join(conf.nodes)  # static nodes are never powered down
     return slurmconf.block_settings(conf, wanted)
@@ -127,16 +105,14 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
     cluster, ctl = target.cluster, target.ctl
     conf = target.conf()
     args.cloud = ctx.cloud_name(args)
-    args.image = args.image or ctx.value("image", args.cloud)
-    args.flavor = args.flavor or ctx.value("flavor", args.cloud)
     nodes = f"{args.partition}[1-{args.max}]" if args.max > 1 else f"{args.partition}1"
-    vcpus, key = _check(ctx, args, conf, target, nodes)
+    prepared, key = _check(ctx, args, conf, target, nodes)
     spooled = not ctl.local and not agent.cm_runs_there(ctl, home)
     cloud_env = program_env(ctx, args.cloud)
     programs = {k: agent.spool(cluster) / verb for k, verb in PROGRAMS.items()} if spooled else \
         {k: _program(home, cluster, verb, ctl, cloud_env=cloud_env) for k, verb in PROGRAMS.items()}
-    settings = _settings(args, conf, programs)
-    lines = [f"NodeName={nodes} CPUs={vcpus} State=CLOUD Feature=cloud,cm-burst",
+    settings = _settings(args, conf, programs, prepared.settings)
+    lines = [f"NodeName={nodes} CPUs={prepared.vcpus} State=CLOUD Feature=cloud,cm-burst",
              f"PartitionName={args.partition} Nodes={nodes} MaxTime=INFINITE State=UP"]
     text = slurmconf.with_block(conf, settings, lines, f"cloud {args.cloud}, up to {args.max} nodes, written by cm")
     if args.dryrun:
@@ -156,20 +132,19 @@ def enable(ctx: Any, args: Any) -> dict[str, Any]:
         if spooled and not conf.has_block:
             agent.uninstall(ctl, cluster)
         raise ProviderError(f"{exc}; put the previous slurm.conf back") from None
-    fresh = {"cluster": cluster, **target.saved(), "cloud": args.cloud,
-             "image": args.image, "flavor": args.flavor, "max": args.max, "idle": args.idle,
+    fresh = {"cluster": cluster, **target.saved(), "cloud": args.cloud, **prepared.fields, "max": args.max, "idle": args.idle,
              "partition": args.partition, "node_list": nodes, "munge_key": _keep_key(home, cluster, target, key, args.munge_key),
              "resume_timeout": args.resume_timeout, "restart_command": restart, "agent": spooled,
-             "networks": list(args.network), "secgroups": list(args.secgroup),
              "nodes": state.load(home, cluster)["nodes"] if state.exists(home, cluster) else {}}
     with state.changing(home, cluster, fresh):
         pass
-    state.log(home, cluster, f"enable: {nodes} on cloud {args.cloud} (image {args.image}, flavor {args.flavor}), "
+    shown = {k: ",".join(v) if isinstance(v, list) else v for k, v in prepared.fields.items()}
+    backing = ", ".join(f"{k} {v}" for k, v in shown.items() if v != "")
+    state.log(home, cluster, f"enable: {nodes} on cloud {args.cloud} ({backing}), "
                              f"idle {args.idle} s, partition {args.partition}")
     pid, _ = _agent_for(home, cluster, spooled)
     return {"cluster": cluster, "partition": args.partition, "nodes": nodes, "cloud": args.cloud,
-            "image": args.image, "flavor": args.flavor, "idle": args.idle, "conf": str(ctl.conf),
-            "controller": ctl.host, "agent": pid or ""}
+            **shown, "idle": args.idle, "conf": str(ctl.conf), "controller": ctl.host, "agent": pid or ""}
 
 
 def _agent_for(home: Path, cluster: str, spooled: bool, verb: str = "enable") -> tuple[int | None, bool]:
@@ -243,19 +218,22 @@ def _apply(ctl: Controller, restart: str, nodes_changed: bool) -> None:
 
 
 def status(ctx: Any, cluster_arg: str) -> list[dict[str, Any]]:
-    """Each cloud node: its Slurm state, VM, cloud, address and node-hours."""
+    """Each cloud node: its Slurm state, VM (or compute node and computeset), cloud, address and node-hours."""
+    from cm.elastic.nodesource import source_for
     from cm.names import expand
 
     cluster = cluster_of(ctx, cluster_arg).cluster
     st = state.load(Path(ctx.home), cluster)
-    live = controller(st).nodes(st["node_list"])
+    source, ctl = source_for(ctx, st), controller(st)
+    live = ctl.nodes(st["node_list"])
     rows, helper = [], agent_state(Path(ctx.home), st)
     for node in expand([st["node_list"]]):
         have = st["nodes"].get(node, {})
         slurm = live.get(node, {})
-        rows.append({"node": node, "slurm_state": slurm.get("State", "unknown").lower(),
-                     "vm": have.get("vm", "") if have.get("since") else "", "cloud": st["cloud"],
-                     "address": have.get("address", ""), "node_hours": state.node_hours(have) if have else 0.0,
+        learnt = slurm.get("NodeAddr", "") if have.get("since") and slurm.get("NodeAddr") != node else ""
+        rows.append({"node": node, "slurm_state": slurm.get("State", "unknown").lower(), **source.row(have),
+                     "cloud": st["cloud"], "address": have.get("address") or learnt,
+                     "node_hours": state.node_hours(have) if have else 0.0,
                      "reason": have.get("reason", ""), "agent": helper})
     return rows
 

@@ -1,11 +1,13 @@
-"""What slurmctld calls: power cloud nodes up (boot their VMs), down (delete them), and clean up
-nodes that never came up.  Each program gets a hostlist and runs its nodes in parallel.
+"""What slurmctld calls: power cloud nodes up, down, and clean up nodes that never came up.
+Each program gets a hostlist and runs its nodes in parallel.
 
-Resume boots one VM per node with user-data that makes it a slurmd of the cluster, and tells
-Slurm the node's address (``scontrol update nodename=X nodeaddr=IP nodehostname=VM``) the
-moment the cloud reports one; Slurm then waits for the node's slurmd to register: no fixed
-sleep anywhere.  A node whose VM cannot be made or gets no address is cleaned up (its VM
-deleted), set DOWN with the reason, and its jobs requeued.
+Resume starts each node's machine through the cluster's node source (cm.elastic.nodesource: a VM
+on a cloud, or a compute node of a Comet virtual cluster in a computeset) with user-data that makes
+it a slurmd of the cluster, and tells Slurm the node's address (``scontrol update nodename=X
+nodeaddr=IP nodehostname=H``) the moment the source knows one (a Comet node's is learnt by Slurm
+from its registration); Slurm then waits for the node's slurmd to register: no fixed sleep
+anywhere.  A node whose machine cannot be started is cleaned up (nothing left running), set DOWN
+with the reason, and its jobs requeued.
 """
 
 from __future__ import annotations
@@ -16,18 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cm.errors import CmError, NotFound, ProviderError
+from cm.errors import CmError
 from cm.elastic import state, userdata
+from cm.elastic.nodesource import ComputesetSource, VmSource, source_for
 from cm.elastic.slurmctl import Controller, Unreachable
 from cm.elastic.target import controller, read_conf
-from cm.provider import VM, BootSpec, Provider
 
-POLL = 0.2  # seconds between two looks at a booting VM's address
-
-
-def vm_name(cluster: str, node: str) -> str:
-    """The cloud VM of ``node``: the cluster's name in front, so two clusters never share one."""
-    return f"{cluster}-{node}".replace("_", "-")
+Source = VmSource | ComputesetSource
 
 
 def jobs_by_node(environ: dict[str, str] | None = None) -> dict[str, list[str]]:
@@ -54,43 +51,20 @@ def jobs_from(text: str) -> dict[str, list[str]]:
     return found
 
 
-def node_address(vm: VM, networks: list[str]) -> str:
-    """Where slurmctld reaches the node: its fixed address on the first network named (a VM may sit on
-    several), else its first fixed address; a public one only when it has none (a floating IP is for
-    reaching the VM from outside the cloud, where the controller usually is not)."""
-    by_network = vm.extra.get("addresses")
-    if networks and isinstance(by_network, dict):
-        return next(iter(by_network.get(networks[0], [])), "")   # not yet there: wait for it, not for another
-    return next(iter([*vm.private_ips, *vm.public_ips]), "")
-
-
-def _address(provider: Provider, vm: str, timeout: float, networks: list[str]) -> str:
-    """Poll the cloud until the VM reports an address; an error state or the timeout fails."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = provider.get_vm(vm)
-        if str(found.state) == "error":
-            raise ProviderError(f"VM {vm} went to ERROR" + (f": {found.fault}" if found.fault else ""))
-        if str(found.state) in ("stopped", "deleted"):
-            raise ProviderError(f"VM {vm} stopped while booting")
-        address = node_address(found, networks)
-        if address:
-            return address
-        if time.monotonic() >= deadline:
-            raise ProviderError(f"VM {vm} had no address after {timeout:g} s")
-        time.sleep(POLL)
-
-
-def _delete(provider: Provider, vm: str) -> None:
+def _tell(ctl: Controller, node: str, up: Any, source: Source, cluster: str, home: Path) -> None:
+    """Give Slurm the node's address; if the controller cannot be reached, stop the machine again:
+    no machine without its node (the agent tries the request again)."""
     try:
-        provider.delete_vm(vm)
-    except NotFound:
-        pass
+        ctl.scontrol("update", f"nodename={node}", f"nodeaddr={up.address}", f"nodehostname={up.hostname}")
+    except Unreachable:
+        done = source.stop(cluster, node, up.entry)
+        state.log(home, cluster, f"resume {node}: controller unreachable; {done}")
+        raise
 
 
 def resume(ctx: Any, cluster: str, nodes: list[str],
            jobs: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
-    """Boot the nodes' VMs in parallel; returns (node, "" or why it failed) for each.
+    """Start the nodes' machines in parallel; returns (node, "" or why it failed) for each.
 
     ``jobs`` (node -> job ids to requeue if it fails) defaults to SLURM_RESUME_FILE's."""
     from cm import bulk
@@ -99,48 +73,45 @@ def resume(ctx: Any, cluster: str, nodes: list[str],
     st = state.load(home, cluster)
     ctl = controller(st)
     conf = read_conf(ctl)
-    provider = ctx.provider(st["cloud"])
+    source = source_for(ctx, st)
     key = Path(st["munge_key"]).read_bytes()
     jobs = jobs_by_node() if jobs is None else jobs
+    _look_for_ended(ctx, cluster, source, ctl)
 
     def boot(node: str) -> str:
-        vm = vm_name(cluster, node)
         with state.changing(home, cluster) as now:
-            now["nodes"][node] = {**now["nodes"].get(node, {}), "vm": vm, "cloud": st["cloud"], "address": "",
+            now["nodes"][node] = {**now["nodes"].get(node, {}), "cloud": st["cloud"], "address": "",
                                   "state": "booting", "reason": "", "since": time.time(), "booted": 0.0}
-        state.log(home, cluster, f"resume {node}: booting VM {vm} on cloud {st['cloud']}")
+        state.log(home, cluster, f"resume {node}: {source.describe(cluster, node)}")
         try:
-            _delete(provider, vm)  # a VM left from an earlier life of this node would hold the name
-            provider.create_vm(BootSpec(name=vm, image=st["image"], flavor=st["flavor"],
-                                        user_data=userdata.script(conf, node, key),
-                                        networks=st.get("networks", []), secgroups=st.get("secgroups", [])))
-            address = _address(provider, vm, float(st["resume_timeout"]), st.get("networks", []))
-            ctl.scontrol("update", f"nodename={node}", f"nodeaddr={address}", f"nodehostname={vm}")
+            up = source.start(cluster, node, userdata.script(conf, node, key), float(st["resume_timeout"]))
+            if up.address:
+                _tell(ctl, node, up, source, cluster, home)
         except Unreachable:
-            _delete(provider, vm)   # Slurm cannot be told of it: no VM without a node (the agent tries again)
-            state.log(home, cluster, f"resume {node}: controller unreachable; deleted VM {vm}")
-            raise
+            raise   # nothing to tell Slurm over a dead ssh: the agent tries the request again
         except CmError as exc:
-            _fail(ctx, cluster, node, vm, provider, ctl, f"boot failed: {exc}", jobs.get(node, []))
+            _fail(ctx, cluster, node, source, ctl, f"boot failed: {exc}", jobs.get(node, []))
             raise
         with state.changing(home, cluster) as now:
-            now["nodes"][node].update(address=address, state="booted", booted=time.time())
-        state.log(home, cluster, f"resume {node}: VM {vm} at {address}; told Slurm nodeaddr={address}")
-        return address
+            now["nodes"][node].update(up.entry, address=up.address, state="booted", booted=time.time())
+        told = f"; told Slurm nodeaddr={up.address}" if up.address else "; Slurm learns its address when it registers"
+        state.log(home, cluster, f"resume {node}: {up.what} at {up.address or '?'}{told}")
+        return up.address
 
     outcomes = bulk.run_each(nodes, boot, "resume")
     return [(o.name, "" if o.ok else o.message) for o in outcomes]
 
 
-def _fail(ctx: Any, cluster: str, node: str, vm: str, provider: Provider, ctl: Controller, reason: str,
+def _fail(ctx: Any, cluster: str, node: str, source: Source, ctl: Controller, reason: str,
           jobs: list[str]) -> None:
-    """Leave nothing of a node that did not come up: its VM deleted, the node DOWN, its jobs requeued."""
+    """Leave nothing of a node that did not come up: its machine stopped, the node DOWN, its jobs requeued."""
     home = Path(ctx.home)
+    entry = state.load(home, cluster)["nodes"].get(node, {})
     try:
-        _delete(provider, vm)
+        source.stop(cluster, node, entry)
         left = ""
     except CmError as exc:
-        left = f"; its VM {vm} could not be deleted: {exc}"
+        left = f"; its machine could not be stopped: {exc}"
     short = reason.replace('"', "'")[:200]
     ctl.run(["scontrol", "update", f"nodename={node}", "state=down", f"reason=cm: {short}"])
     for job in jobs:
@@ -159,26 +130,51 @@ def _stopped(home: Path, cluster: str, node: str, how: str, reason: str = "") ->
 
 
 def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> list[tuple[str, str]]:
-    """Delete the nodes' VMs (SuspendProgram), or clean up nodes that never registered (ResumeFailProgram)."""
+    """Stop the nodes' machines (SuspendProgram), or clean up nodes that never registered (ResumeFailProgram)."""
     from cm import bulk
 
     home = Path(ctx.home)
     st = state.load(home, cluster)
-    provider = ctx.provider(st["cloud"])
+    source = source_for(ctx, st)
     ctl = controller(st)
+    _look_for_ended(ctx, cluster, source, ctl)
 
     def remove(node: str) -> None:
-        vm = vm_name(cluster, node)
+        before = state.load(home, cluster)["nodes"].get(node, {})
         if failed:
             # a node whose boot failed stays "powering up" in Slurm until ResumeTimeout: keep that reason
-            before = st["nodes"].get(node, {})
             why = before.get("reason") if before.get("state") == "failed" and before.get("reason") else \
                 "slurmd did not register before ResumeTimeout"
-            _fail(ctx, cluster, node, vm, provider, ctl, why, [])
+            _fail(ctx, cluster, node, source, ctl, why, [])
             return
-        _delete(provider, vm)
+        done = source.stop(cluster, node, before)
+        if before.get("state") == "failed":  # powered down by ended(): keep why it failed
+            state.log(home, cluster, f"suspend {node}: powered down after it failed; {done}")
+            return
         _stopped(home, cluster, node, "gone")
-        state.log(home, cluster, f"suspend {node}: idle; deleted VM {vm}")
+        state.log(home, cluster, f"suspend {node}: idle; {done}")
 
     outcomes = bulk.run_each(nodes, remove, "suspend")
     return [(o.name, "" if o.ok else o.message) for o in outcomes]
+
+
+def _look_for_ended(ctx: Any, cluster: str, source: Source, ctl: Controller) -> None:
+    """ended() on the way: a cloud that does not answer now must not stop the nodes asked for."""
+    try:
+        ended(ctx, cluster, source, ctl)
+    except CmError as exc:
+        state.log(Path(ctx.home), cluster, f"could not look for ended machines: {exc}")
+
+
+def ended(ctx: Any, cluster: str, source: Source, ctl: Controller) -> list[str]:
+    """Nodes whose machine ended under them (a computeset failed or reached its walltime): DOWN with
+    the reason, their jobs requeued, what is left stopped; returns their names.
+
+    Slurm still counts such a node powered up, so it is then powered down (which keeps the reason):
+    the next job that needs it starts a fresh machine rather than waiting on a silent one."""
+    gone = source.ended(state.load(Path(ctx.home), cluster)["nodes"])
+    for node, why in gone.items():
+        jobs = ctl.check(["squeue", "-h", "-w", node, "-o", "%i"]).split()
+        _fail(ctx, cluster, node, source, ctl, why, jobs)
+        ctl.run(["scontrol", "update", f"nodename={node}", "state=power_down"])
+    return sorted(gone)

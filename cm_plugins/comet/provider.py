@@ -152,7 +152,7 @@ class CometProvider(Provider):
     def get_vm(self, name: str) -> VM:
         """The node with its live power state (what `vm stop` waits on)."""
         row = self._row(name)
-        live = self.node_info(row["cluster"], None if row["type"] == "frontend" else name)
+        live = self.node_info(*self._where(row))
         return self._vm({**row, "state": live.get("state", row["state"])})
 
     def _row(self, name: str) -> dict[str, Any]:
@@ -162,35 +162,36 @@ class CometProvider(Provider):
                     return row
         raise NotFound(f"no node '{name}' in any cluster of cloud '{self.name}'")
 
+    @staticmethod
+    def _where(row: dict[str, Any]) -> tuple[str, str | None]:
+        """(cluster, node) as the service's paths take them: node None for a frontend."""
+        return row["cluster"], None if row["type"] == "frontend" else row["name"]
+
     def power(self, cluster: str, node: str | None, action: str) -> None:
         """PUT the action (poweron, poweroff, reboot, reset, shutdown) on the frontend (node None) or a compute."""
         path = f"cluster/{cluster}/frontend/{action}" if node is None else f"cluster/{cluster}/compute/{node}/{action}"
         proceed()  # a Ctrl-C before this point leaves the node as it was
         self.api.put(path, f"{action} {node or cluster + ' frontend'}")
 
-    def _power_vm(self, name: str, action: str) -> None:
-        row = self._row(name)
-        self.power(row["cluster"], None if row["type"] == "frontend" else name, action)
-
     def start_vm(self, name: str) -> None:
-        self._power_vm(name, "poweron")
+        self.power(*self._where(self._row(name)), "poweron")
 
     def _off(self, row: dict[str, Any]) -> bool:
         """Whether the node is powered off now (its live state)."""
-        live = self.node_info(row["cluster"], None if row["type"] == "frontend" else row["name"])
+        live = self.node_info(*self._where(row))
         return STATES.get(live.get("state", ""), State.UNKNOWN) == State.STOPPED
 
     def stop_vm(self, name: str, timeout: float | None = None) -> None:
         """Shut the node down; one already off stays so (the service refuses to shut down what does not run)."""
         row = self._row(name)
         if not self._off(row):
-            self.power(row["cluster"], None if row["type"] == "frontend" else name, "shutdown")
+            self.power(*self._where(row), "shutdown")
 
     def reboot_vm(self, name: str) -> None:
         row = self._row(name)
         if self._off(row):
             raise stopped(name, "rebooted")
-        self.power(row["cluster"], None if row["type"] == "frontend" else name, "reboot")
+        self.power(*self._where(row), "reboot")
 
     def rename_vm(self, old: str, new: str) -> VM:
         row = self._row(old)
@@ -200,8 +201,7 @@ class CometProvider(Provider):
         return self.get_vm(new)
 
     def console_log(self, name: str, lines: int = 0) -> str:
-        row = self._row(name)
-        text = self.console_text(self.console_link(row["cluster"], None if row["type"] == "frontend" else name))
+        text = self.console_text(self.console_link(*self._where(self._row(name))))
         return "\n".join(text.splitlines()[-lines:]) if lines > 0 else text
 
     def node_info(self, cluster: str, node: str | None) -> dict[str, Any]:

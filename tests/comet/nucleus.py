@@ -47,7 +47,7 @@ def free_ports(count: int = 1, low: int = 30000, high: int = 32500) -> int:
 
 def write_config(directory: Path, port: int, slurm_env: dict[str, str], hosts: dict[str, str], *,
                  computes: str = "vm-vc1-[0-3]", compute_hosts: str = "n[1-3]", frontend_host: str = "n1",
-                 domain_xml: Path | None = None, extra: dict[str, Any] | None = None) -> Path:
+                 domain_xml: Path | None = None, extra: dict[str, Any] | None = None, memory: int = 128) -> Path:
     """A service configuration: users alice (abc101) and bob (abc101, xyz202), clusters vc1 and vc2."""
     from cm_nucleus.auth import hash_password
 
@@ -56,7 +56,7 @@ def write_config(directory: Path, port: int, slurm_env: dict[str, str], hosts: d
                            "allocations": ["abc101", "xyz202"],
                            "frontend": {"name": "vc1", "host": frontend_host, "cpus": 1, "memory": 128,
                                         "pub_ip": "127.0.0.1"},
-                           "computes": [{"name": computes, "hosts": compute_hosts, "cpus": 1, "memory": 128}]}
+                           "computes": [{"name": computes, "hosts": compute_hosts, "cpus": 1, "memory": memory}]}
     if domain_xml:
         vc1["domain_xml"] = str(domain_xml)
     config = {
@@ -80,33 +80,43 @@ def write_config(directory: Path, port: int, slurm_env: dict[str, str], hosts: d
 
 
 class Nucleus:
-    """`cm comet serve --config FILE` in its own process; stopped (or killed) by pid."""
+    """`cm comet serve --config FILE` in its own process; stopped (or killed) by pid.
 
-    def __init__(self, config: Path, port: int) -> None:
-        self.config, self.port = config, port
+    With ``host`` (an object with ``wrap(argv)`` and ``run(argv)``, e.g. the elastic lab's NsHost) it
+    runs inside that host's network namespace, on that namespace's loopback."""
+
+    def __init__(self, config: Path, port: int, host: Any = None) -> None:
+        self.config, self.port, self.host = config, port, host
         self.base = f"http://127.0.0.1:{port}/nucleus"
         self.proc: subprocess.Popen | None = None
         self.log = config.parent / "service.log"
 
     def start(self, timeout: float = 60) -> "Nucleus":
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        argv = [sys.executable, "-m", "cm.main", "comet", "serve", "--config", str(self.config)]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cm.main", "comet", "serve", "--config",
-                                          str(self.config)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(self.host.wrap(argv) if self.host else argv, cwd=ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the service exited ({self.proc.returncode}):\n{self.log_text()}")
-            try:
-                if requests.get(f"{self.base}/openapi.json", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
+            if self.answers():
+                return self
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the service did not answer in {timeout:g} s:\n{self.log_text()}")
             time.sleep(0.1)
+
+    def answers(self) -> bool:
+        """True once the service serves its OpenAPI description (asked from where it listens)."""
+        url = f"{self.base}/openapi.json"
+        if self.host:
+            return self.host.run(["curl", "-sf", "-o", "/dev/null", "--max-time", "2", url], timeout=10).returncode == 0
+        try:
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
@@ -129,6 +139,31 @@ class Nucleus:
                                  timeout=30)
         response.raise_for_status()
         return response.json()["key"]
+
+
+DOMAIN = """<domain type='qemu'>
+  <name>$$domain</name>
+  <memory unit='MiB'>$$memory</memory>
+  <vcpu>$$cpus</vcpu>
+  <os><type arch='x86_64'>hvm</type><kernel>$kernel</kernel><initrd>$initrd</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
+  <features><acpi/></features>
+  <on_crash>destroy</on_crash>
+  <devices>
+    $$iso_disk$devices
+    <serial type='pty'><log file='$$console_log' append='off'/><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def domain_template(kernel: Path, initrd: Path, devices: str = "") -> str:
+    """The service's domain template (``domain_xml``) for a direct-kernel-boot test guest, plus ``devices``."""
+    from string import Template
+
+    return Template(DOMAIN).substitute(kernel=kernel, initrd=initrd, devices=devices)
 
 
 def test_driver_hosts(directory: Path, names: tuple[str, ...] = ("n1", "n2", "n3")) -> dict[str, str]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.comet.conftest import squeue
-from tests.comet.nucleus import PASSWORDS, Nucleus, cancel_all, free_ports, prefix, wait_for, write_config
+from tests.comet.nucleus import (PASSWORDS, Nucleus, cancel_all, domain_template, free_ports, prefix, wait_for,
+                                 write_config)
 from tests.e2e import guest, libvirtd
 from tests.infra.slurm import SlurmCluster
 
@@ -35,22 +36,6 @@ TOKEN = f"{os.getpid() % 100000}"
 NODES = f"c{TOKEN}vm-[0-1]"
 BOOT_TIMEOUT = 240  # TCG on 2 shared cores
 
-DOMAIN = """<domain type='qemu'>
-  <name>$domain</name>
-  <memory unit='MiB'>$memory</memory>
-  <vcpu>$cpus</vcpu>
-  <os><type arch='x86_64'>hvm</type><kernel>@KERNEL@</kernel><initrd>@INITRD@</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
-  <features><acpi/></features>
-  <on_crash>destroy</on_crash>
-  <devices>
-    $iso_disk
-    <serial type='pty'><log file='$console_log' append='off'/><target port='0'/></serial>
-    <console type='pty'><target type='serial' port='0'/></console>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +48,7 @@ def world():
     tmp = Path(tempfile.mkdtemp(prefix="cm-comet-e2e-"))  # not pytest's basetemp: concurrent runs prune it
     tmp.chmod(0o755)
     template = tmp / "domain.xml"
-    template.write_text(DOMAIN.replace("@KERNEL@", str(kernel)).replace("@INITRD@", str(initrd)))
+    template.write_text(domain_template(kernel, initrd))
     seed = guest.build_seed_iso(tmp / "seed.iso", "comet-node", f"comet-{TOKEN}")
     slurm = SlurmCluster(prefix("comet-e"), free_ports(5), nodes=2, accounting=True, accounts={"abc101": ["root"]})
     service = None

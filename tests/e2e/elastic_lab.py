@@ -37,6 +37,18 @@ GATEWAY = str(next(ipaddress.ip_network(DEFAULT_SUBNET).hosts()))
 CLOUD = "burst"
 
 
+def lab_marks(*tools: str) -> list:
+    """The pytest marks of a test module on the lab: e2e, root, and the daemons (plus ``tools``) installed."""
+    import shutil
+
+    import pytest
+
+    needed = ("libvirtd", "qemu-system-x86_64", "slurmctld", "slurmd", "munged", "dnsmasq", *tools)
+    return [pytest.mark.e2e,
+            pytest.mark.skipif(os.geteuid() != 0, reason="e2e: needs root (namespaces, libvirtd)"),
+            pytest.mark.skipif(not all(shutil.which(t) for t in needed), reason="e2e: run scripts/install-system-packages.sh")]
+
+
 class NsHost:
     """A place for SlurmCluster's daemons and clients: the private libvirtd's network namespace."""
 
@@ -185,10 +197,11 @@ def burst_status(lab: ElasticLab) -> dict[str, dict]:
     return {r["node"]: r for r in rows}
 
 
-def job_in_guest(lab: ElasticLab, node: str) -> tuple[str, str, float]:
+def job_in_guest(lab: ElasticLab, node: str, hostname: str = "") -> tuple[str, str, float]:
     """srun on cloud node ``node`` (powered down: cm boots it); asserts the job answered from inside the node's
-    VM at the address cm recorded; returns (its output, that address, seconds from srun to output)."""
-    vm = f"{lab.slurm.cluster_name}-{node}".replace("_", "-")
+    VM (whose hostname is ``hostname``, by default the VM cm names) at the address `burst status` shows;
+    returns (its output, that address, seconds from srun to output)."""
+    vm = hostname or f"{lab.slurm.cluster_name}-{node}".replace("_", "-")
     started = time.monotonic()
     job = lab.slurm.run(["srun", "-p", "cloud", "-N1", "-w", node, "sh", "-c", "hostname; ip -4 -o addr"],
                         timeout=JOB_TIMEOUT)

@@ -198,7 +198,7 @@ class PrivateLibvirtd:
                 raise PrivateLibvirtdError(f"libvirtd exited ({self.libvirtd.returncode}) during start-up:\n"
                                            + self.log_tail())
             if self.virtlogd_pid is None:
-                with contextlib.suppress(OSError, ValueError):
+                with contextlib.suppress(OSError, ValueError, IndexError):
                     self.virtlogd_pid = int((self.base / "virtlogd.pid").read_text().split()[0])
             if self.socket.exists() and system_libvirtd.can_connect(self.uri):
                 return
