@@ -117,3 +117,49 @@ def test_a_disk_plugged_in_later_stops_the_carrying():
     carry.anchor_at(_libvirt(0, 0, 0, 0), (512, 0, 1, 0), (512, 0, 1, 0))
     with pytest.raises(ValueError, match="disks changed"):
         carry.anchor_at({**_libvirt(0, 0, 0, 0), "block.count": 2}, (512, 0, 1, 0), (512, 0, 1, 0))
+
+
+WORKERS = r"""
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None)
+def named(name):
+    libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: the thread's comm, as QEMU names its threads
+def vcpu():
+    named("CPU 0/TCG"); threading.Event().wait()
+def worker(size, done):
+    named("worker")
+    fd = os.open(sys.argv[1], os.O_RDONLY); os.pread(fd, size, 0); os.close(fd)
+    print("read", flush=True); done.wait()
+threading.Thread(target=vcpu, daemon=True).start()
+for line in sys.stdin:
+    word, size = line.split()
+    if word == "start":
+        done = threading.Event(); t = threading.Thread(target=worker, args=(int(size), done)); t.start()
+    else:
+        done.set(); t.join(); print("exited", flush=True)
+"""
+
+
+def test_the_workers_io_is_counted_after_they_exit(tmp_path):
+    """A worker exits 10 s after its last request: what it read still counts, from its last reading."""
+    data = tmp_path / "disk.img"
+    data.write_bytes(bytes(65536))
+    proc = subprocess.Popen([sys.executable, "-c", WORKERS, str(data)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        def say(line: str, answer: str) -> None:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == answer
+
+        qemu = direct.Qemu(proc.pid, None, [], True)
+        say("start 4096", "read")
+        first = qemu.disk_counters()
+        say("stop 0", "exited")
+        say("start 8192", "read")
+        second = qemu.disk_counters()
+        assert first[0] >= 4096 and first[2] >= 1
+        assert second[0] - first[0] == 8192 and second[2] - first[2] == 1, (first, second)
+    finally:
+        proc.kill()
+        proc.wait()

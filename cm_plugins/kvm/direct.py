@@ -14,9 +14,9 @@ them, for the QEMU process libvirt started:
 Balloon statistics and block counters (bytes and time in flight) only QEMU
 knows: the caller asks libvirt for those less often (see :mod:`cm_plugins.kvm.stats`).
 The disks' activity is seen here, though: QEMU's thread-pool ``worker`` threads
-do the file I/O of a file-backed disk, so the process's read/write counters less
-those of its other threads move exactly when the guest's disks do (and, for raw
-disks, give their bytes: :mod:`cm_plugins.kvm.diskcarry`).
+do the file I/O of a file-backed disk, so their read/write counters move exactly
+when the guest's disks do (and, for raw disks, give their bytes:
+:mod:`cm_plugins.kvm.diskcarry`).
 """
 
 from __future__ import annotations
@@ -134,6 +134,8 @@ class Qemu:
     tasks: frozenset[str] = frozenset()
     names: dict[str, str] = field(default_factory=dict)  # thread id -> name
     disk_io: tuple[int, ...] = ()  # the workers' (rchar, wchar, syscr, syscw) at the last read
+    workers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # live worker's thread id -> its last io
+    gone: tuple[int, ...] = (0, 0, 0, 0)  # the io of the workers that exited since QEMU was found
     disk_moved: bool = True  # whether the disks did I/O between the last two reads (True where unseen)
 
     @classmethod
@@ -180,7 +182,7 @@ class Qemu:
         return record
 
     def _disk_activity(self, names: dict[str, str]) -> None:
-        """Whether the disks moved: the workers' bytes (the whole process's less its other threads').
+        """Whether the disks moved: the workers' counters changed.
 
         A worker lives on 10 s after its last request, so with none alive the disks stood still.
         """
@@ -193,11 +195,25 @@ class Qemu:
         self.disk_moved, self.disk_io = now != self.disk_io, now
 
     def disk_counters(self, names: dict[str, str] | None = None) -> tuple[int, ...]:
-        """The workers' (rchar, wchar, syscr, syscw): the process's (exited threads' included) less its other
-        threads'."""
+        """The workers' (rchar, wchar, syscr, syscw) since QEMU was found: the live ones' and the exited ones'.
+
+        Only the workers' own files are read (the process's total less every other thread's
+        cost twice as many reads).  A worker exits 10 s after its last request, so its last
+        reading, a second or so old, is its final count.
+        """
         names = names if names is not None else self._threads()
-        others = [_io(f"/proc/{self.pid}/task/{t}/io") for t, n in names.items() if n != "worker"]
-        return tuple(total - sum(o[i] for o in others) for i, total in enumerate(_io(f"/proc/{self.pid}/io")))
+        live = {}
+        for tid in (t for t, n in names.items() if n == "worker"):
+            try:
+                live[tid] = _io(f"/proc/{self.pid}/task/{tid}/io")
+            except FileNotFoundError:  # exited since the thread list was read
+                if tid in self.workers:
+                    live[tid] = self.workers[tid]
+        for tid, last in self.workers.items():
+            if tid not in live:
+                self.gone = tuple(a + b for a, b in zip(self.gone, last))
+        self.workers = live
+        return tuple(sum(column) for column in zip(self.gone, *live.values()))
 
     def _nics(self) -> dict[str, Any]:
         """net.* of the taps, as the guest sees them (the tap's transmit is the guest's receive)."""
