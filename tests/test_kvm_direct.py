@@ -96,27 +96,30 @@ def test_busy_disk_counters_are_carried_from_the_workers_between_libvirts_reads(
         return rd + 512, wr + 8 * wakes, 0, reqs + wakes
 
     carry = DiskCarry()
+    carry.anchor_at(_libvirt(0, 0, 0, 0), workers(0, 0, 0, 0), workers(0, 0, 0, 0), 100.0)
+    assert not carry.ready, "a rate needs an interval"
     carry.anchor_at(_libvirt(65536, 65536, 16, 1_000_000), workers(65536, 65536, 16, 7),
-                    workers(65536, 65536, 16, 7))
-    assert (carry.bytes_per_write, carry.ns_per_byte) == (4096, 1_000_000 / 131072)
-    now = carry.estimate(workers(65536 + 8192, 65536 + 40960, 26, 12))  # 2 reads and 10 writes later
-    assert now == (65536 + 8192, 65536 + 40960, 1_000_000 + int(49152 * 1_000_000 / 131072))
+                    workers(65536, 65536, 16, 7), 101.0)
+    assert carry.ready and (carry.bytes_per_write, carry.busy_rate) == (4096, 1_000_000)
+    now = carry.estimate(workers(65536 + 8192, 65536 + 40960, 26, 12), 103.0)  # 2 reads and 10 writes later
+    assert now == (65536 + 8192, 65536 + 40960, 3_000_000)
     shown = carry.show(now)
     assert shown["block.0.rd.bytes"] == 73728 and shown["block.0.wr.bytes"] == 106496
     # libvirt read during I/O: the offsets stay bracketed, and what was shown never goes back
-    carry.anchor_at(_libvirt(73728, 106496, 26, 1_300_000), workers(73728, 106496, 26, 12),
-                    workers(77824, 106496, 26, 12))
-    assert carry.show((73728, 106496, 1_300_000))["block.0.rd.times"] == 1_375_000
-    assert carry.estimate(workers(77824, 106496, 26, 20))[:2] == (77824, 106496)  # pinned by the quiet read
+    carry.anchor_at(_libvirt(73728, 106496, 26, 2_500_000), workers(73728, 106496, 26, 12),
+                    workers(77824, 106496, 26, 12), 104.0)
+    assert carry.busy_rate == 500_000
+    assert carry.show((73728, 106496, 2_500_000))["block.0.rd.times"] == 3_000_000
+    assert carry.estimate(workers(77824, 106496, 26, 20), 106.0) == (77824, 106496, 3_500_000)  # pinned offsets
 
 
 def test_a_disk_plugged_in_later_stops_the_carrying():
     from cm_plugins.kvm.diskcarry import DiskCarry
 
     carry = DiskCarry()
-    carry.anchor_at(_libvirt(0, 0, 0, 0), (512, 0, 1, 0), (512, 0, 1, 0))
+    carry.anchor_at(_libvirt(0, 0, 0, 0), (512, 0, 1, 0), (512, 0, 1, 0), 1.0)
     with pytest.raises(ValueError, match="disks changed"):
-        carry.anchor_at({**_libvirt(0, 0, 0, 0), "block.count": 2}, (512, 0, 1, 0), (512, 0, 1, 0))
+        carry.anchor_at({**_libvirt(0, 0, 0, 0), "block.count": 2}, (512, 0, 1, 0), (512, 0, 1, 0), 2.0)
 
 
 WORKERS = r"""

@@ -10,9 +10,11 @@ per guest request, so (measured on QEMU 7.2 against libvirt's ``block.*``):
 
 How many write requests that was, and the time requests spent in flight (the ``*.times``
 that disk busy is made of) only QEMU knows: between libvirt's reads they are carried at
-the last interval's bytes per write request and nanoseconds in flight per byte.  Each
-libvirt read re-anchors the figures; the constants are bracketed by the workers' counters
-read just before and just after it, so a quiet moment pins them exactly.
+the last interval's bytes per write request and nanoseconds in flight per second (a
+streaming guest keeps as many requests in flight however fast the host serves them; per
+byte the figure swings with the host's load).  Each libvirt read re-anchors the figures;
+the constants are bracketed by the workers' counters read just before and just after it,
+so a quiet moment pins them exactly.
 """
 
 from __future__ import annotations
@@ -65,16 +67,17 @@ class DiskCarry:
     anchor: tuple[int, int, int, int] | None = None  # libvirt's sums at its last read
     disks: int = -1  # how many disks libvirt listed at its first read
     bytes_per_write: float = 0.0
-    ns_per_byte: float = 0.0
+    busy_rate: float | None = None  # ns in flight per second over libvirt's last interval
+    anchored: float = 0.0  # when libvirt was read (monotonic seconds)
     shown: tuple[int, int, int] = (0, 0, 0)  # the last (read, written, ns) given out: counters never go back
 
     @property
     def ready(self) -> bool:
-        """Whether libvirt was read once (the offsets and ratios need a reading)."""
-        return self.anchor is not None
+        """Whether libvirt was read twice (the rates need an interval: since boot says little of now)."""
+        return self.busy_rate is not None
 
     def anchor_at(self, record: dict[str, Any], before: tuple[int, int, int, int],
-                  after: tuple[int, int, int, int]) -> None:
+                  after: tuple[int, int, int, int], now: float) -> None:
         """libvirt's ``block.*`` read between the workers' counters ``before`` and ``after``.
 
         Raises ValueError when a disk came or went: one hot-plugged is not on QEMU's command line,
@@ -83,7 +86,7 @@ class DiskCarry:
         if self.disks not in (-1, int(record.get("block.count", 0))):
             raise ValueError("the domain's disks changed")
         self.disks = int(record.get("block.count", 0))
-        rd, wr, wr_reqs, ns = now = _sums(record)
+        rd, wr, wr_reqs, ns = sums = _sums(record)
         (r1, x1), (r2, x2) = _kernel(before), _kernel(after)
         self.read_offset.narrow(rd - r2, rd - r1)
         written = wr - WAKE_BYTES * wr_reqs
@@ -91,20 +94,20 @@ class DiskCarry:
         rd0, wr0, reqs0, ns0 = self.anchor or (0, 0, 0, 0)
         if wr_reqs > reqs0:
             self.bytes_per_write = (wr - wr0) / (wr_reqs - reqs0)
-        if rd + wr > rd0 + wr0:
-            self.ns_per_byte = (ns - ns0) / (rd + wr - rd0 - wr0)
-        self.anchor = now
+        if self.anchor is not None and now > self.anchored:
+            self.busy_rate = (ns - ns0) / (now - self.anchored)
+        self.anchor, self.anchored = sums, now
 
-    def estimate(self, io: tuple[int, int, int, int]) -> tuple[int, int, int]:
-        """(read bytes, written bytes, ns in flight) now, from the workers' counters ``io``."""
-        assert self.anchor is not None
+    def estimate(self, io: tuple[int, int, int, int], now: float) -> tuple[int, int, int]:
+        """(read bytes, written bytes, ns in flight) at ``now``, from the workers' counters ``io``."""
+        assert self.anchor is not None and self.busy_rate is not None
         rd0, wr0, reqs0, ns0 = self.anchor
         r, x = _kernel(io)
         rd = max(rd0, r + self.read_offset.value)
         less = x + self.write_offset.value - (wr0 - WAKE_BYTES * reqs0)  # written less 8 per request, since
         per = self.bytes_per_write
         wr = wr0 + max(0, int(less * per / (per - WAKE_BYTES)) if per > WAKE_BYTES else less)
-        return rd, wr, ns0 + int(self.ns_per_byte * (rd - rd0 + wr - wr0))
+        return rd, wr, ns0 + int(self.busy_rate * (now - self.anchored))
 
     def show(self, values: tuple[int, int, int]) -> dict[str, int]:
         """``values`` as one disk's ``block.*`` keys, none below what was given out before."""

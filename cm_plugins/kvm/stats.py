@@ -9,7 +9,7 @@ asked each round only which domains run, for the balloon's statistics every
 disk moves (and at least every ``BLOCK_EVERY`` seconds).  Busy raw disks are
 asked for only every ``BUSY_EVERY`` seconds: in between their bytes come from
 QEMU's I/O threads and their time in flight is carried at the last interval's
-rate per byte (:mod:`cm_plugins.kvm.diskcarry`).  A domain whose QEMU
+rate per second (:mod:`cm_plugins.kvm.diskcarry`).  A domain whose QEMU
 cannot be read so is read wholly through libvirt, as are remote hosts and every
 host of a cloud with ``stats: libvirt``.  libvirt's test hypervisor answers
 ``getAllDomainStats`` with ``state.*`` only, so there the per-domain calls fill
@@ -183,7 +183,7 @@ class LocalDomains:
                 carry = self.carries.get(key)
                 if flags & BLOCK and carry is not None and qemu is not None and qemu.disk_io:
                     try:
-                        carry.anchor_at(record, qemu.disk_io, qemu.disk_counters())
+                        carry.anchor_at(record, qemu.disk_io, qemu.disk_counters(), time.monotonic())
                     except ValueError:  # a disk came or went: libvirt reads them from now on
                         qemu.raw_disks = False
                         self.carries.pop(key)
@@ -239,7 +239,7 @@ class LocalDomains:
             if self._due(key, BLOCK, BUSY_EVERY):
                 flags |= BLOCK
             else:
-                record["estimate"] = carry.estimate(qemu.disk_io)
+                record["estimate"] = carry.estimate(qemu.disk_io, time.monotonic())
         elif key in moving or key in self.moving:
             # a disk that moved is read this round and the next (QEMU counts a request a moment after its bytes)
             flags |= BLOCK
@@ -278,7 +278,7 @@ class StatsVerbs:
     SAMPLING = (f"on this machine's hypervisor (stats: auto) CPU, vCPUs, NICs, RSS from /proc every interval, "
                 f"balloon statistics every {MEMORY_EVERY:g} s (carried between), disks through libvirt while they "
                 f"move (else every {BLOCK_EVERY:g} s), busy raw disks every {BUSY_EVERY:g} s (bytes from /proc "
-                "between, time in flight carried at the last rate per byte); elsewhere or with stats: libvirt "
+                "between, time in flight carried at the last rate); elsewhere or with stats: libvirt "
                 "all through libvirt every interval")
 
     def vm_stats(self, names: list[str]) -> list[VMStats]:
