@@ -104,8 +104,8 @@ class DiskCarry:
         rd0, wr0, reqs0, ns0 = self.anchor
         r, x = _kernel(io)
         rd = max(rd0, r + self.read_offset.value)
-        less = x + self.write_offset.value - (wr0 - WAKE_BYTES * reqs0)  # written less 8 per request, since
-        per = self.bytes_per_write
+        less = x + self.write_offset.value - (wr0 - WAKE_BYTES * reqs0)  # bytes since, less 8 per request
+        per = self.bytes_per_write  # so ``less`` is ``per - 8`` bytes per request
         wr = wr0 + max(0, int(less * per / (per - WAKE_BYTES)) if per > WAKE_BYTES else less)
         return rd, wr, ns0 + int(self.busy_rate * (now - self.anchored))
 
