@@ -10,6 +10,8 @@
    private libvirtd (needs root): the collector's CPU and libvirtd's (it answers the
    stats calls) and their sum, for the kernel's counters (``stats: auto``) against
    the libvirt-only path (``stats: libvirt``) as baseline, measured alternately.
+   With ``--busy-disk`` every guest instead runs a light, steady disk load (the
+   ``drip`` workload: 64 KiB written, flushed and read back each second).
 2. Storage per VM-hour: an hour of 1-s samples of 20 VMs (plus their host)
    written round by round as the collector does, file size per VM-hour.
 3. `cm monitor show` of a 20-node cluster over one hour of samples (synthesized),
@@ -113,9 +115,9 @@ def bench_overhead_test_hypervisor(vms: int, span: float, rounds: int, against: 
         shutil.rmtree(home, ignore_errors=True)
 
 
-def bench_overhead_real(vms: int, span: float, runs: int) -> None:
-    """Collector + libvirtd on ``vms`` real idle guests: the kernel's counters (``stats: auto``) against the
-    libvirt-only path (``stats: libvirt``, the baseline), measured alternately in the same run."""
+def bench_overhead_real(vms: int, span: float, runs: int, work: str = "idle") -> None:
+    """Collector + libvirtd on ``vms`` real guests running ``work``: the kernel's counters (``stats: auto``)
+    against the libvirt-only path (``stats: libvirt``, the baseline), measured alternately in the same run."""
     from tests.e2e import workloads
     from tests.infra.libvirtd_ns import PrivateLibvirtd
 
@@ -125,23 +127,23 @@ def bench_overhead_real(vms: int, span: float, runs: int) -> None:
         daemon.ensure_pool()
         conn = daemon.connect()
         for i in range(1, vms + 1):
-            name = f"idle{i:02d}"
+            name = f"g{i:02d}"
             disk = workloads.data_disk(daemon.pool_dir / f"{name}.img", 8)
-            conn.defineXML(workloads.domain_xml(name, kernel, initrd, "idle", disk,
+            conn.defineXML(workloads.domain_xml(name, kernel, initrd, work, disk,
                                                 f"/var/log/libvirt/qemu/{name}-console.log", memory_mib=128,
                                                 max_memory_mib=128)).create()
         for i in range(1, vms + 1):
-            workloads.wait_started(daemon.console_dir / f"idle{i:02d}-console.log", timeout=600)
+            workloads.wait_started(daemon.console_dir / f"g{i:02d}-console.log", timeout=600)
         cm(home, "cloud", "add", "lab", "--kind", "kvm", *daemon.cloud_settings())
         cm(home, "cloud", "add", "lablv", "--kind", "kvm", *daemon.cloud_settings(), "stats=libvirt")
         cm(home, "refresh", "vm", "--cloud", "lab")
         cm(home, "refresh", "vm", "--cloud", "lablv")
-        names = f"idle[01-{vms:02d}]"
-        figures: dict[str, list[tuple[float, float]]] = {"libvirt only (baseline)": [], "kernel counters": []}
+        names = f"g[01-{vms:02d}]"
+        figures: dict[str, list[tuple[float, float, float]]] = {"libvirt only (baseline)": [], "kernel counters": []}
         for _ in range(runs):  # alternately, so load from elsewhere falls on both alike
             for label, cloud in (("libvirt only (baseline)", "lablv"), ("kernel counters", "lab")):
                 share, (daemon_share,), stored = collector_share(home, names, span, cloud, [daemon.libvirtd.pid])
-                figures[label].append((share, daemon_share))
+                figures[label].append((share, daemon_share, os.getloadavg()[0]))
                 print(f"  {label}: collector {share:.2%} + libvirtd {daemon_share:.2%} = "
                       f"{share + daemon_share:.2%} of one core; {stored} samples in {span:.0f} s; "
                       f"load average {os.getloadavg()[0]:.2f}", flush=True)
@@ -150,9 +152,10 @@ def bench_overhead_real(vms: int, span: float, runs: int) -> None:
             collector = statistics.median(v[0] for v in values)
             libvirtd = statistics.median(v[1] for v in values)
             total[label] = statistics.median(v[0] + v[1] for v in values)
-            print(f"{label}, {vms} real idle TCG guests every 1 s: collector {collector:.2%} + libvirtd "
+            load = statistics.median(v[2] for v in values)
+            print(f"{label}, {vms} real TCG guests ({work}) every 1 s: collector {collector:.2%} + libvirtd "
                   f"{libvirtd:.2%}, sum {total[label]:.2%} of one core (target <= 2% for 20; medians of {runs} "
-                  f"x {span:.0f} s)")
+                  f"x {span:.0f} s; load average {load:.2f})")
         base, now = total["libvirt only (baseline)"], total["kernel counters"]
         print(f"kernel counters / libvirt only: {now / base:.2f}x of the baseline's collector + libvirtd")
         conn.close()
@@ -211,7 +214,10 @@ def bench_storage_and_show(vms: int, runs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", type=int, default=0, metavar="N", help="also measure N real idle TCG guests")
+    parser.add_argument("--real", type=int, default=0, metavar="N",
+                        help="also measure N real TCG guests (idle unless --busy-disk)")
+    parser.add_argument("--busy-disk", action="store_true",
+                        help="with --real: the guests run a light, steady disk load instead of idling")
     parser.add_argument("--span", type=float, default=20.0, help="seconds the collector is measured")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--against", type=Path, metavar="TREE",
@@ -222,7 +228,7 @@ def main() -> None:
     if not (args.real and args.real_only):
         bench_overhead_test_hypervisor(20, args.span, args.runs, args.against)
     if args.real:
-        bench_overhead_real(args.real, args.span, args.runs)
+        bench_overhead_real(args.real, args.span, args.runs, "drip" if args.busy_disk else "idle")
     if not args.overhead_only:
         bench_storage_and_show(20, args.runs)
 

@@ -71,3 +71,98 @@ def test_a_process_without_vcpu_threads_is_not_read_as_qemu(spawn):
     qemu = direct.Qemu(spawn(), None, [], True)
     with pytest.raises(OSError, match="no vCPU threads"):
         qemu.read()
+
+
+def test_only_raw_file_disks_give_their_bytes_from_the_kernel(spawn):
+    raw = spawn("-blockdev", json.dumps({"driver": "file", "filename": "/x.img", "node-name": "s"}),
+                "-blockdev", json.dumps({"node-name": "f", "driver": "raw", "file": "s"}))
+    qcow2 = spawn("-blockdev", json.dumps({"driver": "file", "filename": "/x.img", "node-name": "s"}),
+                  "-blockdev", json.dumps({"node-name": "f", "driver": "qcow2", "file": "s"}))
+    assert direct.raw_disks_only(raw) is True
+    assert direct.raw_disks_only(qcow2) is False  # the workers read and write its metadata too
+
+
+def _libvirt(rd: int, wr: int, wr_reqs: int, ns: int) -> dict:
+    return {"block.count": 1, "block.0.rd.bytes": rd, "block.0.wr.bytes": wr, "block.0.wr.reqs": wr_reqs,
+            "block.0.rd.times": ns}
+
+
+def test_busy_disk_counters_are_carried_from_the_workers_between_libvirts_reads():
+    """Figures as measured on a guest writing 4-KiB requests: the workers' rchar is 512 over libvirt's read
+    bytes (QEMU's own read at start), their wchar 8 bytes over per wake-up (counted in syscw)."""
+    from cm_plugins.kvm.diskcarry import DiskCarry
+
+    def workers(rd: int, wr: int, reqs: int, wakes: int) -> tuple[int, int, int, int]:
+        return rd + 512, wr + 8 * wakes, 0, reqs + wakes
+
+    carry = DiskCarry()
+    carry.anchor_at(_libvirt(0, 0, 0, 0), workers(0, 0, 0, 0), workers(0, 0, 0, 0), 100.0)
+    assert not carry.ready, "a rate needs an interval"
+    carry.anchor_at(_libvirt(65536, 65536, 16, 1_000_000), workers(65536, 65536, 16, 7),
+                    workers(65536, 65536, 16, 7), 101.0)
+    assert carry.ready and (carry.bytes_per_write, carry.busy_rate) == (4096, 1_000_000)
+    now = carry.estimate(workers(65536 + 8192, 65536 + 40960, 26, 12), 103.0)  # 2 reads and 10 writes later
+    assert now == (65536 + 8192, 65536 + 40960, 3_000_000)
+    shown = carry.show(now)
+    assert shown["block.0.rd.bytes"] == 73728 and shown["block.0.wr.bytes"] == 106496
+    # libvirt read during I/O: the offsets stay bracketed, and what was shown never goes back
+    carry.anchor_at(_libvirt(73728, 106496, 26, 2_500_000), workers(73728, 106496, 26, 12),
+                    workers(77824, 106496, 26, 12), 104.0)
+    assert carry.busy_rate == 500_000
+    assert carry.show((73728, 106496, 2_500_000))["block.0.rd.times"] == 3_000_000
+    assert carry.estimate(workers(77824, 106496, 26, 20), 106.0) == (77824, 106496, 3_500_000)  # pinned offsets
+
+
+def test_a_disk_plugged_in_later_stops_the_carrying():
+    from cm_plugins.kvm.diskcarry import DiskCarry
+
+    carry = DiskCarry()
+    carry.anchor_at(_libvirt(0, 0, 0, 0), (512, 0, 1, 0), (512, 0, 1, 0), 1.0)
+    with pytest.raises(ValueError, match="disks changed"):
+        carry.anchor_at({**_libvirt(0, 0, 0, 0), "block.count": 2}, (512, 0, 1, 0), (512, 0, 1, 0), 2.0)
+
+
+WORKERS = r"""
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None)
+def named(name):
+    libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: the thread's comm, as QEMU names its threads
+def vcpu():
+    named("CPU 0/TCG"); threading.Event().wait()
+def worker(size, done):
+    named("worker")
+    fd = os.open(sys.argv[1], os.O_RDONLY); os.pread(fd, size, 0); os.close(fd)
+    print("read", flush=True); done.wait()
+threading.Thread(target=vcpu, daemon=True).start()
+for line in sys.stdin:
+    word, size = line.split()
+    if word == "start":
+        done = threading.Event(); t = threading.Thread(target=worker, args=(int(size), done)); t.start()
+    else:
+        done.set(); t.join(); print("exited", flush=True)
+"""
+
+
+def test_the_workers_io_is_counted_after_they_exit(tmp_path):
+    """A worker exits 10 s after its last request: what it read still counts, from its last reading."""
+    data = tmp_path / "disk.img"
+    data.write_bytes(bytes(65536))
+    proc = subprocess.Popen([sys.executable, "-c", WORKERS, str(data)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        def say(line: str, answer: str) -> None:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == answer
+
+        qemu = direct.Qemu(proc.pid, None, [], True)
+        say("start 4096", "read")
+        first = qemu.disk_counters()
+        say("stop 0", "exited")
+        say("start 8192", "read")
+        second = qemu.disk_counters()
+        assert first[0] >= 4096 and first[2] >= 1
+        assert second[0] - first[0] == 8192 and second[2] - first[2] == 1, (first, second)
+    finally:
+        proc.kill()
+        proc.wait()

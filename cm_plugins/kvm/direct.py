@@ -14,8 +14,9 @@ them, for the QEMU process libvirt started:
 Balloon statistics and block counters (bytes and time in flight) only QEMU
 knows: the caller asks libvirt for those less often (see :mod:`cm_plugins.kvm.stats`).
 The disks' activity is seen here, though: QEMU's thread-pool ``worker`` threads
-do the file I/O of a file-backed disk, so the process's read/write bytes less
-those of its other threads move exactly when the guest's disks do.
+do the file I/O of a file-backed disk, so their read/write counters move exactly
+when the guest's disks do (and, for raw disks, give their bytes:
+:mod:`cm_plugins.kvm.diskcarry`).
 """
 
 from __future__ import annotations
@@ -48,10 +49,13 @@ def _stat_fields(path: str) -> list[str]:
     return _read(path).rsplit(")", 1)[1].split()
 
 
-def _io(path: str) -> int:
-    """rchar + wchar of a /proc io file: bytes through read and write calls."""
+IO_FIELDS = ("rchar", "wchar", "syscr", "syscw")
+
+
+def _io(path: str) -> tuple[int, ...]:
+    """(rchar, wchar, syscr, syscw) of a /proc io file: bytes through and calls of read and write."""
     values = dict(line.split(": ") for line in _read(path).splitlines())
-    return int(values["rchar"]) + int(values["wchar"])
+    return tuple(int(values[f]) for f in IO_FIELDS)
 
 
 def find_pids(uuids: set[str]) -> dict[str, int]:
@@ -99,6 +103,13 @@ def file_disks_only(pid: int) -> bool:
     return "-drive\0" not in _read(f"/proc/{pid}/cmdline")  # the old syntax: not worth parsing, ask libvirt
 
 
+def raw_disks_only(pid: int) -> bool:
+    """Whether every disk is a raw file (no image format whose metadata the workers read and write too)."""
+    args = _read(f"/proc/{pid}/cmdline").split("\0")
+    nodes = [json.loads(value) for flag, value in zip(args, args[1:]) if flag == "-blockdev" and value.startswith("{")]
+    return file_disks_only(pid) and all(node.get("driver") in FILE_DRIVERS + ("raw",) for node in nodes)
+
+
 def taps(xml: str) -> list[str] | None:
     """The tap devices of the domain's NICs (live XML), None if a NIC is of a kind read another way."""
     found = []
@@ -118,10 +129,13 @@ class Qemu:
     cgroup: Path | None
     taps: list[str]
     file_disks: bool
+    raw_disks: bool = False  # their bytes are the workers' (see diskcarry)
     vcpus: dict[int, int] = field(default_factory=dict)  # vCPU index -> thread id
     tasks: frozenset[str] = frozenset()
     names: dict[str, str] = field(default_factory=dict)  # thread id -> name
-    disk_io: int = -1  # the workers' bytes at the last read
+    disk_io: tuple[int, ...] = ()  # the workers' (rchar, wchar, syscr, syscw) at the last read
+    workers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # live worker's thread id -> its last io
+    gone: tuple[int, ...] = (0, 0, 0, 0)  # the io of the workers that exited since QEMU was found
     disk_moved: bool = True  # whether the disks did I/O between the last two reads (True where unseen)
 
     @classmethod
@@ -129,7 +143,7 @@ class Qemu:
         nics = taps(xml)
         if nics is None:
             return None
-        return cls(pid, domain_cgroup(pid), nics, file_disks_only(pid))
+        return cls(pid, domain_cgroup(pid), nics, file_disks_only(pid), raw_disks_only(pid))
 
     def _threads(self) -> dict[str, str]:
         """thread id -> name, re-read only when the set of threads changed (vCPUs come and go with it).
@@ -168,7 +182,7 @@ class Qemu:
         return record
 
     def _disk_activity(self, names: dict[str, str]) -> None:
-        """Whether the disks moved: the workers' bytes (the whole process's less its other threads').
+        """Whether the disks moved: the workers' counters changed.
 
         A worker lives on 10 s after its last request, so with none alive the disks stood still.
         """
@@ -177,9 +191,29 @@ class Qemu:
         if "worker" not in names.values():
             self.disk_moved = False
             return
-        others = sum(_io(f"/proc/{self.pid}/task/{t}/io") for t, n in names.items() if n != "worker")
-        now = _io(f"/proc/{self.pid}/io") - others
+        now = self.disk_counters(names)
         self.disk_moved, self.disk_io = now != self.disk_io, now
+
+    def disk_counters(self, names: dict[str, str] | None = None) -> tuple[int, ...]:
+        """The workers' (rchar, wchar, syscr, syscw) since QEMU was found: the live ones' and the exited ones'.
+
+        Only the workers' own files are read (the process's total less every other thread's
+        cost twice as many reads).  A worker exits 10 s after its last request, so its last
+        reading, a second or so old, is its final count.
+        """
+        names = names if names is not None else self._threads()
+        live = {}
+        for tid in (t for t, n in names.items() if n == "worker"):
+            try:
+                live[tid] = _io(f"/proc/{self.pid}/task/{tid}/io")
+            except FileNotFoundError:  # exited since the thread list was read
+                if tid in self.workers:
+                    live[tid] = self.workers[tid]
+        for tid, last in self.workers.items():
+            if tid not in live:
+                self.gone = tuple(a + b for a, b in zip(self.gone, last))
+        self.workers = live
+        return tuple(sum(column) for column in zip(self.gone, *live.values()))
 
     def _nics(self) -> dict[str, Any]:
         """net.* of the taps, as the guest sees them (the tap's transmit is the guest's receive)."""

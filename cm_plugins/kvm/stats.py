@@ -6,7 +6,10 @@ hypervisor of this machine (``stats: auto``, the default) CPU, vCPU, NIC and RSS
 counters are read from the kernel (:mod:`cm_plugins.kvm.direct`); libvirt is
 asked each round only which domains run, for the balloon's statistics every
 ``MEMORY_EVERY`` seconds (carried in between), and for block counters while a
-disk moves (and at least every ``BLOCK_EVERY`` seconds).  A domain whose QEMU
+disk moves (and at least every ``BLOCK_EVERY`` seconds).  Busy raw disks are
+asked for only every ``BUSY_EVERY`` seconds: in between their bytes come from
+QEMU's I/O threads and their time in flight is carried at the last interval's
+rate per second (:mod:`cm_plugins.kvm.diskcarry`).  A domain whose QEMU
 cannot be read so is read wholly through libvirt, as are remote hosts and every
 host of a cloud with ``stats: libvirt``.  libvirt's test hypervisor answers
 ``getAllDomainStats`` with ``state.*`` only, so there the per-domain calls fill
@@ -28,6 +31,7 @@ from cm.provider import VMStats
 from cm_plugins.kvm import checkpoint
 from cm_plugins.kvm.connection import is_local_uri
 from cm_plugins.kvm.direct import Qemu, find_pids
+from cm_plugins.kvm.diskcarry import DiskCarry
 
 STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
          | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
@@ -37,6 +41,7 @@ BALLOON, BLOCK = libvirt.VIR_DOMAIN_STATS_BALLOON, libvirt.VIR_DOMAIN_STATS_BLOC
 INTERFACE = libvirt.VIR_DOMAIN_STATS_INTERFACE
 MEMORY_EVERY = 5.0  # seconds between balloon reads of a directly read domain (the guest's view changes slowly)
 BLOCK_EVERY = 30.0  # seconds between block reads of a domain whose disks stood still (and NIC count checks)
+BUSY_EVERY = 5.0  # seconds between block reads of a domain whose raw disks keep moving (bytes from the kernel)
 SLACK = 0.25  # a round a little early still counts as due
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 
@@ -132,6 +137,7 @@ class LocalDomains:
         self.kept: dict[tuple[str, int], dict[str, Any]] = {}  # libvirt's last balloon.* and block.* figures
         self.asked: dict[tuple[tuple[str, int], int], float] = {}  # (domain, stats) -> when libvirt was asked
         self.moving: set[tuple[str, int]] = set()  # domains whose disks moved in the last round
+        self.carries: dict[tuple[str, int], DiskCarry] = {}  # raw-disk domains: block counters between reads
 
     def read(self, conn: libvirt.virConnect, names: set[str], host: str) -> list[VMStats]:
         """Counters of the running domains among ``names``, as :func:`read_domains` gives them."""
@@ -142,7 +148,8 @@ class LocalDomains:
         for gone in set(self.qemus) - set(keys):
             self.qemus.pop(gone)
             self.kept.pop(gone, None)
-            for stats in (BALLOON, BLOCK):
+            self.carries.pop(gone, None)
+            for stats in (BALLOON, BLOCK, INTERFACE):
                 self.asked.pop((gone, stats), None)
         self._find([(key, dom) for key, dom in keys.items() if key not in self.qemus])
         direct: dict[tuple[str, int], dict[str, Any]] = {}
@@ -173,8 +180,25 @@ class LocalDomains:
                     for old in [k for k in kept if k.startswith("block.")]:
                         kept.pop(old)
                 kept.update({k: v for k, v in record.items() if k.startswith(("balloon.", "block."))})
+                carry = self.carries.get(key)
+                if flags & BLOCK and carry is not None and qemu is not None and qemu.disk_io:
+                    try:
+                        carry.anchor_at(record, qemu.disk_io, qemu.disk_counters(), time.monotonic())
+                    except ValueError:  # a disk came or went: libvirt reads them from now on
+                        qemu.raw_disks = False
+                        self.carries.pop(key)
+                    except OSError:
+                        self.carries.pop(key)  # QEMU is gone: found anew, or read by libvirt, next round
         for key, record in direct.items():
-            found.append(from_record(keys[key].name(), {**self.kept.get(key, {}), **record}, when, host))
+            estimate = record.pop("estimate", None)
+            merged = {**self.kept.get(key, {}), **record}
+            carry = self.carries.get(key)
+            if carry is not None:  # libvirt's sums or the kernel's estimate, never below what was shown
+                figures = estimate or (_sum(merged, "block", ("rd.bytes",)), _sum(merged, "block", ("wr.bytes",)),
+                                       _sum(merged, "block", ("rd.times", "wr.times", "fl.times")))
+                merged = {k: v for k, v in merged.items() if not k.startswith("block.")}
+                merged.update(carry.show(figures))
+            found.append(from_record(keys[key].name(), merged, when, host))
         return found
 
     def _find(self, new: list[tuple[tuple[str, int], libvirt.virDomain]]) -> None:
@@ -204,13 +228,23 @@ class LocalDomains:
             return STATS
         direct[key] = record
         flags = BALLOON if self._due(key, BALLOON, MEMORY_EVERY) else 0
-        # a disk that moved is read this round and the next (QEMU counts a request a moment after its bytes)
+        if qemu.raw_disks and key not in self.carries:
+            self.carries[key] = DiskCarry()
+        carry = self.carries.get(key)
         if qemu.disk_moved:
             moving.add(key)
-        if self._due(key, BLOCK, BLOCK_EVERY):
+        if self._due(key, INTERFACE, BLOCK_EVERY):
             flags |= BLOCK | INTERFACE
+        elif key in moving and carry is not None and carry.ready:  # busy raw disks: libvirt now and then
+            if self._due(key, BLOCK, BUSY_EVERY):
+                flags |= BLOCK
+            else:
+                record["estimate"] = carry.estimate(qemu.disk_io, time.monotonic())
         elif key in moving or key in self.moving:
+            # a disk that moved is read this round and the next (QEMU counts a request a moment after its bytes)
             flags |= BLOCK
+        if flags & BLOCK:
+            self.asked[(key, BLOCK)] = time.monotonic()
         return flags
 
     def _due(self, key: tuple[str, int], stats: int, every: float) -> bool:
@@ -243,8 +277,9 @@ class StatsVerbs:
     hv: Any
     SAMPLING = (f"on this machine's hypervisor (stats: auto) CPU, vCPUs, NICs, RSS from /proc every interval, "
                 f"balloon statistics every {MEMORY_EVERY:g} s (carried between), disks through libvirt while they "
-                f"move (else every {BLOCK_EVERY:g} s); elsewhere or with stats: libvirt all through libvirt "
-                "every interval")
+                f"move (else every {BLOCK_EVERY:g} s), busy raw disks every {BUSY_EVERY:g} s (bytes from /proc "
+                "between, time in flight carried at the last rate); elsewhere or with stats: libvirt "
+                "all through libvirt every interval")
 
     def vm_stats(self, names: list[str]) -> list[VMStats]:
         wanted = set(names)

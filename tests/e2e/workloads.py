@@ -8,6 +8,7 @@ the guest is destroyed:
 
 ``cm.work=cpu``   a busy loop on every online CPU (hot-added CPUs come online and get one);
 ``cm.work=disk``  direct-I/O writes and reads of the raw data disk ``/dev/vda``;
+``cm.work=drip``  a light, steady disk load: each second 64 KiB written (direct, then flushed) and read back;
 ``cm.work=mem``   fills a tmpfs until 40 MiB stay free (closer, and the guest's OOM killer panics it), then idles;
 ``cm.work=send``  streams zeros with nc to ``cm.peer`` port 5000 (``cm.ip`` on eth0);
 ``cm.work=recv``  accepts those streams (``cm.ip`` on eth0);
@@ -54,6 +55,11 @@ cpu)  spin & ;;
 disk) (while :; do
           dd if=/dev/zero of=/dev/vda bs=256k count=64 oflag=direct 2>/dev/null
           dd if=/dev/vda of=/dev/null bs=256k count=64 iflag=direct 2>/dev/null
+      done) & ;;
+drip) (while :; do
+          dd if=/dev/zero of=/dev/vda bs=4k count=16 oflag=direct conv=fsync 2>/dev/null
+          dd if=/dev/vda of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null
+          sleep 1
       done) & ;;
 mem)  meminfo() { sed -n "s/^$1: *\([0-9]*\).*/\1/p" /proc/meminfo; }
       last=0   # the balloon takes its share after boot: wait until the guest's memory stops shrinking
