@@ -242,7 +242,8 @@ class CometProvider(Provider):
     def isos(self) -> list[str]:
         return self.api.get("image", "list ISO images") or []
 
-    def upload_iso(self, path: str, name: str) -> None:
+    def upload_iso(self, path: str, name: str, private: bool = False) -> None:
+        """Upload as ``public/NAME`` (everyone may attach it), or as ``private/NAME`` (only this user)."""
         import hashlib
 
         digest = hashlib.md5()
@@ -250,7 +251,12 @@ class CometProvider(Provider):
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
             handle.seek(0)
-            self.api.upload("image", f"upload {name}", name, handle, digest.hexdigest())
+            extra = {"visibility": "private"} if private else {}
+            self.api.upload("image", f"upload {name}", name, handle, digest.hexdigest(), **extra)
+
+    def delete_iso(self, iso: str) -> None:
+        """Delete one of this user's private ISOs (``private/NAME``); refused while a node has it attached."""
+        self.api.delete(f"image/{iso}", f"delete ISO {iso}")
 
     def attach_iso(self, iso: str, cluster: str, node: str | None) -> None:
         path = f"cluster/{cluster}/frontend/attach_iso" if node is None else f"cluster/{cluster}/compute/{node}/attach_iso"
