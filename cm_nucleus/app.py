@@ -241,8 +241,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     def image_list(me: str = Depends(user)) -> list[str]:
         return images.listing(service, me)
 
-    @v1.post("/image")
-    async def image_upload(request: Request, visibility: str = "public", me: str = Depends(user)) -> Response:
+    async def upload(request: Request, me: str, private: bool) -> Response:
         md5 = request.headers.get("md5")
         if not md5:
             raise bad("md5 was not provided")
@@ -250,11 +249,20 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             form = await request.form()
         except Exception as exc:  # noqa: BLE001 - python-multipart raises several kinds
             raise bad(f"malformed upload: {exc}") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
+        file = form.get("file")
+        if file is None or isinstance(file, str):
             raise bad("the upload needs a multipart field 'file'")
-        await run_in_threadpool(images.upload, service, upload.filename or "", upload.file, md5, me, visibility)
+        await run_in_threadpool(images.upload, service, file.filename or "", file.file, md5, me, private)
         return Response(status_code=204)
+
+    @v1.post("/image")
+    async def image_upload(request: Request, me: str = Depends(user)) -> Response:
+        return await upload(request, me, private=False)
+
+    @v1.post("/image/private")
+    async def image_upload_private(request: Request, me: str = Depends(user)) -> Response:
+        """cm's extension: the upload is the caller's private/<file> (a plain Nucleus answers 404: nothing stored)."""
+        return await upload(request, me, private=True)
 
     @v1.delete("/image/{kind}/{name}")
     def image_delete(kind: str, name: str, me: str = Depends(user)) -> Response:

@@ -1,6 +1,6 @@
 """ISO images: Nucleus' ``public/<file>`` ones, and cm's extension, ``private/<file>`` ones.
 
-A private ISO (``POST image?visibility=private``) is kept 0600 under ``iso/private/<owner>/``, listed
+A private ISO (``POST image/private``, which a plain Nucleus refuses with 404 rather than publish) is kept 0600 under ``iso/private/<owner>/``, listed
 and attachable only by the user who uploaded it, and deleted by that user (``DELETE image/private/<file>``)
 once no node has it attached.  Any other user is told it is unknown, exactly as for a name never
 uploaded.  A node remembers a private ISO as ``private/<owner>/<file>`` (what the domain reads) and
@@ -23,7 +23,7 @@ from cm_nucleus.store import Node
 
 ISO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,200}$")
 OWNER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,100}$")
-VISIBILITIES = ("public", "private")
+KINDS = ("public", "private")
 
 
 def owner_dir(user: str) -> str:
@@ -56,24 +56,21 @@ def shown(stored: str) -> str:
 def resolve(service: Service, iso: str, user: str) -> str:
     """The node's record of ISO ``iso`` as the caller names it; 400 "unknown ISO" if the caller cannot use it."""
     kind, _, name = iso.partition("/")
-    if kind in VISIBILITIES and ISO_NAME.match(name):
+    if kind in KINDS and ISO_NAME.match(name):
         stored = f"public/{name}" if kind == "public" else f"private/{owner_dir(user)}/{name}"
         if (service.settings.iso_dir / stored).is_file():
             return stored
     raise bad(f"unknown ISO '{iso}' (see GET image)")
 
 
-def upload(service: Service, filename: str, stream: Any, md5: str | None, user: str,
-           visibility: str = "public") -> None:
+def upload(service: Service, filename: str, stream: Any, md5: str | None, user: str, private: bool = False) -> None:
     """Keep the upload only if its content has the md5 the client announced; private ones stay 0600."""
     if not md5:
         raise bad("md5 was not provided")
-    if visibility not in VISIBILITIES:
-        raise bad(f"visibility must be public or private, not '{visibility}'")
     name = os.path.basename(filename or "")
     if not ISO_NAME.match(name):
         raise bad(f"bad ISO file name '{filename}'")
-    directory = service.settings.iso_dir / "public" if visibility == "public" else private_dir(service, user)
+    directory = private_dir(service, user) if private else service.settings.iso_dir / "public"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     digest = hashlib.md5()
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".upload-")  # 0600 from the first byte

@@ -183,6 +183,6 @@ class Nucleus:
     def delete(self, path: str, what: str) -> Any:
         return self.check(self.request("DELETE", path), what)
 
-    def upload(self, path: str, what: str, filename: str, handle: Any, md5: str, **params: Any) -> None:
-        response = self.request("POST", path, headers={"md5": md5}, files={"file": (filename, handle)}, params=params)
+    def upload(self, path: str, what: str, filename: str, handle: Any, md5: str) -> None:
+        response = self.request("POST", path, headers={"md5": md5}, files={"file": (filename, handle)})
         self.check(response, what)

@@ -251,8 +251,14 @@ class CometProvider(Provider):
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
             handle.seek(0)
-            extra = {"visibility": "private"} if private else {}
-            self.api.upload("image", f"upload {name}", name, handle, digest.hexdigest(), **extra)
+            if not private:
+                self.api.upload("image", f"upload {name}", name, handle, digest.hexdigest())
+                return
+            try:  # its own route: a service without private ISOs answers 404 instead of publishing the file
+                self.api.upload("image/private", f"upload {name}", name, handle, digest.hexdigest())
+            except NotFound:
+                raise ProviderError(f"upload {name}: this service has no private ISOs (cm's extension of Nucleus); "
+                                    "not uploaded, as every user could read it") from None
 
     def delete_iso(self, iso: str) -> None:
         """Delete one of this user's private ISOs (``private/NAME``); refused while a node has it attached."""

@@ -22,9 +22,9 @@ def _call(nucleus, method, path, token, **kw):
                                                                           **kw.pop("headers", {})}, timeout=30, **kw)
 
 
-def _upload(nucleus, token, name, data, **params):
-    return _call(nucleus, "POST", "image", token, headers={"md5": hashlib.md5(data).hexdigest()},
-                 files={"file": (name, io.BytesIO(data))}, params=params)
+def _upload(nucleus, token, name, data, private=False):
+    return _call(nucleus, "POST", "image/private" if private else "image", token,
+                 headers={"md5": hashlib.md5(data).hexdigest()}, files={"file": (name, io.BytesIO(data))})
 
 
 def _attach(nucleus, token, iso, where="compute/vm-vc1-0"):
@@ -33,7 +33,7 @@ def _attach(nucleus, token, iso, where="compute/vm-vc1-0"):
 
 def test_a_private_iso_is_its_owners_only(nucleus):
     alice, bob = nucleus.token("alice"), nucleus.token("bob")
-    assert _upload(nucleus, alice, "seed.iso", SECRET, visibility="private").status_code == 204
+    assert _upload(nucleus, alice, "seed.iso", SECRET, private=True).status_code == 204
     assert _upload(nucleus, alice, "boot.iso", b"public bytes\n").status_code == 204
     assert _call(nucleus, "GET", "image", alice).json() == ["public/boot.iso", "private/seed.iso"]
     assert _call(nucleus, "GET", "image", bob).json() == ["public/boot.iso"]
@@ -48,7 +48,7 @@ def test_a_private_iso_is_its_owners_only(nucleus):
         assert mine.text == never.text.replace("never.iso", "seed.iso") and b"MUNGE" not in mine.content
     assert _call(nucleus, "GET", "cluster/vc1/compute/vm-vc1-0/", bob).json()["iso"] == ""
     # bob's own private seed.iso is another file: alice's stays as she uploaded it
-    assert _upload(nucleus, bob, "seed.iso", b"bob's\n", visibility="private").status_code == 204
+    assert _upload(nucleus, bob, "seed.iso", b"bob's\n", private=True).status_code == 204
     assert _call(nucleus, "GET", "image", bob).json() == ["public/boot.iso", "private/seed.iso"]
     assert (nucleus.config.parent / "state" / "iso" / "private" / "alice" / "seed.iso").read_bytes() == SECRET
     assert _call(nucleus, "DELETE", "image/private/seed.iso", bob).status_code == 204
@@ -77,12 +77,16 @@ def test_public_isos_keep_the_nucleus_rules(nucleus):
     refused = _call(nucleus, "DELETE", "image/public/boot.iso", alice)
     assert refused.status_code == 400
     assert refused.json() == "public ISOs are never deleted; only private ones (private/<file>) can be"
-    odd = _upload(nucleus, alice, "x.iso", b"x", visibility="secret")
-    assert odd.status_code == 400 and odd.json() == "visibility must be public or private, not 'secret'"
-    unsent = _call(nucleus, "POST", "image", alice, params={"visibility": "private"},
-                   files={"file": ("x.iso", io.BytesIO(b"x"))})
+    unsent = _call(nucleus, "POST", "image/private", alice, files={"file": ("x.iso", io.BytesIO(b"x"))})
     assert unsent.status_code == 400 and unsent.json() == "md5 was not provided"
-    assert _call(nucleus, "GET", "image", alice).json() == ["public/boot.iso"]
+    wrong = _call(nucleus, "POST", "image/private", alice, headers={"md5": "0" * 32},
+                  files={"file": ("x.iso", io.BytesIO(b"x"))})
+    assert wrong.status_code == 400 and wrong.json() == "md5 does not match the file"
+    climbing = _call(nucleus, "POST", "image/private", alice, headers={"md5": hashlib.md5(b"x").hexdigest()},
+                     files={"file": ("../../public/x.iso", io.BytesIO(b"x"))})  # only the file's own name counts
+    assert climbing.status_code == 204 and _call(nucleus, "GET", "image", alice).json() == ["public/boot.iso",
+                                                                                          "private/x.iso"]
+    assert nucleus.iso_files() == {"public/boot.iso": 0o600, "private/alice/x.iso": 0o600}
 
 
 def test_cm_comet_iso_upload_private_list_and_delete(cm, comet, tmp_path):
