@@ -1,10 +1,10 @@
 """ISO images: Nucleus' ``public/<file>`` ones, and cm's extension, ``private/<file>`` ones.
 
-A private ISO (``POST image/private``, which a plain Nucleus refuses with 404 rather than publish) is kept 0600 under ``iso/private/<owner>/``, listed
-and attachable only by the user who uploaded it, and deleted by that user (``DELETE image/private/<file>``)
-once no node has it attached.  Any other user is told it is unknown, exactly as for a name never
-uploaded.  A node remembers a private ISO as ``private/<owner>/<file>`` (what the domain reads) and
-shows it as ``private/<file>``.
+A private ISO (``POST image/private``: a plain Nucleus refuses it with 404 rather than publish it) is
+kept 0600 under ``iso/private/<owner>/``, listed and attachable only by the user who uploaded it, and
+deleted by that user (``DELETE image/private/<file>``) once no node has it attached.  Any other user
+is told it is unknown, exactly as for a name never uploaded.  A node remembers a private ISO as
+``private/<owner>/<file>`` (what the domain reads) and shows it as ``private/<file>``.
 """
 
 from __future__ import annotations

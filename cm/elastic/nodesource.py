@@ -151,8 +151,9 @@ class VmSource:
 
 class ComputesetSource:
     """Nodes as compute nodes of a Comet virtual cluster: a free one gets a NoCloud seed ISO with the
-    user-data attached, then a computeset of its own (one per node: Slurm suspends nodes one by one,
-    and a computeset's nodes end together); stopping ends that computeset and detaches the seed.
+    user-data attached (a private ISO: it holds the munge key), then a computeset of its own (one per
+    node: Slurm suspends nodes one by one, and a computeset's nodes end together); stopping ends that
+    computeset, detaches the seed and deletes it from the service.
 
     The service knows no guest addresses, so Slurm learns each from the node's registration
     (``SlurmctldParameters=cloud_reg_addrs``)."""
@@ -254,6 +255,8 @@ class ComputesetSource:
             cs = self.provider.computeset(entry["computeset"])
             if cs["state"] in FINAL or cs["state"] == "ending":
                 why = {"completed": f"its walltime of {cs.get('walltime_mins')} min ended"}.get(cs["state"], cs["state"])
+                if cs["state"] == "ending" and _walltime_over(cs):  # seen before the centre's Slurm says completed
+                    why = f"its walltime of {cs.get('walltime_mins')} min ended"
                 gone[node] = f"computeset {cs['id']} ended: {why}" + (f" ({cs['message']})" if cs.get("message") else "")
         return gone
 
@@ -331,6 +334,12 @@ class ComputesetSource:
             time.sleep(POLL)
             cs = self.provider.computeset(cs["id"])
         return cs
+
+
+def _walltime_over(cs: dict[str, Any]) -> bool:
+    """Whether the computeset has run its whole walltime (Slurm ends a job only after its time limit)."""
+    start, minutes = cs.get("start_time"), cs.get("walltime_mins")
+    return bool(start and minutes) and time.time() >= float(start) + 60 * float(minutes)
 
 
 def seed_name(cluster: str, node: str) -> str:

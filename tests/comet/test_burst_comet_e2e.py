@@ -97,8 +97,8 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     assert shown["nodes"] == "cloud1" and shown["comet_cluster"] == "vc1" and shown["allocation"] == "abc101"
     assert "SlurmctldParameters=idle_on_node_suspend,cloud_reg_addrs" in lab.slurm.conf.read_text()
     assert "~" in ok(lab.slurm.run(["sinfo", "-h", "-n", "cloud1", "-o", "%t"]))   # powered down
-    seed = f"private/cm-seed-{cluster.replace('_', '-')}-cloud1.iso"
-    _plant_seed(lab, seed, "vm-vc1-1")  # replaced by this boot, deleted when the node stops
+    iso = f"private/cm-seed-{cluster.replace('_', '-')}-cloud1.iso"
+    _plant_seed(lab, iso, "vm-vc1-1")  # replaced by this boot, deleted when the node stops
 
     submitted = time.time()
     _, address, took = job_in_guest(lab, "cloud1", hostname="vm-vc1-0")
@@ -111,8 +111,8 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     assert ok(centre.run(["squeue", "-h", "-j", str(sets["job_id"]), "-o", "%T"])).strip() == "RUNNING"
     node = json.loads(ok(lab.cm("comet", "node", "info", "vc1", "vm-vc1-0", "--cloud", "comet", "-f", "json")))
     # the seed holds the munge key: alice's private ISO, 0600 at the service; bob (same cluster) never sees it
-    assert node["iso"] == seed and seed in _isos(lab) and _isos(lab, "bobs") == []
-    assert service.iso_files() == {f"private/alice/{seed.split('/')[1]}": 0o600}
+    assert node["iso"] == iso and iso in _isos(lab) and _isos(lab, "bobs") == []
+    assert service.iso_files() == {f"private/alice/{iso.split('/')[1]}": 0o600}
 
     # where the time went (cm's log and Slurm's node times have whole seconds): Slurm waking cm, cm's seed, the
     # centre's computeset start, the guest's boot to slurmd registration, then Slurm starting the job
@@ -136,15 +136,15 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     assert after["vm"] == "" and after["computeset"] == "" and after["node_hours"] > 0
     node = json.loads(ok(lab.cm("comet", "node", "info", "vc1", "vm-vc1-0", "--cloud", "comet", "-f", "json")))
     assert node["iso"] == "" and node["state"] in ("shutoff", "nostate")
-    assert re.search(rf"suspend cloud1: idle; ended computeset {cs_id}; detached and deleted the seed {seed} of "
+    assert re.search(rf"suspend cloud1: idle; ended computeset {cs_id}; detached and deleted the seed {iso} of "
                      "vm-vc1-0,vm-vc1-1", (lab.cm_home / "elastic" / cluster / "actions.log").read_text())
-    assert seed not in _isos(lab) and service.iso_files() == {}   # nothing with the key left on the service
+    assert iso not in _isos(lab) and service.iso_files() == {}   # nothing with the key left on the service
 
 
 def test_a_computeset_whose_walltime_ends_leaves_the_node_down_with_the_reason_and_nothing_running(world):
     """A one-minute walltime and a long idle time: the centre ends the computeset under the node; cm's
-    watcher sets the node DOWN with the reason, detaches its seed, has Slurm power it down and exits; no guest,
-    no centre job is left."""
+    watcher sets the node DOWN with the reason, detaches and deletes its seed, has Slurm power it down and
+    exits; no guest, no centre job, no seed is left."""
     lab, centre, service = world
     cluster = lab.slurm.cluster_name
     ok(lab.cm("slurm", "burst", "enable", str(lab.slurm.conf), "--cloud", "comet", "--max", "1",
