@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cm_nucleus import API_VERSION, computesets, nodes
+from cm_nucleus import API_VERSION, computesets, images, nodes
 from cm_nucleus.auth import Authenticator, basic
 from cm_nucleus.core import ApiError, Service, bad, log
 from cm_nucleus.fastpath import CachedListings, listing_key
@@ -238,11 +238,10 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         return computesets.terminate(service, me, cs_id, action)
 
     @v1.get("/image")
-    def images() -> list[str]:
-        return nodes.iso_list(service)
+    def image_list(me: str = Depends(user)) -> list[str]:
+        return images.listing(service, me)
 
-    @v1.post("/image")
-    async def image_upload(request: Request) -> Response:
+    async def upload(request: Request, me: str, private: bool) -> Response:
         md5 = request.headers.get("md5")
         if not md5:
             raise bad("md5 was not provided")
@@ -250,10 +249,24 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             form = await request.form()
         except Exception as exc:  # noqa: BLE001 - python-multipart raises several kinds
             raise bad(f"malformed upload: {exc}") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
+        file = form.get("file")
+        if file is None or isinstance(file, str):
             raise bad("the upload needs a multipart field 'file'")
-        await run_in_threadpool(nodes.iso_upload, service, upload.filename or "", upload.file, md5)
+        await run_in_threadpool(images.upload, service, file.filename or "", file.file, md5, me, private)
+        return Response(status_code=204)
+
+    @v1.post("/image")
+    async def image_upload(request: Request, me: str = Depends(user)) -> Response:
+        return await upload(request, me, private=False)
+
+    @v1.post("/image/private")
+    async def image_upload_private(request: Request, me: str = Depends(user)) -> Response:
+        """cm's extension: the upload is the caller's private/<file> (a plain Nucleus answers 404: nothing stored)."""
+        return await upload(request, me, private=True)
+
+    @v1.delete("/image/{kind}/{name}")
+    def image_delete(kind: str, name: str, me: str = Depends(user)) -> Response:
+        images.delete(service, kind, name, me)
         return Response(status_code=204)
 
     @v1.get("/reservation/")

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from cm_nucleus.core import ApiError, Service, bad, mac
 from cm_nucleus.hypervisor import HypervisorError
+from cm_nucleus.images import resolve, shown
 from cm_nucleus.store import ComputeSet, ConsoleToken, Node
 
 ACTIONS = ("poweron", "poweroff", "reboot", "reset", "shutdown")
@@ -29,7 +30,7 @@ def compute_json(service: Service, node: Node, busy: dict[str, ComputeSet]) -> d
     return {"name": node.name, "interface": _interface(node), "memory": spec.memory, "cpus": spec.cpus,
             "disksize": spec.disksize, "cluster": node.cluster, "type": "compute", "state": node.power,
             "active_computeset": cs.id if cs else None, "active_computeset_state": cs.state if cs else None,
-            "compute_state": "ready", "host": node.host if cs else "", "iso": node.iso}
+            "compute_state": "ready", "host": node.host if cs else "", "iso": shown(node.iso)}
 
 
 def frontend_json(service: Service, node: Node) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def frontend_json(service: Service, node: Node) -> dict[str, Any]:
     return {"name": node.name, "state": node.power, "memory": spec.memory, "cpus": spec.cpus,
             "disksize": spec.disksize, "type": "frontend", "interface": _interface(node),
             **{k: spec.extra.get(k, "") for k in ("pub_ip", "pub_mac", "pub_netmask", "gateway", "dns1", "dns2", "ntp")},
-            "frontend_state": "ready", "host": spec.hosts[0], "iso": node.iso}
+            "frontend_state": "ready", "host": spec.hosts[0], "iso": shown(node.iso)}
 
 
 def cluster_json(service: Service, s: Session, name: str, user: str) -> dict[str, Any]:
@@ -149,55 +150,20 @@ def console_text(service: Service, token: str, lines: int = 200) -> tuple[str, s
     return node.name, "\n".join(text.splitlines()[-lines:])
 
 
-# -- ISO images -------------------------------------------------------------------------------------
-ISO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,200}$")
-
-
-def iso_list(service: Service) -> list[str]:
-    return sorted(f"public/{p.name}" for p in (service.settings.iso_dir / "public").iterdir()
-                  if p.is_file() and not p.name.startswith("."))
-
-
-def iso_upload(service: Service, filename: str, stream: Any, md5: str | None) -> None:
-    """Keep the upload only if its content has the md5 the client announced."""
-    import hashlib
-    import os
-    import tempfile
-
-    if not md5:
-        raise bad("md5 was not provided")
-    name = os.path.basename(filename or "")
-    if not ISO_NAME.match(name):
-        raise bad(f"bad ISO file name '{filename}'")
-    directory = service.settings.iso_dir / "public"
-    digest = hashlib.md5()
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5.strip().lower():
-            raise bad("md5 does not match the file")
-        os.replace(tmp, directory / name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
+# -- ISO images (their files: cm_nucleus.images) ----------------------------------------------------
 def attach_iso(service: Service, cluster: str, name: str | None, iso: str | None, user: str) -> None:
-    """Attach ``public/NAME`` (empty: detach) to a node; a running node changes its CD-ROM at once."""
+    """Attach ``public/NAME`` or the caller's ``private/NAME`` (empty: detach) to a node; a running node
+    changes its CD-ROM at once."""
     service.cluster(cluster, user)
     if iso is None:
         raise bad("iso_name is required (empty to detach)")
-    if iso and iso not in iso_list(service):
-        raise bad(f"unknown ISO '{iso}' (see GET image)")
-    with service.lock, service.store.session() as s:
+    with service.lock, service.store.session() as s:  # under the lock: a private ISO cannot be deleted meanwhile
+        stored = resolve(service, iso, user) if iso else ""
         node = service.frontend(s, cluster) if name is None else service.node(s, cluster, name)
         if node.power == "active" and node.domain:
             try:
                 service.hv.change_media(service.uri(node), node.domain,
-                                        str(service.settings.iso_dir / iso) if iso else "")
+                                        str(service.settings.iso_dir / stored) if stored else "")
             except HypervisorError as exc:
                 raise ApiError(502, str(exc)) from exc
-        node.iso = iso
+        node.iso = stored

@@ -344,8 +344,22 @@ def iso_upload(ctx, args: Namespace) -> None:
     if not os.path.isfile(args.path):
         raise UsageError(f"no such file: {args.path}")
     name = args.isoname or os.path.basename(args.path)
-    provider.upload_iso(args.path, name)
-    ctx.say(f"uploaded public/{name} (md5 checked by the service)")
+    provider.upload_iso(args.path, name, private=args.private)
+    ctx.say(f"uploaded {'private' if args.private else 'public'}/{name} (md5 checked by the service)")
+
+
+def iso_name(given: str) -> str:
+    """An ISO as the API names it: ``public/NAME`` or ``private/NAME``; a bare NAME is a public one."""
+    return given if given.startswith(("public/", "private/")) else f"public/{given}"
+
+
+def iso_delete(ctx, args: Namespace) -> None:
+    _, provider = _provider(ctx, args)
+    iso = args.iso if "/" in args.iso else f"private/{args.iso}"  # only private ISOs can be deleted
+    if not iso.startswith("private/") or not iso[len("private/"):]:
+        raise UsageError(f"cannot delete '{args.iso}': only your private ISOs (private/NAME) can be deleted")
+    provider.delete_iso(iso)
+    ctx.say(f"deleted {iso}")
 
 
 def _iso_targets(ctx, provider, args: Namespace, iso: str) -> int:
@@ -360,8 +374,7 @@ def _iso_targets(ctx, provider, args: Namespace, iso: str) -> int:
 
 def iso_attach(ctx, args: Namespace) -> int:
     _, provider = _provider(ctx, args)
-    iso = args.iso if args.iso.startswith("public/") else f"public/{args.iso}"
-    return _iso_targets(ctx, provider, args, iso)
+    return _iso_targets(ctx, provider, args, iso_name(args.iso))
 
 
 def iso_detach(ctx, args: Namespace) -> int:
@@ -458,11 +471,16 @@ def build(parser: ArgumentParser) -> None:
     p.add_argument("new", metavar="NEWNAMES")
     p.add_argument("--yes", action="store_true", help="do not ask")
     add_dryrun_option(p)
-    iso = subcommands(verb(subs, "iso", None, "ISO images: list, upload, attach, detach"))
-    _common(verb(iso, "list", iso_list, "the ISO images you can attach"))
+    iso = subcommands(verb(subs, "iso", None, "ISO images: list, upload, delete, attach, detach"))
+    _common(verb(iso, "list", iso_list, "the ISO images you can attach (public ones and your private ones)"))
     p = _common(verb(iso, "upload", iso_upload, "upload an ISO image (its md5 is checked)"), listing=False)
     p.add_argument("path", metavar="PATH")
     p.add_argument("--isoname", help="the name to give it (default: the file's)")
+    p.add_argument("--private", action="store_true",
+                   help="only you can list, attach and delete it (private/NAME; for ISOs holding secrets)")
+    p = _common(verb(iso, "delete", iso_delete, "delete one of your private ISOs (detach it first)",
+                     example="cm comet iso delete private/seed.iso"), listing=False)
+    p.add_argument("iso", metavar="NAME")
     p = _common(verb(iso, "attach", iso_attach, "attach an ISO to the frontend or NODES"))
     p.add_argument("iso", metavar="ISO")
     p.add_argument("cluster", metavar="CLUSTER")

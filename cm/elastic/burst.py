@@ -244,8 +244,10 @@ def _static(ctl: Controller) -> str:
 
 
 def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) -> dict[str, Any]:
-    """Drain the cloud nodes, wait for their jobs, delete their VMs, restore the static slurm.conf."""
+    """Drain the cloud nodes, wait for their jobs, delete their VMs (and seeds), restore the static slurm.conf."""
+    from cm.elastic.nodesource import source_for
     from cm.elastic.power import suspend
+    from cm.names import expand
 
     home = Path(ctx.home)
     cluster = cluster_of(ctx, cluster_arg).cluster
@@ -268,6 +270,8 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
     failed = [f"{n}: {why}" for n, why in suspend(ctx, cluster, up) if why] if up else []
     if failed:
         raise ProviderError(f"could not delete the VMs of {'; '.join(failed)}; bursting stays enabled")
+    for done in source_for(ctx, st).forget(cluster, expand([st["node_list"]])):  # seeds a killed cm left
+        state.log(home, cluster, f"disable: {done}")
     ctl.write_text(ctl.conf, _static(ctl))   # read now: the file as it is after the wait
     _apply(ctl, st.get("restart_command") or f"slurmctld -f {ctl.conf}", True)
     if st.get("agent"):

@@ -122,6 +122,10 @@ class VmSource:
         """Nodes whose VM ended under them: none looked for (a VM lives until it is deleted)."""
         return {}
 
+    def forget(self, cluster: str, nodes: list[str]) -> list[str]:
+        """What a disabled cluster leaves on the cloud besides its VMs: nothing (user-data goes with the VM)."""
+        return []
+
     def _address(self, vm: str, timeout: float) -> str:
         """Poll the cloud until the VM reports an address; an error state or the timeout fails."""
         deadline = time.monotonic() + timeout
@@ -147,8 +151,9 @@ class VmSource:
 
 class ComputesetSource:
     """Nodes as compute nodes of a Comet virtual cluster: a free one gets a NoCloud seed ISO with the
-    user-data attached, then a computeset of its own (one per node: Slurm suspends nodes one by one,
-    and a computeset's nodes end together); stopping ends that computeset and detaches the seed.
+    user-data attached (a private ISO: it holds the munge key), then a computeset of its own (one per
+    node: Slurm suspends nodes one by one, and a computeset's nodes end together); stopping ends that
+    computeset, detaches the seed and deletes it from the service.
 
     The service knows no guest addresses, so Slurm learns each from the node's registration
     (``SlurmctldParameters=cloud_reg_addrs``)."""
@@ -211,7 +216,8 @@ class ComputesetSource:
         return Started("", compute, f"compute node {compute}", {"vm": compute, "computeset": cs["id"], "seed": iso})
 
     def stop(self, cluster: str, node: str, entry: dict[str, Any]) -> str:
-        """End the node's computeset (its compute node powers off) and detach its seed; the node then holds neither."""
+        """End the node's computeset (its compute node powers off), detach its seed and delete it from the
+        service; nothing of the node (nor its munge key) is left there."""
         from cm.elastic import state
 
         done = []
@@ -223,9 +229,8 @@ class ComputesetSource:
                 done.append(f"ended computeset {cs_id}")
             else:
                 done.append(f"computeset {cs_id} was {cs['state']}")
-        if compute and entry.get("seed"):
-            self.provider.attach_iso("", self.vc, compute)
-            done.append(f"detached the seed of {compute}")
+        if entry.get("seed"):
+            done.append(self._drop_seed(entry["seed"], compute or ""))
         with state.changing(self.home, cluster) as now:  # the compute node stays only as a preference
             now["nodes"].setdefault(node, {}).update(computeset=None, seed="")
         return "; ".join(done) or "nothing to stop"
@@ -250,6 +255,8 @@ class ComputesetSource:
             cs = self.provider.computeset(entry["computeset"])
             if cs["state"] in FINAL or cs["state"] == "ending":
                 why = {"completed": f"its walltime of {cs.get('walltime_mins')} min ended"}.get(cs["state"], cs["state"])
+                if cs["state"] == "ending" and _walltime_over(cs):  # seen before the centre's Slurm says completed
+                    why = f"its walltime of {cs.get('walltime_mins')} min ended"
                 gone[node] = f"computeset {cs['id']} ended: {why}" + (f" ({cs['message']})" if cs.get("message") else "")
         return gone
 
@@ -270,24 +277,49 @@ class ComputesetSource:
         return compute
 
     def _seed(self, cluster: str, node: str, compute: str, user_data: str) -> str:
-        """Upload a NoCloud seed with the user-data (as secret as the munge key in it) and attach it; a fresh
-        instance-id each boot, so cloud-init on the node's own disk runs the user-data again."""
+        """Upload a NoCloud seed with the user-data as a private ISO (it holds the munge key: only this user
+        may list, attach or delete it) and attach it; a fresh instance-id each boot, so cloud-init on the
+        node's own disk runs the user-data again."""
         from cm.elastic import state
         from cm_plugins.kvm.seed import Seed, iso_bytes, meta_data
 
-        name = f"cm-seed-{cluster}-{node}.iso".replace("_", "-")  # replaced at each boot: one per node at most
+        iso = seed_name(cluster, node)
+        with state.changing(self.home, cluster) as now:  # before the upload: a killed cm still knows to delete it
+            now["nodes"][node].update(seed=iso)
         data = iso_bytes(Seed(meta_data(f"{compute}-{secrets.token_hex(4)}", compute), user_data))
         fd, path = tempfile.mkstemp(prefix=".cm-seed-", suffix=".iso")  # 0600: it holds the munge key
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            self.provider.upload_iso(path, name)
+            self.provider.upload_iso(path, iso.split("/", 1)[1], private=True)  # replaces a leftover of this node
         finally:
             os.unlink(path)
-        self.provider.attach_iso(f"public/{name}", self.vc, compute)
-        with state.changing(self.home, cluster) as now:
-            now["nodes"][node].update(seed=f"public/{name}")
-        return f"public/{name}"
+        self.provider.attach_iso(iso, self.vc, compute)
+        return iso
+
+    def _drop_seed(self, iso: str, compute: str) -> str:
+        """Detach the seed from the compute node, then delete it from the service (detached first from any
+        other compute node still holding it: a boot that a killed cm left half done)."""
+        if compute:
+            self.provider.attach_iso("", self.vc, compute)
+        try:
+            self.provider.delete_iso(iso)
+        except NotFound:
+            return f"detached the seed of {compute}" if compute else "no seed left"
+        except ProviderError:  # still attached elsewhere: the service refuses
+            others = [n["name"] for n in self.provider.cluster(self.vc).get("computes") or [] if n.get("iso") == iso]
+            if not others:
+                raise
+            for other in others:
+                self.provider.attach_iso("", self.vc, other)
+            self.provider.delete_iso(iso)
+            compute = ",".join(filter(None, [compute, *others]))
+        return f"detached and deleted the seed {iso}" + (f" of {compute}" if compute else "")
+
+    def forget(self, cluster: str, nodes: list[str]) -> list[str]:
+        """Delete the seeds of the cluster's nodes still on the service (a cm killed mid-boot leaves one)."""
+        mine = set(self.provider.isos())
+        return [self._drop_seed(seed_name(cluster, n), "") for n in nodes if seed_name(cluster, n) in mine]
 
     def _running(self, cs: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Poll the computeset until it runs; one that ends first, or the timeout, fails."""
@@ -302,6 +334,17 @@ class ComputesetSource:
             time.sleep(POLL)
             cs = self.provider.computeset(cs["id"])
         return cs
+
+
+def _walltime_over(cs: dict[str, Any]) -> bool:
+    """Whether the computeset has run its whole walltime (Slurm ends a job only after its time limit)."""
+    start, minutes = cs.get("start_time"), cs.get("walltime_mins")
+    return bool(start and minutes) and time.time() >= float(start) + 60 * float(minutes)
+
+
+def seed_name(cluster: str, node: str) -> str:
+    """The private ISO of a node's seed: one per node, replaced at each boot."""
+    return f"private/cm-seed-{cluster}-{node}.iso".replace("_", "-")
 
 
 def kind_for(ctx: Any, cloud: str) -> type[VmSource] | type[ComputesetSource]:

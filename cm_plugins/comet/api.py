@@ -180,6 +180,9 @@ class Nucleus:
         self.check(response, what)
         raise ProviderError(f"{what}: expected a 303 redirect, got HTTP {response.status_code}")
 
+    def delete(self, path: str, what: str) -> Any:
+        return self.check(self.request("DELETE", path), what)
+
     def upload(self, path: str, what: str, filename: str, handle: Any, md5: str) -> None:
         response = self.request("POST", path, headers={"md5": md5}, files={"file": (filename, handle)})
         self.check(response, what)

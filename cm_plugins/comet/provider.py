@@ -242,7 +242,8 @@ class CometProvider(Provider):
     def isos(self) -> list[str]:
         return self.api.get("image", "list ISO images") or []
 
-    def upload_iso(self, path: str, name: str) -> None:
+    def upload_iso(self, path: str, name: str, private: bool = False) -> None:
+        """Upload as ``public/NAME`` (everyone may attach it), or as ``private/NAME`` (only this user)."""
         import hashlib
 
         digest = hashlib.md5()
@@ -250,7 +251,18 @@ class CometProvider(Provider):
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
             handle.seek(0)
-            self.api.upload("image", f"upload {name}", name, handle, digest.hexdigest())
+            if not private:
+                self.api.upload("image", f"upload {name}", name, handle, digest.hexdigest())
+                return
+            try:  # its own route: a service without private ISOs answers 404 instead of publishing the file
+                self.api.upload("image/private", f"upload {name}", name, handle, digest.hexdigest())
+            except NotFound:
+                raise ProviderError(f"upload {name}: this service has no private ISOs (cm's extension of Nucleus); "
+                                    "not uploaded, as every user could read it") from None
+
+    def delete_iso(self, iso: str) -> None:
+        """Delete one of this user's private ISOs (``private/NAME``); refused while a node has it attached."""
+        self.api.delete(f"image/{iso}", f"delete ISO {iso}")
 
     def attach_iso(self, iso: str, cluster: str, node: str | None) -> None:
         path = f"cluster/{cluster}/frontend/attach_iso" if node is None else f"cluster/{cluster}/compute/{node}/attach_iso"

@@ -118,6 +118,11 @@ class Nucleus:
         except requests.RequestException:
             return False
 
+    def iso_files(self) -> dict[str, int]:
+        """The ISO files the service keeps: path under its iso directory -> permission bits."""
+        root = self.config.parent / "state" / "iso"
+        return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in root.rglob("*") if p.is_file()}
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 

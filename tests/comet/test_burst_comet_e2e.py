@@ -58,6 +58,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
                 try:
                     ok(lab.cm("cloud", "add", "comet", "--kind", "comet", f"base_url={service.base}",
                               "username=alice", f"password={PASSWORDS['alice']}"))
+                    ok(lab.cm("cloud", "add", "bobs", "--kind", "comet", f"base_url={service.base}",
+                              "username=bob", f"password={PASSWORDS['bob']}"))
                     yield lab, centre, service
                 finally:
                     cancel_all(centre)
@@ -73,6 +75,18 @@ def _stamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def _isos(lab, cloud: str = "comet") -> list[str]:
+    return [i["name"] for i in json.loads(ok(lab.cm("comet", "iso", "list", "--cloud", cloud, "-f", "json")))]
+
+
+def _plant_seed(lab, seed: str, compute: str) -> None:
+    """What a cm killed mid-boot leaves: the node's seed on the service, attached to a compute node."""
+    junk = lab.cm_home / "left.iso"
+    junk.write_bytes(b"an older boot's seed\n")
+    ok(lab.cm("comet", "iso", "upload", str(junk), "--isoname", seed.split("/", 1)[1], "--private", "--cloud", "comet"))
+    ok(lab.cm("comet", "iso", "attach", seed, "vc1", compute, "--cloud", "comet"))
+
+
 def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_powers_off(world):
     lab, centre, service = world
     cluster = lab.slurm.cluster_name
@@ -83,6 +97,8 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     assert shown["nodes"] == "cloud1" and shown["comet_cluster"] == "vc1" and shown["allocation"] == "abc101"
     assert "SlurmctldParameters=idle_on_node_suspend,cloud_reg_addrs" in lab.slurm.conf.read_text()
     assert "~" in ok(lab.slurm.run(["sinfo", "-h", "-n", "cloud1", "-o", "%t"]))   # powered down
+    iso = f"private/cm-seed-{cluster.replace('_', '-')}-cloud1.iso"
+    _plant_seed(lab, iso, "vm-vc1-1")  # replaced by this boot, deleted when the node stops
 
     submitted = time.time()
     _, address, took = job_in_guest(lab, "cloud1", hostname="vm-vc1-0")
@@ -94,7 +110,9 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     assert sets["state"] == "running" and sets["account"] == "abc101"
     assert ok(centre.run(["squeue", "-h", "-j", str(sets["job_id"]), "-o", "%T"])).strip() == "RUNNING"
     node = json.loads(ok(lab.cm("comet", "node", "info", "vc1", "vm-vc1-0", "--cloud", "comet", "-f", "json")))
-    assert node["iso"] == f"public/cm-seed-{cluster.replace('_', '-')}-cloud1.iso"
+    # the seed holds the munge key: alice's private ISO, 0600 at the service; bob (same cluster) never sees it
+    assert node["iso"] == iso and iso in _isos(lab) and _isos(lab, "bobs") == []
+    assert service.iso_files() == {f"private/alice/{iso.split('/')[1]}": 0o600}
 
     # where the time went (cm's log and Slurm's node times have whole seconds): Slurm waking cm, cm's seed, the
     # centre's computeset start, the guest's boot to slurmd registration, then Slurm starting the job
@@ -118,14 +136,15 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     assert after["vm"] == "" and after["computeset"] == "" and after["node_hours"] > 0
     node = json.loads(ok(lab.cm("comet", "node", "info", "vc1", "vm-vc1-0", "--cloud", "comet", "-f", "json")))
     assert node["iso"] == "" and node["state"] in ("shutoff", "nostate")
-    assert re.search(rf"suspend cloud1: idle; ended computeset {cs_id}; detached the seed of vm-vc1-0", log
-                     + (lab.cm_home / "elastic" / cluster / "actions.log").read_text())
+    assert re.search(rf"suspend cloud1: idle; ended computeset {cs_id}; detached and deleted the seed {iso} of "
+                     "vm-vc1-0,vm-vc1-1", (lab.cm_home / "elastic" / cluster / "actions.log").read_text())
+    assert iso not in _isos(lab) and service.iso_files() == {}   # nothing with the key left on the service
 
 
 def test_a_computeset_whose_walltime_ends_leaves_the_node_down_with_the_reason_and_nothing_running(world):
     """A one-minute walltime and a long idle time: the centre ends the computeset under the node; cm's
-    watcher sets the node DOWN with the reason, detaches its seed, has Slurm power it down and exits; no guest,
-    no centre job is left."""
+    watcher sets the node DOWN with the reason, detaches and deletes its seed, has Slurm power it down and
+    exits; no guest, no centre job, no seed is left."""
     lab, centre, service = world
     cluster = lab.slurm.cluster_name
     ok(lab.cm("slurm", "burst", "enable", str(lab.slurm.conf), "--cloud", "comet", "--max", "1",
@@ -146,7 +165,7 @@ def test_a_computeset_whose_walltime_ends_leaves_the_node_down_with_the_reason_a
     row = burst_status(lab)["cloud1"]
     assert row["vm"] == "" and row["computeset"] == "" and "walltime of 1 min ended" in row["reason"]
     node = json.loads(ok(lab.cm("comet", "node", "info", "vc1", "vm-vc1-0", "--cloud", "comet", "-f", "json")))
-    assert node["iso"] == ""
+    assert node["iso"] == "" and _isos(lab) == [] and service.iso_files() == {}
     folder = lab.cm_home / "elastic" / cluster
     wait_for("the watcher to exit", lambda: not (folder / "watch-cloud1.pid").exists(), 30)
     assert f"cloud1: computeset {cs_id} ended; node set DOWN" in (folder / "watch-cloud1.log").read_text()
@@ -176,3 +195,15 @@ def test_a_node_without_a_free_compute_node_is_down_with_the_reason_and_its_job_
         lab.slurm.run(["scancel", job])
         for cs in taken:   # one host at the centre: the second waits in its queue until then
             ok(lab.cm("comet", "terminate", str(cs["id"]), "--cloud", "comet"))
+
+
+def test_disable_deletes_a_seed_a_killed_cm_left(world):
+    """A seed left on the service (cm killed between its upload and the node's record) goes with `burst disable`."""
+    lab, centre, service = world
+    seed = f"private/cm-seed-{lab.slurm.cluster_name.replace('_', '-')}-cloud1.iso"
+    _plant_seed(lab, seed, "vm-vc1-0")
+    assert _isos(lab) == [seed]
+    ok(lab.cm("slurm", "burst", "disable", str(lab.slurm.conf), "--timeout", "60"))
+    assert _isos(lab) == [] and service.iso_files() == {}
+    node = json.loads(ok(lab.cm("comet", "node", "info", "vc1", "vm-vc1-0", "--cloud", "comet", "-f", "json")))
+    assert node["iso"] == ""
