@@ -8,11 +8,13 @@ reboot or kill -9 is ignored).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cm.errors import Conflict, ProviderError
@@ -37,11 +39,16 @@ def running_pid(folder: Path, name: str, module: str) -> int | None:
     return pid if runs(pid, module) else None
 
 
+Staging = Callable[[], contextlib.AbstractContextManager[object]]  # entered under the lock around a start
+
+
 def ensure(folder: Path, name: str, module: str, argv: list[str], home: Path,
-           wait: float = 30.0) -> tuple[int, bool]:
+           wait: float = 30.0, staging: Staging = contextlib.nullcontext) -> tuple[int, bool]:
     """Start ``python -m module ARGV`` detached unless it runs: (its pid, whether this call started it).
 
-    The one place that checks "already running": under a lock, so two cm commands at once start one."""
+    The one place that checks "already running": under a lock, so two cm commands at once start one.
+    ``staging`` is entered under that lock around the start: the files the new process reads are the
+    ones this caller wrote, never those of a command that found it running."""
     import fcntl
 
     folder = Path(folder)
@@ -50,12 +57,14 @@ def ensure(folder: Path, name: str, module: str, argv: list[str], home: Path,
         pid = running_pid(folder, name, module)
         if pid is not None:
             return pid, False
-        return _spawn(folder, name, module, argv, home, wait), True
+        with staging():
+            return _spawn(folder, name, module, argv, home, wait), True
 
 
-def start(folder: Path, name: str, module: str, argv: list[str], home: Path, wait: float = 30.0) -> int:
+def start(folder: Path, name: str, module: str, argv: list[str], home: Path, wait: float = 30.0,
+          staging: Staging = contextlib.nullcontext) -> int:
     """Start ``python -m module ARGV`` detached; return its pid once it wrote its pid file (Conflict if it runs)."""
-    pid, started = ensure(folder, name, module, argv, home, wait)
+    pid, started = ensure(folder, name, module, argv, home, wait, staging)
     if not started:
         raise Conflict(f"the {name} already runs (pid {pid})")
     return pid

@@ -8,6 +8,8 @@ compared with libvirt's on real guests in tests/e2e/test_monitor_e2e.py.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -163,6 +165,60 @@ def test_the_workers_io_is_counted_after_they_exit(tmp_path):
         second = qemu.disk_counters()
         assert first[0] >= 4096 and first[2] >= 1
         assert second[0] - first[0] == 8192 and second[2] - first[2] == 1, (first, second)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+THREADS = r"""
+import ctypes, sys, threading
+libc = ctypes.CDLL(None)
+def named(name):
+    libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+    ready.release(); threading.Event().wait()
+ready = threading.Semaphore(0)
+for name in ("CPU 0/TCG", "worker"):
+    threading.Thread(target=named, args=(name,), daemon=True).start()
+ready.acquire(); ready.acquire()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+READER = r"""
+import json, sys
+from cm_plugins.kvm.direct import Qemu
+qemu = Qemu.find(int(sys.argv[1]), sys.argv[2])
+record = qemu.read()
+print(json.dumps({"cgroup": str(qemu.cgroup), "file_disks": qemu.file_disks, "raw_disks": qemu.raw_disks,
+                  "record": record}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_a_qemu_of_another_user_is_read_with_its_disks_left_to_libvirt():
+    """Under qemu:///system QEMU runs as its own user: its threads' io files are that user's only.
+
+    The reader runs as `nobody` against a root process with QEMU's thread names: it still reads
+    CPU, vCPU and NIC counters from the kernel, and leaves the disks to libvirt.
+    """
+    xml = "<domain><devices><interface type='ethernet'><target dev='lo'/></interface></devices></domain>"
+    proc = subprocess.Popen([sys.executable, "-c", THREADS], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        own = direct.Qemu.find(proc.pid, xml)
+        assert own is not None and own.file_disks, "QEMU of this user: its disks are read from the workers"
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        reader = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 sys.executable, "-c", READER, str(proc.pid), xml],
+                                capture_output=True, text=True, env=env, timeout=60, cwd="/")
+        assert reader.returncode == 0, reader.stderr
+        seen = json.loads(reader.stdout)
+        assert seen["file_disks"] is False and seen["raw_disks"] is False
+        record = seen["record"]
+        assert record["vcpu.current"] == 1 and record["vcpu.0.time"] >= 0 and record["vcpu.0.delay"] >= 0
+        assert record["net.count"] == 1 and record["net.0.rx.bytes"] >= 0 and record["balloon.rss"] > 0
     finally:
         proc.kill()
         proc.wait()

@@ -10,12 +10,15 @@ against a real sshd, and Slurm jobs joined to samples on a real Slurm.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 import signal
 import sqlite3
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -98,6 +101,44 @@ def test_the_collector_outlives_the_command_and_stops_cleanly(cm, cm_process, cm
     assert "collector stopped" in (cm_home / "monitor" / "collector.log").read_text()
     assert json.loads(cm("monitor", "status", "-f", "json").out)["running"] is False
     assert "no collector runs" in cm("monitor", "stop").out
+
+
+def waiting_for_a_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked on a file lock (a ``->`` line of /proc/locks)."""
+    lines = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return any(len(f) > 5 and f[1] == "->" and f[5] == str(pid) for f in lines)
+
+
+def test_a_start_given_up_while_another_starts_leaves_the_others_targets(cm, cm_home, vms):
+    """Two `cm monitor start` at once: the one killed while waiting does not leave its targets behind."""
+    folder = cm_home / "monitor"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    starts = []
+    with open(folder / "collector.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a third start in flight: both below wait for it
+        for name in ("mon1", "mon2"):
+            starts.append(subprocess.Popen([sys.executable, "-m", "cm.main", "monitor", "start", name,
+                                            "--interval", "0.2s"], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True))
+            deadline = time.monotonic() + 60
+            while not waiting_for_a_lock(starts[-1].pid):
+                assert starts[-1].poll() is None, starts[-1].communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        starts[1].kill()  # the second is given up (kill -9) while it waits
+        starts[1].wait()
+    out, err = starts[0].communicate(timeout=60)
+    assert starts[0].returncode == 0 and "collector started" in out, err
+    pid = int((folder / "collector.pid").read_text())
+    try:
+        status = json.loads(cm("monitor", "status", "-f", "json").out)
+        assert status["running"] is True and status["targets"] == "local: mon1"
+        assert not (folder / "collector.next.json").exists()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def test_kill_9_loses_at_most_the_sample_in_flight(cm, cm_process, cm_home, collector):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,22 @@ def start(home: Path, targets: dict[str, list[str]], interval: float, retention:
     starts: a collector that already runs (detached.start refuses then) keeps its own.
     """
     folder = monitor_dir(home)
-    staged = folder / STAGED
-    staged.write_text(json.dumps({"targets": targets, "interval": interval, "retention": retention,
-                                  "started": time.time()}))
+    staged = {"targets": targets, "interval": interval, "retention": retention, "started": time.time()}
     try:
-        return detached.start(folder, "collector", MODULE, [str(home)], home, wait)
+        return detached.start(folder, "collector", MODULE, [str(home)], home, wait,
+                              staging=lambda: _staged(folder / STAGED, staged))
     except Conflict as exc:
         raise Conflict(f"{exc}; `cm monitor stop` first") from None
+
+
+@contextlib.contextmanager
+def _staged(path: Path, settings: dict[str, Any]) -> Iterator[None]:
+    """The settings staged for the collector being started (under detached's lock: no other start's)."""
+    path.write_text(json.dumps(settings))
+    try:
+        yield
     finally:
-        staged.unlink(missing_ok=True)  # taken over by a collector that started
+        path.unlink(missing_ok=True)  # taken over by a collector that started
 
 
 def take_settings(folder: Path) -> dict[str, Any]:

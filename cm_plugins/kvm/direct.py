@@ -17,6 +17,11 @@ The disks' activity is seen here, though: QEMU's thread-pool ``worker`` threads
 do the file I/O of a file-backed disk, so their read/write counters move exactly
 when the guest's disks do (and, for raw disks, give their bytes:
 :mod:`cm_plugins.kvm.diskcarry`).
+
+A thread's ``io`` file is readable only by QEMU's own user (and root): under
+``qemu:///system`` QEMU runs as another user, so its disks are then read
+through libvirt; any other counter this user cannot read leaves the whole
+domain to libvirt (both decided once, when QEMU is found).
 """
 
 from __future__ import annotations
@@ -42,6 +47,15 @@ CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 def _read(path: str) -> str:
     with open(path) as fh:
         return fh.read()
+
+
+def _readable(path: str) -> bool:
+    """Whether this user may read a /proc or cgroup file (other errors, as QEMU gone, are raised)."""
+    try:
+        _read(path)
+    except PermissionError:
+        return False
+    return True
 
 
 def _stat_fields(path: str) -> list[str]:
@@ -140,10 +154,18 @@ class Qemu:
 
     @classmethod
     def find(cls, pid: int, xml: str) -> Qemu | None:
+        """QEMU as this user can read it; None if a NIC is not a tap (PermissionError: libvirt reads it all)."""
         nics = taps(xml)
         if nics is None:
             return None
-        return cls(pid, domain_cgroup(pid), nics, file_disks_only(pid), raw_disks_only(pid))
+        cgroup = domain_cgroup(pid)
+        if cgroup is not None and not _readable(str(cgroup / "cpu.stat")):
+            cgroup = None  # the process's own ticks instead
+        for counters in ("stat", "statm", "schedstat", *(["net/dev"] if nics else [])):
+            _read(f"/proc/{pid}/{counters}")  # the threads' files have the same owner and modes
+        # Checked on the main thread: the workers come and go, and their io files are guarded alike.
+        files = file_disks_only(pid) and _readable(f"/proc/{pid}/task/{pid}/io")
+        return cls(pid, cgroup, nics, files, files and raw_disks_only(pid))
 
     def _threads(self) -> dict[str, str]:
         """thread id -> name, re-read only when the set of threads changed (vCPUs come and go with it).

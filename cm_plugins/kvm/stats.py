@@ -9,9 +9,11 @@ asked each round only which domains run, for the balloon's statistics every
 disk moves (and at least every ``BLOCK_EVERY`` seconds).  Busy raw disks are
 asked for only every ``BUSY_EVERY`` seconds: in between their bytes come from
 QEMU's I/O threads and their time in flight is carried at the last interval's
-rate per second (:mod:`cm_plugins.kvm.diskcarry`).  A domain whose QEMU
-cannot be read so is read wholly through libvirt, as are remote hosts and every
-host of a cloud with ``stats: libvirt``.  libvirt's test hypervisor answers
+rate per second (:mod:`cm_plugins.kvm.diskcarry`).  A QEMU of another user
+(``qemu:///system``) has its disks read through libvirt each round, as its
+threads' I/O counters are its own.  A domain whose QEMU cannot be read so is
+read wholly through libvirt, as are remote hosts and every host of a cloud
+with ``stats: libvirt``.  libvirt's test hypervisor answers
 ``getAllDomainStats`` with ``state.*`` only, so there the per-domain calls fill
 in (their numbers are made up).  A cloud that lists ``hosts:`` has each of them
 sampled (named as listed there), and a VM migrated to another of them is read
@@ -145,12 +147,7 @@ class LocalDomains:
         running = [dom for dom, record in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, ACTIVE)
                    if dom.name() in names and record.get("state.state") == RUNNING]
         keys = {(dom.UUIDString(), dom.ID()): dom for dom in running}
-        for gone in set(self.qemus) - set(keys):
-            self.qemus.pop(gone)
-            self.kept.pop(gone, None)
-            self.carries.pop(gone, None)
-            for stats in (BALLOON, BLOCK, INTERFACE):
-                self.asked.pop((gone, stats), None)
+        self._forget(set(self.qemus) - set(keys))
         self._find([(key, dom) for key, dom in keys.items() if key not in self.qemus])
         direct: dict[tuple[str, int], dict[str, Any]] = {}
         asks: dict[int, list[libvirt.virDomain]] = {}
@@ -162,44 +159,65 @@ class LocalDomains:
         self.moving = moving
         found = []
         for flags, doms in asks.items():
-            try:
-                answers = conn.domainListGetStats(doms, flags)
-            except libvirt.libvirtError:
-                continue  # a domain stopped meanwhile: the others come back next round
-            for dom, record in answers:
-                key = (dom.UUIDString(), dom.ID())
-                if key not in direct:
-                    if record.get("state.state") == RUNNING:
-                        found.append(from_record(dom.name(), record, when, host))
-                    continue
-                qemu = self.qemus.get(key)
-                if flags & INTERFACE and qemu is not None and record.get("net.count", 0) != len(qemu.taps):
-                    self.qemus.pop(key)  # a NIC came or went: its taps are read from the XML again next round
-                kept = self.kept.setdefault(key, {})
-                if flags & BLOCK:  # the disk list may have changed: drop the old figures
-                    for old in [k for k in kept if k.startswith("block.")]:
-                        kept.pop(old)
-                kept.update({k: v for k, v in record.items() if k.startswith(("balloon.", "block."))})
-                carry = self.carries.get(key)
-                if flags & BLOCK and carry is not None and qemu is not None and qemu.disk_io:
-                    try:
-                        carry.anchor_at(record, qemu.disk_io, qemu.disk_counters(), time.monotonic())
-                    except ValueError:  # a disk came or went: libvirt reads them from now on
-                        qemu.raw_disks = False
-                        self.carries.pop(key)
-                    except OSError:
-                        self.carries.pop(key)  # QEMU is gone: found anew, or read by libvirt, next round
-        for key, record in direct.items():
-            estimate = record.pop("estimate", None)
-            merged = {**self.kept.get(key, {}), **record}
-            carry = self.carries.get(key)
-            if carry is not None:  # libvirt's sums or the kernel's estimate, never below what was shown
-                figures = estimate or (_sum(merged, "block", ("rd.bytes",)), _sum(merged, "block", ("wr.bytes",)),
-                                       _sum(merged, "block", ("rd.times", "wr.times", "fl.times")))
-                merged = {k: v for k, v in merged.items() if not k.startswith("block.")}
-                merged.update(carry.show(figures))
-            found.append(from_record(keys[key].name(), merged, when, host))
+            found += self._ask(conn, doms, flags, direct, when, host)
+        return found + [self._shown(key, keys[key].name(), record, when, host) for key, record in direct.items()]
+
+    def _forget(self, gone: set[tuple[str, int]]) -> None:
+        """Drop what is remembered of domains that stopped (a restarted one has a new id)."""
+        for key in gone:
+            self.qemus.pop(key)
+            self.kept.pop(key, None)
+            self.carries.pop(key, None)
+            for stats in (BALLOON, BLOCK, INTERFACE):
+                self.asked.pop((key, stats), None)
+
+    def _ask(self, conn: libvirt.virConnect, doms: list[libvirt.virDomain], flags: int,
+             direct: dict[tuple[str, int], dict[str, Any]], when: float, host: str) -> list[VMStats]:
+        """libvirt's ``flags`` statistics of ``doms``: the samples of those not read directly, the rest kept."""
+        try:
+            answers = conn.domainListGetStats(doms, flags)
+        except libvirt.libvirtError:
+            return []  # a domain stopped meanwhile: the others come back next round
+        found = []
+        for dom, record in answers:
+            key = (dom.UUIDString(), dom.ID())
+            if key in direct:
+                self._keep(key, flags, record)
+            elif record.get("state.state") == RUNNING:
+                found.append(from_record(dom.name(), record, when, host))
         return found
+
+    def _keep(self, key: tuple[str, int], flags: int, record: dict[str, Any]) -> None:
+        """Keep libvirt's balloon and block figures of a directly read domain (anchoring its raw disks' carry)."""
+        qemu = self.qemus.get(key)
+        if flags & INTERFACE and qemu is not None and record.get("net.count", 0) != len(qemu.taps):
+            self.qemus.pop(key)  # a NIC came or went: its taps are read from the XML again next round
+        kept = self.kept.setdefault(key, {})
+        if flags & BLOCK:  # the disk list may have changed: drop the old figures
+            for old in [k for k in kept if k.startswith("block.")]:
+                kept.pop(old)
+        kept.update({k: v for k, v in record.items() if k.startswith(("balloon.", "block."))})
+        carry = self.carries.get(key)
+        if flags & BLOCK and carry is not None and qemu is not None and qemu.disk_io:
+            try:
+                carry.anchor_at(record, qemu.disk_io, qemu.disk_counters(), time.monotonic())
+            except ValueError:  # a disk came or went: libvirt reads them from now on
+                qemu.raw_disks = False
+                self.carries.pop(key)
+            except OSError:
+                self.carries.pop(key)  # QEMU is gone: found anew, or read by libvirt, next round
+
+    def _shown(self, key: tuple[str, int], name: str, record: dict[str, Any], when: float, host: str) -> VMStats:
+        """A directly read domain's sample: the kernel's counters over libvirt's kept ones, raw disks carried."""
+        estimate = record.pop("estimate", None)
+        merged = {**self.kept.get(key, {}), **record}
+        carry = self.carries.get(key)
+        if carry is not None:  # libvirt's sums or the kernel's estimate, never below what was shown
+            figures = estimate or (_sum(merged, "block", ("rd.bytes",)), _sum(merged, "block", ("wr.bytes",)),
+                                   _sum(merged, "block", ("rd.times", "wr.times", "fl.times")))
+            merged = {k: v for k, v in merged.items() if not k.startswith("block.")}
+            merged.update(carry.show(figures))
+        return from_record(name, merged, when, host)
 
     def _find(self, new: list[tuple[tuple[str, int], libvirt.virDomain]]) -> None:
         """Find the QEMU of each newly seen domain (one pass over /proc for them all)."""
