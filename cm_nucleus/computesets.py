@@ -7,10 +7,11 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cm_nucleus.core import ACTIVE_STATES, JOB_PREFIX, ApiError, PowerOn, Service, bad, log
@@ -168,21 +169,6 @@ def on_each(nodes: list[Node], action: Any) -> list[str]:
     return [r for r in results if r]
 
 
-def timed_power_on(service: Service, node: Node, why: str) -> None:
-    """Power one node on (under the lock), logging when it began and how long libvirt took."""
-    plan = service.power_plan(node)
-    timed(service, plan, why)
-    node.domain, node.power, node.want_on = plan.domain, "active", 1
-
-
-def timed(service: Service, plan: PowerOn, why: str) -> None:
-    """Create one domain, logging when it began and how long libvirt took (the benchmark reads these lines)."""
-    began = time.monotonic()
-    log.info("%s: powering on %s on %s", why, plan.name, plan.host)
-    service.hv.power_on(plan.uri, plan.domain, plan.xml)
-    log.info("%s: %s powered on in %.2f s", why, plan.name, time.monotonic() - began)
-
-
 def _try(action: Any, node: Node) -> str:
     try:
         action(node)
@@ -197,14 +183,14 @@ class Claim:
 
     cs_id: int
     plans: list[PowerOn]
-    after: list[threading.Event]  # power-ons of the same nodes by a computeset that ended meanwhile
+    after: list[threading.Event] = field(default_factory=list)  # power-ons of the same nodes by an ended computeset
 
 
 def start_nodes(service: Service, s: Session, cs: ComputeSet, given: list[str]) -> Claim | None:
-    """Under the lock: the job runs on ``given``, so place the nodes there and claim their power-on.
+    """Under the lock, in the session: the job runs on ``given``, so place the nodes there; their power-on.
 
-    Returns what ``power_on_claimed`` then does outside the lock (None: the computeset failed),
-    so two computesets starting at once power their nodes on at the same time."""
+    Returns what ``hold`` claims once the session committed, and ``power_on_claimed`` then does outside
+    the lock (None: the computeset failed), so two computesets starting at once power on at the same time."""
     nodes = nodes_by_key(s, cs.cluster)
     try:
         cs.hosts = assign(service, cs, given)
@@ -214,11 +200,19 @@ def start_nodes(service: Service, s: Session, cs: ComputeSet, given: list[str]) 
     members = [nodes[k] for k in cs.nodes]
     for node in members:
         node.host = cs.hosts[node.key]
-    keys = [f"{cs.cluster}/{k}" for k in cs.nodes]
-    after = [service.starting[c] for c in {service.powering[k] for k in keys if k in service.powering}]
-    service.starting[cs.id] = threading.Event()
-    service.powering.update(dict.fromkeys(keys, cs.id))
-    return Claim(cs.id, [service.power_plan(n) for n in members], after)
+    return Claim(cs.id, [service.power_plan(n) for n in members])
+
+
+def hold(service: Service, claim: Claim) -> Claim:
+    """Under the lock, after the commit that placed the nodes: mark them as being powered on.
+
+    Only then: a session that rolled back (a failed commit, an error further on) leaves no claim
+    behind that would make the reconciler skip the computeset and a retried callback wait for nothing."""
+    keys = [f"{p.cluster}/{p.key}" for p in claim.plans]
+    claim.after = [service.starting[c] for c in {service.powering[k] for k in keys if k in service.powering}]
+    service.starting[claim.cs_id] = threading.Event()
+    service.powering.update(dict.fromkeys(keys, claim.cs_id))
+    return claim
 
 
 def power_on_claimed(service: Service, claim: Claim) -> str:
@@ -228,7 +222,7 @@ def power_on_claimed(service: Service, claim: Claim) -> str:
 
     def one(plan: PowerOn) -> None:
         try:
-            timed(service, plan, f"computeset {cs_id}")
+            service.create(plan, f"computeset {cs_id}")
         except HypervisorError as exc:
             failed[plan.key] = str(exc)
             raise
@@ -303,36 +297,48 @@ def _fail(service: Service, s: Session, cs: ComputeSet, message: str) -> None:
 
 def event(service: Service, cs_id: int, secret: str, what: str, job: str, nodes: str) -> dict[str, Any]:
     """A callback from the computeset's job script: ``started`` or ``ending``."""
+    try:
+        return _event(service, cs_id, secret, what, job, nodes)
+    except SQLAlchemyError as exc:  # rolled back, nothing claimed: the job's script retries on 503 (curl --retry)
+        log.warning("computeset %s: the %s callback was not recorded (%s); its job retries", cs_id, what,
+                    str(exc.orig if isinstance(exc, DBAPIError) else exc).splitlines()[0])
+        raise ApiError(503, "the service's database did not take the change; try again") from None
+
+
+def _event(service: Service, cs_id: int, secret: str, what: str, job: str, nodes: str) -> dict[str, Any]:
     import hmac
 
     import hostlist
 
     failure, claim, underway = "", None, None
-    with service.lock, service.store.session() as s:
-        cs = s.get(ComputeSet, cs_id)
-        if cs is None or not hmac.compare_digest(cs.secret, secret or ""):
-            raise ApiError(403, "unknown computeset or wrong callback secret")
-        if job and cs.job_id and job != cs.job_id:
-            raise ApiError(409, f"computeset {cs_id} belongs to job {cs.job_id}, not {job}")
-        if what == "started":
-            underway = service.starting.get(cs.id)  # a retried callback, or the reconciler was first
-            if cs.state == "running":
-                return {"id": cs.id, "state": cs.state}  # the reconciler saw the job run first
-            if underway is None and cs.state != "submitted":
-                raise ApiError(409, f"computeset {cs_id} is {cs.state}")
-            if underway is None:
-                try:
-                    given = hostlist.expand_hostlist(nodes)
-                except hostlist.BadHostlist:
-                    raise bad(f"malformed hostlist '{nodes}'") from None
-                claim = start_nodes(service, s, cs, given)
-                failure = cs.message if claim is None else ""
-        elif what == "ending":
-            if cs.state in ("submitted", "running"):
-                end(service, s, cs)
-        else:
-            raise bad(f"unknown event '{what}'")
-        answer = {"id": cs.id, "state": cs.state}
+    with service.lock:
+        with service.store.session() as s:
+            cs = s.get(ComputeSet, cs_id)
+            if cs is None or not hmac.compare_digest(cs.secret, secret or ""):
+                raise ApiError(403, "unknown computeset or wrong callback secret")
+            if job and cs.job_id and job != cs.job_id:
+                raise ApiError(409, f"computeset {cs_id} belongs to job {cs.job_id}, not {job}")
+            if what == "started":
+                underway = service.starting.get(cs.id)  # a retried callback, or the reconciler was first
+                if cs.state == "running":
+                    return {"id": cs.id, "state": cs.state}  # the reconciler saw the job run first
+                if underway is None and cs.state != "submitted":
+                    raise ApiError(409, f"computeset {cs_id} is {cs.state}")
+                if underway is None:
+                    try:
+                        given = hostlist.expand_hostlist(nodes)
+                    except hostlist.BadHostlist:
+                        raise bad(f"malformed hostlist '{nodes}'") from None
+                    claim = start_nodes(service, s, cs, given)
+                    failure = cs.message if claim is None else ""
+            elif what == "ending":
+                if cs.state in ("submitted", "running"):
+                    end(service, s, cs)
+            else:
+                raise bad(f"unknown event '{what}'")
+            answer = {"id": cs.id, "state": cs.state}
+        if claim:
+            hold(service, claim)  # committed: the nodes are placed
     if claim or underway is not None:
         answer, failure = _started_outcome(service, cs_id, claim, underway)
     if failure:  # after the commit: the failed state is kept, and the job's script gives up

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -133,11 +134,18 @@ class Service:
                          domain_type="test" if uri.startswith("test:") else "qemu")
         return PowerOn(node.cluster, node.key, node.name, node.host, uri, domain, xml)
 
-    def power_on(self, node: Node) -> None:
+    def power_on(self, node: Node, why: str = "power on") -> None:
         """Create the node's domain on its host (node.host set) from the cluster's template."""
         plan = self.power_plan(node)
-        self.hv.power_on(plan.uri, plan.domain, plan.xml)
+        self.create(plan, why)
         node.domain, node.power, node.want_on = plan.domain, "active", 1
+
+    def create(self, plan: PowerOn, why: str) -> None:
+        """Create one domain, logging when it began and how long libvirt took (the benchmark reads these lines)."""
+        began = time.monotonic()
+        log.info("%s: powering on %s on %s", why, plan.name, plan.host)
+        self.hv.power_on(plan.uri, plan.domain, plan.xml)
+        log.info("%s: %s powered on in %.2f s", why, plan.name, time.monotonic() - began)
 
     def power_off(self, node: Node) -> None:
         if node.domain:

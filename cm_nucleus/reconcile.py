@@ -13,7 +13,7 @@ import time
 
 from sqlalchemy import select
 
-from cm_nucleus.computesets import Claim, end, nodes_by_key, on_each, power_on_claimed, start_nodes, timed_power_on
+from cm_nucleus.computesets import Claim, end, hold, nodes_by_key, on_each, power_on_claimed, start_nodes
 from cm_nucleus.core import JOB_PREFIX, Service, log
 from cm_nucleus.hypervisor import HypervisorError
 from cm_nucleus.slurm import FINAL, SlurmError
@@ -32,14 +32,20 @@ def reconcile(service: Service) -> None:
     # states and power-offs come from it only if no computeset or node changed since, else at the next pass
     version = service.store.version
     running = _running(service)
-    claims: list[Claim | None] = []
-    with service.lock, service.store.session() as s:
-        if jobs is not None:
-            claims = [_computeset(service, s, cs, jobs, running) for cs in service.active_sets(s)]
-        if service.store.version == version and not (s.new or s.dirty or s.deleted or s.info.get("changed")):
-            _domains(service, s, running)
-    for claim in filter(None, claims):  # claimed above and committed: libvirt works outside the lock
-        failure = power_on_claimed(service, claim)
+    placed: list[Claim] = []
+    with service.lock:
+        with service.store.session() as s:
+            if jobs is not None:
+                placed = [c for cs in service.active_sets(s) if (c := _computeset(service, s, cs, jobs, running))]
+            if not placed and service.store.version == version and not (s.new or s.dirty or s.deleted
+                                                                        or s.info.get("changed")):
+                _domains(service, s, running)
+        claims = [hold(service, claim) for claim in placed]  # committed: a rolled-back pass claims nothing
+    for claim in claims:  # libvirt works outside the lock
+        try:
+            failure = power_on_claimed(service, claim)
+        except Exception as exc:  # noqa: BLE001 - its claim is released; the next claims must still run
+            failure = f"{type(exc).__name__}: {exc}"
         if failure:
             log.warning("reconcile: computeset %s: %s", claim.cs_id, failure)
 
@@ -62,13 +68,18 @@ def _computeset(service: Service, s, cs: ComputeSet, jobs: dict,
         import hostlist
 
         log.info("reconcile: computeset %s runs without its start callback", cs.id)
-        return start_nodes(service, s, cs, hostlist.expand_hostlist(job.nodes))
+        try:
+            given = hostlist.expand_hostlist(job.nodes)
+        except hostlist.BadHostlist:  # this computeset waits for its callback; the others carry on
+            log.warning("reconcile: job %s of computeset %s runs on '%s', not a hostlist", cs.job_id, cs.id, job.nodes)
+            return None
+        return start_nodes(service, s, cs, given)
     elif state == "RUNNING" and cs.state == "running":
         nodes = nodes_by_key(s, cs.cluster)
         gone = [nodes[key] for key in cs.nodes if nodes[key].want_on and not _alive(service, nodes[key], running)]
         for node in gone:
             log.info("reconcile: powering %s on again (its job %s runs)", node.name, cs.job_id)
-        for error in on_each(gone, lambda node: timed_power_on(service, node, f"reconcile of computeset {cs.id}")):
+        for error in on_each(gone, lambda node: service.power_on(node, f"reconcile of computeset {cs.id}")):
             log.warning("reconcile: %s", error)
     elif state in (None, "COMPLETING") or state in FINAL:
         if cs.state in ("submitted", "running"):

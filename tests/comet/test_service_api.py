@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sqlite3
 import time
 
 import requests
@@ -161,6 +162,8 @@ def test_computeset_is_a_slurm_job_that_powers_nodes_on_and_off(nucleus, slurm):
 
 
 def test_computesets_started_together_all_run_with_their_own_nodes(nucleus, slurm):
+    """Each gets its own node, powered on once. That the power-ons overlap cannot show here (the test driver
+    creates a domain in a millisecond): test_comet_e2e's ..._started_together_power_on_at_the_same_time shows it."""
     from concurrent.futures import ThreadPoolExecutor
 
     token = nucleus.token()
@@ -325,3 +328,28 @@ def test_a_node_that_cannot_power_on_fails_the_computeset_and_ends_its_job(priva
         assert all(n["state"] == "shutoff" and n["active_computeset"] is None for n in nodes)
     finally:
         nucleus.stop()
+
+
+def test_a_start_callback_whose_commit_fails_is_retried_and_the_nodes_power_on(nucleus, slurm):
+    """The database refuses the start's commit once: the callback answers 503 (never 500), nothing stays claimed,
+    and the job script's retry (or the reconciler) powers the node on."""
+    token = nucleus.token()
+    blocker = slurm.run(["sbatch", "--parsable", "-N3", "--exclusive", "--job-name=blocker", "--output=/dev/null",
+                         "--wrap", "sleep 600"]).stdout.strip().split(";")[0]
+    wait_for("the blocker running", lambda: squeue(slurm).get(blocker) == "RUNNING", 30)
+    cs = _start(nucleus, token, computes="vm-vc1-0").json()
+    wait_for("the computeset's job pending", lambda: squeue(slurm).get(cs["job_id"]) == "PENDING", 30)
+    refused = f"computeset {cs['id']}: the started callback was not recorded (database is locked)"
+    db = sqlite3.connect(nucleus.config.parent / "state" / "nucleus.db", timeout=30, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")  # another writer holds the database: the service's commits time out
+        slurm.run(["scancel", blocker])
+        wait_for("the start callback refused", lambda: refused in nucleus.log.read_text()
+                 or f"computeset/{cs['id']}/event failed" in nucleus.log.read_text(), 90)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    running = _wait_state(nucleus, token, cs["id"], {"running"}, 60)
+    assert running["computes"][0]["state"] == "active"
+    log = nucleus.log.read_text()
+    assert refused in log and "/event failed" not in log  # the service logs every 500 so: the callback got a 503
