@@ -258,6 +258,7 @@ def test_the_spooled_prolog_records_the_job_and_waits_for_the_agents_answer(tmp_
     import time
 
     from cm.elastic import agent, spool_hooks
+    from cm.elastic.slurmctl import Controller
 
     (tmp_path / "requests").mkdir()
     spool_hooks.answers(tmp_path).mkdir()
@@ -275,7 +276,32 @@ def test_the_spooled_prolog_records_the_job_and_waits_for_the_agents_answer(tmp_
             "SLURM_JOB_ID": "12", "SLURM_JOB_PARTITION": "debug", "SLURM_JOB_NODELIST": "n1"})
         time.sleep(0.5)
         assert prolog.poll() is None   # the job waits
-        (spool_hooks.answers(tmp_path) / request.name).touch()   # what the agent does once it handled it
+        spool_hooks.answer(Controller(tmp_path / "slurm.conf"), tmp_path, request.name)   # as the agent answers
         assert prolog.wait(timeout=5) == 0 and not list(spool_hooks.answers(tmp_path).iterdir())
     finally:
         prolog.kill()
+
+
+def test_a_hook_whose_job_got_no_nodes_never_acts_on_the_agents_own_job(cm_home, conf, monkeypatch):
+    """The agent may run inside a Slurm allocation (SLURM_JOB_* in its environment, its job's VMs saved): a
+    spooled prolog or epilog of a job given no nodes (``none``) acts on that job alone: here, nothing."""
+    from cm.elastic import agent, state
+
+    saved = {"99": [{"node": "cloud1", "vm": "lab-cloud1", "jobs": ["3"]}]}
+    with state.changing(cm_home, "lab", {"partition": "cloud", "conf": str(conf), "nodes": {},
+                                         "backfill": {"partition": "cloud", "host_map": {}, "saved": saved}}):
+        pass
+    for name, value in (("SLURM_JOB_ID", "99"), ("SLURM_JOB_PARTITION", "debug"), ("SLURM_JOB_NODELIST", "n1")):
+        monkeypatch.setenv(name, value)   # the agent's own job
+
+    class Ctx:
+        home = cm_home
+
+    listing = "".join(f"\n{agent.MARK}17000000000000000{n}.1.req\n{hook} none 17000000000000000{n} 12 debug\n"
+                      for n, hook in ((10, "prolog"), (11, "epilog")))
+    requests = agent.parse(listing)
+    assert [r.action for r in requests] == ["prolog", "epilog"]
+    for request in requests:
+        assert [(o.name, o.ok) for o in agent.handle(Ctx(), "lab", request)] == [("job 12", True)]
+    assert state.load(cm_home, "lab")["backfill"]["saved"] == saved   # job 99's VMs stay saved, its jobs suspended
+    assert not [line for line in state.actions(cm_home, "lab") if "backfill" in line]

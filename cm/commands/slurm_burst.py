@@ -58,9 +58,9 @@ def power(action: str):
             outcomes = run.resume(ctx, args.cluster, nodes)
         else:
             outcomes = run.suspend(ctx, args.cluster, nodes, failed=action == "resume-fail")
-        for node, why in outcomes:
-            (ctx.warn if why else ctx.say)(f"{action} {node}: {why or 'done'}")
-        return 1 if any(why for _, why in outcomes) else 0
+        for outcome in outcomes:
+            (ctx.say if outcome.ok else ctx.warn)(f"{action} {outcome.name}: {outcome.message or 'done'}")
+        return 0 if all(o.ok for o in outcomes) else 1
 
     return handler
 

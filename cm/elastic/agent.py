@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cm import detached
+from cm.bulk import Outcome
 from cm.errors import CmError
 from cm.elastic import spool_hooks, state
 from cm.elastic.slurmctl import Controller
@@ -144,18 +145,20 @@ def pending(ctl: Controller, cluster: str) -> list[Request]:
     return parse(listing)
 
 
-def handle(ctx: Any, cluster: str, request: Request) -> list[tuple[str, str]]:
+def handle(ctx: Any, cluster: str, request: Request) -> list[Outcome]:
     """What the local program of ``request.action`` would do: cm.elastic.power on its nodes."""
     from cm.elastic import power
     from cm.names import expand
 
     if request.action == "damaged":
-        return [(request.name, f"not a request cm's programs write ({request.nodes!r}); removed")]
+        return [Outcome(request.name, False, f"not a request cm's programs write ({request.nodes!r}); removed")]
     if request.action in HOOKS:   # its effects are in the cluster's log
         from cm.elastic import backfill
 
-        getattr(backfill, request.action)(ctx, cluster, request.env if request.nodes != "none" else {})
-        return [(f"job {request.env['SLURM_JOB_ID']}", "")]
+        # a job given no nodes: the hook's own environment (never the agent's, maybe inside an allocation)
+        env = {**request.env, "SLURM_JOB_NODELIST": ""} if request.nodes == "none" else request.env
+        getattr(backfill, request.action)(ctx, cluster, env)
+        return [Outcome(f"job {request.env['SLURM_JOB_ID']}", True)]
     nodes = expand([request.nodes])
     if request.action == "resume":
         return power.resume(ctx, cluster, nodes, request.jobs)
@@ -287,7 +290,7 @@ class Agent:
 
     def _once(self, ctx: Any, request: Request) -> tuple[list[str], str]:
         """One try: (the nodes to try again because the controller was unreachable, why)."""
-        from cm.elastic.slurmctl import Unreachable, unreachable
+        from cm.elastic.slurmctl import Unreachable
         from cm.names import expand
 
         try:
@@ -297,11 +300,11 @@ class Agent:
         except CmError as exc:
             self.say(f"{request.action} {request.nodes}: failed: {exc}")
             return [], ""
-        again = [(node, why) for node, why in outcomes if why and unreachable(why)]
-        for node, why in outcomes:
-            if not (why and unreachable(why)):
-                self.say(f"{request.action} {node}: {why or 'done'}")
-        return [node for node, _ in again], again[0][1] if again else ""
+        again = [o for o in outcomes if isinstance(o.error, Unreachable)]
+        for outcome in outcomes:
+            if not isinstance(outcome.error, Unreachable):
+                self.say(f"{request.action} {outcome.name}: {outcome.message or 'done'}")
+        return [o.name for o in again], again[0].message if again else ""
 
 
 def running_pid(home: Path, cluster: str) -> int | None:

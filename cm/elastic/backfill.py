@@ -141,7 +141,7 @@ def prolog(ctx: Any, cluster: str, environ: dict[str, str] | None = None) -> lis
     """Before a job starts: move or checkpoint the virtual nodes on its hosts.  Returns what was done."""
     from cm.names import expand
 
-    env = environ or dict(os.environ)
+    env = environ if environ is not None else dict(os.environ)
     home = Path(ctx.home)
     st = state.load(home, cluster)
     policy = st.get("backfill")
@@ -219,7 +219,7 @@ def epilog(ctx: Any, cluster: str, environ: dict[str, str] | None = None) -> lis
     """After a job ends: restore the virtual nodes its prolog saved and resume their jobs."""
     from cm import inventory
 
-    env = environ or dict(os.environ)
+    env = environ if environ is not None else dict(os.environ)
     home = Path(ctx.home)
     st = state.load(home, cluster)
     job = env.get("SLURM_JOB_ID", "")

@@ -266,11 +266,13 @@ def disable(ctx: Any, cluster_arg: str, timeout: float, dryrun: bool = False) ->
         time.sleep(1)
     if st.get("agent") and agent.stop(home, cluster):
         state.log(home, cluster, "disable: agent stopped")
-    up = [n for n, v in st["nodes"].items() if v.get("since")]
-    failed = [f"{n}: {why}" for n, why in suspend(ctx, cluster, up) if why] if up else []
+    source = source_for(ctx, st)
+    nodes = state.load(home, cluster)["nodes"]   # as they are after the wait
+    up = [n for n, v in nodes.items() if source.may_hold(v)]   # failed ones too: their stop may have failed
+    failed = [f"{o.name}: {o.message}" for o in suspend(ctx, cluster, up) if not o.ok] if up else []
     if failed:
         raise ProviderError(f"could not delete the VMs of {'; '.join(failed)}; bursting stays enabled")
-    for done in source_for(ctx, st).forget(cluster, expand([st["node_list"]])):  # seeds a killed cm left
+    for done in source.forget(cluster, expand([st["node_list"]])):  # seeds a killed cm left
         state.log(home, cluster, f"disable: {done}")
     ctl.write_text(ctl.conf, _static(ctl))   # read now: the file as it is after the wait
     _apply(ctl, st.get("restart_command") or f"slurmctld -f {ctl.conf}", True)

@@ -21,6 +21,7 @@ from cm.provider import VM, BootSpec, Provider
 
 POLL = 0.2  # seconds between two looks at a booting VM or a starting computeset
 FINAL = ("completed", "failed", "cancelled")
+ENDED = (*FINAL, "ending")  # a computeset in these states is over (or going): nothing left to end
 
 
 @dataclass
@@ -118,6 +119,10 @@ class VmSource:
     def row(self, entry: dict[str, Any]) -> dict[str, Any]:
         return {"vm": entry.get("vm", "") if entry.get("since") else "", "computeset": ""}
 
+    def may_hold(self, entry: dict[str, Any]) -> bool:
+        """Whether the node may still have a VM: up, or failed (its VM's deletion may have failed)."""
+        return bool(entry.get("since") or (entry.get("state") == "failed" and entry.get("vm")))
+
     def ended(self, nodes: dict[str, dict[str, Any]]) -> dict[str, str]:
         """Nodes whose VM ended under them: none looked for (a VM lives until it is deleted)."""
         return {}
@@ -202,8 +207,14 @@ class ComputesetSource:
         state.log(self.home, cluster, f"resume {node}: compute node {compute} of {self.vc}; seed {iso} "
                                       f"attached in {time.monotonic() - began:.1f} s")
         began = time.monotonic()
-        cs = self.provider.start_computeset(self.vc, allocation=self.st["allocation"],
-                                            walltime_mins=int(self.st["walltime_mins"]), computes=compute)
+        try:
+            cs = self.provider.start_computeset(self.vc, allocation=self.st["allocation"],
+                                                walltime_mins=int(self.st["walltime_mins"]), computes=compute)
+        except CmError as exc:
+            lost = self._end_lost(cluster, node, compute)
+            if lost:
+                raise ProviderError(f"{exc}{lost}") from None
+            raise
         with state.changing(self.home, cluster) as now:
             now["nodes"][node].update(computeset=cs["id"])
         cs = self._running(cs, timeout)
@@ -223,17 +234,17 @@ class ComputesetSource:
         done = []
         cs_id, compute = entry.get("computeset"), entry.get("compute")
         if cs_id:
-            cs = self.provider.computeset(cs_id)
-            if cs["state"] not in FINAL and cs["state"] != "ending":
-                self.provider.computeset_action(cs_id, "shutdown")
-                done.append(f"ended computeset {cs_id}")
-            else:
-                done.append(f"computeset {cs_id} was {cs['state']}")
+            done.append(self._end(cs_id))
         if entry.get("seed"):
             done.append(self._drop_seed(entry["seed"], compute or ""))
         with state.changing(self.home, cluster) as now:  # the compute node stays only as a preference
             now["nodes"].setdefault(node, {}).update(computeset=None, seed="")
         return "; ".join(done) or "nothing to stop"
+
+    def may_hold(self, entry: dict[str, Any]) -> bool:
+        """Whether the node may still have a computeset or seed on the service: up, or one its stop left
+        (a failed stop keeps both recorded; they would run, and be charged, until the walltime)."""
+        return bool(entry.get("since") or entry.get("computeset") or entry.get("seed"))
 
     def row(self, entry: dict[str, Any]) -> dict[str, Any]:
         cs_id = entry.get("computeset") if entry.get("since") else None
@@ -253,12 +264,46 @@ class ComputesetSource:
             if entry.get("state") != "booted" or not entry.get("computeset"):
                 continue
             cs = self.provider.computeset(entry["computeset"])
-            if cs["state"] in FINAL or cs["state"] == "ending":
+            if cs["state"] in ENDED:
                 why = {"completed": f"its walltime of {cs.get('walltime_mins')} min ended"}.get(cs["state"], cs["state"])
                 if cs["state"] == "ending" and _walltime_over(cs):  # seen before the centre's Slurm says completed
                     why = f"its walltime of {cs.get('walltime_mins')} min ended"
                 gone[node] = f"computeset {cs['id']} ended: {why}" + (f" ({cs['message']})" if cs.get("message") else "")
         return gone
+
+    def _end(self, cs_id: int) -> str:
+        """Shut the computeset down; one that ended (or began to) meanwhile is fine: what was done."""
+        try:
+            self.provider.computeset_action(cs_id, "shutdown")
+        except ProviderError:
+            # the service refuses to shut down what is ending or over: look again before failing
+            live = self.provider.computeset(cs_id)["state"]
+            if live not in ENDED:
+                raise
+            return f"computeset {cs_id} was {live}"
+        return f"ended computeset {cs_id}"
+
+    def _end_lost(self, cluster: str, node: str, compute: str) -> str:
+        """After a start whose answer never came: end a computeset the service started on ``compute`` anyway
+        (else it runs, and charges, until its walltime); what was found, for the error message."""
+        from cm.elastic import state
+
+        try:
+            found = next((n.get("active_computeset") for n in self.provider.cluster(self.vc).get("computes") or []
+                          if n.get("name") == compute), None)
+            if not found or not self._as_asked(self.provider.computeset(int(found)), compute):
+                return ""   # none, or not the one asked for (the service refused: the node was taken meanwhile)
+            done = self._end(int(found))
+        except CmError as exc:
+            return f"; could not look for a computeset started on {compute} anyway: {exc}"
+        state.log(self.home, cluster, f"resume {node}: the service started computeset {found} on {compute} "
+                                      f"though its answer was lost; {done}")
+        return f"; {done} (started on {compute} though the answer was lost)"
+
+    def _as_asked(self, cs: dict[str, Any], compute: str) -> bool:
+        """Whether the computeset is the one start() asks for: ``compute`` alone, our allocation and walltime."""
+        return ([c.get("name") for c in cs.get("computes") or []] == [compute] and cs.get("account") ==
+                self.st["allocation"] and int(cs.get("walltime_mins") or 0) == int(self.st["walltime_mins"]))
 
     def _claim(self, cluster: str, node: str) -> str:
         """A powered-off compute node of the VC no other burst node holds (the one it had before, if free)."""
@@ -325,7 +370,7 @@ class ComputesetSource:
         """Poll the computeset until it runs; one that ends first, or the timeout, fails."""
         deadline = time.monotonic() + timeout
         while cs["state"] != "running":
-            if cs["state"] in FINAL or cs["state"] == "ending":
+            if cs["state"] in ENDED:
                 raise ProviderError(f"computeset {cs['id']} {cs['state']}"
                                     + (f": {cs['message']}" if cs.get("message") else ""))
             if time.monotonic() >= deadline:

@@ -16,20 +16,23 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm.errors import CmError
 from cm.elastic import state, userdata
-from cm.elastic.nodesource import ComputesetSource, VmSource, source_for
+from cm.elastic.nodesource import ComputesetSource, Started, VmSource, source_for
 from cm.elastic.slurmctl import Controller, Unreachable
 from cm.elastic.target import controller, read_conf
+
+if TYPE_CHECKING:
+    from cm.bulk import Outcomes
 
 Source = VmSource | ComputesetSource
 
 
 def jobs_by_node(environ: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Node -> job ids, from the JSON file slurmctld names in SLURM_RESUME_FILE (22.05+)."""
-    path = (environ or os.environ).get("SLURM_RESUME_FILE", "")
+    path = (environ if environ is not None else os.environ).get("SLURM_RESUME_FILE", "")
     try:
         return jobs_from(Path(path).read_text()) if path else {}
     except OSError:
@@ -51,7 +54,7 @@ def jobs_from(text: str) -> dict[str, list[str]]:
     return found
 
 
-def _tell(ctl: Controller, node: str, up: Any, source: Source, cluster: str, home: Path) -> None:
+def _tell(ctl: Controller, node: str, up: Started, source: Source, cluster: str, home: Path) -> None:
     """Give Slurm the node's address; if the controller cannot be reached, stop the machine again:
     no machine without its node (the agent tries the request again)."""
     try:
@@ -62,9 +65,8 @@ def _tell(ctl: Controller, node: str, up: Any, source: Source, cluster: str, hom
         raise
 
 
-def resume(ctx: Any, cluster: str, nodes: list[str],
-           jobs: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
-    """Start the nodes' machines in parallel; returns (node, "" or why it failed) for each.
+def resume(ctx: Any, cluster: str, nodes: list[str], jobs: dict[str, list[str]] | None = None) -> Outcomes:
+    """Start the nodes' machines in parallel; one outcome per node (its message says why one failed).
 
     ``jobs`` (node -> job ids to requeue if it fails) defaults to SLURM_RESUME_FILE's."""
     from cm import bulk
@@ -98,8 +100,7 @@ def resume(ctx: Any, cluster: str, nodes: list[str],
         state.log(home, cluster, f"resume {node}: {up.what} at {up.address or '?'}{told}")
         return up.address
 
-    outcomes = bulk.run_each(nodes, boot, "resume")
-    return [(o.name, "" if o.ok else o.message) for o in outcomes]
+    return bulk.run_each(nodes, boot, "resume")
 
 
 def _fail(ctx: Any, cluster: str, node: str, source: Source, ctl: Controller, reason: str,
@@ -129,7 +130,7 @@ def _stopped(home: Path, cluster: str, node: str, how: str, reason: str = "") ->
         entry.update(since=0.0, state=how, reason=reason, address="")
 
 
-def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> list[tuple[str, str]]:
+def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> Outcomes:
     """Stop the nodes' machines (SuspendProgram), or clean up nodes that never registered (ResumeFailProgram)."""
     from cm import bulk
 
@@ -154,8 +155,7 @@ def suspend(ctx: Any, cluster: str, nodes: list[str], failed: bool = False) -> l
         _stopped(home, cluster, node, "gone")
         state.log(home, cluster, f"suspend {node}: idle; {done}")
 
-    outcomes = bulk.run_each(nodes, remove, "suspend")
-    return [(o.name, "" if o.ok else o.message) for o in outcomes]
+    return bulk.run_each(nodes, remove, "suspend")
 
 
 def _look_for_ended(ctx: Any, cluster: str, source: Source, ctl: Controller) -> None:
@@ -166,15 +166,38 @@ def _look_for_ended(ctx: Any, cluster: str, source: Source, ctl: Controller) -> 
         state.log(Path(ctx.home), cluster, f"could not look for ended machines: {exc}")
 
 
-def ended(ctx: Any, cluster: str, source: Source, ctl: Controller) -> list[str]:
-    """Nodes whose machine ended under them (a computeset failed or reached its walltime): DOWN with
-    the reason, their jobs requeued, what is left stopped; returns their names.
+def ended(ctx: Any, cluster: str, source: Source, ctl: Controller, only: str = "") -> list[str]:
+    """Nodes (or node ``only``) whose machine ended under them (a computeset failed or reached its
+    walltime): DOWN with the reason, their jobs requeued, what is left stopped; returns their names.
 
     Slurm still counts such a node powered up, so it is then powered down (which keeps the reason):
-    the next job that needs it starts a fresh machine rather than waiting on a silent one."""
-    gone = source.ended(state.load(Path(ctx.home), cluster)["nodes"])
-    for node, why in gone.items():
-        jobs = ctl.check(["squeue", "-h", "-w", node, "-o", "%i"]).split()
+    the next job that needs it starts a fresh machine rather than waiting on a silent one.  Several
+    processes may see the same end (its watcher, a resume, a suspend): only the one that claims the
+    node acts."""
+    home = Path(ctx.home)
+    nodes = state.load(home, cluster)["nodes"]
+    seen = {only: nodes.get(only, {})} if only else nodes
+    gone = {node: why for node, why in source.ended(seen).items()
+            if _mark_ended(home, cluster, node, seen[node].get("computeset"), "booted", "ending")}
+    for at, (node, why) in enumerate(gone.items()):
+        try:
+            jobs = ctl.check(["squeue", "-h", "-w", node, "-o", "%i"]).split()
+        except CmError:  # slurmctld did not answer: give the claims back, the next look tries again
+            for left in list(gone)[at:]:
+                _mark_ended(home, cluster, left, seen[left].get("computeset"), "ending", "booted")
+            raise
         _fail(ctx, cluster, node, source, ctl, why, jobs)
         ctl.run(["scontrol", "update", f"nodename={node}", "state=power_down"])
     return sorted(gone)
+
+
+def _mark_ended(home: Path, cluster: str, node: str, computeset: Any, before: str, after: str) -> bool:
+    """Move the node from state ``before`` to ``after`` if it still holds ``computeset``; whether it did.
+    Checked and marked under the state's lock: of several processes that saw its computeset end
+    (its watcher, a resume, a suspend), one claims the node and acts."""
+    with state.changing(home, cluster) as now:
+        entry = now["nodes"].get(node, {})
+        if entry.get("state") != before or entry.get("computeset") != computeset:
+            return False
+        entry["state"] = after
+    return True

@@ -27,11 +27,6 @@ class Unreachable(ProviderError):
     """ssh could not reach the controller host: nothing ran there (a reason that may pass)."""
 
 
-def unreachable(why: str) -> bool:
-    """Whether a failure's message (one node's outcome of a bulk run) is an Unreachable's."""
-    return why.startswith(UNREACHABLE)
-
-
 @dataclass
 class Controller:
     conf: Path

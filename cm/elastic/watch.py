@@ -53,7 +53,7 @@ def watch(home: Path, cluster: str, node: str, computeset: int, stop: threading.
             if st["nodes"][node].get("state") != "booted":
                 continue
             try:
-                if node in ended(ctx, cluster, source_for(ctx, st), controller(st)):
+                if node in ended(ctx, cluster, source_for(ctx, st), controller(st), only=node):
                     say(f"{node}: computeset {computeset} ended; node set DOWN")
                     return
             except CmError as exc:  # the service or slurmctld did not answer: look again later
