@@ -50,12 +50,12 @@ def burst(cm, conf: Path, key: Path, *extra: str):
 
 
 def test_dryrun_shows_the_cloud_nodes_and_power_settings_and_changes_nothing(cm, conf, key, image, cm_home):
-    result = burst(cm, conf, key, "--idle", "120", "--partition", "burst", "--dryrun")
+    result = burst(cm, conf, key, "--idle", "120", "--suspend-timeout", "15", "--partition", "burst", "--dryrun")
     assert result.code == 0, result.err
     text = result.out
     assert "NodeName=burst[1-3] CPUs=1 State=CLOUD Feature=cloud,cm-burst" in text
     assert "PartitionName=burst Nodes=burst[1-3] MaxTime=INFINITE State=UP" in text
-    for line in ("SuspendTime=120", "TreeWidth=65533", "SuspendExcNodes=n[1-4]", "ResumeRate=0",
+    for line in ("SuspendTime=120", "SuspendTimeout=15", "TreeWidth=65533", "SuspendExcNodes=n[1-4]", "ResumeRate=0",
                  "CommunicationParameters=block_null_hash,NoAddrCache", "SlurmctldParameters=idle_on_node_suspend",
                  f"ResumeProgram={cm_home / 'elastic' / 'lab' / 'resume'}",
                  f"ResumeFailProgram={cm_home / 'elastic' / 'lab' / 'resume-fail'}"):
@@ -90,6 +90,7 @@ def test_removing_the_block_gives_back_the_file_exactly(conf, key):
 @pytest.mark.parametrize("words, message", [
     (("--max", "0"), "--max must be between 1 and 1024"),
     (("--idle", "0"), "--idle must be at least 1 second"),
+    (("--suspend-timeout", "2"), "--suspend-timeout between 5 and 3600"),
     (("--partition", "bad name!"), "bad partition name 'bad name!'"),
     (("--partition", "debug"), "already has a partition 'debug'"),
     (("--partition", "n"), "already has nodes named n1"),

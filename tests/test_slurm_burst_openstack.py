@@ -102,7 +102,7 @@ def test_a_job_creates_a_server_runs_on_it_at_its_fixed_ip_and_the_idle_server_g
               "--cidr", str(slurm.lab.subnet), "--cloud", CLOUD))
     shown = json.loads(ok(lab.cm(
         "slurm", "burst", "enable", str(slurm.conf), "--cloud", CLOUD, "--max", "2", "--image", IMAGE,
-        "--flavor", FLAVOR, "--idle", "10", "--resume-timeout", "90", "--network", "slurmnet", "--network", "private",
+        "--flavor", FLAVOR, "--idle", "10", "--resume-timeout", "90", "--suspend-timeout", "10", "--network", "slurmnet", "--network", "private",
         "--secgroup", "slurmd", "--munge-key", str(slurm.munge_socket.parent / "munge.key"),
         "--restart-command", f"slurmctld -f {slurm.conf}", "-f", "json")))
     assert shown["nodes"] == "cloud[1-2]" and shown["cloud"] == CLOUD
@@ -132,7 +132,7 @@ def test_a_job_creates_a_server_runs_on_it_at_its_fixed_ip_and_the_idle_server_g
 
     wait_for("the idle server to be deleted", lambda: lab.vm(vm) is None, 120, 1.0)
     wait_for("its guest (slurmd) to stop", lambda: vm not in lab.guests.running(), 30, 0.5)
-    # powering down (idle%) lasts up to SuspendTimeout (60 s) after the SuspendProgram
+    # powering down (idle%) lasts SuspendTimeout (--suspend-timeout 10) after the SuspendProgram
     wait_for("cloud1 to be powered down", lambda: "idle~" in ok(slurm.run(["sinfo", "-h", "-n", "cloud1", "-o", "%t"])),
              120, 1.0)
     rows = {r["node"]: r for r in json.loads(ok(lab.cm("slurm", "burst", "status", str(slurm.conf), "-f", "json")))}

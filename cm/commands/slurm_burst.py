@@ -90,6 +90,9 @@ def add_subcommands(subs: Any) -> None:
     on.add_argument("--idle", type=int, default=300, help="seconds a cloud node stays idle before its VM goes")
     on.add_argument("--partition", default="cloud", help="partition (and node name prefix) of the cloud nodes")
     on.add_argument("--resume-timeout", type=int, default=300, help="seconds a VM has to register its slurmd")
+    on.add_argument("--suspend-timeout", type=int, default=60,
+                    help="seconds Slurm gives a node to power down before it counts as off (cm stops its machine "
+                         "before SuspendProgram returns, so a short one only has Slurm wait less)")
     completes(on.add_argument("--network", action="append", default=[],
                               help="network the VMs join (repeatable; Slurm reaches a node at its address on the "
                                    "first; default: the cloud's)"), "network")

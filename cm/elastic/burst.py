@@ -71,8 +71,9 @@ def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, target: Target, nodes
 
     if not 1 <= args.max <= 1024:
         raise UsageError("--max must be between 1 and 1024 cloud nodes")
-    if args.idle < 1 or args.resume_timeout < 10:
-        raise UsageError("--idle must be at least 1 second and --resume-timeout at least 10")
+    if args.idle < 1 or args.resume_timeout < 10 or not 5 <= args.suspend_timeout <= 3600:
+        raise UsageError("--idle must be at least 1 second, --resume-timeout at least 10 and --suspend-timeout "
+                         "between 5 and 3600")
     if not _PARTITION.match(args.partition):
         raise UsageError(f"bad partition name '{args.partition}': a letter, then letters, digits, '-' or '_'")
     own = [p for p in conf.partitions if p.split()[0] == args.partition]
@@ -89,7 +90,7 @@ def _check(ctx: Any, args: Any, conf: slurmconf.SlurmConf, target: Target, nodes
 def _settings(args: Any, conf: slurmconf.SlurmConf, programs: dict[str, Path],
               extra: dict[str, str]) -> dict[str, str]:
     wanted = {**{k: str(v) for k, v in programs.items()},
-              "SuspendTime": str(args.idle), "SuspendTimeout": "60", "ResumeTimeout": str(args.resume_timeout),
+              "SuspendTime": str(args.idle), "SuspendTimeout": str(args.suspend_timeout), "ResumeTimeout": str(args.resume_timeout),
               "ResumeRate": "0", "SuspendRate": "0", "TreeWidth": "65533",
               "CommunicationParameters": "NoAddrCache", "SlurmctldParameters": "idle_on_node_suspend",
               "PrivateData": "cloud", **extra}

@@ -92,7 +92,8 @@ def test_a_job_starts_a_computeset_runs_in_the_compute_node_and_the_idle_node_po
     cluster = lab.slurm.cluster_name
     shown = json.loads(ok(lab.cm("slurm", "burst", "enable", str(lab.slurm.conf), "--cloud", "comet", "--max", "1",
                                  "--comet-cluster", "vc1", "--walltime", "1h", "--idle", str(IDLE),
-                                 "--resume-timeout", "240", "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key"),
+                                 "--resume-timeout", "240", "--suspend-timeout", "10",
+                                 "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key"),
                                  "--restart-command", f"slurmctld -f {lab.slurm.conf}", "-f", "json")))
     assert shown["nodes"] == "cloud1" and shown["comet_cluster"] == "vc1" and shown["allocation"] == "abc101"
     assert "SlurmctldParameters=idle_on_node_suspend,cloud_reg_addrs" in lab.slurm.conf.read_text()
@@ -148,7 +149,7 @@ def test_a_computeset_whose_walltime_ends_leaves_the_node_down_with_the_reason_a
     lab, centre, service = world
     cluster = lab.slurm.cluster_name
     ok(lab.cm("slurm", "burst", "enable", str(lab.slurm.conf), "--cloud", "comet", "--max", "1",
-              "--walltime", "1m", "--idle", "600", "--resume-timeout", "240",
+              "--walltime", "1m", "--idle", "600", "--resume-timeout", "240", "--suspend-timeout", "10",
               "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key"),
               "--restart-command", f"slurmctld -f {lab.slurm.conf}"))
     job_in_guest(lab, "cloud1", hostname="vm-vc1-0")

@@ -57,7 +57,7 @@ def test_a_job_bursts_through_the_agent_and_disable_stops_it_and_restores_the_fi
     assert lab.login.ssh(f"test -r {lab.cm_home / 'cm.yaml'}").returncode == 1   # no cm home on the controller
     shown = json.loads(ok(lab.cm("slurm", "burst", "enable", str(lab.slurm.conf), "--controller", NAME,
                                  "--cloud", CLOUD, "--max", "1", "--image", "slurmd", "--flavor", "node",
-                                 "--idle", "20", "--resume-timeout", "240",
+                                 "--idle", "20", "--resume-timeout", "240", "--suspend-timeout", "10",
                                  "--restart-command", f"slurmctld -f {lab.slurm.conf}",
                                  "--munge-key", str(lab.slurm.tmp / "munge" / "munge.key"), "-f", "json")))
     assert shown["agent"] and shown["controller"] == lab.login.alias

@@ -48,7 +48,7 @@ def enable(lab: ElasticLab, *extra: str, target: tuple[str, ...] = (NAME,)) -> s
     """`cm slurm burst enable` of the cluster cm launched (by its name: over ssh to its head)."""
     return ok(lab.cm("slurm", "burst", "enable", *target, "--cloud", CLOUD, "--max", "2",
                      "--image", "slurmd", "--flavor", "node", "--idle", "20", "--resume-timeout", "240",
-                     "--restart-command", f"slurmctld -f {lab.slurm.conf}", *extra))
+                     "--suspend-timeout", "10", "--restart-command", f"slurmctld -f {lab.slurm.conf}", *extra))
 
 
 def wait(what: str, check, timeout: float = 180):
